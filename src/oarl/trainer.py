@@ -1,0 +1,188 @@
+"""OARTrainer: TRL's GRPOTrainer with Outcome-grounded Advantage Reshaping.
+
+A TRL user switches by changing two imports and one setting::
+
+    from oarl import OARConfig, OARTrainer          # instead of GRPOConfig, GRPOTrainer
+    args = OARConfig(..., credit="gradient")
+
+The only override of substance is ``_generate_and_score_completions``: after TRL has generated, scored and
+normalised a generation batch into (B,) advantages, they are replaced by (B, T) per-token advantages from
+``oarl.credit.token_advantages``. TRL's ``_compute_loss`` accepts (B, T) advantages as they are, so every loss
+type and aggregation it offers keeps working. The credit is computed once per generation batch and reused
+across ``num_iterations`` and ``steps_per_generation``, like the rest of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from trl import GRPOConfig, GRPOTrainer
+from trl.models import unwrap_model_for_generation
+
+from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
+
+APPLY_TO = ("all", "positive", "negative")
+CREDIT_STATS = (
+    "time_s",
+    "skipped_frac",
+    "no_answer_frac",
+    "nonfinite_frac",
+    "weight_std",
+    "weight_max",
+    "suppressed_frac",
+    "boosted_frac",
+)
+
+
+@dataclass
+class OARConfig(GRPOConfig):
+    r"""GRPOConfig plus the settings of Outcome-grounded Advantage Reshaping (all prefixed ``credit``)."""
+
+    credit: str = field(
+        default="gradient",
+        metadata={
+            "help": "Token-importance estimator: 'none' (plain GRPO), 'perturbation' (OAR-P, one forward per "
+            "reasoning token), 'gradient' (OAR-G, one forward + one backward) or 'entropy' (policy-entropy "
+            "weights, a cheap baseline).",
+            "choices": list(ESTIMATORS),
+        },
+    )
+    credit_threshold: float = field(
+        default=0.4,
+        metadata={"help": "Bi-Level threshold quantile q in (0, 1): tokens below the q-quantile of a completion's "
+                  "normalised importance are suppressed, the others boosted."},
+    )
+    credit_beta: float = field(
+        default=2.0, metadata={"help": "Bi-Level boost beta >= 0: the most important token gets weight 1 + beta "
+                               "before the mass-preserving rescale."}
+    )
+    credit_floor: float = field(
+        default=0.1, metadata={"help": "Bi-Level floor w_min in [0, 1]: the smallest weight of a suppressed token."}
+    )
+    credit_outcome: str | None = field(
+        default=None,
+        metadata={
+            "help": "Outcome distribution p_final: 'last' (next-token distribution before the first answer token), "
+            "'answer_mean' (softmax of the mean answer logits) or 'answer_joint' (mean log-probability of the "
+            "answer tokens). Default: 'last' for perturbation, 'answer_mean' otherwise.",
+        },
+    )
+    credit_noise_std: float = field(
+        default=1e-3, metadata={"help": "OAR-G: std of the Gaussian noise added to the reasoning embeddings (> 0)."}
+    )
+    credit_chunk_size: int = field(
+        default=32, metadata={"help": "OAR-P: perturbed variants per forward pass (>= 1); bounds peak memory."}
+    )
+    credit_apply_to: str = field(
+        default="all",
+        metadata={"help": "Reshape completions with 'all' advantages, only 'positive' or only 'negative' ones; "
+                  "the others keep GRPO's uniform advantage.", "choices": list(APPLY_TO)},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.credit_config()  # validates every credit setting, naming it and its range
+
+    def credit_config(self) -> CreditConfig:
+        return CreditConfig(
+            estimator=self.credit,
+            outcome=self.credit_outcome,
+            threshold=self.credit_threshold,
+            beta=self.credit_beta,
+            floor=self.credit_floor,
+            noise_std=self.credit_noise_std,
+            chunk_size=self.credit_chunk_size,
+            apply_to=self.credit_apply_to,
+        )
+
+
+class CreditBatch(NamedTuple):
+    """The last credit pass of a trainer (for inspection, heat maps and tests), on this process's slice."""
+
+    credit: CreditOutput
+    advantages: torch.Tensor  # (B,) GRPO advantages before reshaping
+    completion_ids: torch.Tensor  # (B, T)
+    completion_mask: torch.Tensor  # (B, T)
+
+
+class OARTrainer(GRPOTrainer):
+    """GRPOTrainer whose advantages are reshaped per token by OAR. Takes exactly GRPOTrainer's arguments."""
+
+    _tag_names = ["trl", "grpo", "oar"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, OARConfig):
+            raise TypeError(f"OARTrainer needs an OARConfig, got {type(self.args).__name__}")
+        self.credit_config = self.args.credit_config()
+        self._check_compatible()
+        self.last_credit: CreditBatch | None = None
+
+    def _check_compatible(self) -> None:
+        args, estimator = self.args, self.credit_config.estimator
+        if estimator == "none":
+            return
+        # A fused Liger GRPO loss computes the loss from (B,) advantages inside its kernel.
+        if getattr(args, "use_liger_loss", False):
+            raise ValueError("OAR needs per-token advantages, which the Liger GRPO loss does not take: set "
+                             "use_liger_loss=False, or credit='none'.")
+        plugin = getattr(args, "deepspeed_plugin", None)
+        if plugin is not None and plugin.zero_stage == 3 and not args.ds3_gather_for_generation:
+            raise ValueError("With DeepSpeed ZeRO-3, OAR runs the full policy on each process the way TRL's "
+                             "generation does: set ds3_gather_for_generation=True, or credit='none'.")
+        if self._tokenizer.pad_token_id is None and estimator == "perturbation":
+            raise ValueError("credit='perturbation' replaces reasoning tokens by the pad token, and the tokenizer has "
+                             "none: set tokenizer.pad_token before building the trainer.")
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if not self.model.training:  # evaluation: no update follows, keep TRL's (B,) advantages
+            return output
+
+        completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        # A completion is truncated when its last kept token is not an end-of-sequence token.
+        lengths = completion_mask.sum(dim=1)  # (B,)
+        last_token = completion_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+        eos_ids = torch.tensor(self.eos_token_ids, device=completion_ids.device)
+        truncated = ~torch.isin(last_token, eos_ids) & (lengths > 0)
+
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as policy,
+            self._dist.summon_full_params(self.model_wrapped, recurse=False),
+        ):
+            credit = token_advantages(
+                policy,
+                self._tokenizer,
+                output["prompt_ids"],
+                output["prompt_mask"],
+                completion_ids,
+                completion_mask,
+                output["advantages"],
+                self.credit_config,
+                truncated=truncated,
+            )
+        self.last_credit = CreditBatch(credit, output["advantages"], completion_ids, completion_mask)
+        output["advantages"] = credit.advantages  # (B, T)
+
+        # Each process reshapes its own slice: average the statistics over processes (time: the slowest one).
+        local = torch.tensor([credit.stats[k] for k in CREDIT_STATS], dtype=torch.float64,
+                             device=self.accelerator.device)
+        gathered = self.accelerator.gather(local.unsqueeze(0)).view(-1, len(CREDIT_STATS))
+        for i, key in enumerate(CREDIT_STATS):
+            value = gathered[:, i].max() if key == "time_s" else gathered[:, i].mean()
+            self._metrics["train"][f"credit/{key}"].append(value.item())
+        return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        metrics = self._metrics["train"]
+        if self.model.training and metrics.get("credit/time_s") and metrics.get("step_time"):
+            # Share of the wall time of the logged steps (generation, scoring, credit, update) spent on credit.
+            metrics["credit/overhead"] = [sum(metrics["credit/time_s"]) / max(sum(metrics["step_time"]), 1e-12)]
+        super().log(logs, start_time)

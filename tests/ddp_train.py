@@ -1,0 +1,22 @@
+"""Run by test_trainer.test_two_process_ddp under `accelerate launch --num_processes 2 --cpu`."""
+
+import sys
+
+from datasets import Dataset
+
+from conftest import addition_prompts, addition_reward, load_tiny_lm
+from oarl import OARConfig, OARTrainer
+
+model_dir, out = sys.argv[1], sys.argv[2]
+model, tokenizer = load_tiny_lm(model_dir)
+args = OARConfig(
+    output_dir=out, per_device_train_batch_size=4, num_generations=4, max_completion_length=24, max_steps=2,
+    logging_steps=1, save_strategy="no", report_to="none", seed=0, bf16=False, gradient_checkpointing=False,
+    use_cpu=True, beta=0.0, credit="gradient", disable_tqdm=True,
+)
+trainer = OARTrainer(model=model, reward_funcs=[addition_reward], args=args,
+                     train_dataset=Dataset.from_list(addition_prompts(16)), processing_class=tokenizer)
+trainer.train()
+assert trainer.last_credit is not None and trainer.last_credit.credit.advantages.dim() == 2
+if trainer.accelerator.is_main_process:
+    print(f"DDP-OK world={trainer.accelerator.num_processes} steps={trainer.state.global_step}", flush=True)

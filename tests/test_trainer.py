@@ -1,0 +1,167 @@
+"""OARTrainer inside real TRL GRPO runs on a tiny local model (CPU, a few steps each)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from conftest import addition_prompts, addition_reward, load_tiny_lm
+from oarl import OARConfig, OARTrainer
+from oarl.credit import CreditConfig
+
+CREDIT_METRICS = [
+    "credit/time_s", "credit/overhead", "credit/skipped_frac", "credit/no_answer_frac", "credit/weight_std",
+    "credit/weight_max", "credit/suppressed_frac", "credit/boosted_frac",
+]
+
+
+def cpu_args(cls, out, **kw):
+    base = dict(
+        output_dir=str(out), per_device_train_batch_size=8, num_generations=4, max_completion_length=24,
+        max_steps=3, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", seed=0,
+        bf16=False, gradient_checkpointing=False, use_cpu=True, beta=0.0, temperature=1.0,
+        dataloader_num_workers=0, disable_tqdm=True,
+    )
+    base.update(kw)
+    return cls(**base)
+
+
+class Recorder(TrainerCallback):
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+class RecordingOARTrainer(OARTrainer):
+    """Keeps what the loss sees, to check it from the outside."""
+
+    seen = None
+
+    def _compute_loss(self, model, inputs):
+        type(self).seen = (self.seen or []) + [(inputs["advantages"].detach().clone(),
+                                                 inputs["completion_mask"].clone())]
+        return super()._compute_loss(model, inputs)
+
+
+def make_trainer(cls, lm_dir, out, reward_funcs=(addition_reward,), n_prompts=16, **kw):
+    model, tokenizer = load_tiny_lm(lm_dir)
+    dataset = Dataset.from_list(addition_prompts(n_prompts))
+    args = cpu_args(OARConfig if issubclass(cls, OARTrainer) else GRPOConfig, out, **kw)
+    rec = Recorder()
+    trainer = cls(model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=dataset,
+                  processing_class=tokenizer, callbacks=[rec])
+    return trainer, rec
+
+
+def test_credit_none_reproduces_grpo(tiny_lm_dir, tmp_path):
+    grpo, grpo_log = make_trainer(GRPOTrainer, tiny_lm_dir, tmp_path / "grpo", max_steps=2)
+    grpo.train()
+    oar, oar_log = make_trainer(OARTrainer, tiny_lm_dir, tmp_path / "oar", max_steps=2, credit="none")
+    oar.train()
+    losses_grpo = [r["loss"] for r in grpo_log.logs if "loss" in r]
+    losses_oar = [r["loss"] for r in oar_log.logs if "loss" in r]
+    assert len(losses_grpo) == 2 and losses_grpo == pytest.approx(losses_oar, abs=1e-6)
+    for (name, p), q in zip(grpo.model.named_parameters(), oar.model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
+    # The run did learn something (else equality would be trivial).
+    ref, _ = load_tiny_lm(tiny_lm_dir)
+    assert any(not torch.equal(p, q) for p, q in zip(ref.parameters(), oar.model.parameters()))
+
+
+@pytest.mark.parametrize("credit", ["perturbation", "gradient", "entropy"])
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_per_token_advantages_in_training(tiny_lm_dir, tmp_path, credit, loss_type):
+    RecordingOARTrainer.seen = None
+    trainer, rec = make_trainer(RecordingOARTrainer, tiny_lm_dir, tmp_path, credit=credit, loss_type=loss_type,
+                                credit_chunk_size=7)
+    trainer.train()
+    assert trainer.state.global_step == 3
+    for key in CREDIT_METRICS:
+        assert any(key in r and r[key] is not None and math.isfinite(r[key]) for r in rec.logs), key
+
+    assert RecordingOARTrainer.seen, "the loss never ran"
+    for advantages, mask in RecordingOARTrainer.seen:
+        assert advantages.shape == mask.shape  # (B, T): per-token
+
+    # The last credit pass, checked against its own (B,) advantages and segments.
+    credit_out, seq_adv, _, completion_mask = trainer.last_credit
+    reasoning = credit_out.segments.reasoning
+    outside = (completion_mask > 0) & ~reasoning
+    torch.testing.assert_close(credit_out.advantages[outside], seq_adv[:, None].expand_as(outside)[outside])
+    rows = credit_out.segments.has_answer & (seq_adv != 0)
+    assert rows.any(), "no completion with an answer and a non-zero advantage: the fixture model is too weak"
+    for b in rows.nonzero().flatten().tolist():
+        values = credit_out.advantages[b][reasoning[b]]
+        assert values.numel() > 1 and values.std() > 0, f"row {b} has constant advantages along T"
+        # Mass kept: the reasoning tokens' advantages sum to L * A.
+        assert values.sum().item() == pytest.approx(seq_adv[b].item() * values.numel(), rel=1e-4, abs=1e-4)
+
+
+def _none_sometimes(completions, answer, **kwargs):
+    rewards = addition_reward(completions, answer)
+    return [None if i % 3 == 0 else r for i, r in enumerate(rewards)]
+
+
+def test_bad_inputs_do_not_stop_training(tiny_lm_dir, tmp_path):
+    # Rewards that are sometimes None, and a completion budget so short that every completion is truncated
+    # before its answer: nothing to reshape, training goes on and the metrics say so.
+    trainer, rec = make_trainer(OARTrainer, tiny_lm_dir, tmp_path / "trunc", reward_funcs=(_none_sometimes,),
+                                max_completion_length=6, credit="gradient")
+    trainer.train()
+    assert trainer.state.global_step == 3
+    no_answer = [r["credit/no_answer_frac"] for r in rec.logs if "credit/no_answer_frac" in r]
+    assert no_answer and all(v == 1.0 for v in no_answer)
+
+    # An all-correct reward: every group has zero variance, so every completion is skipped.
+    trainer, rec = make_trainer(OARTrainer, tiny_lm_dir, tmp_path / "allright",
+                                reward_funcs=(lambda completions, **kw: [1.0] * len(completions),),
+                                credit="perturbation")
+    trainer.train()
+    skipped = [r["credit/skipped_frac"] for r in rec.logs if "credit/skipped_frac" in r]
+    assert skipped and all(v == 1.0 for v in skipped)
+
+
+def test_config_validation_and_parsing(tmp_path):
+    with pytest.raises(ValueError, match="credit_threshold|threshold"):
+        cpu_args(OARConfig, tmp_path, credit_threshold=1.5)
+    with pytest.raises(ValueError, match="estimator|credit"):
+        cpu_args(OARConfig, tmp_path, credit="magic")
+    with pytest.raises(ValueError, match="chunk_size"):
+        cpu_args(OARConfig, tmp_path, credit_chunk_size=0)
+    from trl import TrlParser
+
+    (cfg,) = TrlParser((OARConfig,)).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--credit", "perturbation", "--credit_beta", "1.0", "--use_cpu", "true",
+         "--bf16", "false", "--credit_outcome", "answer_joint"])
+    assert cfg.credit_config() == CreditConfig(estimator="perturbation", beta=1.0, outcome="answer_joint")
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text(f"output_dir: {tmp_path}\ncredit: entropy\ncredit_threshold: 0.25\nuse_cpu: true\nbf16: false\n")
+    (cfg,) = TrlParser((OARConfig,)).parse_args_and_config(["--config", str(yaml_file)])
+    assert cfg.credit == "entropy" and cfg.credit_threshold == 0.25
+
+
+DDP_SCRIPT = Path(__file__).with_name("ddp_train.py")
+
+
+def test_two_process_ddp(tiny_lm_dir, tmp_path):
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
+    if accelerate is None or (os.cpu_count() or 1) < 1:
+        pytest.skip("accelerate launcher not found next to this Python: cannot start two processes")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [accelerate, "launch", "--num_processes", "2", "--cpu", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", str(DDP_SCRIPT), str(tiny_lm_dir), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "DDP-OK world=2 steps=2" in proc.stdout, proc.stdout[-3000:]
