@@ -1,0 +1,124 @@
+"""The entry point a trainer calls: (B,) advantages -> (B, T) per-token advantages.
+
+    1. segment every completion (reasoning / conclusion / answer / rest);
+    2. keep the rows that need importances: advantage != 0, allowed by apply_to, with a parsed answer;
+    3. probe = prompt (left padded) ⊕ completion (right padded) for those rows only; the estimator
+       cuts each probe after its answer and aligns the rows to end together (probe.py);
+    4. importances -> Bi-Level weights over the reasoning tokens; weights are 1 everywhere else;
+    5. per-token advantages = advantage * weight, 0 on padding.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .bilevel import bilevel_weights, nonfinite_rows
+from .config import CreditConfig
+from .entropy import entropy_importance
+from .gradient import gradient_importance
+from .perturbation import perturbation_importance
+from .probe import eval_mode
+from .segments import Segments, segment_completions
+
+STAT_KEYS = (
+    "time_s", "skipped_frac", "no_answer_frac", "nonfinite_frac",
+    "weight_std", "weight_max", "suppressed_frac", "boosted_frac",
+)
+
+
+@dataclass
+class CreditOutput:
+    """advantages [B, T]: advantage * weight, 0 where completion_mask is 0.
+    weights [B, T]: 1 outside reasoning tokens and for skipped / unparsable / non-finite rows.
+    importance [B, T]: raw importances (0 outside reasoning and for rows not computed).
+    stats: time_s; skipped_frac (advantage exactly 0 or excluded by apply_to), no_answer_frac and
+    nonfinite_frac as fractions of the B rows; weight_std, weight_max, suppressed_frac (weight < 1) and
+    boosted_frac (weight > 1) over the reasoning tokens of the computed rows (0.0, 1.0, 0.0, 0.0 if none).
+    """
+
+    advantages: Tensor
+    weights: Tensor
+    importance: Tensor
+    segments: Segments
+    stats: dict[str, float]
+
+
+def _estimate(model, tokenizer, ids, attn, reasoning, answer, config: CreditConfig, generator) -> Tensor:
+    mode = config.resolved_outcome()
+    if config.estimator == "perturbation":
+        return perturbation_importance(
+            model, ids, attn, reasoning, answer, mode=mode, chunk_size=config.chunk_size,
+            replace_with=config.replace_with, pad_token_id=tokenizer.pad_token_id,
+        )
+    if config.estimator == "gradient":
+        return gradient_importance(
+            model, ids, attn, reasoning, answer, mode=mode, noise_std=config.noise_std, generator=generator
+        )
+    return entropy_importance(model, ids, attn, reasoning, answer)
+
+
+def token_advantages(
+    model,
+    tokenizer,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    advantages: Tensor,
+    config: CreditConfig,
+    truncated: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> CreditOutput:
+    """Per-token advantages [B, T] for prompts [B, P] (left padded) and completions [B, T] (right padded)."""
+    started = time.perf_counter()
+    batch, length = completion_ids.shape
+    device = completion_ids.device
+    segments = segment_completions(tokenizer, completion_ids, completion_mask, truncated)
+
+    eligible = advantages != 0  # [B]
+    if config.apply_to == "positive":
+        eligible = eligible & (advantages > 0)
+    elif config.apply_to == "negative":
+        eligible = eligible & (advantages < 0)
+    skipped = ~eligible
+    computed = eligible & segments.has_answer & segments.reasoning.any(1)
+    if config.estimator == "none":
+        computed = torch.zeros_like(computed)
+
+    importance = torch.zeros(batch, length, dtype=torch.float32, device=device)  # [B, T]
+    rows = computed.nonzero().squeeze(1)  # [N]
+    if rows.numel() > 0:
+        prompt_len = prompt_ids.shape[1]
+        ids = torch.cat([prompt_ids[rows], completion_ids[rows]], 1)  # [N, P+T]
+        attn = torch.cat([prompt_mask[rows], completion_mask[rows]], 1).bool()
+        no_prompt = torch.zeros_like(prompt_mask[rows], dtype=torch.bool)
+        reasoning = torch.cat([no_prompt, segments.reasoning[rows]], 1)
+        answer = torch.cat([no_prompt, segments.answer[rows]], 1)
+        with eval_mode(model):
+            probe_importance = _estimate(model, tokenizer, ids, attn, reasoning, answer, config, generator)
+        importance[rows] = probe_importance[:, prompt_len:].float()
+
+    reshape = segments.reasoning & computed[:, None]  # [B, T]
+    nonfinite = nonfinite_rows(importance, reshape) & computed  # [B]
+    weights = bilevel_weights(importance, reshape, config.threshold, config.beta, config.floor)  # [B, T]
+    importance = torch.where(reshape, importance, torch.zeros_like(importance))
+    mask = completion_mask.bool()
+    token_adv = advantages.float()[:, None] * weights * mask
+
+    reasoning_weights = weights[reshape & ~nonfinite[:, None]]
+    has = reasoning_weights.numel() > 0
+    stats = {
+        "time_s": time.perf_counter() - started,
+        "skipped_frac": float(skipped.float().mean()) if batch else 0.0,
+        "no_answer_frac": float((~segments.has_answer).float().mean()) if batch else 0.0,
+        "nonfinite_frac": float(nonfinite.float().mean()) if batch else 0.0,
+        "weight_std": float(reasoning_weights.std(unbiased=False)) if has else 0.0,
+        "weight_max": float(reasoning_weights.max()) if has else 1.0,
+        "suppressed_frac": float((reasoning_weights < 1).float().mean()) if has else 0.0,
+        "boosted_frac": float((reasoning_weights > 1).float().mean()) if has else 0.0,
+    }
+    return CreditOutput(advantages=token_adv, weights=weights, importance=importance, segments=segments, stats=stats)

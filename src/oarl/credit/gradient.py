@@ -1,0 +1,70 @@
+"""OAR-G: importance from one noisy forward and one backward (gradient x input at the embeddings).
+
+Gaussian noise (std sigma) is added to the input embeddings e of the reasoning tokens only (at zero noise
+the divergence is at its minimum and its gradient vanishes), then
+
+    J   = sum_rows KL(p_final_clean || p_final_noisy)     (or phi_clean - phi_noisy for answer_joint)
+    g   = dJ / d(embeddings)                              [B, L, D]
+    I_t = | sum_d g_{t,d} * e_{t,d} |
+
+Rows do not interact in the forward pass, so summing J over rows gives each row its own gradient. The
+gradient is taken with torch.autograd.grad w.r.t. the embeddings only: no parameter's .grad changes.
+The noise is drawn as one [M, D] block for the M reasoning tokens in row-major order, so that it does not
+depend on how the batch is padded.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import OUTCOMES, check_choice, check_noise_std
+from .outcome import final_outcome, outcome_divergence, outcome_keep
+from .probe import align_to_end, eval_mode, forward_logits
+
+
+def gradient_importance(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    reasoning_mask: Tensor,
+    answer_mask: Tensor,
+    mode: str = "answer_mean",
+    noise_std: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """[B, L] float32 importances of the reasoning tokens of probes input_ids [B, L] (0 elsewhere).
+
+    Works inside torch.no_grad(), with the model in train mode (dropout is off during the call).
+    """
+    check_choice("mode", mode, OUTCOMES)
+    check_noise_std(noise_std)
+    probe = align_to_end(input_ids, attention_mask, reasoning_mask, answer_mask)
+    importance = torch.zeros(probe.input_ids.shape, dtype=torch.float32, device=input_ids.device)  # [B, L']
+    where = probe.reasoning.nonzero()  # [M, 2]
+    if where.shape[0] == 0:
+        return probe.to_original(importance)
+
+    keep = outcome_keep(probe.n_answer[probe.reasoning.any(1)])
+    with eval_mode(model), torch.enable_grad():
+        with torch.no_grad():
+            embeds = model.get_input_embeddings()(probe.input_ids)  # [B, L', D]
+            clean = final_outcome(
+                forward_logits(model, probe.attention_mask, keep, inputs_embeds=embeds),
+                probe.input_ids, probe.n_answer, mode,
+            )  # [B, V] or [B]
+            noise_device = generator.device if generator is not None else embeds.device
+            noise = torch.randn(
+                (where.shape[0], embeds.shape[-1]), generator=generator, device=noise_device, dtype=torch.float32
+            ).to(embeds) * noise_std  # [M, D]
+            noisy = embeds.clone()
+            noisy[where[:, 0], where[:, 1]] += noise
+        noisy.requires_grad_(True)
+        perturbed = final_outcome(
+            forward_logits(model, probe.attention_mask, keep, inputs_embeds=noisy),
+            probe.input_ids, probe.n_answer, mode,
+        )
+        objective = outcome_divergence(clean, perturbed, mode, clamp=False).sum()
+        (grad,) = torch.autograd.grad(objective, [noisy])  # [B, L', D]; parameters' .grad untouched
+    importance = (grad.float() * embeds.float()).sum(-1).abs() * probe.reasoning
+    return probe.to_original(importance)

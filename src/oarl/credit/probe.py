@@ -1,0 +1,115 @@
+"""The probe sequence x ⊕ reasoning ⊕ conclusion ⊕ answer, laid out so that every row ends at its answer.
+
+The estimators accept any batch of contiguous rows (left padded, right padded, or with tokens after the
+answer). ``align_to_end`` rolls each row so that its last needed token sits in the last column and masks
+out everything after it; then the positions an outcome needs are the last few columns of every row, and
+one ``logits_to_keep=K`` forward gives logits at those positions only. Position ids come from the
+attention mask (cumsum - 1), so padding does not change the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class AlignedProbe:
+    input_ids: Tensor       # [N, L'] long, left padded, row b ends (last column) at its end token
+    attention_mask: Tensor  # [N, L'] bool
+    reasoning: Tensor       # [N, L'] bool
+    answer: Tensor          # [N, L'] bool, the last n_answer[b] columns of row b
+    n_answer: Tensor        # [N] long
+    source: Tensor          # [N, L'] long: column of the original batch each aligned column came from
+    length: int             # L of the original batch
+
+    def to_original(self, values: Tensor) -> Tensor:
+        """Scatter aligned [N, L'] values (0 where not attended) back to the original [N, L] layout."""
+        out = values.new_zeros(values.shape[0], self.length)
+        return out.scatter(1, self.source, values * self.attention_mask)
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """[N, L] long: 0, 1, 2, ... over the attended tokens, so that left padding gives the unpadded positions."""
+    return (attention_mask.long().cumsum(1) - 1).clamp_min(0)
+
+
+def last_true(mask: Tensor) -> Tensor:
+    """[N] long: index of the last True in each row of [N, L] mask (-1 if none)."""
+    cols = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask, cols, -1).amax(1)
+
+
+def align_to_end(
+    input_ids: Tensor, attention_mask: Tensor, reasoning_mask: Tensor, answer_mask: Tensor | None
+) -> AlignedProbe:
+    """Roll each row so that its last answer token (or last reasoning token when answer_mask is None) is the
+    last column; drop the tokens after it and the columns that are padding in every row.
+
+    Rows without an answer (or without reasoning) keep no reasoning tokens: their importance will be 0.
+    """
+    attn = attention_mask.bool()
+    reasoning = reasoning_mask.bool() & attn
+    if answer_mask is None:
+        answer = torch.zeros_like(reasoning)
+        end = last_true(reasoning)
+    else:
+        answer = answer_mask.bool() & attn
+        end = last_true(answer)
+        reasoning = reasoning & (answer.any(1, keepdim=True))
+    end = torch.where(end >= 0, end, last_true(attn)).clamp_min(0)  # [N]
+    # Reasoning lies before the answer; without an answer the end is the last reasoning token itself.
+    limit = end if answer_mask is not None else end + 1
+    reasoning = reasoning & (torch.arange(reasoning.shape[1], device=reasoning.device) < limit[:, None])
+
+    n, length = input_ids.shape
+    cols = torch.arange(length, device=input_ids.device)
+    shift = (length - 1 - end)[:, None]  # [N, 1]
+    source = (cols[None, :] - shift) % length  # [N, L]: aligned column j takes original column source[j]
+    keep = cols[None, :] >= shift  # the wrapped-around columns hold tokens after the end
+    attn = attn.gather(1, source) & keep
+    first = int(attn.any(0).long().argmax()) if attn.any() else length - 1
+    sl = slice(first, length)
+    answer = answer.gather(1, source) & attn
+    return AlignedProbe(
+        input_ids=input_ids.gather(1, source)[:, sl],
+        attention_mask=attn[:, sl],
+        reasoning=(reasoning.gather(1, source) & attn)[:, sl],
+        answer=answer[:, sl],
+        n_answer=answer.sum(1),
+        source=source[:, sl],
+        length=length,
+    )
+
+
+def forward_logits(model, attention_mask: Tensor, keep: int, input_ids: Tensor | None = None,
+                   inputs_embeds: Tensor | None = None) -> Tensor:
+    """[N, keep, V] float32 logits of the last `keep` columns of a left-padded batch."""
+    out = model(
+        input_ids=input_ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask.long(),
+        position_ids=position_ids(attention_mask),
+        logits_to_keep=keep,
+        use_cache=False,
+    )
+    return out.logits[:, -keep:].float()
+
+
+def trim_left(attention_mask: Tensor) -> int:
+    """First column attended by any row of a left-padded batch (columns before it are pure padding)."""
+    return int(attention_mask.any(0).long().argmax())
+
+
+@contextlib.contextmanager
+def eval_mode(model):
+    """Dropout off for the duration; the model's train/eval flag is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -1,0 +1,123 @@
+"""Completion tokens -> reasoning / conclusion / answer / rest masks, through the tokenizer's offsets.
+
+The row is decoded (special tokens such as EOS left out of the text), the final answer is found in the text
+by ``find_final_answer`` (character spans), and each token's character span [s, e) is found by
+re-encoding the text with ``return_offsets_mapping``; when that does not give back the same ids (a
+non-canonical tokenisation sampled by the model), by incremental decoding instead. Assignment rule, in
+this order of precedence:
+
+    answer:      the span overlaps the answer characters     (a token straddling into the answer is answer)
+    conclusion:  the span overlaps the statement lead-in     (one straddling reasoning/conclusion is conclusion)
+    reasoning:   a non-empty span that ends before the statement starts
+    rest:        every other completion token (after the answer, special tokens, ...)
+
+No answer, an empty completion, a truncated ``\\boxed{``, or a completion marked `truncated` whose answer
+runs to the very end of its text (it may have been cut) -> has_answer False and all four masks False.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .answer import find_final_answer
+
+
+@dataclass
+class Segments:
+    reasoning: Tensor   # [B, T] bool, completion coordinates
+    conclusion: Tensor  # [B, T] bool
+    answer: Tensor      # [B, T] bool
+    rest: Tensor        # [B, T] bool
+    has_answer: Tensor  # [B] bool
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
+def _spans_by_offsets(tokenizer, ids: list[int], text: str) -> list[tuple[int, int]] | None:
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if list(enc["input_ids"]) != ids:
+        return None
+    return [tuple(span) for span in enc["offset_mapping"]]
+
+
+def _spans_by_prefix_decoding(tokenizer, ids: list[int], text: str) -> list[tuple[int, int]] | None:
+    """Each token's span from the lengths of the decoded prefixes (quadratic, but only a fallback)."""
+    prefixes = tokenizer.batch_decode(
+        [ids[: i + 1] for i in range(len(ids))], skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
+    spans, start = [], 0
+    for prefix in prefixes:
+        # A prefix ending inside a multi-byte character may decode to a replacement char: keep ends monotone.
+        end = min(max(len(prefix), start), len(text))
+        spans.append((start, end))
+        start = end
+    return spans if start == len(text) else None
+
+
+def _token_spans(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]] | None:
+    """Text of the non-special tokens and the [s, e) char span of every token (special tokens: empty span)."""
+    special = set(tokenizer.all_special_ids)
+    plain = [i for i, t in enumerate(ids) if t not in special]  # positions of ordinary tokens
+    plain_ids = [ids[i] for i in plain]
+    text = _decode(tokenizer, plain_ids)
+    spans = _spans_by_offsets(tokenizer, plain_ids, text) or _spans_by_prefix_decoding(tokenizer, plain_ids, text)
+    if spans is None:
+        return None
+    out, cursor, j = [], 0, 0
+    for i in range(len(ids)):
+        if j < len(plain) and plain[j] == i:
+            out.append(spans[j])
+            cursor = spans[j][1]
+            j += 1
+        else:
+            out.append((cursor, cursor))
+    return text, out
+
+
+def segment_completions(
+    tokenizer, completion_ids: Tensor, completion_mask: Tensor, truncated: Tensor | None = None
+) -> Segments:
+    """Segment right-padded completions completion_ids [B, T] (valid where completion_mask [B, T] is 1).
+
+    truncated [B] bool (optional): completions cut by the length limit.
+    """
+    batch, length = completion_ids.shape
+    starts = torch.zeros(batch, length, dtype=torch.long)  # token char spans, [B, T]
+    ends = torch.zeros(batch, length, dtype=torch.long)
+    bounds = torch.full((batch, 3), -1, dtype=torch.long)  # statement_start, answer_start, answer_end
+    valid = completion_mask.bool().cpu()
+    ids_cpu = completion_ids.cpu()
+    for b in range(batch):  # one pass per completion: string work
+        ids = ids_cpu[b][valid[b]].tolist()
+        parsed = _token_spans(tokenizer, ids) if ids else None
+        if parsed is None:
+            continue
+        text, spans = parsed
+        final = find_final_answer(text)
+        if final is None:
+            continue
+        if truncated is not None and bool(truncated[b]) and not text[final.answer_end :].strip():
+            continue  # the answer runs to the end of a cut completion: it may be cut too
+        cols = valid[b].nonzero().squeeze(1)
+        span = torch.tensor(spans, dtype=torch.long).reshape(-1, 2)
+        starts[b, cols], ends[b, cols] = span[:, 0], span[:, 1]
+        bounds[b] = torch.tensor([final.statement_start, final.answer_start, final.answer_end])
+
+    has_answer = bounds[:, 0] >= 0  # [B]
+    stmt, a0, a1 = (bounds[:, i : i + 1] for i in range(3))  # [B, 1] each
+    token = valid & has_answer[:, None] & (ends >= starts)
+    nonempty = ends > starts
+    answer = token & nonempty & (starts < a1) & (ends > a0)
+    conclusion = token & nonempty & ~answer & (starts < a0) & (ends > stmt)
+    reasoning = token & nonempty & ~answer & ~conclusion & (ends <= stmt)
+    rest = token & ~answer & ~conclusion & ~reasoning
+    device = completion_ids.device
+    return Segments(
+        reasoning=reasoning.to(device), conclusion=conclusion.to(device), answer=answer.to(device),
+        rest=rest.to(device), has_answer=has_answer.to(device),
+    )
