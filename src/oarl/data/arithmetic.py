@@ -1,0 +1,297 @@
+"""The embedded arithmetic task: multi-step integer arithmetic with a chain-of-thought answer.
+
+A problem is an expression over small operands, evaluated with the usual precedence (every ``*`` first,
+left to right, then ``+``/``-`` left to right); its solution writes one step per operation and ends with
+the final-answer statement that :func:`oarl.credit.answer.find_final_answer` parses::
+
+    prompt:      "Q: 7+5*3-2=?\\nA: "
+    completion:  "5*3=15. 7+15=22. 22-2=20. The answer is 20."      (the trainer appends EOS)
+
+Every intermediate result of a correct solution lies in [0, max_value], so the numbers stay small enough
+for a model of a few million parameters.
+
+Splits are disjoint by construction: a problem belongs to the test pool when a stable hash of its
+expression falls in the test bucket (``test_fraction`` of all expressions), and ``train`` only ever draws
+expressions outside that pool. ``test`` has the same step counts as ``train``; ``hard`` has longer chains
+(``hard_steps``) than the warm-up saw, and also draws from the test pool.
+
+Flawed demonstrations (``demos``): a fraction ``flaw_rate`` of the supervised warm-up demonstrations
+carries ONE wrong intermediate result (off by a small amount) that propagates through the later steps to
+the stated answer. The gold ``answer`` field is still the true answer; ``error_span`` is the character
+span, in the completion, of the first wrong result (the pivotal tokens), ``error_step`` its step index.
+
+The default regime of the embedded job (task, warm start, RL and evaluation sizes) is
+:data:`DEFAULT_REGIME`; its numbers are measured in ``experiments/REGIME.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import asdict, dataclass, field
+
+from oarl.credit.answer import extract_answer
+
+PROMPT_TEMPLATE = "Q: {expr}=?\nA: "
+ANSWER_TEMPLATE = "The answer is {answer}."
+
+
+@dataclass(frozen=True)
+class ArithmeticTask:
+    """What problems look like. Everything downstream (splits, demos) is a pure function of it and a seed."""
+
+    steps: tuple[int, int] = field(default=(2, 3), metadata={"help": "Min and max operations per train/test problem."})
+    hard_steps: tuple[int, int] = field(default=(4, 5), metadata={"help": "Min and max operations of the hard split."})
+    ops: str = field(default="+-*", metadata={"help": "Operators to draw from (subset of '+-*')."})
+    max_operand: int = field(default=9, metadata={"help": "Operands are drawn from 1..max_operand."})
+    max_value: int = field(default=99, metadata={"help": "Every correct intermediate result lies in [0, max_value]."})
+    test_fraction: float = field(default=0.1, metadata={"help": "Fraction of expressions reserved for test/hard."})
+    flaw_rate: float = field(default=0.3, metadata={"help": "Fraction of warm-up demos with one wrong step."})
+    max_error: int = field(default=3, metadata={"help": "A flawed step is off by 1..max_error."})
+
+
+@dataclass(frozen=True)
+class Step:
+    left: int
+    op: str
+    right: int
+    result: int  # as written in the solution (wrong for the flawed step)
+
+    def text(self) -> str:
+        return f"{self.left}{self.op}{self.right}={self.result}."
+
+
+def _apply(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def solve(operands: list[int], ops: list[str], flaw: tuple[int, int] | None = None) -> tuple[list[Step], int]:
+    """The step-by-step solution of ``operands[0] ops[0] operands[1] ...`` and its (stated) answer.
+
+    ``flaw = (step_index, delta)`` adds ``delta`` to the result written at that step; later steps use the
+    wrong value, so the error propagates to the stated answer.
+    """
+    vals, ops = list(operands), list(ops)
+    steps: list[Step] = []
+
+    def step(a: int, op: str, b: int) -> int:
+        c = _apply(a, op, b)
+        if flaw is not None and flaw[0] == len(steps):
+            c += flaw[1]
+        steps.append(Step(a, op, b, c))
+        return c
+
+    while "*" in ops:  # multiplications first, left to right
+        i = ops.index("*")
+        vals[i : i + 2] = [step(vals[i], "*", vals[i + 1])]
+        del ops[i]
+    acc = vals[0]
+    for op, b in zip(ops, vals[1:]):
+        acc = step(acc, op, b)
+    return steps, acc
+
+
+def expression(operands: list[int], ops: list[str]) -> str:
+    return "".join(f"{a}{op}" for a, op in zip(operands, ops)) + str(operands[-1])
+
+
+def format_solution(steps: list[Step], answer: int) -> tuple[str, list[tuple[int, int]]]:
+    """The completion text and, per step, the character span of its written result."""
+    parts, spans, pos = [], [], 0
+    for s in steps:
+        t = s.text()
+        start = pos + t.index("=") + 1
+        spans.append((start, start + len(str(s.result))))
+        parts.append(t)
+        pos += len(t) + 1  # the joining space
+    text = " ".join(parts + [ANSWER_TEMPLATE.format(answer=answer)])
+    return text, spans
+
+
+def _in_test_pool(expr: str, task: ArithmeticTask) -> bool:
+    h = int.from_bytes(hashlib.blake2b(expr.encode(), digest_size=8).digest(), "big")
+    return (h % 1_000_003) < task.test_fraction * 1_000_003
+
+
+def _valid(steps: list[Step], task: ArithmeticTask) -> bool:
+    return all(0 <= s.result <= task.max_value for s in steps)
+
+
+def _sample_problem(rng: random.Random, task: ArithmeticTask, steps: tuple[int, int]):
+    while True:
+        n = rng.randint(*steps)
+        operands = [rng.randint(1, task.max_operand) for _ in range(n + 1)]
+        ops = [rng.choice(task.ops) for _ in range(n)]
+        sol, answer = solve(operands, ops)
+        if _valid(sol, task):
+            return operands, ops, sol, answer
+
+
+def _problems(task: ArithmeticTask, n: int, seed: int, split: str, unique: bool) -> list[dict]:
+    """``n`` problems of ``split`` ('train' | 'test' | 'hard'), from a stream seeded by (seed, split)."""
+    rng = random.Random(f"oarl-arithmetic/{split}/{seed}")
+    steps = task.hard_steps if split == "hard" else task.steps
+    want_test_pool = split != "train"
+    out, seen = [], set()
+    attempts = 0
+    while len(out) < n:
+        attempts += 1
+        if attempts > 200 * n + 10_000:
+            raise ValueError(f"cannot draw {n} distinct {split!r} problems from {task}; lower n or widen the task")
+        operands, ops, sol, answer = _sample_problem(rng, task, steps)
+        expr = expression(operands, ops)
+        if _in_test_pool(expr, task) != want_test_pool or (unique and expr in seen):
+            continue
+        seen.add(expr)
+        completion, _ = format_solution(sol, answer)
+        out.append(
+            {
+                "prompt": PROMPT_TEMPLATE.format(expr=expr),
+                "answer": str(answer),
+                "expression": expr,
+                "num_steps": len(sol),
+                "solution": completion,  # the correct chain of thought (reference only)
+                "_operands": operands,
+                "_ops": ops,
+            }
+        )
+    return out
+
+
+def _public(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+
+
+def problems(split: str, n: int, seed: int = 0, task: ArithmeticTask | None = None, unique: bool | None = None) -> list[dict]:
+    """``n`` problems of a split as dicts with ``prompt``, ``answer`` (gold, str), ``expression``,
+    ``num_steps``, ``solution``. ``test``/``hard`` problems are distinct within the split (``unique``
+    defaults to True for them, False for ``train``, which is a stream of draws)."""
+    if split not in ("train", "test", "hard"):
+        raise ValueError(f"unknown split {split!r}; choose train, test or hard")
+    task = task or ArithmeticTask()
+    unique = split != "train" if unique is None else unique
+    return _public(_problems(task, n, seed, split, unique))
+
+
+def demos(n: int, seed: int = 0, task: ArithmeticTask | None = None) -> list[dict]:
+    """``n`` warm-up demonstrations from the train split: the problem fields plus ``completion`` (the
+    demonstrated chain of thought, without EOS), ``flawed`` (bool), ``error_step`` (int or None) and
+    ``error_span`` ((start, end) characters of the first wrong result in ``completion``, or None).
+    ``answer`` stays the true answer even when the demo states a wrong one."""
+    task = task or ArithmeticTask()
+    rng = random.Random(f"oarl-arithmetic/flaws/{seed}")
+    out = []
+    for row in _problems(task, n, seed, "train", unique=False):
+        sol, answer = solve(row["_operands"], row["_ops"])
+        flaw = None
+        if rng.random() < task.flaw_rate:
+            for _ in range(100):  # a wrong result that keeps every written value in range
+                cand = (rng.randrange(len(sol)), rng.choice([d for d in range(-task.max_error, task.max_error + 1) if d]))
+                fsol, fans = solve(row["_operands"], row["_ops"], flaw=cand)
+                if _valid(fsol, task) and fans != answer:
+                    flaw, sol, answer = cand, fsol, fans
+                    break
+        completion, spans = format_solution(sol, answer)
+        r = {k: v for k, v in row.items() if not k.startswith("_")}
+        r.update(
+            completion=completion,
+            flawed=flaw is not None,
+            error_step=None if flaw is None else flaw[0],
+            error_span=None if flaw is None else list(spans[flaw[0]]),
+        )
+        out.append(r)
+    return out
+
+
+def as_dataset(rows: list[dict]):
+    """A ``datasets.Dataset`` of the rows (the format TRL trainers take)."""
+    from datasets import Dataset
+
+    return Dataset.from_list(rows)
+
+
+# ---------------------------------------------------------------------------------------------- verifier
+
+
+def _to_int(text: str | None) -> int | None:
+    if text is None:
+        return None
+    text = text.strip().rstrip(".").replace(" ", "")
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def is_correct(completion: str, answer: str | int) -> bool:
+    """Whether the completion's own final answer (``The answer is N.``) equals the gold answer."""
+    got = _to_int(extract_answer(completion))
+    return got is not None and got == _to_int(str(answer))
+
+
+def reward(completions: list, answer: list, **kwargs) -> list[float]:
+    """TRL reward function: 1.0 for a correct final answer, else 0.0 (``answer`` is the dataset column)."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [float(is_correct(t, a)) for t, a in zip(texts, answer)]
+
+
+# ---------------------------------------------------------------------------------------- default regime
+
+
+@dataclass(frozen=True)
+class Regime:
+    """The embedded default job: task, model, warm start, RL and evaluation sizes (see experiments/REGIME.md).
+
+    ``warmstart_config()`` gives the dict that :func:`oarl.models.warmstart.warm_start` takes (its hash keys
+    the cache); ``grpo_kwargs()`` the GRPOConfig fields of the RL phase.
+    """
+
+    task: ArithmeticTask = ArithmeticTask()
+    seed: int = 0
+    # model (oarl.models.tiny.TinyConfig fields)
+    model: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 512})
+    # supervised warm start
+    sft_steps: int = 300
+    sft_batch_size: int = 64
+    sft_lr: float = 2e-3
+    # RL
+    rl_steps: int = 60
+    rl_lr: float = 1e-4
+    num_generations: int = 8
+    rl_prompts_per_step: int = 8  # generation batch = rl_prompts_per_step * num_generations completions
+    max_completion_length: int = 56
+    temperature: float = 1.0
+    beta: float = 0.0
+    n_rl_prompts: int = 4096
+    # evaluation: avg@n at the sampling temperature, and greedy
+    eval_problems: int = 256
+    eval_samples: int = 4
+    hard_eval_problems: int = 128
+    hard_max_new_tokens: int = 96
+
+    def warmstart_config(self) -> dict:
+        return {
+            "task": asdict(self.task),
+            "model": dict(self.model),
+            "steps": self.sft_steps,
+            "batch_size": self.sft_batch_size,
+            "learning_rate": self.sft_lr,
+            "seed": self.seed,
+        }
+
+    def grpo_kwargs(self) -> dict:
+        return dict(
+            learning_rate=self.rl_lr,
+            max_steps=self.rl_steps,
+            num_generations=self.num_generations,
+            per_device_train_batch_size=self.rl_prompts_per_step * self.num_generations,
+            generation_batch_size=self.rl_prompts_per_step * self.num_generations,
+            max_completion_length=self.max_completion_length,
+            temperature=self.temperature,
+            beta=self.beta,
+            seed=self.seed,
+        )
+
+
+DEFAULT_REGIME = Regime()
+DEFAULT_TASK = DEFAULT_REGIME.task
