@@ -1,0 +1,378 @@
+"""``oarl train``: one OAR (or GRPO) training run into a run directory.
+
+With no arguments it runs the embedded default: a tiny transformer warm-started on multi-step arithmetic
+(cached), then OAR-G reinforcement learning and a held-out evaluation, on a laptop CPU with no network.
+Every OARConfig/GRPOConfig field is a ``--flag`` or a YAML key (``--config file.yaml``), the TRL way.
+
+The run directory ``runs/<name>/`` holds ``config.yaml`` (re-runnable with ``oarl train --config``),
+``metrics.jsonl`` (one row per logged step), ``plots/*.png``, TRL checkpoints (``checkpoint-*``),
+``final_model/`` and ``summary.json``. ``oarl train --resume runs/<name>`` continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+EMBEDDED = ("tiny", "arithmetic")  # (model, dataset) of the embedded default job
+
+
+@dataclass
+class TrainArgs:
+    """What to train on, and where the run goes (the RL settings are OARConfig's)."""
+
+    model: str = field(default="tiny", metadata={"help": "'tiny' (embedded, warm-started on arithmetic), "
+                                                  "'smollm2-135m' (offline GGUF), a Hugging Face name or a directory."})
+    dataset: str = field(default="arithmetic", metadata={"help": "'arithmetic' (embedded), 'gsm-symbolic' "
+                                                         "(reasoning-gym, offline), 'gsm8k', 'math' (hub) or a .jsonl file."})
+    problem_field: str = field(default="problem", metadata={"help": "Problem field of a JSONL dataset."})
+    answer_field: str = field(default="answer", metadata={"help": "Gold-answer field of a JSONL dataset."})
+    train_size: int | None = field(default=None, metadata={"help": "Number of training problems (default: "
+                                                           "the embedded regime's, or the whole dataset)."})
+    run_name: str | None = field(default=None, metadata={"help": "Run directory name (default: credit-model-time)."})
+    runs_dir: str = field(default="runs", metadata={"help": "Parent folder of run directories."})
+    resume: str | None = field(default=None, metadata={"help": "A run directory to continue from its last checkpoint."})
+    warmup_steps: int | None = field(default=None, metadata={"help": "Supervised warm-start steps of the tiny model "
+                                                             "(default: the embedded regime's). Cached by config."})
+    eval_size: int | None = field(default=None, metadata={"help": "Held-out problems per split (default: regime's; "
+                                                          "0 disables held-out evaluation)."})
+    eval_samples: int | None = field(default=None, metadata={"help": "Samples per held-out problem for avg@n."})
+    eval_every: int = field(default=0, metadata={"help": "Also evaluate held-out accuracy every N steps (0: only "
+                                                 "before and after training)."})
+
+
+# ------------------------------------------------------------------------------------------------ config
+
+
+def _cpu_defaults() -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {}
+    return {"bf16": False, "fp16": False, "gradient_checkpointing": False, "use_cpu": True}
+
+
+def _embedded_defaults(regime) -> dict:
+    return {
+        **regime.grpo_kwargs(),
+        "credit": "gradient",
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": max(1, regime.rl_steps // 4),
+        "save_total_limit": 2,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+    }
+
+
+def parse_args(argv: list[str] | None = None):
+    """(TrainArgs, OARConfig) from flags and an optional ``--config`` YAML (flags win over YAML, YAML over the
+    embedded defaults). ``--resume RUN`` re-reads ``RUN/config.yaml``."""
+    from trl import TrlParser
+
+    from .trainer import OARConfig
+
+    argv = list(argv or [])
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    pre.add_argument("--resume")
+    pre.add_argument("--model")
+    pre.add_argument("--dataset")
+    known, _ = pre.parse_known_args(argv)
+    if known.resume and not known.config:
+        config = Path(known.resume) / "config.yaml"
+        if not config.is_file():
+            raise SystemExit(f"--resume {known.resume}: no config.yaml there; is it a run directory of `oarl train`?")
+        argv = ["--config", str(config), *argv]
+        known.config = str(config)
+    from_yaml = yaml.safe_load(Path(known.config).read_text()) if known.config else {}
+    model = known.model or from_yaml.get("model", "tiny")
+    dataset = known.dataset or from_yaml.get("dataset", "arithmetic")
+
+    parser = TrlParser((TrainArgs, OARConfig))
+    defaults = {"output_dir": "runs/_unset", **_cpu_defaults(), "report_to": "none", "logging_steps": 1}
+    if (model, dataset) == EMBEDDED:
+        from .data.arithmetic import DEFAULT_REGIME
+
+        defaults.update(_embedded_defaults(DEFAULT_REGIME))
+    parser.set_defaults(**defaults)
+    train_args, config = parser.parse_args_and_config(argv)
+    return train_args, config
+
+
+def resolved_config(train_args: TrainArgs, config) -> dict:
+    """The run's settings as a YAML-able dict: every TrainArgs field and the OARConfig fields that differ from
+    their dataclass defaults (so that the file re-loads with ``oarl train --config``)."""
+    out = {k: v for k, v in dataclasses.asdict(train_args).items() if k != "resume"}
+    defaults = type(config).__dataclass_fields__
+    for name, f in defaults.items():
+        if not f.init or name.startswith("_"):
+            continue
+        value = getattr(config, name)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if hasattr(value, "value"):  # enums (lr_scheduler_type, save_strategy, ...)
+            value = value.value
+        if value == default or (hasattr(default, "value") and value == default.value):
+            continue
+        if isinstance(value, (str, int, float, bool, type(None))) or (
+            isinstance(value, (list, dict)) and _yamlable(value)
+        ):
+            out[name] = value
+    return out
+
+
+def _yamlable(value) -> bool:
+    try:
+        yaml.safe_dump(value)
+        return True
+    except yaml.YAMLError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------------ callbacks
+
+
+def _callbacks(run_dir: Path, total_steps: int, start_step: int, heldout):
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class MetricsWriter(TrainerCallback):
+        """Appends each logged row (with its step) to metrics.jsonl."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                row = {"step": state.global_step, **{k: v for k, v in logs.items() if _jsonable(v)}}
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+    class Progress(TrainerCallback):
+        """One bar with the live reward, accuracy and credit overhead."""
+
+        def __init__(self):
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=total_steps, initial=start_step, desc="oarl train", dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is None or not logs:
+                return
+            shown = {}
+            for key, label in (("reward", "reward"), ("rewards/accuracy/mean", "acc"), ("credit/overhead", "credit")):
+                if isinstance(logs.get(key), (int, float)):
+                    shown[label] = f"{logs[key]:.0%}" if label == "credit" else f"{logs[key]:.3f}"
+            self.bar.set_postfix(shown)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    class HeldoutEval(TrainerCallback):
+        def __init__(self, every):
+            self.every = every
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
+                numbers = heldout(model)
+                if state.is_world_process_zero and numbers:
+                    with open(run_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps({"step": state.global_step, **_heldout_row(numbers)}) + "\n")
+
+    return MetricsWriter, Progress, HeldoutEval
+
+
+def _jsonable(v) -> bool:
+    return isinstance(v, (str, int, bool, type(None))) or (isinstance(v, float) and math.isfinite(v))
+
+
+def _heldout_row(numbers: dict) -> dict:
+    return {f"heldout/{split}": r["avg"] for split, r in numbers.items()}
+
+
+# ------------------------------------------------------------------------------------------------ the job
+
+
+def _load_model_and_data(train_args: TrainArgs, config):
+    """(model, tokenizer, train dataset, held-out splits as {name: rows}, prompt template for them, rewards)."""
+    from . import rewards
+
+    if (train_args.model, train_args.dataset) == EMBEDDED:
+        from .data import arithmetic
+        from .models.tiny import load_tiny
+        from .models.warmstart import warm_start
+
+        regime = arithmetic.DEFAULT_REGIME
+        ws = regime.warmstart_config()
+        if train_args.warmup_steps is not None:
+            ws["steps"] = train_args.warmup_steps
+        model, tokenizer = load_tiny(warm_start(ws))
+        n_train = train_args.train_size or regime.n_rl_prompts
+        train = arithmetic.as_dataset(
+            [{"prompt": r["prompt"], "answer": r["answer"]} for r in arithmetic.problems("train", n_train, seed=regime.seed)]
+        )
+        n_eval = regime.eval_problems if train_args.eval_size is None else train_args.eval_size
+        heldout = {}
+        if n_eval:
+            heldout = {
+                "test": arithmetic.problems("test", n_eval, seed=regime.seed),
+                "hard": arithmetic.problems("hard", min(n_eval, regime.hard_eval_problems), seed=regime.seed),
+            }
+        heldout = {k: [{"problem": r["prompt"], "answer": r["answer"]} for r in v] for k, v in heldout.items()}
+        return model, tokenizer, train, heldout, "{problem}", [arithmetic.reward]
+
+    from .data import load_train_dataset
+    from .models.loading import load_model
+
+    model, tokenizer = load_model(train_args.model)
+    conversational = getattr(tokenizer, "chat_template", None) is not None
+    kw = dict(size=train_args.train_size, seed=config.seed, problem_field=train_args.problem_field,
+              answer_field=train_args.answer_field, conversational=conversational)
+    train = load_train_dataset(train_args.dataset, split="train", **kw)
+    heldout = {}
+    if train_args.dataset == "gsm-symbolic" and (train_args.eval_size or 0) > 0:
+        test = load_train_dataset("gsm-symbolic", **{**kw, "split": "test", "size": train_args.eval_size,
+                                                     "conversational": False})
+        heldout = {"test": [{"problem": r["prompt"], "answer": r["answer"]} for r in test]}
+    return model, tokenizer, train, heldout, None, [rewards.accuracy, rewards.format]
+
+
+def run_train(train_args: TrainArgs, config) -> dict:
+    """Train, evaluate, save. Returns the summary (also written to ``run_dir/summary.json``)."""
+    from .evaluate import evaluate_model
+    from .report.plots import make_plots
+    from .trainer import OARTrainer
+
+    t0 = time.perf_counter()
+    resume = train_args.resume
+    if resume:
+        run_dir = Path(resume)
+    else:
+        name = train_args.run_name or f"{config.credit}-{Path(train_args.model).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(train_args.runs_dir) / name
+        if (run_dir / "config.yaml").exists():
+            raise SystemExit(f"{run_dir} already holds a run: pick another --run_name, or --resume {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.output_dir = str(run_dir)
+    config.run_name = run_dir.name
+    with open(run_dir / "config.yaml", "w") as f:
+        yaml.safe_dump(resolved_config(train_args, config), f, sort_keys=False)
+
+    model, tokenizer, train, heldout, template, reward_funcs = _load_model_and_data(train_args, config)
+    n_samples = train_args.eval_samples
+    if n_samples is None:
+        from .data.arithmetic import DEFAULT_REGIME
+
+        n_samples = DEFAULT_REGIME.eval_samples
+
+    def evaluate_heldout(m) -> dict:
+        if not heldout:
+            return {}
+        was_training = m.training
+        m.eval()
+        out = {}
+        for split, rows in heldout.items():
+            res = evaluate_model(m, tokenizer, rows, n=n_samples, k_list=[1], prompt_template=template,
+                                 temperature=config.temperature, max_new_tokens=config.max_completion_length,
+                                 seed=config.seed)
+            out[split] = {"avg": res["avg@n"], "se": res["avg@n_se"], "n_problems": len(rows), "n_samples": n_samples}
+        m.train(was_training)
+        return out
+
+    before_file = run_dir / "heldout_before.json"
+    start_step = 0
+    checkpoint = None
+    if resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        checkpoint = get_last_checkpoint(str(run_dir))
+        if checkpoint is not None:
+            start_step = int(Path(checkpoint).name.split("-")[-1])
+        _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+    if before_file.exists():
+        before = json.loads(before_file.read_text())
+    else:
+        before = evaluate_heldout(model)
+        before_file.write_text(json.dumps(before, indent=2))
+        if before:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": 0, **_heldout_row(before)}) + "\n")
+
+    MetricsWriter, Progress, HeldoutEval = _callbacks(run_dir, config.max_steps, start_step, evaluate_heldout)
+    config.disable_tqdm = True
+    trainer = OARTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=train,
+                         processing_class=tokenizer,
+                         callbacks=[MetricsWriter(), Progress(), HeldoutEval(train_args.eval_every)])
+    t_train = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    train_time = time.perf_counter() - t_train
+
+    after = evaluate_heldout(trainer.model) if trainer.accelerator.is_main_process else {}
+    summary = {}
+    if trainer.accelerator.is_main_process:
+        final = run_dir / "final_model"
+        trainer.save_model(str(final))
+        tokenizer.save_pretrained(str(final))
+        if after:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": trainer.state.global_step, **_heldout_row(after)}) + "\n")
+        make_plots(run_dir)
+        overheads = [h["credit/overhead"] for h in trainer.state.log_history if "credit/overhead" in h]
+        summary = {
+            "run_dir": str(run_dir),
+            "credit": config.credit,
+            "steps": trainer.state.global_step,
+            "wall_time_s": time.perf_counter() - t0,
+            "train_time_s": train_time,
+            "credit_overhead": sum(overheads) / len(overheads) if overheads else None,
+            "heldout_before": before,
+            "heldout_after": after,
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(format_summary(summary))
+    return summary
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from: they will be logged again."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(r + "\n" for r in rows))
+
+
+def format_summary(summary: dict) -> str:
+    lines = ["", f"{'split':<8} {'before':>16} {'after':>16}"]
+    for split, after in summary["heldout_after"].items():
+        b = summary["heldout_before"].get(split)
+        fmt = lambda r: f"{r['avg']:.3f} ± {r['se']:.3f}" if r else "-"  # noqa: E731
+        lines.append(f"{split:<8} {fmt(b):>16} {fmt(after):>16}")
+    if summary["heldout_after"]:
+        first = next(iter(summary["heldout_after"].values()))
+        lines.append(f"(avg@{first['n_samples']} over {first['n_problems']} problems per split, ± one standard error)")
+    overhead = summary["credit_overhead"]
+    lines += [
+        f"steps: {summary['steps']}   wall time: {summary['wall_time_s']:.0f} s   "
+        f"credit ({summary['credit']}) overhead: {'-' if overhead is None else f'{overhead:.1%}'}",
+        f"run directory: {summary['run_dir']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    train_args, config = parse_args(argv)
+    return run_train(train_args, config)
