@@ -66,5 +66,6 @@ def gradient_importance(
         )
         objective = outcome_divergence(clean, perturbed, mode, clamp=False).sum()
         (grad,) = torch.autograd.grad(objective, [noisy])  # [B, L', D]; parameters' .grad untouched
-    importance = (grad.float() * embeds.float()).sum(-1).abs() * probe.reasoning
+    dtype = torch.promote_types(grad.dtype, torch.float32)  # the sum over d cancels: at least float32
+    importance = ((grad.to(dtype) * embeds.to(dtype)).sum(-1).abs() * probe.reasoning).float()
     return probe.to_original(importance)

@@ -63,5 +63,5 @@ def perturbation_importance(
             first = trim_left(attn)  # drop the columns that are padding in every variant of this chunk
             ids, attn = ids[:, first:], attn[:, first:]
             perturbed = final_outcome(forward_logits(model, attn, keep, input_ids=ids), ids, probe.n_answer[rows], mode)
-            importance[rows, cols] = outcome_divergence(clean[rows], perturbed, mode)
+            importance[rows, cols] = outcome_divergence(clean[rows], perturbed, mode).float()
     return probe.to_original(importance)

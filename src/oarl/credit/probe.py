@@ -87,7 +87,7 @@ def align_to_end(
 
 def forward_logits(model, attention_mask: Tensor, keep: int, input_ids: Tensor | None = None,
                    inputs_embeds: Tensor | None = None) -> Tensor:
-    """[N, keep, V] float32 logits of the last `keep` columns of a left-padded batch."""
+    """[N, keep, V] logits of the last `keep` columns of a left-padded batch, in float32 (float64 stays)."""
     out = model(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,
@@ -96,7 +96,8 @@ def forward_logits(model, attention_mask: Tensor, keep: int, input_ids: Tensor |
         logits_to_keep=keep,
         use_cache=False,
     )
-    return out.logits[:, -keep:].float()
+    logits = out.logits[:, -keep:]
+    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 def trim_left(attention_mask: Tensor) -> int:

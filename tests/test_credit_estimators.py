@@ -1,0 +1,233 @@
+"""Estimators on a tiny random Qwen2 (float64): batched = naive loop, padding invariance, OAR-G hygiene."""
+
+import pytest
+import torch
+from test_credit_fixtures import pad_rows, tiny_qwen2
+
+from oarl.credit import OUTCOMES, entropy_importance, gradient_importance, perturbation_importance
+
+torch.set_num_threads(1)
+VOCAB = 97
+PAD = 0
+NOISE_STD = 1e-3
+
+
+def make_rows(seed: int = 0):
+    """Three probes of different lengths: (ids, reasoning flags, answer flags), with tokens after the answer."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for prompt, reasoning, conclusion, answer, rest in [(3, 6, 2, 1, 2), (5, 9, 1, 3, 0), (2, 4, 2, 2, 1)]:
+        n = prompt + reasoning + conclusion + answer + rest
+        ids = torch.randint(2, VOCAB, (n,), generator=g).tolist()
+        flags = [0] * prompt + [1] * reasoning + [0] * conclusion + [2] * answer + [0] * rest
+        rows.append((ids, [f == 1 for f in flags], [f == 2 for f in flags]))
+    return rows
+
+
+def batch(rows, side):
+    ids, attn = pad_rows([r[0] for r in rows], PAD, side)
+    reasoning, _ = pad_rows([[int(x) for x in r[1]] for r in rows], 0, side)
+    answer, _ = pad_rows([[int(x) for x in r[2]] for r in rows], 0, side)
+    return ids, attn, reasoning.bool(), answer.bool()
+
+
+def unpad(values, attn):
+    return [values[b][attn[b].bool()] for b in range(values.shape[0])]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_qwen2(VOCAB)
+
+
+# -- naive references: one sequence, full logits, written independently of the library ----------------
+
+def naive_outcome(model, ids, answer, mode):
+    logits = model(input_ids=torch.tensor([ids])).logits[0].double()  # [L, V]
+    cols = torch.tensor(answer).nonzero().squeeze(1)
+    predicting = cols - 1  # positions that predict the answer tokens
+    if mode == "last":
+        return torch.log_softmax(logits[predicting[0]], -1)
+    if mode == "answer_mean":
+        return torch.log_softmax(logits[predicting].mean(0), -1)
+    logp = torch.log_softmax(logits[predicting], -1)
+    return logp[torch.arange(len(cols)), torch.tensor(ids)[cols]].mean()
+
+
+def naive_divergence(p, q, mode):
+    if mode == "answer_joint":
+        return max(float(p - q), 0.0)
+    return float((p.exp() * (p - q)).sum())
+
+
+@torch.no_grad()
+def naive_perturbation(model, row, mode, replace):
+    ids, reasoning, answer = row
+    clean = naive_outcome(model, ids, answer, mode)
+    out = torch.zeros(len(ids), dtype=torch.float64)
+    for t in range(len(ids)):
+        if reasoning[t]:
+            variant = list(ids)
+            variant[t] = replace
+            out[t] = naive_divergence(clean, naive_outcome(model, variant, answer, mode), mode)
+    return out
+
+
+@pytest.mark.parametrize("mode", OUTCOMES)
+@pytest.mark.parametrize("chunk_size", [1, 3, 64])
+def test_perturbation_matches_naive_loop(model, mode, chunk_size):
+    rows = make_rows()
+    ids, attn, reasoning, answer = batch(rows, "left")
+    got = perturbation_importance(model, ids, attn, reasoning, answer, mode=mode, chunk_size=chunk_size,
+                                  pad_token_id=PAD)
+    assert got.shape == ids.shape
+    for b, row_got in enumerate(unpad(got, attn)):
+        expected = naive_perturbation(model, rows[b], mode, PAD).float()
+        assert (row_got - expected).abs().max() <= 1e-5, (mode, chunk_size, b)
+        assert (row_got[~torch.tensor(rows[b][1])] == 0).all()
+    assert (got > 0).sum() >= 2  # not trivially zero (answer_joint deltas clamp at 0 for many tokens)
+
+
+def test_perturbation_replace_with(model):
+    rows = make_rows()[:1]
+    ids, attn, reasoning, answer = batch(rows, "right")
+    got = perturbation_importance(model, ids, attn, reasoning, answer, mode="answer_mean", replace_with=5,
+                                  pad_token_id=PAD)
+    expected = naive_perturbation(model, rows[0], "answer_mean", 5).float()
+    assert (got[0] - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("estimator", ["perturbation", "entropy"])
+def test_padding_invariance(model, estimator):
+    rows = make_rows(seed=1)
+    fn = {
+        "perturbation": lambda *a: perturbation_importance(model, *a, mode="last", chunk_size=4, pad_token_id=PAD),
+        "entropy": lambda *a: entropy_importance(model, *a),
+    }[estimator]
+    single = [fn(*batch([r], "left"))[0] for r in rows]  # unpadded, one row at a time
+    assert all(s.abs().sum() > 0 for s in single)
+    for side in ("left", "right"):
+        ids, attn, reasoning, answer = batch(rows, side)
+        for b, row_got in enumerate(unpad(fn(ids, attn, reasoning, answer), attn)):
+            assert (row_got - single[b]).abs().max() <= 1e-9, (side, b)
+
+
+def test_entropy_matches_naive(model):
+    rows = make_rows()
+    ids, attn, reasoning, answer = batch(rows, "right")
+    got = unpad(entropy_importance(model, ids, attn, reasoning, answer), attn)
+    for b, (row_ids, row_reasoning, _) in enumerate(rows):
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([row_ids])).logits[0], -1)
+        entropy = -(logp.exp() * logp).sum(-1)  # entropy at position t predicts token t + 1
+        expected = torch.zeros(len(row_ids), dtype=torch.float64)
+        expected[1:] = entropy[:-1]
+        expected = expected * torch.tensor(row_reasoning)
+        assert (got[b] - expected).abs().max() <= 1e-6
+
+
+def naive_gradient(model, row, mode, seed):
+    """One unpadded row, noise drawn exactly as the library does: an [M, D] block, row-major."""
+    ids, reasoning, answer = row
+    embed = model.get_input_embeddings()
+    with torch.no_grad():
+        e = embed(torch.tensor([ids]))[0]  # [L, D]
+        clean = naive_outcome(model, ids, answer, mode)
+    cols = torch.tensor(reasoning).nonzero().squeeze(1)
+    noise = torch.randn((len(cols), e.shape[1]), generator=torch.Generator().manual_seed(seed)).double() * NOISE_STD
+    x = e.clone()
+    x[cols] += noise
+    x.requires_grad_(True)
+    logits = model(inputs_embeds=x[None]).logits[0]
+    acols = torch.tensor(answer).nonzero().squeeze(1)
+    if mode == "last":
+        noisy = torch.log_softmax(logits[acols[0] - 1], -1)
+    elif mode == "answer_mean":
+        noisy = torch.log_softmax(logits[acols - 1].mean(0), -1)
+    else:
+        noisy = torch.log_softmax(logits[acols - 1], -1)[torch.arange(len(acols)), torch.tensor(ids)[acols]].mean()
+    objective = clean - noisy if mode == "answer_joint" else (clean.exp() * (clean - noisy)).sum()
+    (g,) = torch.autograd.grad(objective, x)
+    return ((g * e).sum(-1).abs() * torch.tensor(reasoning)).float()
+
+
+@pytest.mark.parametrize("mode", OUTCOMES)
+def test_gradient_matches_naive_for_one_row(model, mode):
+    row = make_rows()[1]
+    ids, attn, reasoning, answer = batch([row], "left")
+    got = gradient_importance(model, ids, attn, reasoning, answer, mode=mode, noise_std=NOISE_STD,
+                              generator=torch.Generator().manual_seed(3))
+    expected = naive_gradient(model, row, mode, seed=3)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(got[0], expected, rtol=1e-6, atol=1e-12)
+
+
+def test_gradient_padding_and_seed(model):
+    rows = make_rows(seed=2)
+    outs = {}
+    for side in ("left", "right"):
+        ids, attn, reasoning, answer = batch(rows, side)
+        outs[side] = unpad(gradient_importance(model, ids, attn, reasoning, answer,
+                                               generator=torch.Generator().manual_seed(7)), attn)
+    for left, right in zip(outs["left"], outs["right"]):
+        torch.testing.assert_close(left, right, rtol=1e-7, atol=1e-15)
+    # the first row's noise is the first block of the stream: same as that row alone
+    alone = gradient_importance(model, *batch(rows[:1], "left"), generator=torch.Generator().manual_seed(7))[0]
+    torch.testing.assert_close(outs["left"][0], alone, rtol=1e-7, atol=1e-15)
+    # seeded: reproducible; another seed: different
+    ids, attn, reasoning, answer = batch(rows, "left")
+    again = gradient_importance(model, ids, attn, reasoning, answer, generator=torch.Generator().manual_seed(7))
+    other = gradient_importance(model, ids, attn, reasoning, answer, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(unpad(again, attn)[1], outs["left"][1])
+    assert not torch.equal(again, other)
+
+
+@pytest.mark.parametrize("under_no_grad", [False, True])
+def test_gradient_leaves_grads_and_mode_untouched(under_no_grad):
+    model = tiny_qwen2(VOCAB, seed=1)
+    model.config.attention_dropout = 0.5  # dropout would make the result random if it stayed on
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    params = list(model.parameters())
+    for p in params[::2]:
+        p.grad = torch.randn_like(p)  # some parameters hold a gradient, the others None
+    before = [None if p.grad is None else p.grad.clone() for p in params]
+    model.train()
+    ids, attn, reasoning, answer = batch(make_rows(), "left")
+    results = []
+    for _ in range(2):
+        ctx = torch.no_grad() if under_no_grad else torch.enable_grad()
+        with ctx:
+            results.append(gradient_importance(model, ids, attn, reasoning, answer,
+                                               generator=torch.Generator().manual_seed(0)))
+    assert model.training
+    assert all(p.requires_grad for p in params)
+    for p, b in zip(params, before):
+        assert (p.grad is None and b is None) or torch.equal(p.grad, b)
+    assert torch.equal(results[0], results[1])  # dropout was off
+    assert results[0].abs().sum() > 0 and not results[0].requires_grad
+
+
+def test_rows_without_answer_or_reasoning_give_zero(model):
+    rows = make_rows()
+    ids, attn, reasoning, answer = batch(rows, "right")
+    answer[1] = False
+    reasoning[2] = False
+    for got in (
+        perturbation_importance(model, ids, attn, reasoning, answer, pad_token_id=PAD),
+        gradient_importance(model, ids, attn, reasoning, answer),
+        entropy_importance(model, ids, attn, reasoning, answer),
+    ):
+        assert got[1:].abs().sum() == 0 and got[0].abs().sum() > 0
+
+
+def test_bad_settings_raise(model):
+    ids, attn, reasoning, answer = batch(make_rows(), "left")
+    with pytest.raises(ValueError, match="mode"):
+        perturbation_importance(model, ids, attn, reasoning, answer, mode="first", pad_token_id=PAD)
+    with pytest.raises(ValueError, match="chunk_size"):
+        perturbation_importance(model, ids, attn, reasoning, answer, chunk_size=0, pad_token_id=PAD)
+    with pytest.raises(ValueError, match="noise_std"):
+        gradient_importance(model, ids, attn, reasoning, answer, noise_std=0.0)
+    with pytest.raises(ValueError, match="mode"):
+        gradient_importance(model, ids, attn, reasoning, answer, mode="sum")
