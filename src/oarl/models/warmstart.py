@@ -1,0 +1,133 @@
+"""Supervised warm start of the tiny model on (partly flawed) arithmetic demonstrations, cached on disk.
+
+    path = warm_start(DEFAULT_REGIME.warmstart_config())   # trains once, then returns the cached directory
+    model, tokenizer = load_tiny(path)
+
+The cache key is a hash of the config (plus a format version), under ``$OARL_CACHE/warmstart/<hash>`` or
+``~/.cache/oarl/warmstart/<hash>``; a finished directory holds ``warmstart.json`` (the config, the
+training time and the final loss) next to the Hugging Face model files. Training writes to a temporary
+sibling directory and renames it when done, so an interrupted run leaves no half-written cache entry.
+
+Training is TRL's ``SFTTrainer`` on prompt-completion pairs (loss on the completion tokens only, EOS
+appended by TRL), on CPU: bf16 off, gradient checkpointing off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+CACHE_VERSION = 1  # bump when the training code changes what a config produces
+
+
+def cache_root() -> Path:
+    """``$OARL_CACHE`` or ``~/.cache/oarl``."""
+    return Path(os.environ.get("OARL_CACHE") or Path.home() / ".cache" / "oarl")
+
+
+def config_hash(cfg: dict) -> str:
+    blob = json.dumps({"version": CACHE_VERSION, **cfg}, sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_path(cfg: dict) -> Path:
+    """Where the warm start of ``cfg`` lives (whether or not it exists yet)."""
+    return cache_root() / "warmstart" / config_hash(cfg)
+
+
+def is_cached(cfg: dict) -> bool:
+    return (cache_path(cfg) / "warmstart.json").is_file()
+
+
+def default_config() -> dict:
+    from oarl.data.arithmetic import DEFAULT_REGIME
+
+    return DEFAULT_REGIME.warmstart_config()
+
+
+def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int = 50) -> str:
+    """Path of the warm-started model directory for ``cfg`` (see ``Regime.warmstart_config``): trained
+    on first use, loaded from the cache afterwards. ``cfg`` keys: ``task`` (ArithmeticTask fields),
+    ``model`` (TinyConfig fields), ``steps``, ``batch_size``, ``learning_rate``, ``seed``; optional
+    ``warmup_steps``, ``weight_decay``, ``num_threads``."""
+    cfg = default_config() if cfg is None else cfg
+    out = cache_path(cfg)
+    if is_cached(cfg) and not force:
+        return str(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        info = _train(cfg, tmp, log_every=log_every)
+        with open(tmp / "warmstart.json", "w") as f:
+            json.dump({"config": cfg, "hash": out.name, **info}, f, indent=2, default=list)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
+def _train(cfg: dict, out_dir: Path, log_every: int) -> dict:
+    import torch
+    from trl import SFTConfig, SFTTrainer
+
+    from oarl.data.arithmetic import ArithmeticTask, as_dataset, demos
+    from oarl.models.tiny import build_tiny, save_tiny
+
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg["num_threads"]))
+    task_kw = dict(cfg.get("task", {}))
+    for k in ("steps", "hard_steps"):
+        if k in task_kw:
+            task_kw[k] = tuple(task_kw[k])
+    task = ArithmeticTask(**task_kw)
+    seed = int(cfg.get("seed", 0))
+    steps, batch = int(cfg["steps"]), int(cfg["batch_size"])
+
+    model, tokenizer = build_tiny({**cfg.get("model", {}), "seed": seed})
+    rows = demos(steps * batch, seed=seed, task=task)
+    train = as_dataset([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+
+    args = SFTConfig(
+        output_dir=str(out_dir / "_trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=float(cfg["learning_rate"]),
+        lr_scheduler_type="cosine",
+        warmup_steps=int(cfg.get("warmup_steps", max(1, steps // 20))),
+        weight_decay=float(cfg.get("weight_decay", 0.0)),
+        max_length=256,
+        packing=False,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        report_to="none",
+        logging_steps=log_every,
+        save_strategy="no",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    save_tiny(trainer.model, tokenizer, out_dir)
+    shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {
+        "train_seconds": seconds,
+        "final_loss": losses[-1] if losses else result.training_loss,
+        "loss_history": losses,
+        "num_demos": len(rows),
+        "flawed_fraction": sum(r["flawed"] for r in rows) / max(1, len(rows)),
+    }

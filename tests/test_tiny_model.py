@@ -1,0 +1,80 @@
+"""The tiny model, its character tokenizer, and the cached supervised warm start."""
+
+import json
+
+import pytest
+import torch
+
+from oarl.models.tiny import TinyConfig, build_tiny, build_tokenizer, is_tiny_dir, load_tiny, num_parameters, save_tiny
+
+TEXT = "Q: 7+5*3-2=?\nA: 5*3=15. 7+15=22. 22-2=20. The answer is 20."
+
+
+def test_tokenizer_round_trip_and_special_ids():
+    tok = build_tokenizer()
+    ids = tok(TEXT)["input_ids"]
+    assert len(ids) == len(TEXT)  # one token per character, no BOS
+    assert tok.decode(ids) == TEXT
+    assert tok.pad_token_id != tok.eos_token_id
+    assert tok.eos_token_id not in ids and tok.pad_token_id not in ids
+    assert tok(TEXT + tok.eos_token)["input_ids"][-1] == tok.eos_token_id
+    assert tok.decode(ids + [tok.eos_token_id], skip_special_tokens=True) == TEXT
+
+
+def test_model_size_and_shapes():
+    model, tok = build_tiny()
+    n = num_parameters(model)
+    assert 0.5e6 < n < 3e6, n
+    assert model.config.vocab_size == len(tok)
+    assert model.config.pad_token_id == tok.pad_token_id and model.config.eos_token_id == tok.eos_token_id
+    bigger, _ = build_tiny(TinyConfig(hidden_size=192))
+    assert num_parameters(bigger) > n
+    # Same seed, same weights.
+    again, _ = build_tiny()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
+
+
+def test_save_load_identical(tmp_path):
+    model, tok = build_tiny()
+    save_tiny(model, tok, tmp_path / "m")
+    assert is_tiny_dir(tmp_path / "m") and not is_tiny_dir(tmp_path)
+    m2, t2 = load_tiny(tmp_path / "m")
+    assert t2(TEXT)["input_ids"] == tok(TEXT)["input_ids"]
+    assert t2.get_vocab() == tok.get_vocab()
+    assert (t2.pad_token_id, t2.eos_token_id) == (tok.pad_token_id, tok.eos_token_id) and t2.pad_token_id != t2.eos_token_id
+    assert t2.padding_side == "left"
+    x = torch.tensor([tok(TEXT)["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(model(x).logits, m2(x).logits)
+    cfg = json.load(open(tmp_path / "m" / "tokenizer_config.json"))
+    assert cfg["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
+def test_batched_generation_left_padded():
+    model, tok = build_tiny()
+    enc = tok(["Q: 1+1=?\nA: ", "Q: 12+3*4=?\nA: "], return_tensors="pt", padding=True)
+    assert enc["input_ids"][0, 0].item() == tok.pad_token_id  # left padding
+    out = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape == (2, enc["input_ids"].shape[1] + 4)
+
+
+def test_warm_start_trains_then_hits_cache(tmp_path, monkeypatch):
+    from oarl.models import warmstart
+
+    monkeypatch.setenv("OARL_CACHE", str(tmp_path / "cache"))
+    cfg = {"task": {}, "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+           "steps": 3, "batch_size": 4, "learning_rate": 1e-3, "seed": 0}
+    assert not warmstart.is_cached(cfg)
+    path = warmstart.warm_start(cfg, log_every=1)
+    assert path.startswith(str(tmp_path / "cache" / "warmstart"))
+    info = json.load(open(f"{path}/warmstart.json"))
+    assert info["config"]["steps"] == 3 and info["num_demos"] == 12
+    model, tok = load_tiny(path)
+    assert model.config.hidden_size == 32 and tok.pad_token_id != tok.eos_token_id
+    assert warmstart.is_cached(cfg)
+
+    calls = []
+    monkeypatch.setattr(warmstart, "_train", lambda *a, **k: calls.append(1) or pytest.fail("retrained"))
+    assert warmstart.warm_start(cfg) == path and not calls
+    # A different config is a different cache entry.
+    assert warmstart.cache_path({**cfg, "steps": 4}) != warmstart.cache_path(cfg)
