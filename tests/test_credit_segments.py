@@ -1,0 +1,135 @@
+"""Segmentation of completions into reasoning / conclusion / answer / rest, on a real BPE tokenizer."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_credit_fixtures import bpe_tokenizer, pad_rows
+
+from oarl.credit import find_final_answer, segment_completions
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return bpe_tokenizer()
+
+
+def encode(tok, text, eos=True):
+    return tok(text, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if eos else [])
+
+
+def segment(tok, rows, truncated=None):
+    ids, mask = pad_rows(rows, tok.pad_token_id, "right")
+    return ids, mask, segment_completions(tok, ids, mask, truncated)
+
+
+def pieces(tok, ids, seg, b):
+    """Decoded text of each segment of row b."""
+    def text(m):
+        return tok.decode(ids[b][m[b]].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return text(seg.reasoning), text(seg.conclusion), text(seg.answer), text(seg.rest)
+
+
+STYLES = [
+    # text, reasoning, conclusion, answer, rest (decoded, special tokens dropped)
+    ("First, 12 + 30 = 42. So the final answer is \\boxed{42}.",
+     "First, 12 + 30 = 42. So", " the final answer is \\boxed{", "42", "}."),
+    ("We add the numbers: 7 * 6 = 42.\n#### 42", "We add the numbers: 7 * 6 = 42.\n", "####", " 42", ""),
+    ("She has 5 apples and buys 3 more. The answer is 8.",
+     "She has 5 apples and buys 3 more. ", "The answer is ", "8", "."),  # the BPE has "Ġ", "The"
+    ("Step 1: compute 100 - 58 = 42.\nAnswer: 17", "Step 1: compute 100 - 58 = 42.\n", "Answer:", " 17", ""),
+    ("Hence x = 1/2, \\boxed{\\frac{1}{2}} is it.", "Hence x = 1/2,", " \\boxed{", "\\frac{1}{2}", "} is it."),
+    ("Thus 7 * 6 = 42 \\boxed{42}.", "Thus 7 * 6 = 42", " \\boxed{", "42", "}."),
+]
+
+
+def test_completion_styles(tok):
+    ids, mask, seg = segment(tok, [encode(tok, s[0]) for s in STYLES])
+    assert seg.has_answer.all()
+    for b, (text, *expected) in enumerate(STYLES):
+        assert list(pieces(tok, ids, seg, b)) == expected, text
+        # disjoint and covering every completion token; the EOS is in rest
+        total = seg.reasoning.long() + seg.conclusion.long() + seg.answer.long() + seg.rest.long()
+        assert torch.equal(total[b], mask[b])
+        eos_col = int(mask[b].sum()) - 1
+        assert seg.rest[b, eos_col]
+
+
+def test_straddling_tokens(tok):
+    # " \\" straddles reasoning (the space) and the conclusion ("\\boxed{"): conclusion.
+    # " 42" after "#### " straddles the lead-in (the space) and the answer: answer.
+    ids, _, seg = segment(tok, [encode(tok, "Thus 7 * 6 = 42 \\boxed{42}."), encode(tok, "#### 42")])
+    tokens = [tok.convert_ids_to_tokens(r.tolist()) for r in ids]
+    assert seg.conclusion[0, tokens[0].index("Ġ\\")]
+    assert seg.answer[1, tokens[1].index("Ġ42")] and seg.answer[1].sum() == 1
+
+
+def test_non_canonical_tokenisation_falls_back_to_incremental_decoding(tok):
+    text = "So 7 * 6 = 42. The answer is 42."
+    canonical = encode(tok, text)
+    # the model sampled "4", "2" instead of " 42" in the answer: re-encoding the text does not give these ids
+    split = encode(tok, "So 7 * 6 = 42. The answer is", eos=False) + encode(tok, " ", eos=False) \
+        + encode(tok, "4", eos=False) + encode(tok, "2", eos=False) + encode(tok, ".")
+    assert split != canonical and tok.decode(split, skip_special_tokens=True) == text
+    ids, _, seg = segment(tok, [canonical, split])
+    assert seg.has_answer.all()
+    for b in range(2):
+        reasoning, conclusion, answer, rest = pieces(tok, ids, seg, b)
+        assert reasoning.strip() == "So 7 * 6 = 42." and answer.strip() == "42" and rest == "."
+    assert seg.answer[1].sum() == 2
+
+
+def test_bad_inputs(tok):
+    rows = [
+        encode(tok, "We add 7 and 6 and get some number."),  # no answer
+        [],  # empty completion
+        encode(tok, "So the answer is \\boxed{4", eos=False),  # truncated \boxed{
+        encode(tok, "So 7 * 6 = 42.\n#### 4", eos=False),  # cut by the length limit right in the answer
+        encode(tok, "So 7 * 6 = 42.\n#### 4", eos=False),  # same text, not truncated
+        encode(tok, "So \\boxed{42} is the", eos=False),  # truncated, but the answer is complete
+        encode(tok, "So the answer is \\boxed{}."),  # empty answer
+    ]
+    truncated = torch.tensor([False, False, True, True, False, True, False])
+    ids, mask, seg = segment(tok, [r or [tok.pad_token_id] for r in rows], truncated)
+    mask[1] = 0
+    seg = segment_completions(tok, ids, mask, truncated)
+    assert seg.has_answer.tolist() == [False, False, False, False, True, True, False]
+    for m in (seg.reasoning, seg.conclusion, seg.answer, seg.rest):
+        assert not m[~seg.has_answer].any()
+    assert not seg.rest[4].any() and pieces(tok, ids, seg, 4)[2] == "4"
+
+
+def test_device_and_shapes(tok):
+    ids, mask, seg = segment(tok, [encode(tok, STYLES[0][0]), encode(tok, "x")])
+    for m in (seg.reasoning, seg.conclusion, seg.answer, seg.rest):
+        assert m.shape == ids.shape and m.dtype == torch.bool
+    assert seg.has_answer.shape == (2,) and not seg.rest[1].any()
+
+
+SENTENCES = ["First, 12 + 30 = 42.", "She has 5 apples.", "Step 1: compute 100 - 58.", "so x = 7", "Let's think"]
+STATEMENTS = ["The answer is {a}.", "\\boxed{{{a}}}", "#### {a}", "Answer: {a}", "the final answer is \\boxed{{{a}}}."]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.sampled_from(SENTENCES), max_size=4),
+    st.sampled_from(STATEMENTS),
+    st.sampled_from(["42", "3/4", "\\frac{1}{2}", "17"]),
+    st.sampled_from(["", " Done.", "\nCheck it."]),
+    st.sampled_from([" ", "\n"]),
+)
+def test_segments_partition_in_order(sentences, statement, answer, tail, sep):
+    tok = bpe_tokenizer()
+    text = sep.join(sentences + [statement.format(a=answer)]) + tail
+    ids, mask, seg = segment(tok, [encode(tok, text)])
+    final = find_final_answer(text)
+    assert bool(seg.has_answer[0]) == (final is not None)
+    if final is None:
+        return
+    total = seg.reasoning.long() + seg.conclusion.long() + seg.answer.long() + seg.rest.long()
+    assert torch.equal(total, mask)
+    # order: reasoning < conclusion < answer < rest along the completion
+    label = (seg.conclusion.long() + 2 * seg.answer.long() + 3 * seg.rest.long())[0]
+    assert (label.diff() >= 0).all()
+    _, _, answer_text, _ = pieces(tok, ids, seg, 0)
+    assert final.text in answer_text
