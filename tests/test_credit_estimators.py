@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_credit_fixtures import pad_rows, tiny_qwen2
+from test_credit_fixtures import pad_rows, tiny_gpt2, tiny_qwen2
 
 from oarl.credit import OUTCOMES, entropy_importance, gradient_importance, perturbation_importance
 
@@ -97,8 +97,15 @@ def test_perturbation_replace_with(model):
     assert (got[0] - expected).abs().max() <= 1e-5
 
 
+@pytest.fixture(scope="module")
+def gpt2():
+    return tiny_gpt2(VOCAB)
+
+
 @pytest.mark.parametrize("estimator", ["perturbation", "entropy"])
-def test_padding_invariance(model, estimator):
+@pytest.mark.parametrize("kind", ["qwen2", "gpt2"])  # rotary (relative) and absolute position embeddings
+def test_padding_invariance(model, gpt2, estimator, kind):
+    model = gpt2 if kind == "gpt2" else model
     rows = make_rows(seed=1)
     fn = {
         "perturbation": lambda *a: perturbation_importance(model, *a, mode="last", chunk_size=4, pad_token_id=PAD),
@@ -162,7 +169,9 @@ def test_gradient_matches_naive_for_one_row(model, mode):
     torch.testing.assert_close(got[0], expected, rtol=1e-6, atol=1e-12)
 
 
-def test_gradient_padding_and_seed(model):
+@pytest.mark.parametrize("kind", ["qwen2", "gpt2"])
+def test_gradient_padding_and_seed(model, gpt2, kind):
+    model = gpt2 if kind == "gpt2" else model
     rows = make_rows(seed=2)
     outs = {}
     for side in ("left", "right"):

@@ -7,7 +7,7 @@ import functools
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 CORPUS = [
     "Q: What is 12 + 30? Let's think step by step.",
@@ -62,3 +62,11 @@ def pad_rows(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tenso
         ids[b, sl] = torch.tensor(r, dtype=torch.long)
         mask[b, sl] = 1
     return ids, mask
+
+
+def tiny_gpt2(vocab_size: int, seed: int = 0, dtype=torch.float64) -> GPT2LMHeadModel:
+    """A model with absolute position embeddings: wrong position ids would change its outputs."""
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, eos_token_id=1)
+    return GPT2LMHeadModel(config).to(dtype).eval()
