@@ -1,0 +1,39 @@
+"""find_final_answer: the final-answer statement and its character spans."""
+
+import pytest
+
+from oarl.credit import find_final_answer
+from oarl.credit.answer import extract_answer
+
+
+@pytest.mark.parametrize(("text", "answer", "lead_in", "style"), [
+    ("The answer is 42.", "42", "The answer is ", "phrase"),
+    ("The answer is 3.5.", "3.5", "The answer is ", "phrase"),  # a decimal point does not end the sentence
+    ("The final answer is: 42", "42", "The final answer is: ", "phrase"),
+    ("Answer: 42\nSome text", "42", "Answer: ", "phrase"),
+    ("The answer is $42$.", "42", "The answer is $", "phrase"),
+    ("The answer is -7", "-7", "The answer is ", "phrase"),
+    ("so \\boxed{\\frac{1}{2}}", "\\frac{1}{2}", "\\boxed{", "boxed"),  # nested braces
+    ("\\boxed{\\{1,2\\}}", "\\{1,2\\}", "\\boxed{", "boxed"),  # escaped braces do not count
+    ("\\fbox{7}", "7", "\\fbox{", "boxed"),
+    ("The answer is \\boxed{5}.", "5", "The answer is \\boxed{", "boxed"),  # the phrase belongs to the statement
+    ("the answer is $\\boxed{4}$.", "4", "the answer is $\\boxed{", "boxed"),
+    ("#### 1,000", "1,000", "#### ", "hash"),
+    ("#### 42\n", "42", "#### ", "hash"),
+    ("\\boxed{3} then #### 5", "5", "#### ", "hash"),  # the last statement wins
+    ("The answer is 5. Wait, the answer is 6.", "6", "the answer is ", "phrase"),
+])
+def test_statements(text, answer, lead_in, style):
+    final = find_final_answer(text)
+    assert final is not None and final.style == style
+    assert final.text == answer == text[final.answer_start : final.answer_end]
+    assert text[final.statement_start : final.answer_start] == lead_in
+    assert extract_answer(text) == answer
+
+
+@pytest.mark.parametrize("text", [
+    "", "   ", "We add 7 and 6.", "answer: ", "So \\boxed{4", "\\boxed{3} then \\boxed{4", "\\boxed{}", "#### \n",
+    "I answered: 5",
+])
+def test_no_answer(text):
+    assert find_final_answer(text) is None and extract_answer(text) is None
