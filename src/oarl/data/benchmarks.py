@@ -1,0 +1,245 @@
+"""Math benchmarks as rows ``{"problem", "answer", "id", "source"}``, whatever the file's own schema.
+
+    load_benchmark("math500")                      a known name, read from the data directory
+    load_benchmark("path/to/set.jsonl")            a local JSON Lines file (fields auto-detected or given)
+    load_benchmark("HuggingFaceH4/MATH-500")       a Hugging Face dataset (needs network), or a local
+                                                   dataset directory that ``datasets.load_dataset`` reads
+
+Known names and where their gold answer is (see ``../shared/data/benchmarks/README.md``):
+
+    math500   problem / answer (LaTeX)
+    gsm8k     question / the text after ``####`` in answer
+    aime24    problem / answer (string of an integer)
+    amc23     problem / answer (a float such as 27.0, normalised to "27")
+    minerva   problem / the last ``\\boxed{}`` in solution        (file minerva_math.jsonl)
+
+Data directory: the ``data_dir`` argument, else the ``OARL_DATA_DIR`` environment variable, else
+``../shared/data/benchmarks`` relative to the current directory if it exists.
+
+Malformed rows (invalid JSON, no problem, no gold answer that can be extracted) are never scored as wrong:
+with ``strict=False`` (the default) each is skipped, logged as a warning and listed in the returned list's
+``skipped`` attribute as ``(source, reason)`` with source ``file:line``; with ``strict=True`` the load
+raises ``ValueError`` listing them all.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from oarl.credit.answer import find_final_answer
+from oarl.rewards import normalize_gold
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_FIELDS = ("problem", "question", "Problem", "Question", "prompt")  # auto-detected, in this order
+ANSWER_FIELDS = ("answer", "Answer", "final_answer", "solution", "Solution")
+SOLUTION_FIELDS = ("solution", "Solution")  # a gold taken from these is the last \boxed{} in the text
+ID_FIELDS = ("unique_id", "id", "idx", "ID")
+
+
+@dataclass(frozen=True)
+class Schema:
+    """Where a benchmark file keeps its problem and its gold answer.
+
+    gold: "field" (the answer field, normalised: numbers to strings, text after ``####`` if present),
+    "after_hash" (the text after ``####``, which must be there), "boxed" (last ``\\boxed{}`` of the field).
+    """
+
+    problem: str
+    answer: str
+    gold: str = "field"
+    id: str | None = None
+    file: str | None = None  # file name in the data directory, for known benchmarks
+    hub: tuple[str, str | None, str] | None = None  # (dataset, config, split) on the Hugging Face hub
+
+
+BENCHMARKS: dict[str, Schema] = {
+    "math500": Schema("problem", "answer", "field", "unique_id", "math500.jsonl", ("HuggingFaceH4/MATH-500", None, "test")),
+    "gsm8k": Schema("question", "answer", "after_hash", "idx", "gsm8k.jsonl", ("openai/gsm8k", "main", "test")),
+    "aime24": Schema("problem", "answer", "field", "id", "aime24.jsonl", ("HuggingFaceH4/aime_2024", None, "train")),
+    "amc23": Schema("problem", "answer", "field", "id", "amc23.jsonl", ("math-ai/amc23", None, "test")),
+    "minerva": Schema("problem", "solution", "boxed", "idx", "minerva_math.jsonl", ("math-ai/minervamath", None, "test")),
+}
+ALIASES = {"math-500": "math500", "math_500": "math500", "minerva_math": "minerva", "aime": "aime24", "amc": "amc23"}
+
+
+class BenchmarkRows(list):
+    """A list of row dicts, with ``name`` and ``skipped`` (``[(source, reason), ...]``) attributes."""
+
+    def __init__(self, rows=(), name: str = "", skipped: list[tuple[str, str]] | None = None):
+        super().__init__(rows)
+        self.name = name
+        self.skipped = skipped or []
+
+
+def default_data_dir() -> Path | None:
+    """``OARL_DATA_DIR``, else ``../shared/data/benchmarks`` from the current directory if it exists."""
+    env = os.environ.get("OARL_DATA_DIR")
+    if env:
+        return Path(env)
+    candidate = Path.cwd().parent / "shared" / "data" / "benchmarks"
+    return candidate if candidate.is_dir() else None
+
+
+def gold_answer(row: dict, schema: Schema) -> str:
+    """The gold answer of a raw row as a string; raises ValueError with the reason when there is none."""
+    if schema.answer not in row or row[schema.answer] is None:
+        raise ValueError(f"no {schema.answer!r} field")
+    value = row[schema.answer]
+    if schema.gold == "boxed":
+        if not isinstance(value, str):
+            raise ValueError(f"{schema.answer!r} is not text")
+        final = find_final_answer(value)
+        if final is None or final.style != "boxed":
+            raise ValueError(f"no closed \\boxed{{}} at the end of {schema.answer!r}")
+        value = final.text
+    elif schema.gold == "after_hash" and (not isinstance(value, str) or "####" not in value):
+        raise ValueError(f"no '####' in {schema.answer!r}")
+    gold = normalize_gold(value)
+    if gold is None:
+        raise ValueError(f"empty gold answer in {schema.answer!r}")
+    return gold
+
+
+def _row(raw: Any, schema: Schema, name: str, index: int, source: str) -> dict:
+    """One benchmark row from a raw record; raises ValueError with the reason if it is malformed."""
+    if not isinstance(raw, dict):
+        raise ValueError("not a JSON object")
+    problem = raw.get(schema.problem)
+    if not isinstance(problem, str) or not problem.strip():
+        raise ValueError(f"no {schema.problem!r} text")
+    raw_id = raw.get(schema.id) if schema.id else None
+    return {
+        "problem": problem,
+        "answer": gold_answer(raw, schema),
+        "id": f"{name}/{raw_id if raw_id is not None else index}",
+        "source": source,
+    }
+
+
+def _detect_schema(first: dict, problem_field: str | None, answer_field: str | None) -> Schema:
+    problem = problem_field or next((f for f in PROBLEM_FIELDS if f in first), PROBLEM_FIELDS[0])
+    answer = answer_field or next((f for f in ANSWER_FIELDS if f in first), ANSWER_FIELDS[0])
+    return Schema(problem, answer, "boxed" if answer in SOLUTION_FIELDS else "field", next((f for f in ID_FIELDS if f in first), None))
+
+
+def _finish(rows: list[dict], skipped: list[tuple[str, str]], name: str, strict: bool) -> BenchmarkRows:
+    if skipped:
+        listing = "\n".join(f"  {src}: {reason}" for src, reason in skipped)
+        if strict:
+            raise ValueError(f"{name}: {len(skipped)} malformed row(s):\n{listing}")
+        logger.warning("%s: skipped %d malformed row(s):\n%s", name, len(skipped), listing)
+    return BenchmarkRows(rows, name=name, skipped=skipped)
+
+
+def load_jsonl(
+    path: str | Path,
+    name: str | None = None,
+    schema: Schema | None = None,
+    problem_field: str | None = None,
+    answer_field: str | None = None,
+    limit: int | None = None,
+    strict: bool = False,
+) -> BenchmarkRows:
+    """Rows of a JSON Lines file; ``schema`` or the fields given, else auto-detected from the first row."""
+    path = Path(path)
+    name = name or path.stem
+    rows: list[dict] = []
+    skipped: list[tuple[str, str]] = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            source = f"{path}:{line_no}"
+            try:
+                raw = json.loads(line)
+            except json.JSONDecodeError as e:
+                skipped.append((source, f"invalid JSON ({e.msg})"))
+                continue
+            if schema is None and isinstance(raw, dict):
+                schema = _detect_schema(raw, problem_field, answer_field)
+            try:
+                rows.append(_row(raw, schema or _detect_schema({}, problem_field, answer_field), name, line_no, source))
+            except ValueError as e:
+                skipped.append((source, str(e)))
+                continue
+            if limit is not None and len(rows) >= limit:
+                break
+    return _finish(rows, skipped, name, strict)
+
+
+def load_hf(
+    name: str,
+    config: str | None = None,
+    split: str = "test",
+    schema: Schema | None = None,
+    problem_field: str | None = None,
+    answer_field: str | None = None,
+    limit: int | None = None,
+    strict: bool = False,
+) -> BenchmarkRows:
+    """Rows of a Hugging Face dataset (hub name, or a local folder ``datasets.load_dataset`` reads)."""
+    import datasets
+
+    ds = datasets.load_dataset(name, config, split=split)
+    short = name.rstrip("/").split("/")[-1]
+    rows: list[dict] = []
+    skipped: list[tuple[str, str]] = []
+    for i, raw in enumerate(ds):
+        if schema is None:
+            schema = _detect_schema(raw, problem_field, answer_field)
+        source = f"hf:{name}:{split}:{i}"
+        try:
+            rows.append(_row(raw, schema, short, i, source))
+        except ValueError as e:
+            skipped.append((source, str(e)))
+            continue
+        if limit is not None and len(rows) >= limit:
+            break
+    return _finish(rows, skipped, short, strict)
+
+
+def load_benchmark(
+    name_or_path: str,
+    data_dir: str | Path | None = None,
+    limit: int | None = None,
+    problem_field: str | None = None,
+    answer_field: str | None = None,
+    strict: bool = False,
+    split: str = "test",
+    config: str | None = None,
+) -> BenchmarkRows:
+    """Benchmark rows ``{"problem", "answer", "id", "source"}`` (first ``limit`` valid rows if given).
+
+    ``name_or_path``: a known name (math500, gsm8k, aime24, amc23, minerva), a ``.jsonl`` file, or a
+    Hugging Face dataset name / local dataset folder (``split``, ``config``). A known name whose file is not
+    in the data directory is fetched from the hub. See the module docstring for malformed rows.
+    """
+    key = ALIASES.get(name_or_path.lower(), name_or_path.lower())
+    path = Path(name_or_path).expanduser()
+    fields = dict(problem_field=problem_field, answer_field=answer_field, limit=limit, strict=strict)
+    if path.is_file():
+        return load_jsonl(path, **fields)
+    if key in BENCHMARKS:
+        schema = BENCHMARKS[key]
+        directory = Path(data_dir) if data_dir is not None else default_data_dir()
+        if directory is not None and (directory / schema.file).is_file():
+            return load_jsonl(directory / schema.file, name=key, schema=schema, limit=limit, strict=strict)
+        hub_name, hub_config, hub_split = schema.hub
+        try:
+            return load_hf(hub_name, hub_config, hub_split, limit=limit, strict=strict)
+        except Exception as e:
+            raise FileNotFoundError(
+                f"benchmark {key!r}: no {schema.file} in data dir {directory} (set --data-dir or OARL_DATA_DIR) "
+                f"and the hub dataset {hub_name} could not be loaded ({type(e).__name__}: {e})"
+            ) from e
+    if path.suffix in (".jsonl", ".json"):
+        raise FileNotFoundError(f"no such benchmark file: {path}")
+    if path.is_dir() or "/" in name_or_path:
+        return load_hf(name_or_path, config, split, **fields)
+    raise FileNotFoundError(f"unknown benchmark {name_or_path!r}: expected one of {sorted(BENCHMARKS)}, a .jsonl path or a hub dataset name")
