@@ -133,3 +133,25 @@ def test_segments_partition_in_order(sentences, statement, answer, tail, sep):
     assert (label.diff() >= 0).all()
     _, _, answer_text, _ = pieces(tok, ids, seg, 0)
     assert final.text in answer_text
+
+
+def test_multibyte_characters_and_every_span_path(tok, monkeypatch):
+    import oarl.credit.segments as segments
+
+    text = "So π ≈ 3.14 and 7 ÷ 7 = 1. The answer is \\boxed{1}."
+    split = encode(tok, "So π ≈ 3.14 and 7 ÷ 7 = 1. The answer is \\boxed{", eos=False) + encode(tok, "1}.")
+    rows = [encode(tok, text), split]
+    ids, _, reference = segment(tok, rows)
+    assert reference.has_answer.all()
+    assert pieces(tok, ids, reference, 0) == ("So π ≈ 3.14 and 7 ÷ 7 = 1. ", "The answer is \\boxed{", "1", "}.")
+    # the byte tokens of "π" are reasoning like the rest of the sentence (none falls into rest)
+    assert not reference.rest[0, : int(reference.reasoning[0].sum())].any()
+    calls = []
+    for disabled in (["_spans_by_offsets"], ["_spans_by_offsets", "_spans_by_stream"]):
+        with monkeypatch.context() as m:
+            for name in disabled:
+                m.setattr(segments, name, lambda *a, name=name: calls.append(name))
+            _, _, seg = segment(tok, rows)
+        for field in ("reasoning", "conclusion", "answer", "has_answer"):
+            assert torch.equal(getattr(seg, field), getattr(reference, field)), (disabled, field)
+    assert calls

@@ -39,7 +39,7 @@ def gradient_importance(
     """
     check_choice("mode", mode, OUTCOMES)
     check_noise_std(noise_std)
-    probe = align_to_end(input_ids, attention_mask, reasoning_mask, answer_mask)
+    probe = align_to_end(input_ids, attention_mask, reasoning_mask, answer_mask, through_answer=mode != "last")
     importance = torch.zeros(probe.input_ids.shape, dtype=torch.float32, device=input_ids.device)  # [B, L']
     where = probe.reasoning.nonzero()  # [M, 2]
     if where.shape[0] == 0:

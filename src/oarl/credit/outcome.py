@@ -2,7 +2,8 @@
 
 All three read logits at the last K columns of an end-aligned probe (see probe.py): column k of the kept
 logits is the position that predicts the token in column k + 1. With n answer tokens in the last n columns,
-the positions that predict the answer are kept columns K-1-n .. K-2.
+the positions that predict the answer are kept columns K-1-n .. K-2. The "last" outcome needs no answer
+token in the input: the estimators then end the probe just before the answer (n = 0, K = 1).
 
     last:          log_softmax(logits[K-1-n])                       -> [N, V]
     answer_mean:   log_softmax(mean_k logits[k]) over those n positions -> [N, V]

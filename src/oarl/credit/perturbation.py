@@ -43,7 +43,7 @@ def perturbation_importance(
     if replace_with is None:
         raise ValueError("replace_with: no replacement token id (pass replace_with or pad_token_id)")
 
-    probe = align_to_end(input_ids, attention_mask, reasoning_mask, answer_mask)
+    probe = align_to_end(input_ids, attention_mask, reasoning_mask, answer_mask, through_answer=mode != "last")
     importance = torch.zeros(probe.input_ids.shape, dtype=torch.float32, device=input_ids.device)  # [B, L']
     variants = probe.reasoning.nonzero()  # [M, 2]: (row, column) of every reasoning token
     if variants.shape[0] == 0:

@@ -43,30 +43,46 @@ def last_true(mask: Tensor) -> Tensor:
     return torch.where(mask, cols, -1).amax(1)
 
 
+def first_true(mask: Tensor) -> Tensor:
+    """[N] long: index of the first True in each row of [N, L] mask (L if none)."""
+    cols = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+    return torch.where(mask, cols, mask.shape[1]).amin(1)
+
+
 def align_to_end(
-    input_ids: Tensor, attention_mask: Tensor, reasoning_mask: Tensor, answer_mask: Tensor | None
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    reasoning_mask: Tensor,
+    answer_mask: Tensor | None,
+    through_answer: bool = True,
 ) -> AlignedProbe:
-    """Roll each row so that its last answer token (or last reasoning token when answer_mask is None) is the
-    last column; drop the tokens after it and the columns that are padding in every row.
+    """Roll each row so that its end is the last column; drop the tokens after it and the columns that are
+    padding in every row. The end is the last answer token, or with through_answer=False the token before
+    the first answer token (all that the "last" outcome reads: the answer itself is then left out, and
+    n_answer is 0); without answer_mask, the last reasoning token.
 
     Rows without an answer (or without reasoning) keep no reasoning tokens: their importance will be 0.
     """
     attn = attention_mask.bool()
     reasoning = reasoning_mask.bool() & attn
+    cols = torch.arange(attn.shape[1], device=attn.device)
     if answer_mask is None:
         answer = torch.zeros_like(reasoning)
         end = last_true(reasoning)
+        reasoning = reasoning & (cols[None, :] <= end[:, None])
     else:
         answer = answer_mask.bool() & attn
-        end = last_true(answer)
-        reasoning = reasoning & (answer.any(1, keepdim=True))
+        start = first_true(answer)  # [N]
+        # reasoning lies before the answer; rows without an answer keep none
+        reasoning = reasoning & (cols[None, :] < start[:, None]) & answer.any(1, keepdim=True)
+        if through_answer:
+            end = last_true(answer)
+        else:
+            end = torch.where(answer.any(1), start - 1, -1)
+            answer = torch.zeros_like(answer)
     end = torch.where(end >= 0, end, last_true(attn)).clamp_min(0)  # [N]
-    # Reasoning lies before the answer; without an answer the end is the last reasoning token itself.
-    limit = end if answer_mask is not None else end + 1
-    reasoning = reasoning & (torch.arange(reasoning.shape[1], device=reasoning.device) < limit[:, None])
 
-    n, length = input_ids.shape
-    cols = torch.arange(length, device=input_ids.device)
+    length = input_ids.shape[1]
     shift = (length - 1 - end)[:, None]  # [N, 1]
     source = (cols[None, :] - shift) % length  # [N, L]: aligned column j takes original column source[j]
     keep = cols[None, :] >= shift  # the wrapped-around columns hold tokens after the end

@@ -3,7 +3,8 @@
 The row is decoded (special tokens such as EOS left out of the text), the final answer is found in the text
 by ``find_final_answer`` (character spans), and each token's character span [s, e) is found by
 re-encoding the text with ``return_offsets_mapping``; when that does not give back the same ids (a
-non-canonical tokenisation sampled by the model), by incremental decoding instead. Assignment rule, in
+non-canonical tokenisation sampled by the model), by incremental decoding instead (tokenizers'
+DecodeStream, linear; decoding every prefix for tokenizers without a Rust backend). Assignment rule, in
 this order of precedence:
 
     answer:      the span overlaps the answer characters     (a token straddling into the answer is answer)
@@ -24,6 +25,11 @@ from torch import Tensor
 
 from .answer import find_final_answer
 
+try:  # tokenizers >= 0.21
+    from tokenizers.decoders import DecodeStream
+except ImportError:  # pragma: no cover
+    DecodeStream = None
+
 
 @dataclass
 class Segments:
@@ -39,23 +45,49 @@ def _decode(tokenizer, ids: list[int]) -> str:
 
 
 def _spans_by_offsets(tokenizer, ids: list[int], text: str) -> list[tuple[int, int]] | None:
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    except (NotImplementedError, ValueError, TypeError):  # slow (Python) tokenizers have no offsets
+        return None
     if list(enc["input_ids"]) != ids:
         return None
     return [tuple(span) for span in enc["offset_mapping"]]
 
 
+def _spans_by_stream(tokenizer, ids: list[int], text: str) -> list[tuple[int, int]] | None:
+    """Each token's span by incremental decoding (linear). A token that ends inside a multi-byte character
+    decodes to nothing yet: it gets the span of the character, as the token that completes it does."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if DecodeStream is None or backend is None:
+        return None
+    stream = DecodeStream(skip_special_tokens=False)
+    spans, chunks, start, pending = [], [], 0, 0
+    for token_id in ids:
+        chunk = stream.step(backend, token_id)
+        if chunk is None:
+            pending += 1
+            continue
+        chunks.append(chunk)
+        end = start + len(chunk)
+        spans.extend([(start, end)] * (pending + 1))
+        start, pending = end, 0
+    spans.extend([(start, start)] * pending)
+    return spans if "".join(chunks) == text else None
+
+
 def _spans_by_prefix_decoding(tokenizer, ids: list[int], text: str) -> list[tuple[int, int]] | None:
-    """Each token's span from the lengths of the decoded prefixes (quadratic, but only a fallback)."""
+    """Each token's span from the lengths of the decoded prefixes (quadratic: the last resort)."""
     prefixes = tokenizer.batch_decode(
         [ids[: i + 1] for i in range(len(ids))], skip_special_tokens=False, clean_up_tokenization_spaces=False
     )
-    spans, start = [], 0
+    spans, start, pending = [], 0, 0
     for prefix in prefixes:
-        # A prefix ending inside a multi-byte character may decode to a replacement char: keep ends monotone.
-        end = min(max(len(prefix), start), len(text))
-        spans.append((start, end))
-        start = end
+        if not text.startswith(prefix):  # ends inside a multi-byte character: wait for the token completing it
+            pending += 1
+            continue
+        spans.extend([(start, len(prefix))] * (pending + 1))
+        start, pending = len(prefix), 0
+    spans.extend([(start, start)] * pending)
     return spans if start == len(text) else None
 
 
@@ -65,7 +97,11 @@ def _token_spans(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]]
     plain = [i for i, t in enumerate(ids) if t not in special]  # positions of ordinary tokens
     plain_ids = [ids[i] for i in plain]
     text = _decode(tokenizer, plain_ids)
-    spans = _spans_by_offsets(tokenizer, plain_ids, text) or _spans_by_prefix_decoding(tokenizer, plain_ids, text)
+    spans = (
+        _spans_by_offsets(tokenizer, plain_ids, text)
+        or _spans_by_stream(tokenizer, plain_ids, text)
+        or _spans_by_prefix_decoding(tokenizer, plain_ids, text)
+    )
     if spans is None:
         return None
     out, cursor, j = [], 0, 0
