@@ -71,11 +71,11 @@ def test_local_jsonl(tmp_path):
 @pytest.mark.parametrize(
     "bad_line, reason",
     [
-        ('{"problem": "1+1?", "answer": 2', "not valid JSON"),
-        ('["1+1?", 2]', "expected a JSON object"),
-        ('{"problem": "1+1?"}', "no answer field 'answer'"),
-        ('{"problem": "", "answer": 2}', "non-empty string"),
-        ('{"problem": "1+1?", "answer": null}', "answer field 'answer'"),
+        ('{"problem": "1+1?", "answer": 2', "JSON"),
+        ('["1+1?", 2]', "JSON object"),
+        ('{"problem": "1+1?"}', "'answer'"),
+        ('{"problem": "", "answer": 2}', "'problem'"),
+        ('{"problem": "1+1?", "answer": null}', "'answer'"),
     ],
 )
 def test_malformed_jsonl_names_file_and_line(tmp_path, bad_line, reason):
@@ -83,6 +83,15 @@ def test_malformed_jsonl_names_file_and_line(tmp_path, bad_line, reason):
     with pytest.raises(ValueError) as info:
         load_train_dataset(str(path))
     assert f"{path}:3" in str(info.value) and reason in str(info.value)
+
+
+def test_wrong_field_name_lists_a_few_rows(tmp_path):
+    path = write_jsonl(tmp_path / "q.jsonl", [{"question": f"{i}+1?", "answer": i + 1} for i in range(30)])
+    with pytest.raises(ValueError) as info:
+        load_train_dataset(str(path))
+    message = str(info.value)
+    assert f"{path}:1:" in message and "'problem'" in message and "and 20 more" in message
+    assert len(message.splitlines()) == 12
 
 
 def test_missing_jsonl_file(tmp_path):

@@ -12,16 +12,22 @@ plain text; ``answer`` is the gold answer as a string, ready for the verifiable 
 
 from __future__ import annotations
 
-import json
+import difflib
+import logging
 import os
+import re
 from pathlib import Path
 
+from oarl.data.benchmarks import Schema
 from oarl.data.gsm import INSTRUCTION as PHRASE_INSTRUCTION  # "... end with 'The answer is N.' ..."
 
+logger = logging.getLogger(__name__)
+
 DATASET_CHOICES = ("arithmetic", "gsm-symbolic", "gsm8k", "math")
-HUB_DATASETS = {  # name -> (hub path, config, problem column, column holding the gold answer)
-    "gsm8k": ("openai/gsm8k", "main", "question", "answer"),
-    "math": ("DigitalLearningGmbH/MATH-lighteval", None, "problem", "solution"),
+# name -> (hub path, config, where the problem and gold answer are: an oarl.data.benchmarks.Schema)
+HUB_DATASETS = {
+    "gsm8k": ("openai/gsm8k", "main", Schema("question", "answer", gold="after_hash")),  # gold after ####
+    "math": ("DigitalLearningGmbH/MATH-lighteval", None, Schema("problem", "solution", gold="boxed")),  # last \\boxed{}
 }
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 # Instruction appended to each problem when the caller gives none ("" appends nothing).
@@ -32,6 +38,8 @@ DEFAULT_INSTRUCTIONS = {
     "math": BOXED_INSTRUCTION,
     "jsonl": BOXED_INSTRUCTION,
 }
+_NUMBER_WITH_COMMAS = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")  # "1,003" -> "1003" (GSM8K style)
+_MAX_LISTED_ROWS = 10  # malformed JSONL rows listed in an error message
 DEFAULT_SIZES = {"gsm-symbolic": 2000}  # procedural datasets need a size; the others default to all rows
 
 
@@ -82,25 +90,12 @@ def _gsm_symbolic(split: str, size: int | None, seed: int, instruction: str, con
     return gsm_symbolic(n, seed, split, conversational=conversational, instruction=instruction)
 
 
-def gsm8k_gold(solution: str) -> str | None:
-    """The gold answer of a GSM8K solution: what follows the last ``####``, without thousands separators."""
-    if "####" not in solution:
-        return None
-    gold = solution.rsplit("####", 1)[1].strip().replace(",", "")
-    return gold or None
-
-
-def math_gold(solution: str) -> str | None:
-    """The gold answer of a MATH solution: the content of its last ``\\boxed{}``."""
-    from oarl.credit.answer import extract_answer
-
-    return extract_answer(solution)
-
-
 def _hub(name: str, split: str, size: int | None, seed: int, instruction: str, conversational: bool):
     from datasets import load_dataset
 
-    path, config, problem_column, gold_column = HUB_DATASETS[name]
+    from oarl.data.benchmarks import gold_answer
+
+    path, config, schema = HUB_DATASETS[name]
     try:
         dataset = load_dataset(path, config, split=split)
     except Exception as exc:  # no network, no cache, unknown split: say which dataset and what to do instead
@@ -110,55 +105,38 @@ def _hub(name: str, split: str, size: int | None, seed: int, instruction: str, c
             "network access or the hub cache; 'arithmetic', 'gsm-symbolic' and local .jsonl files work offline."
         ) from exc
     dataset = _subsample(dataset, size, seed)
-    gold_of = gsm8k_gold if name == "gsm8k" else math_gold
-    problems, answers = [], []
+    problems, answers, skipped = [], [], 0
     for row in dataset:
-        gold = gold_of(row[gold_column])
-        if gold is not None:  # a handful of MATH solutions have no \boxed answer
-            problems.append(row[problem_column])
-            answers.append(gold)
+        try:
+            gold = gold_answer(row, schema)
+        except ValueError:  # a handful of MATH solutions have no \boxed answer: not trainable, skip them
+            skipped += 1
+            continue
+        problems.append(row[schema.problem])
+        answers.append(gold.replace(",", "") if _NUMBER_WITH_COMMAS.fullmatch(gold) else gold)
+    if skipped:
+        logger.warning("%s: skipped %d row(s) without a gold answer", name, skipped)
     return _dataset(problems, answers, instruction, conversational)
-
-
-def _read_jsonl(path: Path, problem_field: str, answer_field: str) -> list[tuple[str, str]]:
-    """(problem, gold answer) pairs of a JSONL file; a malformed row raises ValueError naming file:line."""
-    pairs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            for field, kind in ((problem_field, "problem"), (answer_field, "answer")):
-                if field not in row:
-                    raise ValueError(
-                        f"{where}: no {kind} field {field!r} (fields: {', '.join(sorted(row)) or 'none'}); "
-                        f"name the field with --{kind}_field"
-                    )
-            problem, answer = row[problem_field], row[answer_field]
-            if not isinstance(problem, str) or not problem.strip():
-                raise ValueError(f"{where}: the problem field {problem_field!r} must be a non-empty string, got {problem!r}")
-            if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
-                raise ValueError(
-                    f"{where}: the answer field {answer_field!r} must be a non-empty string or a number, got {answer!r}"
-                )
-            pairs.append((problem, str(answer).strip()))
-    if not pairs:
-        raise ValueError(f"{path}: no rows")
-    return pairs
 
 
 def _jsonl(path: Path, size: int | None, seed: int, problem_field: str, answer_field: str, instruction: str,
            conversational: bool):
+    """Rows of a local JSONL file, read by oarl.data.benchmarks: every malformed row is reported as
+    file:line with its reason (strict: a training set with broken rows is an error, not a warning)."""
+    from oarl.data.benchmarks import load_jsonl
+
     if not path.is_file():
         raise ValueError(f"dataset file {str(path)!r} does not exist. {_valid_choices_text()}.")
-    pairs = _read_jsonl(path, problem_field, answer_field)
-    dataset = _dataset([p for p, _ in pairs], [a for _, a in pairs], instruction, conversational)
+    try:
+        rows = load_jsonl(path, problem_field=problem_field, answer_field=answer_field, strict=True)
+    except ValueError as exc:  # one line per malformed row: keep the first few
+        lines = str(exc).splitlines()
+        if len(lines) > 1 + _MAX_LISTED_ROWS:
+            lines = lines[: 1 + _MAX_LISTED_ROWS] + [f"  ... and {len(lines) - 1 - _MAX_LISTED_ROWS} more"]
+        raise ValueError("\n".join(lines)) from None
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    dataset = _dataset([r["problem"] for r in rows], [r["answer"] for r in rows], instruction, conversational)
     return _subsample(dataset, size, seed)
 
 
@@ -204,8 +182,6 @@ def load_train_dataset(
     path = Path(name).expanduser()
     if name.endswith(".jsonl") or path.is_file():
         return _jsonl(path, size, seed, problem_field, answer_field, instruction, conversational)
-    import difflib
-
     close = difflib.get_close_matches(name.lower(), DATASET_CHOICES, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"unknown dataset {name!r}: {_valid_choices_text()}.{hint}")
