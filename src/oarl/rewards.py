@@ -47,7 +47,7 @@ WORKER_RETRY_AFTER_S = 60.0  # after a failed worker start, use the fast path on
 WORKER_MEMORY_LIMIT_BYTES = 4 * 1024**3  # address-space cap of the worker (POSIX), against runaway sympy
 NUMERIC_REL_TOL = Decimal("1e-9")  # fast path: plain numbers closer than this are equal
 
-__all__ = ["accuracy", "format", "verify", "is_correct", "normalize_gold", "completion_text", "shutdown_verifier"]
+__all__ = ["accuracy", "format", "verify", "is_correct", "normalize_gold", "completion_text", "answer_key", "shutdown_verifier"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -133,6 +133,18 @@ def _fast_verdict(pred: str, gold: str) -> bool | None:
         return True
     # math-verify rounds floats to 6 places: let it decide when the two agree that far
     return None if abs(pn - gn) <= Decimal("1e-6") * max(Decimal(1), abs(gn)) else False
+
+
+def answer_key(answer: str) -> str:
+    """A canonical form of an answer for majority voting: equal keys verify as equal (not the converse).
+    Spaces, ``$``, ``\\left``/``\\right`` and a final period are dropped; plain numbers are normalised
+    (``1,000.0`` -> ``1000``)."""
+    text = _canonical(answer)
+    number = _as_number(text)
+    if number is None:
+        return text
+    number = number.normalize()
+    return f"{number:f}" if abs(number.adjusted()) < 30 else str(number)
 
 
 # ----------------------------------------------------------------------------------------------------------
