@@ -1,0 +1,136 @@
+"""oarl.rewards: the verifiable math reward, its fast path, math-verify in a worker, bounded time per item."""
+
+import threading
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from oarl import rewards
+from oarl.rewards import accuracy, answer_key, completion_text, is_correct, normalize_gold, verify
+
+PATHOLOGICAL = "10^{10^{10^{10}}}"  # sympy tries to evaluate it and never returns
+
+
+@pytest.mark.parametrize(
+    "pred, gold",
+    [
+        ("18", "18"),
+        ("18.0", "18"),
+        ("1,000", "1000"),
+        ("$27$", "27"),
+        ("0.5", "\\frac{1}{2}"),
+        ("\\frac12", "1/2"),
+        ("\\dfrac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"),
+        ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)"),
+        ("50\\%", "50"),
+    ],
+)
+def test_verify_equivalent_answers(pred, gold):
+    assert verify(pred, gold)
+
+
+@pytest.mark.parametrize(
+    "pred, gold",
+    [("17", "18"), ("18.5", "18"), ("\\frac{1}{3}", "0.5"), ("(1, 2)", "(2, 1)"), ("x^2", "x^3"), ("", "3"), ("3", "")],
+)
+def test_verify_wrong_answers(pred, gold):
+    assert not verify(pred, gold)
+
+
+def test_accuracy_and_format_on_right_wrong_and_missing_answers():
+    completions = [
+        "2+2=4. The answer is 4.",
+        "2+2=5. The answer is 5.",
+        "I do not know",
+        "so \\boxed{\\frac{1}{2}}",
+        "\\boxed{3",  # truncated: no answer
+        "#### 7",
+    ]
+    gold = ["4", "4", "4", 0.5, "3", "The sum is 3+4=7.\n#### 7"]
+    assert accuracy(completions, gold) == [1.0, 0.0, 0.0, 1.0, 0.0, 1.0]
+    assert rewards.format(completions) == [1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+
+
+def test_missing_gold_is_unscorable_none():
+    assert accuracy(["The answer is 4.", "The answer is 4.", "The answer is 4."], [None, "", "  "]) == [None, None, None]
+
+
+def test_conversational_completions():
+    conv = [[{"role": "assistant", "content": "The answer is 12."}], [{"role": "assistant", "content": [{"type": "text", "text": "\\boxed{3}"}]}]]
+    assert completion_text(conv[1]) == "\\boxed{3}"
+    assert accuracy(conv, ["12", "4"]) == [1.0, 0.0]
+    assert rewards.format(conv) == [1.0, 1.0]
+
+
+def test_normalize_gold():
+    assert normalize_gold(27.0) == "27"
+    assert normalize_gold(2.5) == "2.5"
+    assert normalize_gold(204) == "204"
+    assert normalize_gold("Janet sells 9 eggs.\n#### 18") == "18"
+    assert normalize_gold(" $\\frac{1}{2}$ ") == "\\frac{1}{2}"
+    assert normalize_gold(float("nan")) is None and normalize_gold(None) is None and normalize_gold("") is None
+
+
+def test_is_correct_and_answer_key():
+    assert is_correct("... so the answer is \\boxed{27}", 27.0)
+    assert not is_correct("no answer here", "27")
+    assert answer_key("1,000.0") == answer_key("1000") == "1000"
+    assert answer_key("$x + 1$") == "x+1"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(-10**6, 10**6), st.integers(-10**6, 10**6))
+def test_integer_answers_property(a, b):
+    """Integers are decided by the fast path (no worker): right iff equal, in any spelling."""
+    assert accuracy([f"The answer is {a:,}."], [str(b)]) == [float(a == b)]
+    assert verify(f"{a}.0", str(a))
+
+
+def _warm_worker():
+    assert verify("\\frac{2}{4}", "\\frac{1}{2}")  # starts the worker: its start-up is not an item's time
+
+
+def test_pathological_expression_from_a_thread_is_bounded_and_scores_zero():
+    """math-verify's own SIGALRM timeouts fail outside the main thread; ours must not, and must not hang."""
+    _warm_worker()
+    out, elapsed = {}, {}
+
+    def score():
+        t0 = time.perf_counter()
+        out["bad"] = accuracy([f"The answer is {PATHOLOGICAL}."], ["5"], verify_timeout_s=1.0)
+        elapsed["bad"] = time.perf_counter() - t0
+        out["good"] = accuracy(["The answer is \\frac{2}{4}.", "The answer is 3."], ["0.5", "4"], verify_timeout_s=1.0)
+
+    timeouts_before = rewards.stats["timeouts"]
+    thread = threading.Thread(target=score)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the reward hung"
+    assert out["bad"] == [0.0]
+    assert elapsed["bad"] < 1.0 + 1.5, elapsed  # the per-item deadline (plus slack for a busy machine)
+    assert rewards.stats["timeouts"] == timeouts_before + 1
+    assert out["good"] == [1.0, 0.0]  # the worker was restarted
+
+
+def test_worker_that_dies_is_restarted():
+    _warm_worker()
+    rewards._worker.proc.kill()  # the worker dies (e.g. killed for memory)
+    assert not verify("\\frac{1}{3}", "\\frac{1}{2}")  # that item scores 0 or is scored by a new worker
+    assert verify("\\frac{1}{3}", "\\frac{2}{6}")
+
+
+def test_many_threads_at_once():
+    _warm_worker()
+    results = [None] * 4
+
+    def work(i):
+        results[i] = accuracy([f"\\boxed{{\\frac{{{i}}}{{2}}}}", "\\boxed{x}"], [str(i / 2), "y"])
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert results == [[1.0, 0.0]] * 4
