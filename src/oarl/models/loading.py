@@ -236,15 +236,16 @@ def _convert_smollm2(gguf_path: Path, target: Path, stamp: dict) -> None:
     """
     if importlib.util.find_spec("gguf") is None:
         raise ImportError(f"reading {gguf_path.name} needs the gguf package: install it with `{SMOLLM2_INSTALL_HINT}`")
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logger.warning("Converting %s to a float32 model directory at %s (once).", gguf_path.name, target)
     directory, filename = gguf_path.parent, gguf_path.name
     tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(
-        directory, gguf_file=filename, dtype=torch.float32,
-        quantization_config=GgufConfig(gguf_file=filename, dequantize=True),
-    )
+    # Ask for dense weights: where a GGUF matmul kernel exists, transformers would otherwise keep them packed.
+    gguf_config = getattr(transformers, "GgufConfig", None)
+    extra = {"quantization_config": gguf_config(gguf_file=filename, dequantize=True)} if gguf_config else {}
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32, **extra)
     _strip_gguf_quantizer(model)
     if not tokenizer.chat_template:
         raise RuntimeError(f"{filename} carries no chat template; the converted model would not be usable for chat")
