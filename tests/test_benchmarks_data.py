@@ -1,0 +1,105 @@
+"""oarl.data.benchmarks: each shared benchmark file loads with its own schema and its gold answers verify
+against themselves through math-verify; malformed rows are reported as file:line and skipped."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from oarl.data.benchmarks import BENCHMARKS, load_benchmark
+from oarl.rewards import verify
+
+DATA_DIR = Path(__file__).parents[1].parent / "shared" / "data" / "benchmarks"
+ROWS = {"math500": 500, "gsm8k": 1319, "aime24": 30, "amc23": 40, "minerva": 272}  # from the data README
+needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no benchmark data at {DATA_DIR}")
+
+
+@needs_data
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_benchmark_loads_and_gold_verifies_against_itself(name):
+    rows = load_benchmark(name, data_dir=DATA_DIR)
+    assert len(rows) == ROWS[name] and rows.skipped == []
+    assert len({r["id"] for r in rows}) == len(rows)
+    for r in rows:
+        assert isinstance(r["problem"], str) and r["problem"].strip()
+        assert isinstance(r["answer"], str) and r["answer"].strip()
+        assert re.fullmatch(r".+\.jsonl:\d+", r["source"])
+    # every pair goes through math-verify (the fast path would make this trivial)
+    failures = [(r["source"], r["answer"]) for r in rows if not verify(r["answer"], r["answer"], use_fast_path=False)]
+    rate = 1 - len(failures) / len(rows)
+    print(f"\n{name}: gold-vs-gold {rate:.2%} of {len(rows)} rows")
+    for source, gold in failures:
+        print(f"  FAIL {source}: math-verify cannot verify gold {gold!r} against itself")
+    assert rate >= 0.99
+
+
+@needs_data
+def test_each_schema_maps_its_gold_answer():
+    assert load_benchmark("gsm8k", data_dir=DATA_DIR, limit=1)[0]["answer"] == "18"  # after ####
+    assert load_benchmark("amc23", data_dir=DATA_DIR, limit=1)[0]["answer"] == "27"  # float 27.0
+    assert load_benchmark("minerva_math", data_dir=DATA_DIR, limit=1)[0]["answer"] == "1.6"  # last \boxed{}
+    assert load_benchmark("aime24", data_dir=DATA_DIR, limit=1)[0]["answer"] == "204"
+    row = load_benchmark("math500", data_dir=DATA_DIR, limit=1)[0]
+    assert row["answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)" and row["source"].endswith("math500.jsonl:1")
+    assert len(load_benchmark("gsm8k", data_dir=DATA_DIR, limit=7)) == 7
+
+
+@needs_data
+def test_data_dir_from_environment(monkeypatch):
+    monkeypatch.setenv("OARL_DATA_DIR", str(DATA_DIR))
+    assert len(load_benchmark("aime24")) == 30
+
+
+def _write(path, lines):
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def test_malformed_rows_are_reported_with_file_line_and_skipped(tmp_path):
+    path = _write(tmp_path / "set.jsonl", [
+        {"problem": "1+1?", "answer": "2"},
+        "{not json",
+        {"problem": "2+2?"},  # no gold
+        {"problem": "", "answer": "3"},  # no problem
+        "",  # blank lines are fine
+        {"problem": "3+3?", "answer": 6.0},
+        {"problem": "4+4?", "answer": None},
+    ])
+    rows = load_benchmark(str(path))
+    assert [r["answer"] for r in rows] == ["2", "6"]
+    assert [r["source"] for r in rows] == [f"{path}:1", f"{path}:6"]
+    reasons = dict(rows.skipped)
+    assert set(reasons) == {f"{path}:2", f"{path}:3", f"{path}:4", f"{path}:7"}
+    assert "invalid JSON" in reasons[f"{path}:2"] and "answer" in reasons[f"{path}:3"] and "problem" in reasons[f"{path}:4"]
+    with pytest.raises(ValueError, match=re.escape(f"{path}:3")):
+        load_benchmark(str(path), strict=True)
+
+
+def test_jsonl_fields_given_or_detected(tmp_path):
+    path = _write(tmp_path / "custom.jsonl", [{"q": "What is 6*7?", "gold": 42, "uid": "a"}])
+    rows = load_benchmark(str(path), problem_field="q", answer_field="gold")
+    assert rows == [{"problem": "What is 6*7?", "answer": "42", "id": "custom/1", "source": f"{path}:1"}]
+    # a GSM8K-style file and a MATH-style file (gold = last \boxed{} of the solution) are detected
+    gsm = _write(tmp_path / "gsm.jsonl", [{"question": "q", "answer": "work\n#### 1,234"}])
+    assert load_benchmark(str(gsm))[0]["answer"] == "1,234"
+    math = _write(tmp_path / "math.jsonl", [{"problem": "p", "solution": "so $\\boxed{\\frac{1}{2}}$."}, {"problem": "p", "solution": "none"}])
+    rows = load_benchmark(str(math))
+    assert [r["answer"] for r in rows] == ["\\frac{1}{2}"] and len(rows.skipped) == 1
+
+
+def test_hub_code_path_with_a_local_dataset_folder(tmp_path):
+    """A name that is not a file goes to datasets.load_dataset (the hub path; here a local folder)."""
+    folder = tmp_path / "my_set"
+    folder.mkdir()
+    _write(folder / "test.jsonl", [{"Problem": "1+2?", "Answer": 3}, {"Problem": "2+2?", "Answer": 4}])
+    rows = load_benchmark(str(folder), split="test")
+    assert [(r["problem"], r["answer"]) for r in rows] == [("1+2?", "3"), ("2+2?", "4")]
+    assert rows[0]["source"].startswith("hf:")
+
+
+def test_unknown_names_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="unknown benchmark"):
+        load_benchmark("not_a_benchmark")
+    with pytest.raises(FileNotFoundError, match="no such benchmark file"):
+        load_benchmark(str(tmp_path / "missing.jsonl"))
