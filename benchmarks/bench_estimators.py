@@ -100,6 +100,8 @@ def main():
     estimators = {
         "perturbation (last)": lambda: perturbation_importance(
             model, ids, attn, reasoning, answer, mode="last", chunk_size=args.chunk_size),
+        "perturbation (last, reuse)": lambda: perturbation_importance(
+            model, ids, attn, reasoning, answer, mode="last", chunk_size=args.chunk_size, reuse_prefix=True),
         "perturbation (answer_joint)": lambda: perturbation_importance(
             model, ids, attn, reasoning, answer, mode="answer_joint", chunk_size=args.chunk_size),
         "gradient (answer_mean)": lambda: gradient_importance(

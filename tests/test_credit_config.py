@@ -32,6 +32,7 @@ def test_defaults_and_resolved_outcome():
     ("chunk_size", 2.5, r"chunk_size must be an integer >= 1"),
     ("apply_to", "both", r"apply_to must be one of \('all', 'positive', 'negative'\)"),
     ("replace_with", -1, r"replace_with must be None or a token id >= 0"),
+    ("reuse_prefix", "yes", r"reuse_prefix must be True or False"),
 ])
 def test_invalid_settings_raise(field, value, message):
     with pytest.raises(ValueError, match=message):

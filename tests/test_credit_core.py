@@ -103,8 +103,9 @@ def test_all_rows_skipped(tok, model):
     assert out.stats["weight_std"] == 0.0 and out.stats["boosted_frac"] == 0.0
 
 
-def test_padding_invariance_end_to_end(tok, model):
-    config = CreditConfig(estimator="perturbation", chunk_size=5)
+@pytest.mark.parametrize("reuse_prefix", [False, True])
+def test_padding_invariance_end_to_end(tok, model, reuse_prefix):
+    config = CreditConfig(estimator="perturbation", chunk_size=5, reuse_prefix=reuse_prefix)
     advantages = torch.tensor([1.0, -1.0, 0.5])
     full = token_advantages(model, tok, *make_batch(tok, range(3)), advantages, config)
     for b in range(3):

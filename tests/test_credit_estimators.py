@@ -75,11 +75,12 @@ def naive_perturbation(model, row, mode, replace):
 
 @pytest.mark.parametrize("mode", OUTCOMES)
 @pytest.mark.parametrize("chunk_size", [1, 3, 64])
-def test_perturbation_matches_naive_loop(model, mode, chunk_size):
+@pytest.mark.parametrize("reuse_prefix", [False, True])
+def test_perturbation_matches_naive_loop(model, mode, chunk_size, reuse_prefix):
     rows = make_rows()
     ids, attn, reasoning, answer = batch(rows, "left")
     got = perturbation_importance(model, ids, attn, reasoning, answer, mode=mode, chunk_size=chunk_size,
-                                  pad_token_id=PAD)
+                                  pad_token_id=PAD, reuse_prefix=reuse_prefix)
     assert got.shape == ids.shape
     for b, row_got in enumerate(unpad(got, attn)):
         expected = naive_perturbation(model, rows[b], mode, PAD).float()
@@ -102,13 +103,15 @@ def gpt2():
     return tiny_gpt2(VOCAB)
 
 
-@pytest.mark.parametrize("estimator", ["perturbation", "entropy"])
+@pytest.mark.parametrize("estimator", ["perturbation", "perturbation-reuse", "entropy"])
 @pytest.mark.parametrize("kind", ["qwen2", "gpt2"])  # rotary (relative) and absolute position embeddings
 def test_padding_invariance(model, gpt2, estimator, kind):
     model = gpt2 if kind == "gpt2" else model
     rows = make_rows(seed=1)
     fn = {
         "perturbation": lambda *a: perturbation_importance(model, *a, mode="last", chunk_size=4, pad_token_id=PAD),
+        "perturbation-reuse": lambda *a: perturbation_importance(
+            model, *a, mode="answer_mean", chunk_size=4, pad_token_id=PAD, reuse_prefix=True),
         "entropy": lambda *a: entropy_importance(model, *a),
     }[estimator]
     single = [fn(*batch([r], "left"))[0] for r in rows]  # unpadded, one row at a time
@@ -240,3 +243,12 @@ def test_bad_settings_raise(model):
         gradient_importance(model, ids, attn, reasoning, answer, noise_std=0.0)
     with pytest.raises(ValueError, match="mode"):
         gradient_importance(model, ids, attn, reasoning, answer, mode="sum")
+
+
+@pytest.mark.parametrize("mode", OUTCOMES)
+def test_prefix_reuse_equals_full_recompute_on_gpt2(gpt2, mode):
+    ids, attn, reasoning, answer = batch(make_rows(seed=3), "right")
+    full = perturbation_importance(gpt2, ids, attn, reasoning, answer, mode=mode, chunk_size=4, pad_token_id=PAD)
+    reused = perturbation_importance(gpt2, ids, attn, reasoning, answer, mode=mode, chunk_size=4, pad_token_id=PAD,
+                                     reuse_prefix=True)
+    assert full.abs().sum() > 0 and (full - reused).abs().max() <= 1e-9

@@ -50,6 +50,8 @@ class CreditConfig:
     chunk_size:   perturbed variants per forward pass (perturbation), >= 1.
     apply_to:     reshape the completions with "all" advantages, only "positive" or only "negative" ones.
     replace_with: token id that replaces a reasoning token (perturbation); None -> the tokenizer's pad id.
+    reuse_prefix: perturbation: compute the shared prefix of a chunk's variants once and reuse its key/value
+                  cache (same result, less compute on long prompts; the model's forward must take a cache).
     """
 
     estimator: str = "gradient"
@@ -61,6 +63,7 @@ class CreditConfig:
     chunk_size: int = 32
     apply_to: str = "all"
     replace_with: int | None = None
+    reuse_prefix: bool = False
 
     def __post_init__(self):
         check_choice("estimator", self.estimator, ESTIMATORS)
@@ -74,6 +77,8 @@ class CreditConfig:
             isinstance(self.replace_with, bool) or not isinstance(self.replace_with, int) or self.replace_with < 0
         ):
             raise ValueError(f"replace_with must be None or a token id >= 0, got {self.replace_with!r}")
+        if not isinstance(self.reuse_prefix, bool):
+            raise ValueError(f"reuse_prefix must be True or False, got {self.reuse_prefix!r}")
 
     def resolved_outcome(self) -> str:
         """The outcome mode in use: the explicit one, else "last" for perturbation and "answer_mean" otherwise."""

@@ -52,7 +52,7 @@ def _estimate(model, tokenizer, ids, attn, reasoning, answer, config: CreditConf
     if config.estimator == "perturbation":
         return perturbation_importance(
             model, ids, attn, reasoning, answer, mode=mode, chunk_size=config.chunk_size,
-            replace_with=config.replace_with, pad_token_id=tokenizer.pad_token_id,
+            replace_with=config.replace_with, pad_token_id=tokenizer.pad_token_id, reuse_prefix=config.reuse_prefix,
         )
     if config.estimator == "gradient":
         return gradient_importance(

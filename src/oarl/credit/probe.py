@@ -10,6 +10,7 @@ attention mask (cumsum - 1), so padding does not change the result.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +112,35 @@ def forward_logits(model, attention_mask: Tensor, keep: int, input_ids: Tensor |
         position_ids=position_ids(attention_mask),
         logits_to_keep=keep,
         use_cache=False,
+    )
+    logits = out.logits[:, -keep:]
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def _cache_kwarg(model) -> str:
+    """The name under which this transformers version's forward takes a KV cache."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def forward_logits_after_prefix(model, prefix_ids: Tensor, suffix_ids: Tensor, keep: int) -> Tensor:
+    """[C, keep, V] logits of the last `keep` columns of prefix ⊕ suffix_c for C suffixes sharing one prefix.
+
+    prefix_ids [1, p] and suffix_ids [C, s] hold no padding. The prefix goes through the model once; its
+    key/value cache is repeated C times and each suffix attends to it.
+    """
+    name = _cache_kwarg(model)
+    prefix_len, (count, suffix_len) = prefix_ids.shape[1], suffix_ids.shape
+    out = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    cache.batch_repeat_interleave(count)
+    positions = torch.arange(prefix_len, prefix_len + suffix_len, device=suffix_ids.device).expand(count, -1)
+    out = model(
+        input_ids=suffix_ids,
+        attention_mask=torch.ones(count, prefix_len + suffix_len, dtype=torch.long, device=suffix_ids.device),
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=keep,
+        **{name: cache},
     )
     logits = out.logits[:, -keep:]
     return logits if logits.dtype == torch.float64 else logits.float()
