@@ -229,3 +229,18 @@ def test_evaluate_model_in_memory(tiny_dir):
     again = evaluate_model(model, tokenizer, problems, n=2, k_list=[1], prompt_template="Q: {problem}\nA: ", max_new_tokens=4,
                            batch_size=2, return_samples=True)
     assert [s["completion"] for s in again["samples"]] == [s["completion"] for s in out["samples"]]  # seeded
+
+
+def test_evaluate_model_on_the_arithmetic_task(tiny_dir):
+    from oarl.data import arithmetic
+    from oarl.models.loading import load_model
+
+    model, tokenizer = load_model(str(tiny_dir))
+    rows = arithmetic.problems("test", 3, seed=0)  # rows with a ready "Q: ...=?\nA: " prompt
+    out = evaluate_model(model, tokenizer, rows, n=2, k_list=[1, 2], max_new_tokens=4, return_samples=True)
+    assert out["problems"] == 3 and out["samples"][0]["prompt"] == rows[0]["prompt"]
+
+
+def test_cli_without_model_fails_clearly(capsys):
+    assert main(["eval"]) == 2
+    assert "--model is required" in capsys.readouterr().err

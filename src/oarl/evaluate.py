@@ -56,6 +56,7 @@ CHAT_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answe
 DEFAULT_BENCHMARKS = ("math500", "gsm8k", "aime24", "amc23", "minerva")
 SAMPLES_FILE, RESULTS_JSON, RESULTS_MD, CONFIG_FILE = "samples.jsonl", "results.json", "results.md", "eval_config.json"
 # settings that change the samples: resuming with any of them different is refused
+SMALL_VOCAB = 10_000  # below this, a local model is one built here (see _small_local_model)
 RESUME_KEYS = ("model", "n", "temperature", "top_p", "max_new_tokens", "seed", "prompt_template", "chat_template", "stop")
 
 
@@ -125,6 +126,8 @@ def build_prompt(row: dict, tokenizer=None, template: str | None = None, chat: b
     """
     if chat is None:
         chat = tokenizer is not None and getattr(tokenizer, "chat_template", None) is not None
+    if "problem" not in row:  # a row with only a ready prompt (e.g. oarl.data.arithmetic.problems)
+        return row["prompt"]
     if chat:
         content = (template or CHAT_TEMPLATE).replace("{problem}", row["problem"])
         return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
@@ -171,7 +174,9 @@ class HFBackend:
         import torch
 
         tok, model = self.tokenizer, self.model
-        tok.padding_side = "left"
+        if tok.pad_token is None:  # as TRL does
+            tok.pad_token = tok.eos_token
+        padding_side, tok.padding_side = tok.padding_side, "left"
         eos = self._eos_ids()
         out: list[list[dict]] = []
         was_training = model.training
@@ -203,6 +208,7 @@ class HFBackend:
                     out.append(gens)
         finally:
             model.train(was_training)
+            tok.padding_side = padding_side
         return out
 
 
@@ -224,6 +230,18 @@ class VLLMBackend:
         results = self.llm.generate(prompts, params, use_tqdm=False)
         return [[{"text": o.text, "num_tokens": len(o.token_ids), "finish_reason": o.finish_reason or "stop"} for o in r.outputs]
                 for r in results]
+
+
+def _small_local_model(model_path: str) -> bool:
+    """The embedded tiny model or a local directory with a small vocabulary (a locally built tokenizer that
+    vLLM would load through AutoTokenizer, i.e. with other ids): always the HF backend."""
+    if model_path == "tiny":
+        return True
+    config = Path(model_path) / "config.json"
+    try:
+        return config.is_file() and json.loads(config.read_text()).get("vocab_size", 1 << 30) < SMALL_VOCAB
+    except (OSError, ValueError):
+        return False
 
 
 def vllm_available() -> bool:
@@ -274,8 +292,8 @@ def evaluate_model(
     progress: bool = False,
     return_samples: bool = False,
 ) -> dict:
-    """Held-out numbers of an in-memory model on ``problems`` (dicts with ``problem`` (or a ready ``prompt``)
-    and ``answer``): ``avg@n``, ``avg@n_se``, ``pass@k``, ``maj@n``, ``no_answer_frac``, ``mean_length``,
+    """Held-out numbers of an in-memory model (unwrapped from DDP/accelerate) on ``problems`` (dicts with
+    ``problem``, or only a ready ``prompt`` used verbatim, and ``answer``): ``avg@n``, ``avg@n_se``, ``pass@k``, ``maj@n``, ``no_answer_frac``, ``mean_length``,
     ``truncated_frac``, ``problems``, ``n`` (plus ``samples`` if asked). The model's train/eval mode and the
     global random state are left as they were. ``prompt_template`` e.g. ``"Q: {problem}\\nA: "``;
     ``chat=False`` (the default here) never applies a chat template, None applies it when there is one.
@@ -381,7 +399,7 @@ def _load_backend(cfg: EvalConfig, model_path: str, chat: bool | None):
     """``(backend, tokenizer, chat)``: vLLM or HF generate, as cfg.backend says."""
     from oarl.models.loading import load_model  # transformers is imported only when generation is needed
 
-    use_vllm = cfg.backend == "vllm" or (cfg.backend == "auto" and vllm_available() and Path(model_path).name != "tiny")
+    use_vllm = cfg.backend == "vllm" or (cfg.backend == "auto" and vllm_available() and not _small_local_model(model_path))
     if use_vllm:
         from transformers import AutoTokenizer
 
