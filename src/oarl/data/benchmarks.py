@@ -129,6 +129,11 @@ def _detect_schema(first: dict, problem_field: str | None, answer_field: str | N
 
 
 def _finish(rows: list[dict], skipped: list[tuple[str, str]], name: str, strict: bool) -> BenchmarkRows:
+    seen: set[str] = set()
+    for i, row in enumerate(rows):  # ids key the samples of a resumable evaluation: make them unique
+        if row["id"] in seen:
+            row["id"] = f"{row['id']}#{i}"
+        seen.add(row["id"])
     if skipped:
         listing = "\n".join(f"  {src}: {reason}" for src, reason in skipped)
         if strict:
