@@ -33,6 +33,7 @@ def test_defaults_and_resolved_outcome():
     ("apply_to", "both", r"apply_to must be one of \('all', 'positive', 'negative'\)"),
     ("replace_with", -1, r"replace_with must be None or a token id >= 0"),
     ("reuse_prefix", "yes", r"reuse_prefix must be True or False"),
+    ("span", "paragraph", r"span must be one of \('token', 'line', 'sentence'\)"),
 ])
 def test_invalid_settings_raise(field, value, message):
     with pytest.raises(ValueError, match=message):

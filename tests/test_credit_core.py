@@ -172,3 +172,21 @@ def test_truncated_completion_without_closing_is_uniform(tok, model):
     out = token_advantages(model, tok, batch[0], batch[1], completion_ids, completion_mask, torch.tensor([1.0]),
                            CreditConfig(estimator="entropy"), truncated=torch.tensor([True]))
     assert not out.segments.has_answer[0] and (out.weights == 1).all() and out.stats["no_answer_frac"] == 1.0
+
+
+def test_span_mode_gives_one_importance_per_step(tok, model):
+    batch, advantages = make_batch(tok, [1, 3]), torch.tensor([1.0, 1.0])
+    prompt_ids, prompt_mask, completion_ids, completion_mask = batch
+    completion = tok("Step 1: 7 * 6 = 42.\nStep 2: check it.\n#### 42", add_special_tokens=False)["input_ids"]
+    completion_ids, completion_mask = pad_rows([completion + [tok.eos_token_id]] * 2, tok.pad_token_id, "right")
+    out = token_advantages(model, tok, prompt_ids, prompt_mask, completion_ids, completion_mask, advantages,
+                           CreditConfig(estimator="perturbation", span="line"))
+    steps = out.segments.steps
+    assert steps is not None and int(steps.max()) == 1
+    for b in range(2):
+        for s in (0, 1):
+            values = out.importance[b][steps[b] == s]
+            assert values.numel() > 1 and (values == values[0]).all() and values[0] > 0
+    gradient = token_advantages(model, tok, prompt_ids, prompt_mask, completion_ids, completion_mask, advantages,
+                                CreditConfig(estimator="gradient", span="line"))
+    assert gradient.segments.steps is None  # span only changes OAR-P

@@ -252,3 +252,37 @@ def test_prefix_reuse_equals_full_recompute_on_gpt2(gpt2, mode):
     reused = perturbation_importance(gpt2, ids, attn, reasoning, answer, mode=mode, chunk_size=4, pad_token_id=PAD,
                                      reuse_prefix=True)
     assert full.abs().sum() > 0 and (full - reused).abs().max() <= 1e-9
+
+
+@torch.no_grad()
+def naive_span_perturbation(model, row, steps, mode, replace):
+    ids, reasoning, answer = row
+    clean = naive_outcome(model, ids, answer, mode)
+    out = torch.zeros(len(ids), dtype=torch.float64)
+    for step in sorted({s for s, r in zip(steps, reasoning) if r}):
+        members = [t for t in range(len(ids)) if reasoning[t] and steps[t] == step]
+        variant = [replace if t in members else x for t, x in enumerate(ids)]
+        out[members] = naive_divergence(clean, naive_outcome(model, variant, answer, mode), mode)
+    return out
+
+
+@pytest.mark.parametrize("mode", OUTCOMES)
+@pytest.mark.parametrize(("chunk_size", "reuse_prefix"), [(1, False), (2, True), (64, False)])
+def test_span_perturbation_matches_naive_loop(model, mode, chunk_size, reuse_prefix):
+    rows = make_rows()
+    steps = [[t // 3 for t in range(len(r[0]))] for r in rows]  # steps of 3 consecutive tokens
+    ids, attn, reasoning, answer = batch(rows, "right")
+    span_ids, _ = pad_rows(steps, -1, "right")
+    got = perturbation_importance(model, ids, attn, reasoning, answer, mode=mode, chunk_size=chunk_size,
+                                  pad_token_id=PAD, reuse_prefix=reuse_prefix, span_ids=span_ids)
+    for b, row_got in enumerate(unpad(got, attn)):
+        expected = naive_span_perturbation(model, rows[b], steps[b], mode, PAD).float()
+        assert (row_got - expected).abs().max() <= 1e-5, (mode, b)
+
+
+def test_span_of_single_tokens_is_token_mode(model):
+    ids, attn, reasoning, answer = batch(make_rows(), "left")
+    columns = torch.arange(ids.shape[1]).expand_as(ids) * 7  # any distinct id per token
+    a = perturbation_importance(model, ids, attn, reasoning, answer, pad_token_id=PAD)
+    b = perturbation_importance(model, ids, attn, reasoning, answer, pad_token_id=PAD, span_ids=columns)
+    assert torch.equal(a, b)

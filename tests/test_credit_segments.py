@@ -155,3 +155,21 @@ def test_multibyte_characters_and_every_span_path(tok, monkeypatch):
         for field in ("reasoning", "conclusion", "answer", "has_answer"):
             assert torch.equal(getattr(seg, field), getattr(reference, field)), (disabled, field)
     assert calls
+
+
+@pytest.mark.parametrize(("span", "expected"), [
+    ("line", ["Step 1: 7 * 6 = 42.\n", "Step 2: so 42. Check: ok.\n"]),
+    ("sentence", ["Step 1: 7 * 6 = 42.\n", "Step 2: so 42. ", "Check: ok.\n"]),
+])
+def test_reasoning_steps(tok, span, expected):
+    text = "Step 1: 7 * 6 = 42.\nStep 2: so 42. Check: ok.\n#### 42"
+    ids, mask = pad_rows([encode(tok, text)], tok.pad_token_id, "right")
+    seg = segment_completions(tok, ids, mask, span=span)
+    steps = seg.steps[0]
+    assert (steps[~seg.reasoning[0]] == -1).all()
+    got = [tok.decode(ids[0][steps == s].tolist()) for s in range(int(steps.max()) + 1)]
+    # a token belongs to the step of its first character ("\n" tokens close their line)
+    assert [g.strip() for g in got] == [e.strip() for e in expected]
+    assert segment_completions(tok, ids, mask).steps is None
+    with pytest.raises(ValueError, match="span"):
+        segment_completions(tok, ids, mask, span="paragraph")

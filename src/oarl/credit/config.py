@@ -8,6 +8,7 @@ from dataclasses import dataclass
 ESTIMATORS = ("none", "perturbation", "gradient", "entropy")
 OUTCOMES = ("last", "answer_mean", "answer_joint")
 APPLY_TO = ("all", "positive", "negative")
+SPANS = ("token", "line", "sentence")
 
 
 def check_choice(name: str, value, allowed: tuple) -> None:
@@ -52,6 +53,8 @@ class CreditConfig:
     replace_with: token id that replaces a reasoning token (perturbation); None -> the tokenizer's pad id.
     reuse_prefix: perturbation: compute the shared prefix of a chunk's variants once and reuse its key/value
                   cache (same result, less compute on long prompts; the model's forward must take a cache).
+    span:         perturbation: replace one "token" at a time, or a whole reasoning step at once ("line" or
+                  "sentence"; every token of the step gets the step's importance): one pass per step.
     """
 
     estimator: str = "gradient"
@@ -64,6 +67,7 @@ class CreditConfig:
     apply_to: str = "all"
     replace_with: int | None = None
     reuse_prefix: bool = False
+    span: str = "token"
 
     def __post_init__(self):
         check_choice("estimator", self.estimator, ESTIMATORS)
@@ -77,6 +81,7 @@ class CreditConfig:
             isinstance(self.replace_with, bool) or not isinstance(self.replace_with, int) or self.replace_with < 0
         ):
             raise ValueError(f"replace_with must be None or a token id >= 0, got {self.replace_with!r}")
+        check_choice("span", self.span, SPANS)
         if not isinstance(self.reuse_prefix, bool):
             raise ValueError(f"reuse_prefix must be True or False, got {self.reuse_prefix!r}")
 

@@ -47,12 +47,13 @@ class CreditOutput:
     stats: dict[str, float]
 
 
-def _estimate(model, tokenizer, ids, attn, reasoning, answer, config: CreditConfig, generator) -> Tensor:
+def _estimate(model, tokenizer, ids, attn, reasoning, answer, steps, config: CreditConfig, generator) -> Tensor:
     mode = config.resolved_outcome()
     if config.estimator == "perturbation":
         return perturbation_importance(
             model, ids, attn, reasoning, answer, mode=mode, chunk_size=config.chunk_size,
             replace_with=config.replace_with, pad_token_id=tokenizer.pad_token_id, reuse_prefix=config.reuse_prefix,
+            span_ids=steps,
         )
     if config.estimator == "gradient":
         return gradient_importance(
@@ -77,7 +78,8 @@ def token_advantages(
     started = time.perf_counter()
     batch, length = completion_ids.shape
     device = completion_ids.device
-    segments = segment_completions(tokenizer, completion_ids, completion_mask, truncated)
+    span = config.span if config.estimator == "perturbation" else "token"
+    segments = segment_completions(tokenizer, completion_ids, completion_mask, truncated, span=span)
 
     eligible = advantages != 0  # [B]
     if config.apply_to == "positive":
@@ -98,8 +100,11 @@ def token_advantages(
         no_prompt = torch.zeros_like(prompt_mask[rows], dtype=torch.bool)
         reasoning = torch.cat([no_prompt, segments.reasoning[rows]], 1)
         answer = torch.cat([no_prompt, segments.answer[rows]], 1)
+        steps = None
+        if segments.steps is not None:
+            steps = torch.cat([torch.full_like(prompt_ids[rows], -1), segments.steps[rows]], 1)
         with eval_mode(model):
-            probe_importance = _estimate(model, tokenizer, ids, attn, reasoning, answer, config, generator)
+            probe_importance = _estimate(model, tokenizer, ids, attn, reasoning, answer, steps, config, generator)
         importance[rows] = probe_importance[:, prompt_len:].float()
 
     reshape = segments.reasoning & computed[:, None]  # [B, T]

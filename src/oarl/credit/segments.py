@@ -18,17 +18,22 @@ runs to the very end of its text (it may have been cut) -> has_answer False and 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .answer import find_final_answer
+from .config import SPANS, check_choice
 
 try:  # tokenizers >= 0.21
     from tokenizers.decoders import DecodeStream
 except ImportError:  # pragma: no cover
     DecodeStream = None
+
+# Where a new reasoning step starts: after a newline, or (sentences) after ". ", "? ", "! ".
+STEP_BREAKS = {"line": re.compile(r"\n+"), "sentence": re.compile(r"\n+|(?<=[.!?])[ \t]+")}
 
 
 @dataclass
@@ -38,6 +43,7 @@ class Segments:
     answer: Tensor      # [B, T] bool
     rest: Tensor        # [B, T] bool
     has_answer: Tensor  # [B] bool
+    steps: Tensor | None = None  # [B, T] long: reasoning step (line / sentence) of each reasoning token, else -1
 
 
 def _decode(tokenizer, ids: list[int]) -> str:
@@ -116,15 +122,19 @@ def _token_spans(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]]
 
 
 def segment_completions(
-    tokenizer, completion_ids: Tensor, completion_mask: Tensor, truncated: Tensor | None = None
+    tokenizer, completion_ids: Tensor, completion_mask: Tensor, truncated: Tensor | None = None, span: str = "token"
 ) -> Segments:
     """Segment right-padded completions completion_ids [B, T] (valid where completion_mask [B, T] is 1).
 
-    truncated [B] bool (optional): completions cut by the length limit.
+    truncated [B] bool (optional): completions cut by the length limit. span "line" or "sentence" also
+    numbers the reasoning steps (Segments.steps): a token belongs to the step in which its first character
+    lies; "token" leaves steps None.
     """
+    check_choice("span", span, SPANS)
     batch, length = completion_ids.shape
     starts = torch.zeros(batch, length, dtype=torch.long)  # token char spans, [B, T]
     ends = torch.zeros(batch, length, dtype=torch.long)
+    step_of = torch.zeros(batch, length, dtype=torch.long)
     bounds = torch.full((batch, 3), -1, dtype=torch.long)  # statement_start, answer_start, answer_end
     valid = completion_mask.bool().cpu()
     ids_cpu = completion_ids.cpu()
@@ -140,9 +150,13 @@ def segment_completions(
         if truncated is not None and bool(truncated[b]) and not text[final.answer_end :].strip():
             continue  # the answer runs to the end of a cut completion: it may be cut too
         cols = valid[b].nonzero().squeeze(1)
-        span = torch.tensor(spans, dtype=torch.long).reshape(-1, 2)
-        starts[b, cols], ends[b, cols] = span[:, 0], span[:, 1]
+        span_tensor = torch.tensor(spans, dtype=torch.long).reshape(-1, 2)
+        starts[b, cols], ends[b, cols] = span_tensor[:, 0], span_tensor[:, 1]
         bounds[b] = torch.tensor([final.statement_start, final.answer_start, final.answer_end])
+        if span != "token":
+            breaks = torch.tensor([m.end() for m in STEP_BREAKS[span].finditer(text, 0, final.statement_start)],
+                                  dtype=torch.long)
+            step_of[b, cols] = torch.searchsorted(breaks, span_tensor[:, 0].contiguous(), right=True)
 
     has_answer = bounds[:, 0] >= 0  # [B]
     stmt, a0, a1 = (bounds[:, i : i + 1] for i in range(3))  # [B, 1] each
@@ -153,7 +167,8 @@ def segment_completions(
     reasoning = token & nonempty & ~answer & ~conclusion & (ends <= stmt)
     rest = token & ~answer & ~conclusion & ~reasoning
     device = completion_ids.device
+    steps = None if span == "token" else torch.where(reasoning, step_of, -1).to(device)
     return Segments(
         reasoning=reasoning.to(device), conclusion=conclusion.to(device), answer=answer.to(device),
-        rest=rest.to(device), has_answer=has_answer.to(device),
+        rest=rest.to(device), has_answer=has_answer.to(device), steps=steps,
     )
