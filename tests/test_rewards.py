@@ -25,6 +25,8 @@ PATHOLOGICAL = "10^{10^{10^{10}}}"  # sympy tries to evaluate it and never retur
         ("\\dfrac{\\sqrt{3}}{2}", "\\frac{\\sqrt3}{2}"),
         ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)"),
         ("50\\%", "50"),
+        ("1,000 dollars", "1000"),  # a number with a unit in words
+        ("\\$18 per day", "18"),
     ],
 )
 def test_verify_equivalent_answers(pred, gold):
@@ -33,7 +35,7 @@ def test_verify_equivalent_answers(pred, gold):
 
 @pytest.mark.parametrize(
     "pred, gold",
-    [("17", "18"), ("18.5", "18"), ("\\frac{1}{3}", "0.5"), ("(1, 2)", "(2, 1)"), ("x^2", "x^3"), ("", "3"), ("3", "")],
+    [("17", "18"), ("18.5", "18"), ("6 pi", "6"), ("5 and 6", "5"), ("\\frac{1}{3}", "0.5"), ("(1, 2)", "(2, 1)"), ("x^2", "x^3"), ("", "3"), ("3", "")],
 )
 def test_verify_wrong_answers(pred, gold):
     assert not verify(pred, gold)

@@ -121,12 +121,26 @@ def _as_number(text: str) -> Decimal | None:
         return None
 
 
+# a plain number followed by a unit in words ("1,000 dollars", "18 eggs per day"): the number is the answer
+_NUMBER_WITH_UNIT = re.compile(r"\s*\\?\$?\s*([+-]?[\d,]*\.?\d+)\s*((?:[A-Za-z]{2,}\.?\s*){1,4})")
+_NOT_UNITS = {"pi", "sqrt", "frac", "i", "e", "and", "or", "times", "cdot"}
+
+
+def _strip_unit(text: str) -> str:
+    m = _NUMBER_WITH_UNIT.fullmatch(text)
+    if m is None or any(w.lower().rstrip(".") in _NOT_UNITS for w in m.group(2).split()):
+        return text
+    return m.group(1)
+
+
 def _fast_verdict(pred: str, gold: str) -> bool | None:
     """True/False when the fast path can decide, None to ask math-verify."""
     p, g = _canonical(pred), _canonical(gold)
     if p == g:
         return True
     pn, gn = _as_number(p), _as_number(g)
+    if pn is None and gn is not None:
+        pn = _as_number(_canonical(_strip_unit(pred)))
     if pn is None or gn is None:
         return None
     if abs(pn - gn) <= NUMERIC_REL_TOL * max(Decimal(1), abs(gn)):
