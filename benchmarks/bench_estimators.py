@@ -23,6 +23,7 @@ from oarl.credit import entropy_importance, gradient_importance, perturbation_im
 PAD_ID = 0
 CONCLUSION_LEN = 3  # e.g. "\boxed{"
 ANSWER_LEN = 2
+STEP_LEN = 12  # tokens per reasoning step (a line or a sentence) for the span mode
 
 
 def synthetic_batch(batch: int, prompt_len: int, completion_len: int, vocab: int, seed: int):
@@ -86,6 +87,7 @@ def main():
     model = Qwen2ForCausalLM(config).to(args.device).train()
     ids, attn, reasoning, answer = (t.to(args.device) for t in synthetic_batch(
         args.batch, args.prompt_len, args.completion_len, args.vocab, seed=0))
+    steps = torch.arange(ids.shape[1], device=ids.device).expand_as(ids) // STEP_LEN  # [B, L]
     completion = attn.clone()
     completion[:, : ids.shape[1] - args.completion_len] = False
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -102,6 +104,8 @@ def main():
             model, ids, attn, reasoning, answer, mode="last", chunk_size=args.chunk_size),
         "perturbation (last, reuse)": lambda: perturbation_importance(
             model, ids, attn, reasoning, answer, mode="last", chunk_size=args.chunk_size, reuse_prefix=True),
+        f"perturbation (last, {STEP_LEN}-token spans)": lambda: perturbation_importance(
+            model, ids, attn, reasoning, answer, mode="last", chunk_size=args.chunk_size, span_ids=steps),
         "perturbation (answer_joint)": lambda: perturbation_importance(
             model, ids, attn, reasoning, answer, mode="answer_joint", chunk_size=args.chunk_size),
         "gradient (answer_mean)": lambda: gradient_importance(

@@ -97,11 +97,12 @@ def _spans_by_prefix_decoding(tokenizer, ids: list[int], text: str) -> list[tupl
     return spans if start == len(text) else None
 
 
-def _token_spans(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]] | None:
-    """Text of the non-special tokens and the [s, e) char span of every token (special tokens: empty span)."""
-    special = set(tokenizer.all_special_ids)
-    plain = [i for i, t in enumerate(ids) if t not in special]  # positions of ordinary tokens
-    plain_ids = [ids[i] for i in plain]
+def _token_spans(tokenizer, ids: Tensor) -> tuple[str, Tensor] | None:
+    """Text of the non-special tokens of ids [n] and the [s, e) char spans [n, 2] of every token
+    (a special token gets the empty span at the end of the text before it)."""
+    special = torch.tensor(sorted(tokenizer.all_special_ids), dtype=ids.dtype)
+    plain = ~torch.isin(ids, special)  # [n]
+    plain_ids = ids[plain].tolist()
     text = _decode(tokenizer, plain_ids)
     spans = (
         _spans_by_offsets(tokenizer, plain_ids, text)
@@ -110,14 +111,10 @@ def _token_spans(tokenizer, ids: list[int]) -> tuple[str, list[tuple[int, int]]]
     )
     if spans is None:
         return None
-    out, cursor, j = [], 0, 0
-    for i in range(len(ids)):
-        if j < len(plain) and plain[j] == i:
-            out.append(spans[j])
-            cursor = spans[j][1]
-            j += 1
-        else:
-            out.append((cursor, cursor))
+    out = torch.zeros(len(ids), 2, dtype=torch.long)
+    out[plain] = torch.tensor(spans, dtype=torch.long).reshape(-1, 2)
+    cursor = out[:, 1].cummax(0).values  # ends are non-decreasing: the text end so far
+    out[~plain] = cursor[~plain, None]
     return text, out
 
 
@@ -139,18 +136,17 @@ def segment_completions(
     valid = completion_mask.bool().cpu()
     ids_cpu = completion_ids.cpu()
     for b in range(batch):  # one pass per completion: string work
-        ids = ids_cpu[b][valid[b]].tolist()
-        parsed = _token_spans(tokenizer, ids) if ids else None
+        ids = ids_cpu[b][valid[b]]
+        parsed = _token_spans(tokenizer, ids) if len(ids) else None
         if parsed is None:
             continue
-        text, spans = parsed
+        text, span_tensor = parsed
         final = find_final_answer(text)
         if final is None:
             continue
         if truncated is not None and bool(truncated[b]) and not text[final.answer_end :].strip():
             continue  # the answer runs to the end of a cut completion: it may be cut too
         cols = valid[b].nonzero().squeeze(1)
-        span_tensor = torch.tensor(spans, dtype=torch.long).reshape(-1, 2)
         starts[b, cols], ends[b, cols] = span_tensor[:, 0], span_tensor[:, 1]
         bounds[b] = torch.tensor([final.statement_start, final.answer_start, final.answer_end])
         if span != "token":
