@@ -444,6 +444,7 @@ def run_eval(cfg: EvalConfig, backend=None, tokenizer=None) -> dict:
     if cfg.overwrite:
         for name in (SAMPLES_FILE, RESULTS_JSON, RESULTS_MD, CONFIG_FILE):
             (out_dir / name).unlink(missing_ok=True)
+    old: dict = {}
     if config_path.is_file():
         old = json.loads(config_path.read_text())
         diff = {k: (old.get(k), settings[k]) for k in RESUME_KEYS if old.get(k) != settings[k]}
@@ -467,7 +468,8 @@ def run_eval(cfg: EvalConfig, backend=None, tokenizer=None) -> dict:
     if num_todo and backend is None:
         backend, tokenizer, chat = _load_backend(cfg, model_path, chat)
     elif chat is None:
-        chat = tokenizer is not None and getattr(tokenizer, "chat_template", None) is not None
+        chat = (getattr(tokenizer, "chat_template", None) is not None) if tokenizer is not None else old.get("chat_resolved", False)
+    config_path.write_text(json.dumps({**settings, "chat_resolved": chat}, indent=2))
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed, list(cfg.stop))
     batch = max(1, cfg.batch_size)
     logger.info("eval: %d problems to generate (%d already in %s)", num_todo, len(done), samples_path)
