@@ -10,13 +10,16 @@ from oarl import OARConfig, OARTrainer
 model_dir, out = sys.argv[1], sys.argv[2]
 model, tokenizer = load_tiny_lm(model_dir)
 args = OARConfig(
-    output_dir=out, per_device_train_batch_size=4, num_generations=4, max_completion_length=24, max_steps=2,
-    logging_steps=1, save_strategy="no", report_to="none", seed=0, bf16=False, gradient_checkpointing=False,
+    output_dir=out, per_device_train_batch_size=4, num_generations=4, max_completion_length=32, max_steps=2,
+    logging_steps=1, save_strategy="no", report_to="none", seed=0, bf16=False, activation_checkpointing=False,
     use_cpu=True, beta=0.0, credit="gradient", disable_tqdm=True,
 )
 trainer = OARTrainer(model=model, reward_funcs=[addition_reward], args=args,
                      train_dataset=Dataset.from_list(addition_prompts(16)), processing_class=tokenizer)
 trainer.train()
-assert trainer.last_credit is not None and trainer.last_credit.credit.advantages.dim() == 2
+last = trainer.last_credit
+assert last is not None and last.credit.advantages.dim() == 2
+# Each process reshaped its own slice: the local batch, not the global one.
+assert last.credit.advantages.shape[0] == args.per_device_train_batch_size
 if trainer.accelerator.is_main_process:
     print(f"DDP-OK world={trainer.accelerator.num_processes} steps={trainer.state.global_step}", flush=True)

@@ -40,7 +40,7 @@ class TrainArgs:
     run_name: str | None = field(default=None, metadata={"help": "Run directory name (default: credit-model-time)."})
     runs_dir: str = field(default="runs", metadata={"help": "Parent folder of run directories."})
     resume: str | None = field(default=None, metadata={"help": "A run directory to continue from its last checkpoint."})
-    warmup_steps: int | None = field(default=None, metadata={"help": "Supervised warm-start steps of the tiny model "
+    sft_steps: int | None = field(default=None, metadata={"help": "Supervised warm-start steps of the tiny model "
                                                              "(default: the embedded regime's). Cached by config."})
     eval_size: int | None = field(default=None, metadata={"help": "Held-out problems per split (default: regime's; "
                                                           "0 disables held-out evaluation)."})
@@ -57,7 +57,7 @@ def _cpu_defaults() -> dict:
 
     if torch.cuda.is_available():
         return {}
-    return {"bf16": False, "fp16": False, "gradient_checkpointing": False, "use_cpu": True}
+    return {"bf16": False, "fp16": False, "activation_checkpointing": False, "use_cpu": True}
 
 
 def _embedded_defaults(regime) -> dict:
@@ -217,8 +217,8 @@ def _load_model_and_data(train_args: TrainArgs, config):
 
         regime = arithmetic.DEFAULT_REGIME
         ws = regime.warmstart_config()
-        if train_args.warmup_steps is not None:
-            ws["steps"] = train_args.warmup_steps
+        if train_args.sft_steps is not None:
+            ws["steps"] = train_args.sft_steps
         model, tokenizer = load_tiny(warm_start(ws))
         n_train = train_args.train_size or regime.n_rl_prompts
         train = arithmetic.as_dataset(
