@@ -225,6 +225,9 @@ def test_evaluate_model_in_memory(tiny_dir):
                          max_new_tokens=4, batch_size=2, return_samples=True)
     assert out["problems"] == 3 and 0.0 <= out["avg@2"] <= 1.0 and "avg@2_se" in out and "pass@2" in out
     assert out["samples"][0]["prompt"] == "Q: 12+7\nA: " and len(out["samples"]) == 6
+    assert out["avg@n"] == out["avg@2"] and out["avg@n_se"] == out["avg@2_se"] and out["maj@n"] == out["maj@2"]
+    plain = evaluate_model(model, tokenizer, problems[:1], n=1, max_new_tokens=2, return_samples=True)
+    assert plain["samples"][0]["prompt"] == "12+7"  # no template: the problem as it is
     assert model.training and torch.equal(torch.random.get_rng_state(), state)
     again = evaluate_model(model, tokenizer, problems, n=2, k_list=[1], prompt_template="Q: {problem}\nA: ", max_new_tokens=4,
                            batch_size=2, return_samples=True)

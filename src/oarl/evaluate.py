@@ -294,8 +294,10 @@ def evaluate_model(
 ) -> dict:
     """Held-out numbers of an in-memory model (unwrapped from DDP/accelerate) on ``problems`` (dicts with
     ``problem``, or only a ready ``prompt`` used verbatim, and ``answer``): ``avg@n``, ``avg@n_se``, ``pass@k``, ``maj@n``, ``no_answer_frac``, ``mean_length``,
-    ``truncated_frac``, ``problems``, ``n`` (plus ``samples`` if asked). The model's train/eval mode and the
-    global random state are left as they were. ``prompt_template`` e.g. ``"Q: {problem}\\nA: "``;
+    ``truncated_frac``, ``problems``, ``n`` (plus ``samples`` if asked), and the same numbers under
+    n-free names ``avg@n``, ``avg@n_se``, ``maj@n``. The model's train/eval mode, the tokenizer's padding
+    side and the global random state are left as they were. ``prompt_template`` e.g.
+    ``"Q: {problem}\\nA: "``; None here means the problem text as it is (no instruction added).
     ``chat=False`` (the default here) never applies a chat template, None applies it when there is one.
     """
     from tqdm.auto import tqdm
@@ -305,12 +307,17 @@ def evaluate_model(
         chat = getattr(tokenizer, "chat_template", None) is not None
     backend = HFBackend(model, tokenizer, batch_size=batch_size, add_special_tokens=not chat)
     sampling = Sampling(temperature, top_p, max_new_tokens, seed, list(stop))
+    if prompt_template is None and not chat:
+        prompt_template = "{problem}"
     prompts = [build_prompt(r, tokenizer, prompt_template, chat) for r in rows]
     samples: list[dict] = []
     for start in tqdm(range(0, len(rows), batch_size), desc="eval", disable=not progress):
         batch_rows, batch_prompts = rows[start : start + batch_size], prompts[start : start + batch_size]
         samples += score_generations(batch_rows, batch_prompts, backend.generate(batch_prompts, n, sampling), "problems")
     out = benchmark_metrics(samples, n, k_list)
+    for name in ("avg@{}", "avg@{}_se", "maj@{}"):
+        if name.format(n) in out:
+            out[name.format("n")] = out[name.format(n)]
     if return_samples:
         out["samples"] = samples
     return out
