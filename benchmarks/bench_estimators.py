@@ -118,11 +118,11 @@ def main():
           f"vocab {args.vocab}; batch {args.batch}, prompt {args.prompt_len}, completions <= {args.completion_len} "
           f"({n_reasoning / args.batch:.1f} reasoning tokens per completion); device {args.device}, "
           f"{args.threads} thread(s); median of {args.repeats}")
-    print(f"{'':30s} {'ms / completion':>16s} {'x fwd+bwd':>10s}")
-    print(f"{'forward+backward (baseline)':30s} {1e3 * baseline / args.batch:16.2f} {1.0:10.2f}")
+    print(f"{'':36s} {'ms / completion':>16s} {'x fwd+bwd':>10s}")
+    print(f"{'forward+backward (baseline)':36s} {1e3 * baseline / args.batch:16.2f} {1.0:10.2f}")
     for name, fn in estimators.items():
         seconds = run(fn)
-        print(f"{name:30s} {1e3 * seconds / args.batch:16.2f} {seconds / baseline:10.2f}")
+        print(f"{name:36s} {1e3 * seconds / args.batch:16.2f} {seconds / baseline:10.2f}")
 
 
 if __name__ == "__main__":

@@ -286,3 +286,12 @@ def test_span_of_single_tokens_is_token_mode(model):
     a = perturbation_importance(model, ids, attn, reasoning, answer, pad_token_id=PAD)
     b = perturbation_importance(model, ids, attn, reasoning, answer, pad_token_id=PAD, span_ids=columns)
     assert torch.equal(a, b)
+
+
+def test_gradient_under_inference_mode(model):
+    ids, attn, reasoning, answer = batch(make_rows(), "left")
+    expected = gradient_importance(model, ids, attn, reasoning, answer, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        ids, attn, reasoning, answer = (t.clone() for t in (ids, attn, reasoning, answer))
+        got = gradient_importance(model, ids, attn, reasoning, answer, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(got, expected) and expected.abs().sum() > 0

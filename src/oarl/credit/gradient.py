@@ -35,10 +35,19 @@ def gradient_importance(
 ) -> Tensor:
     """[B, L] float32 importances of the reasoning tokens of probes input_ids [B, L] (0 elsewhere).
 
-    Works inside torch.no_grad(), with the model in train mode (dropout is off during the call).
+    Works inside torch.no_grad() or torch.inference_mode(), with the model in train mode (dropout is off
+    during the call).
     """
     check_choice("mode", mode, OUTCOMES)
     check_noise_std(noise_std)
+    with torch.inference_mode(False):
+        # tensors made under inference_mode cannot enter autograd: work on ordinary copies
+        tensors = (input_ids, attention_mask, reasoning_mask, answer_mask)
+        tensors = (t.clone() if t.is_inference() else t for t in tensors)
+        return _gradient_importance(model, *tensors, mode=mode, noise_std=noise_std, generator=generator)
+
+
+def _gradient_importance(model, input_ids, attention_mask, reasoning_mask, answer_mask, mode, noise_std, generator):
     probe = align_to_end(input_ids, attention_mask, reasoning_mask, answer_mask, through_answer=mode != "last")
     importance = torch.zeros(probe.input_ids.shape, dtype=torch.float32, device=input_ids.device)  # [B, L']
     where = probe.reasoning.nonzero()  # [M, 2]
