@@ -515,6 +515,8 @@ def run_eval(cfg: EvalConfig, backend=None, tokenizer=None) -> dict:
         "settings": {**settings, "k": k_list, "batch_size": cfg.batch_size, "benchmarks": cfg.benchmarks, "limit": cfg.limit,
                      "prompt_format": "chat template" if chat else "plain",
                      "prompt_template_used": cfg.prompt_template or (CHAT_TEMPLATE if chat else PLAIN_TEMPLATE),
+                     "own_prompt_benchmarks": [name for name, rows in benchmarks if rows and "prompt" in rows[0]
+                                               and not chat and cfg.prompt_template is None],
                      "verify_timeout_s": cfg.verify_timeout_s},
         "benchmarks": per_benchmark,
         "wall_time_s": time.perf_counter() - t0,
@@ -557,7 +559,9 @@ def results_markdown(results: dict) -> str:
     header = (f"# Evaluation of `{results['model']}`\n\n"
               f"n={s['n']}, temperature={s['temperature']}, top_p={s['top_p']}, max_new_tokens={s['max_new_tokens']}, "
               f"seed={s['seed']}, backend={results['backend']}, prompt: {s['prompt_format']}"
-              f" (`{s['prompt_template_used']!r}`)\n\n")
+              f" (`{s['prompt_template_used']!r}`"
+              + (f"; {', '.join(s['own_prompt_benchmarks'])}: the task's own prompt" if s.get("own_prompt_benchmarks") else "")
+              + ")\n\n")
     benches = results["benchmarks"]
     labels: list[str] = []
     for b in benches.values():
