@@ -89,7 +89,23 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ train
+
+
+def run_train(argv: list[str]) -> int:
+    """``oarl train [flags]``: the flags are TrainArgs + OARConfig (every GRPOConfig field), parsed the TRL way."""
+    from oarl.train import main as train_main
+
+    train_main(argv)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ dispatch
+
+# Commands whose flags another parser owns (TRL's, with --config YAML support): argv after the name goes there.
+PASSTHROUGH: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "train": (run_train, "train with OAR (default: the embedded tiny-model arithmetic job); --help lists all flags"),
+}
 
 # name -> (add_args(subparser), run(args) -> exit status, one-line help). train, explain, compare: to add.
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
@@ -101,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="oarl", description="RL with verifiable rewards and token-level credit (OAR).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in PASSTHROUGH.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     for name, (add_args, run, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
@@ -109,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASSTHROUGH:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        return PASSTHROUGH[argv[0]][0](argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return args._run(args)

@@ -23,6 +23,8 @@ from pathlib import Path
 import yaml
 
 EMBEDDED = ("tiny", "arithmetic")  # (model, dataset) of the embedded default job
+AUTO_DIR = "<auto>"  # output_dir placeholder: the run directory is named after the run
+SKIPPED_IN_CONFIG = ("resume", "output_dir", "run_name", "logging_dir")  # per-run, not settings
 
 
 @dataclass
@@ -37,8 +39,8 @@ class TrainArgs:
     answer_field: str = field(default="answer", metadata={"help": "Gold-answer field of a JSONL dataset."})
     train_size: int | None = field(default=None, metadata={"help": "Number of training problems (default: "
                                                            "the embedded regime's, or the whole dataset)."})
-    run_name: str | None = field(default=None, metadata={"help": "Run directory name (default: credit-model-time)."})
-    runs_dir: str = field(default="runs", metadata={"help": "Parent folder of run directories."})
+    runs_dir: str = field(default="runs", metadata={"help": "Parent folder of run directories named "
+                                                   "<credit>-<model>-<time> (unless --output_dir names the run directory)."})
     resume: str | None = field(default=None, metadata={"help": "A run directory to continue from its last checkpoint."})
     sft_steps: int | None = field(default=None, metadata={"help": "Supervised warm-start steps of the tiny model "
                                                              "(default: the embedded regime's). Cached by config."})
@@ -60,7 +62,14 @@ def _cpu_defaults() -> dict:
     return {"bf16": False, "fp16": False, "activation_checkpointing": False, "use_cpu": True}
 
 
+def _regime():
+    from .data.arithmetic import DEFAULT_REGIME
+
+    return DEFAULT_REGIME
+
+
 def _embedded_defaults(regime) -> dict:
+    """The embedded job's RL settings (they replace GRPOConfig's defaults, not the user's flags)."""
     return {
         **regime.grpo_kwargs(),
         "credit": "gradient",
@@ -97,31 +106,31 @@ def parse_args(argv: list[str] | None = None):
     model = known.model or from_yaml.get("model", "tiny")
     dataset = known.dataset or from_yaml.get("dataset", "arithmetic")
 
-    parser = TrlParser((TrainArgs, OARConfig))
-    defaults = {"output_dir": "runs/_unset", **_cpu_defaults(), "report_to": "none", "logging_steps": 1}
+    parser = TrlParser((TrainArgs, OARConfig), prog="oarl train")
+    defaults = {"output_dir": AUTO_DIR, **_cpu_defaults(), "report_to": "none", "logging_steps": 1}
     if (model, dataset) == EMBEDDED:
-        from .data.arithmetic import DEFAULT_REGIME
-
-        defaults.update(_embedded_defaults(DEFAULT_REGIME))
+        defaults.update(_embedded_defaults(_regime()))
     parser.set_defaults(**defaults)
     train_args, config = parser.parse_args_and_config(argv)
     return train_args, config
 
 
-def resolved_config(train_args: TrainArgs, config) -> dict:
-    """The run's settings as a YAML-able dict: every TrainArgs field and the OARConfig fields that differ from
-    their dataclass defaults (so that the file re-loads with ``oarl train --config``)."""
-    out = {k: v for k, v in dataclasses.asdict(train_args).items() if k != "resume"}
+def resolved_config(train_args: TrainArgs, config, keep: tuple[str, ...] = ()) -> dict:
+    """The run's settings as a YAML-able dict: every TrainArgs field, the credit settings, and the OARConfig
+    fields that differ from their dataclass defaults (so that the file re-loads with ``oarl train --config``
+    into the same settings). ``keep``: fields to write even at their dataclass default (the job's own defaults)."""
+    out = {k: v for k, v in dataclasses.asdict(train_args).items() if k not in SKIPPED_IN_CONFIG}
     defaults = type(config).__dataclass_fields__
     for name, f in defaults.items():
-        if not f.init or name.startswith("_"):
+        if not f.init or name.startswith("_") or name in SKIPPED_IN_CONFIG:
             continue
         value = getattr(config, name)
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
         if hasattr(value, "value"):  # enums (lr_scheduler_type, save_strategy, ...)
             value = value.value
-        if value == default or (hasattr(default, "value") and value == default.value):
+        is_default = value == default or (hasattr(default, "value") and value == default.value)
+        if is_default and not name.startswith("credit") and name not in keep:
             continue
         if isinstance(value, (str, int, float, bool, type(None))) or (
             isinstance(value, (list, dict)) and _yamlable(value)
@@ -215,7 +224,7 @@ def _load_model_and_data(train_args: TrainArgs, config):
         from .models.tiny import load_tiny
         from .models.warmstart import warm_start
 
-        regime = arithmetic.DEFAULT_REGIME
+        regime = _regime()
         ws = regime.warmstart_config()
         if train_args.sft_steps is not None:
             ws["steps"] = train_args.sft_steps
@@ -260,23 +269,22 @@ def run_train(train_args: TrainArgs, config) -> dict:
     resume = train_args.resume
     if resume:
         run_dir = Path(resume)
+    elif config.output_dir != AUTO_DIR:
+        run_dir = Path(config.output_dir)
     else:
-        name = train_args.run_name or f"{config.credit}-{Path(train_args.model).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = Path(train_args.runs_dir) / name
+        run_dir = Path(train_args.runs_dir) / f"{config.credit}-{Path(train_args.model).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not resume:
         if (run_dir / "config.yaml").exists():
-            raise SystemExit(f"{run_dir} already holds a run: pick another --run_name, or --resume {run_dir}")
+            raise SystemExit(f"{run_dir} already holds a run: pick another --output_dir, or --resume {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
     config.output_dir = str(run_dir)
     config.run_name = run_dir.name
     with open(run_dir / "config.yaml", "w") as f:
-        yaml.safe_dump(resolved_config(train_args, config), f, sort_keys=False)
+        keep = tuple(_embedded_defaults(_regime())) if (train_args.model, train_args.dataset) == EMBEDDED else ()
+        yaml.safe_dump(resolved_config(train_args, config, keep), f, sort_keys=False)
 
     model, tokenizer, train, heldout, template, reward_funcs = _load_model_and_data(train_args, config)
-    n_samples = train_args.eval_samples
-    if n_samples is None:
-        from .data.arithmetic import DEFAULT_REGIME
-
-        n_samples = DEFAULT_REGIME.eval_samples
+    n_samples = _regime().eval_samples if train_args.eval_samples is None else train_args.eval_samples
 
     def evaluate_heldout(m) -> dict:
         if not heldout:
@@ -316,6 +324,9 @@ def run_train(train_args: TrainArgs, config) -> dict:
     trainer = OARTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=train,
                          processing_class=tokenizer,
                          callbacks=[MetricsWriter(), Progress(), HeldoutEval(train_args.eval_every)])
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # our bar shows the live numbers; metrics.jsonl keeps them all
     t_train = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     train_time = time.perf_counter() - t_train

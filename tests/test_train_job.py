@@ -1,0 +1,112 @@
+"""`oarl train`: the default job end to end (shortened by flags), its run directory, resume, recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import yaml
+
+from oarl.train import parse_args, resolved_config
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# The default job, shortened: a short warm start (cached under OARL_CACHE), 3 RL steps, a small held-out eval.
+SHORT = ["--sft_steps", "30", "--max_steps", "3", "--eval_size", "6", "--eval_samples", "2",
+         "--per_device_train_batch_size", "16", "--generation_batch_size", "16", "--num_generations", "4",
+         "--max_completion_length", "40"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("oarl_cache")
+    return {**os.environ, "OARL_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false"}
+
+
+def oarl(args, env, **kw):
+    return subprocess.run([sys.executable, "-m", "oarl.cli", "train", *args], env=env, capture_output=True,
+                          text=True, timeout=900, **kw)
+
+
+def test_default_job_writes_the_run_directory(tmp_path, env):
+    run = tmp_path / "run"
+    proc = oarl([*SHORT, "--output_dir", str(run), "--save_steps", "2"], env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"run directory: {run}" in proc.stdout
+    assert "before" in proc.stdout and "after" in proc.stdout and "credit (gradient) overhead" in proc.stdout
+
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "heldout_before.json"):
+        assert (run / name).is_file(), name
+    assert (run / "final_model" / "config.json").is_file()
+    assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in rows if "loss" in r]
+    assert train_steps == [1, 2, 3]
+    assert all("credit/overhead" in r and "credit/weight_std" in r for r in rows if "loss" in r)
+    assert [r["step"] for r in rows if "heldout/test" in r] == [0, 3]
+
+    plots = sorted((run / "plots").glob("*.png"))
+    assert {p.name for p in plots} == {"reward.png", "heldout_accuracy.png", "credit_weights.png"}
+    for p in plots:
+        assert p.read_bytes()[:8] == PNG_MAGIC
+        assert matplotlib.image.imread(p).ndim == 3
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and set(summary["heldout_after"]) == {"test", "hard"}
+
+    # The resolved config re-loads into the same settings.
+    train_args, config = parse_args(["--config", str(run / "config.yaml")])
+    assert (train_args.sft_steps, config.max_steps, config.num_generations, config.credit) == (30, 3, 4, "gradient")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved_config(train_args, config, tuple(saved)) == saved
+
+
+def test_resume_after_kill(tmp_path, env):
+    run = tmp_path / "run"
+    args = [*SHORT, "--max_steps", "5", "--save_steps", "1", "--output_dir", str(run), "--eval_size", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "oarl.cli", "train", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not (run / "checkpoint-2" / "trainer_state.json").exists():
+        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline, "no checkpoint-2 within 10 minutes"
+        time.sleep(0.2)
+    time.sleep(1.0)  # let it go on a little past the checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "final_model").exists(), "the run finished before it was killed: make it longer"
+
+    resumed = oarl(["--resume", str(run)], env)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 5
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == [1, 2, 3, 4, 5], steps  # none lost, none repeated
+
+
+def test_existing_run_is_not_overwritten(tmp_path, env):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("model: tiny\n")
+    proc = oarl(["--output_dir", str(tmp_path / "run")], env)
+    assert proc.returncode != 0 and "already holds a run" in proc.stderr
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.name for r in RECIPES])
+def test_recipes_parse_into_oarconfig(recipe):
+    # GPU-only settings are switched off here to parse on CPU; everything else comes from the recipe.
+    train_args, config = parse_args(["--config", str(recipe), "--bf16", "false", "--use_cpu", "true"])
+    raw = yaml.safe_load(recipe.read_text())
+    assert train_args.model == raw["model"] and config.credit == raw.get("credit", "gradient")
+    for key, value in raw.items():
+        if key in ("bf16", "use_cpu", "report_to") or not hasattr(config, key):
+            continue
+        got = getattr(config, key)
+        assert getattr(got, "value", got) == value, key
