@@ -134,12 +134,18 @@ def test_bad_inputs_do_not_stop_training(tiny_lm_dir, tmp_path):
 
 
 def test_config_validation_and_parsing(tmp_path):
-    with pytest.raises(ValueError, match="credit_threshold|threshold"):
+    with pytest.raises(ValueError, match=r"^credit_threshold must be in the open interval \(0, 1\)"):
         cpu_args(OARConfig, tmp_path, credit_threshold=1.5)
-    with pytest.raises(ValueError, match="estimator|credit"):
+    with pytest.raises(ValueError, match="^credit must be one of"):
         cpu_args(OARConfig, tmp_path, credit="magic")
-    with pytest.raises(ValueError, match="chunk_size"):
+    with pytest.raises(ValueError, match="^credit_chunk_size must be an integer >= 1"):
         cpu_args(OARConfig, tmp_path, credit_chunk_size=0)
+    with pytest.raises(ValueError, match="^credit_beta"):
+        cpu_args(OARConfig, tmp_path, credit_beta=-1.0)
+    with pytest.raises(ValueError, match="^credit_floor"):
+        cpu_args(OARConfig, tmp_path, credit_floor=2.0)
+    with pytest.raises(ValueError, match="^credit_outcome must be one of"):
+        cpu_args(OARConfig, tmp_path, credit_outcome="median")
     from trl import TrlParser
 
     (cfg,) = TrlParser((OARConfig,)).parse_args_into_dataclasses(

@@ -22,8 +22,8 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
+from .credit.config import APPLY_TO, SPANS
 
-APPLY_TO = ("all", "positive", "negative")
 CREDIT_STATS = (
     "time_s",
     "skipped_frac",
@@ -75,6 +75,19 @@ class OARConfig(GRPOConfig):
     credit_chunk_size: int = field(
         default=32, metadata={"help": "OAR-P: perturbed variants per forward pass (>= 1); bounds peak memory."}
     )
+    credit_span: str = field(
+        default="token",
+        metadata={"help": "OAR-P: perturb one 'token' at a time, or a whole reasoning step ('line' or 'sentence'; "
+                  "one pass per step instead of one per token).", "choices": list(SPANS)},
+    )
+    credit_reuse_prefix: bool = field(
+        default=False,
+        metadata={"help": "OAR-P: compute the prefix shared by a chunk of variants once and reuse its key/value "
+                  "cache (same importances, less compute on long prompts)."},
+    )
+    credit_replace_with: int | None = field(
+        default=None, metadata={"help": "OAR-P: token id that replaces a reasoning token (default: the pad id)."}
+    )
     credit_apply_to: str = field(
         default="all",
         metadata={"help": "Reshape completions with 'all' advantages, only 'positive' or only 'negative' ones; "
@@ -86,6 +99,13 @@ class OARConfig(GRPOConfig):
         self.credit_config()  # validates every credit setting, naming it and its range
 
     def credit_config(self) -> CreditConfig:
+        try:
+            return self._credit_config()
+        except ValueError as e:  # name the setting as the user spells it here: "threshold ..." -> "credit_threshold ..."
+            name = str(e).split(" ", 1)[0]
+            raise ValueError(f"{'credit' if name == 'estimator' else 'credit_' + name}{str(e)[len(name):]}") from None
+
+    def _credit_config(self) -> CreditConfig:
         return CreditConfig(
             estimator=self.credit,
             outcome=self.credit_outcome,
@@ -95,6 +115,9 @@ class OARConfig(GRPOConfig):
             noise_std=self.credit_noise_std,
             chunk_size=self.credit_chunk_size,
             apply_to=self.credit_apply_to,
+            replace_with=self.credit_replace_with,
+            reuse_prefix=self.credit_reuse_prefix,
+            span=self.credit_span,
         )
 
 
