@@ -6,7 +6,13 @@
 where ^(t) is the probe with token t replaced by a neutral token (the pad id by default). One forward per
 reasoning token: the (row, token) variants of the whole batch are flattened and sent through the model
 ``chunk_size`` at a time, so that peak memory does not grow with the number of reasoning tokens, and each
-forward computes logits only at the last K columns that the outcome reads.
+forward computes logits only at the last K columns that the outcome reads ("last" reads one column, and
+its probe stops before the answer).
+
+Two ways to pay less, both exact for what they compute:
+- reuse_prefix: a chunk holds variants of one row; the tokens before its first replaced token go through
+  the model once and their key/value cache is shared (pays off with long prompts);
+- span_ids: replace a whole reasoning step (line, sentence) per variant: one pass per step, not per token.
 """
 
 from __future__ import annotations
