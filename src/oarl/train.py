@@ -24,7 +24,8 @@ import yaml
 
 EMBEDDED = ("tiny", "arithmetic")  # (model, dataset) of the embedded default job
 AUTO_DIR = "<auto>"  # output_dir placeholder: the run directory is named after the run
-SKIPPED_IN_CONFIG = ("resume", "output_dir", "run_name", "logging_dir")  # per-run, not settings
+# Per-run values, and fields that GRPOConfig derives from others (writing them too would conflict on reload).
+SKIPPED_IN_CONFIG = ("resume", "output_dir", "run_name", "logging_dir", "steps_per_generation", "gradient_checkpointing")
 
 
 @dataclass
