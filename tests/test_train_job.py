@@ -110,3 +110,30 @@ def test_recipes_parse_into_oarconfig(recipe):
             continue
         got = getattr(config, key)
         assert getattr(got, "value", got) == value, key
+
+
+def test_compare_summary_by_hand():
+    from oarl.compare import summarize, to_markdown
+
+    def run(before, after, se):
+        return {"heldout_before": {"test": {"avg": before, "se": se}}, "heldout_after": {"test": {"avg": after, "se": se}},
+                "credit_overhead": 0.1, "wall_time_s": 10.0}
+
+    table = summarize({"none": [run(0.4, 0.5, 0.03), run(0.4, 0.7, 0.04)], "gradient": [run(0.4, 0.8, 0.03)]})
+    none, grad = table["test"]["none"], table["test"]["gradient"]
+    assert none["after"] == pytest.approx(0.6) and none["after_se"] == pytest.approx(0.025)  # sqrt(.03²+.04²)/2
+    assert grad["vs_none"] == pytest.approx(0.2) and grad["vs_none_se"] == pytest.approx((0.03**2 + 0.025**2) ** 0.5)
+    assert grad["gain"] == pytest.approx(0.4) and grad["gain_se"] == pytest.approx(0.03 * 2**0.5)
+    assert "| gradient | 0.400 | 0.800 ± 0.030 | +0.400 ± 0.042 | +0.200 ± 0.039 |" in to_markdown(table, 2)
+
+
+def test_compare_command(tmp_path, env):
+    out = tmp_path / "cmp"
+    proc = subprocess.run([sys.executable, "-m", "oarl.cli", "compare", "--credits", "none,entropy", "--output_dir",
+                           str(out), *SHORT, "--max_steps", "1", "--eval_size", "2", "--save_strategy", "no"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert {p.name for p in out.iterdir()} >= {"none-seed0", "entropy-seed0", "compare.md", "compare.json"}
+    table = json.loads((out / "compare.json").read_text())["table"]
+    assert set(table) == {"test", "hard"} and set(table["test"]) == {"none", "entropy"}
+    assert "vs none" in (out / "compare.md").read_text()

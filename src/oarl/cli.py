@@ -89,6 +89,153 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ explain
+
+
+def add_explain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny",
+                   help="'tiny' (the embedded warm-started model), a model directory, an `oarl train` run directory "
+                        "(its final_model/), 'smollm2-135m' or a hub name (default: %(default)s)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--demos", action="store_true",
+                        help="explain flawed warm-up demonstrations of the arithmetic task (their first wrong result is "
+                             "the known pivot: pivot hit rates are reported) instead of sampled completions")
+    source.add_argument("--completions", metavar="FILE.jsonl",
+                        help="explain your own completions: JSONL rows with prompt and completion (optional: answer, "
+                             "error_span = [start, end] characters of a known pivot)")
+    p.add_argument("--n", type=int, help="completions to explain (default: 8; with --completions: every row)")
+    p.add_argument("--estimators", default="gradient,perturbation,entropy",
+                   help="comma-separated, among perturbation, gradient, entropy (default: %(default)s)")
+    p.add_argument("--output", default="runs/explain", help="folder for heatmap.html, agreement.json, credit.jsonl (default: %(default)s)")
+    p.add_argument("--split", choices=("train", "test", "hard"), default="test",
+                   help="arithmetic split of the sampled problems (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=96, help="completion length cap when sampling (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="problem / demo / sampling / noise seed (default: %(default)s)")
+    p.add_argument("--advantage", type=float, default=1.0, help="the nonzero advantage each completion gets (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="completions per credit pass (default: %(default)s)")
+    p.add_argument("--device", help="device (default: cpu)")
+    p.add_argument("--outcome", choices=("last", "answer_mean", "answer_joint"),
+                   help="outcome distribution (default: last for perturbation, answer_mean otherwise)")
+    for flag, kind, text in (("--threshold", float, "Bi-Level threshold quantile q"), ("--beta", float, "Bi-Level boost"),
+                             ("--floor", float, "Bi-Level weight floor"), ("--noise-std", float, "OAR-G embedding noise"),
+                             ("--chunk-size", int, "OAR-P variants per forward pass")):
+        p.add_argument(flag, type=kind, help=f"{text} (default: CreditConfig's)")
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from oarl.credit import ESTIMATORS, CreditConfig
+    from oarl.report.agreement import format_table, json_safe, summarize
+    from oarl.report.heatmap import explain_batch, read_completions_jsonl
+
+    def fail(message: str) -> int:
+        print(f"oarl explain: {message}", file=sys.stderr)
+        return 2
+
+    estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
+    bad = [e for e in estimators if e not in ESTIMATORS or e == "none"]
+    if not estimators or bad:
+        return fail(f"--estimators must name some of perturbation, gradient, entropy; got {args.estimators!r}")
+    if args.n is not None and args.n < 1:
+        return fail(f"--n must be >= 1, got {args.n}")
+    if args.advantage == 0:
+        return fail("--advantage must be nonzero (a zero advantage skips the credit computation)")
+    overrides = {k: getattr(args, k) for k in ("outcome", "threshold", "beta", "floor", "noise_std", "chunk_size")
+                 if getattr(args, k) is not None}
+    try:
+        for name in estimators:
+            CreditConfig(estimator=name, **overrides)
+    except ValueError as exc:
+        return fail(str(exc))
+
+    rows = None
+    if args.completions:  # read before loading a model: bad input fails fast
+        try:
+            rows = read_completions_jsonl(args.completions)[: args.n]
+        except ValueError as exc:
+            return fail(str(exc))
+
+    from oarl.evaluate import resolve_model_path
+    from oarl.models.loading import load_model
+
+    try:
+        model, tokenizer = load_model(resolve_model_path(args.model), device=args.device)
+    except (ValueError, OSError) as exc:
+        return fail(str(exc))
+
+    started = time.perf_counter()
+    n = args.n or 8
+    if rows is None and args.demos:
+        from oarl.data.arithmetic import demos
+
+        pool = 4 * n + 16
+        while True:  # about a third of the demos are flawed
+            rows = [d for d in demos(pool, seed=args.seed) if d["flawed"]][:n]
+            if len(rows) == n:
+                break
+            pool *= 2
+    elif rows is None:
+        from oarl.data.arithmetic import problems
+        from oarl.evaluate import HFBackend, Sampling
+
+        rows = problems(args.split, n, seed=args.seed)
+        sampling = Sampling(temperature=args.temperature, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=args.seed)
+        generations = HFBackend(model, tokenizer, batch_size=args.batch_size).generate([r["prompt"] for r in rows], 1, sampling)
+        for row, (gen,) in zip(rows, generations):
+            row["completion"] = gen["text"]
+            row["finish_reason"] = gen["finish_reason"]
+
+    from oarl.credit.answer import extract_answer
+
+    headings = []
+    for i, row in enumerate(rows):
+        heading = f"completion {i}"
+        if row.get("answer") is not None:
+            stated = extract_answer(row["completion"])
+            verdict = "no answer" if stated is None else "correct" if stated.strip().rstrip(".") == str(row["answer"]) else "wrong"
+            heading += f" - gold {row['answer']}, {verdict}"
+        if row.get("error_span") is not None:
+            heading += " - pivot outlined"
+        headings.append(heading)
+    pivots = [tuple(r["error_span"]) if r.get("error_span") is not None else None for r in rows]
+    candidates = None
+    if args.demos:  # a pivot can only be a written intermediate result: the stronger chance baseline
+        import re
+
+        candidates = [[m.span(1) for m in re.finditer(r"=(-?\d+)", r["completion"])] for r in rows]
+    source = "flawed demos" if args.demos else args.completions or f"sampled, {args.split} split, T={args.temperature}"
+    torch.manual_seed(args.seed)
+    explained = explain_batch(
+        model, tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows], estimators,
+        advantage=args.advantage, batch_size=args.batch_size, seed=args.seed, headings=headings, pivots=pivots,
+        title=f"oarl credit: {args.model} ({source})", **overrides,
+    )
+    report = summarize(explained, estimators, pivots=pivots, candidates=candidates)
+    report.update(model=args.model, source=source, credit_config=overrides, wall_time_s=time.perf_counter() - started,
+                  stats=explained["stats"])
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "heatmap.html").write_text(explained["html"], encoding="utf-8")
+    with open(out / "agreement.json", "w", encoding="utf-8") as f:
+        json.dump(json_safe(report), f, indent=2, allow_nan=False)
+    with open(out / "credit.jsonl", "w", encoding="utf-8") as f:
+        for row, pivot in zip(explained["completions"], pivots):
+            f.write(json.dumps(json_safe({**row, "error_span": pivot}), allow_nan=False) + "\n")
+    print(format_table(report))
+    no_answer = report["completions"] - report["with_answer"]
+    if no_answer:
+        print(f"{no_answer} completion(s) without a parsable answer: shown with uniform weights")
+    print(f"wall time {report['wall_time_s']:.1f}s; wrote {out / 'heatmap.html'}, {out / 'agreement.json'}, {out / 'credit.jsonl'}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ train
 
 
@@ -100,16 +247,26 @@ def run_train(argv: list[str]) -> int:
     return 0
 
 
+def run_compare(argv: list[str]) -> int:
+    """``oarl compare --credits none,gradient --seeds 0,1 [train flags]``: one run per (credit, seed), one table."""
+    from oarl.compare import main as compare_main
+
+    compare_main(argv)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ dispatch
 
 # Commands whose flags another parser owns (TRL's, with --config YAML support): argv after the name goes there.
 PASSTHROUGH: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "train": (run_train, "train with OAR (default: the embedded tiny-model arithmetic job); --help lists all flags"),
+    "compare": (run_compare, "train once per credit estimator (and seed) and compare held-out accuracy"),
 }
 
 # name -> (add_args(subparser), run(args) -> exit status, one-line help). train, explain, compare: to add.
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "eval": (add_eval_args, run_eval, "evaluate a model on math benchmarks (pass@k, avg@n, maj@n)"),
+    "explain": (add_explain_args, run_explain, "per-token credit heat map and estimator agreement (HTML + JSON)"),
 }
 
 
