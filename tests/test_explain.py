@@ -264,3 +264,17 @@ def test_cli_explain_bad_flags(tmp_path, capsys):
     assert "--estimators" in capsys.readouterr().err
     assert main(["explain", "--threshold", "1.5", "--output", str(tmp_path)]) == 2
     assert "threshold" in capsys.readouterr().err
+
+
+def test_cli_explain_samples_from_a_run_directory(tiny_lm_dir, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_lm_dir, run / "final_model")  # the layout `oarl train` leaves
+    out = tmp_path / "explain"
+    assert main(["explain", "--model", str(run), "--n", "2", "--max-new-tokens", "30", "--estimators", "entropy,gradient",
+                 "--output", str(out)]) == 0
+    report = json.loads((out / "agreement.json").read_text())
+    assert report["completions"] == 2 and "pivot" not in report
+    assert set(report["spearman"]) == {"entropy~gradient"}
+    assert "gold" in (out / "heatmap.html").read_text()
