@@ -84,7 +84,10 @@ def test_flawed_demos_ground_truth():
         assert r["completion"][s:e] != r["solution"][s:e]
 
 
-def test_flaw_propagates():
+def test_flaw_propagates_and_precedence():
+    rows = problems("test", 20, seed=0, task=ArithmeticTask(ops="+-*", max_value=99))
+    assert any("*" in r["expression"] for r in rows)
+    assert all(int(r["answer"]) == eval(r["expression"]) and is_correct(r["solution"], r["answer"]) for r in rows)
     steps, ans = solve([7, 5, 3, 2], ["+", "*", "-"], flaw=(0, 1))
     assert [s.result for s in steps] == [16, 23, 21] and ans == 21
     steps, ans = solve([7, 5, 3, 2], ["+", "*", "-"])
@@ -92,7 +95,7 @@ def test_flaw_propagates():
 
 
 def test_task_options_and_dataset():
-    task = ArithmeticTask(ops="+-", steps=(1, 1), hard_steps=(2, 2))
+    task = ArithmeticTask(ops="+-", steps=(1, 1), hard_steps=(2, 2), max_value=99)
     rows = problems("test", 5, seed=0, task=task)
     assert all("*" not in r["expression"] and r["num_steps"] == 1 for r in rows)
     ds = as_dataset(demos(10, seed=0))

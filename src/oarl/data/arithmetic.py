@@ -7,8 +7,12 @@ the final-answer statement that :func:`oarl.credit.answer.find_final_answer` par
     prompt:      "Q: 7+5*3-2=?\\nA: "
     completion:  "5*3=15. 7+15=22. 22-2=20. The answer is 20."      (the trainer appends EOS)
 
-Every intermediate result of a correct solution lies in [0, max_value], so the numbers stay small enough
-for a model of a few million parameters.
+Every intermediate result of a correct solution lies in [0, max_value]. The default task
+(:data:`DEFAULT_TASK`) is the one a 1M-parameter model learns within the CPU budget: ``+`` and ``-`` only,
+operands 1..9, every intermediate result in 0..9 (so each result is exactly one character token), 2-3
+steps for train/test and 4-5 for hard, e.g. ``Q: 7+2-5+3=?`` -> ``7+2=9. 9-5=4. 4+3=7. The answer is 7.``
+(``*`` and two-digit values are options; a 1M model learns them several times slower, see
+experiments/REGIME.md).
 
 Splits are disjoint by construction: a problem belongs to the test pool when a stable hash of its
 expression falls in the test bucket (``test_fraction`` of all expressions), and ``train`` only ever draws
@@ -42,9 +46,11 @@ class ArithmeticTask:
 
     steps: tuple[int, int] = field(default=(2, 3), metadata={"help": "Min and max operations per train/test problem."})
     hard_steps: tuple[int, int] = field(default=(4, 5), metadata={"help": "Min and max operations of the hard split."})
-    ops: str = field(default="+-*", metadata={"help": "Operators to draw from (subset of '+-*')."})
+    ops: str = field(default="+-", metadata={"help": "Operators to draw from (subset of '+-*')."})
     max_operand: int = field(default=9, metadata={"help": "Operands are drawn from 1..max_operand."})
-    max_value: int = field(default=99, metadata={"help": "Every correct intermediate result lies in [0, max_value]."})
+    max_value: int = field(
+        default=9, metadata={"help": "Every correct intermediate result lies in [0, max_value] (9: one token each)."}
+    )
     test_fraction: float = field(default=0.1, metadata={"help": "Fraction of expressions reserved for test/hard."})
     flaw_rate: float = field(default=0.3, metadata={"help": "Fraction of warm-up demos with one wrong step."})
     max_error: int = field(default=3, metadata={"help": "A flawed step is off by 1..max_error."})
@@ -168,7 +174,7 @@ def problems(split: str, n: int, seed: int = 0, task: ArithmeticTask | None = No
     defaults to True for them, False for ``train``, which is a stream of draws)."""
     if split not in ("train", "test", "hard"):
         raise ValueError(f"unknown split {split!r}; choose train, test or hard")
-    task = task or ArithmeticTask()
+    task = task or DEFAULT_TASK
     unique = split != "train" if unique is None else unique
     return _public(_problems(task, n, seed, split, unique))
 
@@ -178,7 +184,7 @@ def demos(n: int, seed: int = 0, task: ArithmeticTask | None = None) -> list[dic
     demonstrated chain of thought, without EOS), ``flawed`` (bool), ``error_step`` (int or None) and
     ``error_span`` ((start, end) characters of the first wrong result in ``completion``, or None).
     ``answer`` stays the true answer even when the demo states a wrong one."""
-    task = task or ArithmeticTask()
+    task = task or DEFAULT_TASK
     rng = random.Random(f"oarl-arithmetic/flaws/{seed}")
     out = []
     for row in _problems(task, n, seed, "train", unique=False):
@@ -251,15 +257,17 @@ class Regime:
     # model (oarl.models.tiny.TinyConfig fields)
     model: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 512})
     # supervised warm start
-    sft_steps: int = 300
+    sft_steps: int = 400
     sft_batch_size: int = 64
     sft_lr: float = 2e-3
-    # RL
+    # RL: each optimizer step takes rl_prompts_per_step x num_generations completions; one generation call
+    # samples steps_per_generation of those batches at once (cheaper per completion on CPU).
     rl_steps: int = 60
     rl_lr: float = 1e-4
     num_generations: int = 8
-    rl_prompts_per_step: int = 8  # generation batch = rl_prompts_per_step * num_generations completions
-    max_completion_length: int = 56
+    rl_prompts_per_step: int = 8
+    steps_per_generation: int = 4
+    max_completion_length: int = 48
     temperature: float = 1.0
     beta: float = 0.0
     n_rl_prompts: int = 4096
@@ -267,7 +275,7 @@ class Regime:
     eval_problems: int = 256
     eval_samples: int = 4
     hard_eval_problems: int = 128
-    hard_max_new_tokens: int = 96
+    hard_max_new_tokens: int = 72
 
     def warmstart_config(self) -> dict:
         return {
@@ -285,7 +293,7 @@ class Regime:
             max_steps=self.rl_steps,
             num_generations=self.num_generations,
             per_device_train_batch_size=self.rl_prompts_per_step * self.num_generations,
-            generation_batch_size=self.rl_prompts_per_step * self.num_generations,
+            generation_batch_size=self.steps_per_generation * self.rl_prompts_per_step * self.num_generations,
             max_completion_length=self.max_completion_length,
             temperature=self.temperature,
             beta=self.beta,
