@@ -190,3 +190,24 @@ def test_span_mode_gives_one_importance_per_step(tok, model):
     gradient = token_advantages(model, tok, prompt_ids, prompt_mask, completion_ids, completion_mask, advantages,
                                 CreditConfig(estimator="gradient", span="line"))
     assert gradient.segments.steps is None  # span only changes OAR-P
+
+
+@pytest.mark.parametrize("estimator", ["perturbation", "entropy", "gradient"])
+def test_batch_size_bounds_each_pass_and_keeps_results(tok, model, estimator):
+    batch = make_batch(tok)
+    advantages = torch.tensor([1.0, -0.5, 2.0, 1.0])  # rows 0-2 have answers and non-zero advantages
+    full = token_advantages(model, tok, *batch, advantages, CreditConfig(estimator=estimator, chunk_size=4))
+    counter = ForwardCounter(model)
+    try:
+        split = token_advantages(model, tok, *batch, advantages,
+                                 CreditConfig(estimator=estimator, chunk_size=4, batch_size=1))
+    finally:
+        counter.handle.remove()
+    if estimator == "gradient":  # one clean and one noisy forward per pass, one row each
+        assert counter.sizes == [1] * 6
+    else:
+        assert max(counter.sizes) <= (4 if estimator == "perturbation" else 1)
+        torch.testing.assert_close(split.importance, full.importance, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(split.weights, full.weights, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="batch_size must be None or an integer >= 1"):
+        CreditConfig(batch_size=0)

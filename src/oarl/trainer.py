@@ -75,6 +75,11 @@ class OARConfig(GRPOConfig):
     credit_chunk_size: int = field(
         default=32, metadata={"help": "OAR-P: perturbed variants per forward pass (>= 1); bounds peak memory."}
     )
+    credit_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "Completions per credit pass (default: all of a process's generation batch at once). "
+                  "Lower it to bound the memory of OAR-G / entropy passes on long completions."},
+    )
     credit_span: str = field(
         default="token",
         metadata={"help": "OAR-P: perturb one 'token' at a time, or a whole reasoning step ('line' or 'sentence'; "
@@ -118,6 +123,7 @@ class OARConfig(GRPOConfig):
             replace_with=self.credit_replace_with,
             reuse_prefix=self.credit_reuse_prefix,
             span=self.credit_span,
+            batch_size=self.credit_batch_size,
         )
 
 

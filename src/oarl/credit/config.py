@@ -53,6 +53,9 @@ class CreditConfig:
     replace_with: token id that replaces a reasoning token (perturbation); None -> the tokenizer's pad id.
     reuse_prefix: perturbation: compute the shared prefix of a chunk's variants once and reuse its key/value
                   cache (same result, less compute on long prompts; the model's forward must take a cache).
+    batch_size:   completions per estimator pass (None: all that need one, at once); bounds the memory of
+                  the gradient and entropy passes on long completions. Results do not depend on it, except
+                  that OAR-G draws its noise per pass.
     span:         perturbation: replace one "token" at a time, or a whole reasoning step at once ("line" or
                   "sentence"; every token of the step gets the step's importance): one pass per step.
     """
@@ -68,6 +71,7 @@ class CreditConfig:
     replace_with: int | None = None
     reuse_prefix: bool = False
     span: str = "token"
+    batch_size: int | None = None
 
     def __post_init__(self):
         check_choice("estimator", self.estimator, ESTIMATORS)
@@ -82,6 +86,10 @@ class CreditConfig:
         ):
             raise ValueError(f"replace_with must be None or a token id >= 0, got {self.replace_with!r}")
         check_choice("span", self.span, SPANS)
+        if self.batch_size is not None and (
+            isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be None or an integer >= 1, got {self.batch_size!r}")
         if not isinstance(self.reuse_prefix, bool):
             raise ValueError(f"reuse_prefix must be True or False, got {self.reuse_prefix!r}")
 

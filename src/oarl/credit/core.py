@@ -92,10 +92,10 @@ def token_advantages(
         computed = torch.zeros_like(computed)
 
     importance = torch.zeros(batch, length, dtype=torch.float32, device=device)  # [B, T]
-    rows = computed.nonzero().squeeze(1)  # [N]
-    if rows.numel() > 0:
-        prompt_len = prompt_ids.shape[1]
-        ids = torch.cat([prompt_ids[rows], completion_ids[rows]], 1)  # [N, P+T]
+    all_rows = computed.nonzero().squeeze(1)  # [N]
+    prompt_len = prompt_ids.shape[1]
+    for rows in all_rows.split(config.batch_size or max(all_rows.numel(), 1)) if all_rows.numel() else ():
+        ids = torch.cat([prompt_ids[rows], completion_ids[rows]], 1)  # [n, P+T]
         attn = torch.cat([prompt_mask[rows], completion_mask[rows]], 1).bool()
         no_prompt = torch.zeros_like(prompt_mask[rows], dtype=torch.bool)
         reasoning = torch.cat([no_prompt, segments.reasoning[rows]], 1)
