@@ -123,11 +123,22 @@ def _valid(steps: list[Step], task: ArithmeticTask) -> bool:
     return all(0 <= s.result <= task.max_value for s in steps)
 
 
+def _chain_in_range(operands: list[int], ops: list[str], max_value: int) -> bool:
+    acc = operands[0]
+    for op, b in zip(ops, operands[1:]):
+        acc = acc + b if op == "+" else acc - b
+        if not 0 <= acc <= max_value:
+            return False
+    return True
+
+
 def _sample_problem(rng: random.Random, task: ArithmeticTask, steps: tuple[int, int]):
     while True:
         n = rng.randint(*steps)
         operands = [rng.randint(1, task.max_operand) for _ in range(n + 1)]
         ops = [rng.choice(task.ops) for _ in range(n)]
+        if "*" not in ops and not _chain_in_range(operands, ops, task.max_value):
+            continue  # fast rejection (same draws, same result as the full check below)
         sol, answer = solve(operands, ops)
         if _valid(sol, task):
             return operands, ops, sol, answer
@@ -257,12 +268,12 @@ class Regime:
     # model (oarl.models.tiny.TinyConfig fields)
     model: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 512})
     # supervised warm start
-    sft_steps: int = 400
+    sft_steps: int = 300
     sft_batch_size: int = 64
     sft_lr: float = 2e-3
     # RL: each optimizer step takes rl_prompts_per_step x num_generations completions; one generation call
     # samples steps_per_generation of those batches at once (cheaper per completion on CPU).
-    rl_steps: int = 60
+    rl_steps: int = 40
     rl_lr: float = 1e-4
     num_generations: int = 8
     rl_prompts_per_step: int = 8
