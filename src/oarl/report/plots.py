@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 # figure file -> (title, y label, [(metric key, legend label), ...])
 PLOTS = {
@@ -65,6 +66,7 @@ def make_plots(run_dir: str | Path) -> list[Path]:
         else:
             ax.text(0.5, 0.5, "no data logged", ha="center", va="center", transform=ax.transAxes)
         ax.set(title=title, xlabel="step", ylabel=ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out_dir / name, dpi=100)
