@@ -24,7 +24,11 @@ def test_tokenizer_round_trip_and_special_ids():
 def test_model_size_and_shapes():
     model, tok = build_tiny()
     n = num_parameters(model)
-    assert 0.5e6 < n < 3e6, n
+    assert n == 1_063_936, n  # the default regime's model (hidden 128, 4 layers, MLP 512, tied embeddings)
+    from oarl.data.arithmetic import DEFAULT_REGIME
+
+    regime_model, _ = build_tiny(DEFAULT_REGIME.model)
+    assert num_parameters(regime_model) == n
     assert model.config.vocab_size == len(tok)
     assert model.config.pad_token_id == tok.pad_token_id and model.config.eos_token_id == tok.eos_token_id
     bigger, _ = build_tiny(TinyConfig(hidden_size=192))
