@@ -70,6 +70,7 @@ def test_credit_none_reproduces_grpo(tiny_lm_dir, tmp_path):
     grpo.train()
     oar, oar_log = make_trainer(OARTrainer, tiny_lm_dir, tmp_path / "oar", max_steps=2, credit="none")
     oar.train()
+    assert oar.last_credit is None and oar.credit_overhead is None  # plain GRPO: no credit pass at all
     losses_grpo = [r["loss"] for r in grpo_log.logs if "loss" in r]
     losses_oar = [r["loss"] for r in oar_log.logs if "loss" in r]
     assert len(losses_grpo) == 2 and losses_grpo == pytest.approx(losses_oar, abs=1e-6)
@@ -174,3 +175,16 @@ def test_two_process_ddp(tiny_lm_dir, tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "DDP-OK world=2 steps=2" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_overhead_counts_steps_that_reuse_a_generation_batch(tiny_lm_dir, tmp_path):
+    # Two optimizer steps per generation batch: the credit pass runs on steps 1 and 3 only.
+    trainer, rec = make_trainer(OARTrainer, tiny_lm_dir, tmp_path, credit="entropy", max_steps=4,
+                                generation_batch_size=16)
+    trainer.train()
+    rows = [r for r in rec.logs if "loss" in r]
+    assert [("credit/time_s" in r) for r in rows] == [True, False, True, False]
+    assert [r["credit/overhead"] > 0 for r in rows] == [True, False, True, False]
+    credit = sum(r["credit/time_s"] for r in rows if "credit/time_s" in r)
+    steps = sum(r["step_time"] for r in rows)
+    assert trainer.credit_overhead == pytest.approx(credit / steps, rel=1e-6)

@@ -342,14 +342,13 @@ def run_train(train_args: TrainArgs, config) -> dict:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": trainer.state.global_step, **_heldout_row(after)}) + "\n")
         make_plots(run_dir)
-        overheads = [h["credit/overhead"] for h in trainer.state.log_history if "credit/overhead" in h]
         summary = {
             "run_dir": str(run_dir),
             "credit": config.credit,
             "steps": trainer.state.global_step,
             "wall_time_s": time.perf_counter() - t0,
             "train_time_s": train_time,
-            "credit_overhead": sum(overheads) / len(overheads) if overheads else None,
+            "credit_overhead": trainer.credit_overhead,
             "heldout_before": before,
             "heldout_after": after,
         }

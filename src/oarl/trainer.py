@@ -14,6 +14,7 @@ across ``num_iterations`` and ``steps_per_generation``, like the rest of the bat
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -148,6 +149,7 @@ class OARTrainer(GRPOTrainer):
         self.credit_config = self.args.credit_config()
         self._check_compatible()
         self.last_credit: CreditBatch | None = None
+        self._credit_time_total = self._step_time_total = 0.0  # seconds, over the logged steps
 
     def _check_compatible(self) -> None:
         args, estimator = self.args, self.credit_config.estimator
@@ -167,37 +169,43 @@ class OARTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
-        if not self.model.training:  # evaluation: no update follows, keep TRL's (B,) advantages
+        # Evaluation (no update follows) and plain GRPO keep TRL's (B,) advantages untouched.
+        if not self.model.training or self.credit_config.estimator == "none":
             return output
 
+        started = time.perf_counter()
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
+        advantages = output["advantages"]  # (B,) this process's slice
         # A completion is truncated when its last kept token is not an end-of-sequence token.
         lengths = completion_mask.sum(dim=1)  # (B,)
         last_token = completion_ids.gather(1, (lengths - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
         eos_ids = torch.tensor(self.eos_token_ids, device=completion_ids.device)
         truncated = ~torch.isin(last_token, eos_ids) & (lengths > 0)
+        # OAR-G's noise comes from its own generator (seeded by seed, step and process), so that the credit pass
+        # leaves the sampling stream of generation as it was, and a resumed run draws the same noise.
+        generator = torch.Generator(device=completion_ids.device)
+        generator.manual_seed(hash((self.args.seed, self.state.global_step, self.accelerator.process_index)) % 2**63)
+        credit_args = (self._tokenizer, output["prompt_ids"], output["prompt_mask"], completion_ids, completion_mask,
+                       advantages, self.credit_config)
 
-        with (
-            unwrap_model_for_generation(
-                self.model_wrapped,
-                self.accelerator,
-                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
-            ) as policy,
-            self._dist.summon_full_params(self.model_wrapped, recurse=False),
-        ):
-            credit = token_advantages(
-                policy,
-                self._tokenizer,
-                output["prompt_ids"],
-                output["prompt_mask"],
-                completion_ids,
-                completion_mask,
-                output["advantages"],
-                self.credit_config,
-                truncated=truncated,
-            )
-        self.last_credit = CreditBatch(credit, output["advantages"], completion_ids, completion_mask)
+        # Unwrapping gathers the parameters under ZeRO-3 / FSDP, a collective step: every process takes the same
+        # branch. When no completion anywhere has a non-zero advantage there is nothing to send through the model.
+        any_signal = self.accelerator.gather((advantages != 0).any().float().reshape(1)).sum().item() > 0
+        if any_signal:
+            with (
+                unwrap_model_for_generation(
+                    self.model_wrapped,
+                    self.accelerator,
+                    gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                    gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+                ) as policy,
+                self._dist.summon_full_params(self.model_wrapped, recurse=False),
+            ):
+                credit = token_advantages(policy, *credit_args, truncated=truncated, generator=generator)
+        else:
+            credit = token_advantages(None, *credit_args, truncated=truncated)  # every row is skipped
+        credit.stats["time_s"] = time.perf_counter() - started  # the parameter gathering included
+        self.last_credit = CreditBatch(credit, advantages, completion_ids, completion_mask)
         output["advantages"] = credit.advantages  # (B, T)
 
         # Each process reshapes its own slice: average the statistics over processes (time: the slowest one).
@@ -211,7 +219,16 @@ class OARTrainer(GRPOTrainer):
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         metrics = self._metrics["train"]
-        if self.model.training and metrics.get("credit/time_s") and metrics.get("step_time"):
+        if self.model.training and self.credit_config.estimator != "none" and metrics.get("step_time"):
             # Share of the wall time of the logged steps (generation, scoring, credit, update) spent on credit.
-            metrics["credit/overhead"] = [sum(metrics["credit/time_s"]) / max(sum(metrics["step_time"]), 1e-12)]
+            # Steps that reuse a buffered generation batch have no credit pass and count with 0.
+            credit_time, step_time = sum(metrics.get("credit/time_s", [])), sum(metrics["step_time"])
+            metrics["credit/overhead"] = [credit_time / max(step_time, 1e-12)]
+            self._credit_time_total += credit_time
+            self._step_time_total += step_time
         super().log(logs, start_time)
+
+    @property
+    def credit_overhead(self) -> float | None:
+        """Share of the step time of all logged steps of this process's run spent on credit (None: not measured)."""
+        return self._credit_time_total / self._step_time_total if self._step_time_total > 0 else None
