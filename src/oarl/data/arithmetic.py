@@ -301,6 +301,7 @@ class Regime:
     def grpo_kwargs(self) -> dict:
         return dict(
             learning_rate=self.rl_lr,
+            lr_scheduler_type="constant",  # what the measured runs used (TRL's default decays linearly)
             max_steps=self.rl_steps,
             num_generations=self.num_generations,
             per_device_train_batch_size=self.rl_prompts_per_step * self.num_generations,
