@@ -286,6 +286,8 @@ def run_train(train_args: TrainArgs, config) -> dict:
 
     model, tokenizer, train, heldout, template, reward_funcs = _load_model_and_data(train_args, config)
     n_samples = _regime().eval_samples if train_args.eval_samples is None else train_args.eval_samples
+    # Longer chains need longer completions than training allows.
+    max_tokens = {"hard": _regime().hard_max_new_tokens} if (train_args.model, train_args.dataset) == EMBEDDED else {}
 
     def evaluate_heldout(m) -> dict:
         if not heldout:
@@ -294,9 +296,9 @@ def run_train(train_args: TrainArgs, config) -> dict:
         m.eval()
         out = {}
         for split, rows in heldout.items():
+            max_new_tokens = max_tokens.get(split, config.max_completion_length)
             res = evaluate_model(m, tokenizer, rows, n=n_samples, k_list=[1], prompt_template=template,
-                                 temperature=config.temperature, max_new_tokens=config.max_completion_length,
-                                 seed=config.seed)
+                                 temperature=config.temperature, max_new_tokens=max_new_tokens, seed=config.seed)
             out[split] = {"avg": res["avg@n"], "se": res["avg@n_se"], "n_problems": len(rows), "n_samples": n_samples}
         m.train(was_training)
         return out
