@@ -169,6 +169,8 @@ def _callbacks(run_dir: Path, total_steps: int, start_step: int, heldout):
 
         def __init__(self):
             self.bar = None
+            self.shown = {}  # the last value of each number: steps that reuse a generation batch log no reward
+            self.credit_s = self.step_s = 0.0  # running totals for the credit overhead of the run so far
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
@@ -181,11 +183,14 @@ def _callbacks(run_dir: Path, total_steps: int, start_step: int, heldout):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.bar is None or not logs:
                 return
-            shown = {}
-            for key, label in (("reward", "reward"), ("rewards/accuracy/mean", "acc"), ("credit/overhead", "credit")):
+            for key, label in (("reward", "reward"), ("rewards/accuracy/mean", "acc"), ("rewards/reward/mean", "acc")):
                 if isinstance(logs.get(key), (int, float)):
-                    shown[label] = f"{logs[key]:.0%}" if label == "credit" else f"{logs[key]:.3f}"
-            self.bar.set_postfix(shown)
+                    self.shown[label] = f"{logs[key]:.3f}"
+            self.credit_s += logs.get("credit/time_s") or 0.0
+            self.step_s += logs.get("step_time") or 0.0
+            if self.credit_s > 0 and self.step_s > 0:
+                self.shown["credit"] = f"{self.credit_s / self.step_s:.0%}"
+            self.bar.set_postfix(self.shown)
 
         def on_train_end(self, args, state, control, **kwargs):
             if self.bar is not None:
