@@ -14,7 +14,6 @@ from oarl.evaluate import (
     EvalConfig,
     HFBackend,
     benchmark_metrics,
-    compare_markdown,
     evaluate_model,
     majority_correct,
     pass_at_k,

@@ -24,17 +24,7 @@ from trl.models import unwrap_model_for_generation
 
 from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
 from .credit.config import APPLY_TO, SPANS
-
-CREDIT_STATS = (
-    "time_s",
-    "skipped_frac",
-    "no_answer_frac",
-    "nonfinite_frac",
-    "weight_std",
-    "weight_max",
-    "suppressed_frac",
-    "boosted_frac",
-)
+from .credit.core import STAT_KEYS as CREDIT_STATS
 
 
 @dataclass
@@ -155,7 +145,7 @@ class OARTrainer(GRPOTrainer):
         args, estimator = self.args, self.credit_config.estimator
         if estimator == "none":
             return
-        # A fused Liger GRPO loss computes the loss from (B,) advantages inside its kernel.
+        # A fused Liger GRPO loss (TRL versions that offer one) computes the loss from (B,) advantages in its kernel.
         if getattr(args, "use_liger_loss", False):
             raise ValueError("OAR needs per-token advantages, which the Liger GRPO loss does not take: set "
                              "use_liger_loss=False, or credit='none'.")
@@ -163,9 +153,6 @@ class OARTrainer(GRPOTrainer):
         if plugin is not None and plugin.zero_stage == 3 and not args.ds3_gather_for_generation:
             raise ValueError("With DeepSpeed ZeRO-3, OAR runs the full policy on each process the way TRL's "
                              "generation does: set ds3_gather_for_generation=True, or credit='none'.")
-        if self._tokenizer.pad_token_id is None and estimator == "perturbation":
-            raise ValueError("credit='perturbation' replaces reasoning tokens by the pad token, and the tokenizer has "
-                             "none: set tokenizer.pad_token before building the trainer.")
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
