@@ -137,3 +137,15 @@ def test_compare_command(tmp_path, env):
     table = json.loads((out / "compare.json").read_text())["table"]
     assert set(table) == {"test", "hard"} and set(table["test"]) == {"none", "entropy"}
     assert "vs none" in (out / "compare.md").read_text()
+
+
+def test_resume_skips_a_half_written_checkpoint(tmp_path):
+    from oarl.train import _last_complete_checkpoint
+
+    for step, complete in ((2, True), (10, True), (11, False)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if complete:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert _last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert not (tmp_path / "checkpoint-11").exists()
+    assert _last_complete_checkpoint(tmp_path / "nothing-here") is None

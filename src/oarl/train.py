@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,11 +313,9 @@ def run_train(train_args: TrainArgs, config) -> dict:
     start_step = 0
     checkpoint = None
     if resume:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        checkpoint = get_last_checkpoint(str(run_dir))
+        checkpoint = _last_complete_checkpoint(run_dir)
         if checkpoint is not None:
-            start_step = int(Path(checkpoint).name.split("-")[-1])
+            start_step = int(checkpoint.name.split("-")[-1])
         _truncate_metrics(run_dir / "metrics.jsonl", start_step)
     if before_file.exists():
         before = json.loads(before_file.read_text())
@@ -336,7 +335,7 @@ def run_train(train_args: TrainArgs, config) -> dict:
 
     trainer.remove_callback(PrinterCallback)  # our bar shows the live numbers; metrics.jsonl keeps them all
     t_train = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     train_time = time.perf_counter() - t_train
 
     after = evaluate_heldout(trainer.model) if trainer.accelerator.is_main_process else {}
@@ -362,6 +361,17 @@ def run_train(train_args: TrainArgs, config) -> dict:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(format_summary(summary))
     return summary
+
+
+def _last_complete_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint that was written to the end (TRL writes trainer_state.json last); a checkpoint that
+    a killed run left half-written is removed, so that nothing picks it up later."""
+    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for path in checkpoints:
+        if (path / "trainer_state.json").is_file():
+            return path
+        shutil.rmtree(path)
+    return None
 
 
 def _truncate_metrics(path: Path, last_step: int) -> None:
