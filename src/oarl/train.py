@@ -303,8 +303,11 @@ def run_train(train_args: TrainArgs, config) -> dict:
         out = {}
         for split, rows in heldout.items():
             max_new_tokens = max_tokens.get(split, config.max_completion_length)
+            # The embedded task has its own plain template; other held-out problems are asked the way training
+            # asks them: through the chat template when the tokenizer has one.
             res = evaluate_model(m, tokenizer, rows, n=n_samples, k_list=[1], prompt_template=template,
-                                 temperature=config.temperature, max_new_tokens=max_new_tokens, seed=config.seed)
+                                 chat=False if template else None, temperature=config.temperature,
+                                 max_new_tokens=max_new_tokens, seed=config.seed)
             out[split] = {"avg": res["avg@n"], "se": res["avg@n_se"], "n_problems": len(rows), "n_samples": n_samples}
         m.train(was_training)
         return out
