@@ -128,6 +128,27 @@ def _detect_schema(first: dict, problem_field: str | None, answer_field: str | N
     return Schema(problem, answer, "boxed" if answer in SOLUTION_FIELDS else "field", next((f for f in ID_FIELDS if f in first), None))
 
 
+def _collect(records, schema: Schema | None, problem_field: str | None, answer_field: str | None, name: str,
+             limit: int | None, strict: bool) -> BenchmarkRows:
+    """Rows from (index, source, raw record or the ValueError that reading it raised), the schema detected on
+    the first record that is an object unless given; malformed records are skipped with their reason."""
+    rows: list[dict] = []
+    skipped: list[tuple[str, str]] = []
+    for index, source, raw in records:
+        if schema is None and isinstance(raw, dict):
+            schema = _detect_schema(raw, problem_field, answer_field)
+        try:
+            if isinstance(raw, ValueError):
+                raise raw
+            rows.append(_row(raw, schema or _detect_schema({}, problem_field, answer_field), name, index, source))
+        except ValueError as e:
+            skipped.append((source, str(e)))
+            continue
+        if limit is not None and len(rows) >= limit:
+            break
+    return _finish(rows, skipped, name, strict)
+
+
 def _finish(rows: list[dict], skipped: list[tuple[str, str]], name: str, strict: bool) -> BenchmarkRows:
     seen: set[str] = set()
     for i, row in enumerate(rows):  # ids key the samples of a resumable evaluation: make them unique
@@ -154,28 +175,19 @@ def load_jsonl(
     """Rows of a JSON Lines file; ``schema`` or the fields given, else auto-detected from the first row."""
     path = Path(path)
     name = name or path.stem
-    rows: list[dict] = []
-    skipped: list[tuple[str, str]] = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            source = f"{path}:{line_no}"
-            try:
-                raw = json.loads(line)
-            except json.JSONDecodeError as e:
-                skipped.append((source, f"invalid JSON ({e.msg})"))
-                continue
-            if schema is None and isinstance(raw, dict):
-                schema = _detect_schema(raw, problem_field, answer_field)
-            try:
-                rows.append(_row(raw, schema or _detect_schema({}, problem_field, answer_field), name, line_no, source))
-            except ValueError as e:
-                skipped.append((source, str(e)))
-                continue
-            if limit is not None and len(rows) >= limit:
-                break
-    return _finish(rows, skipped, name, strict)
+
+    def records():
+        with path.open(encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raw = ValueError(f"invalid JSON ({e.msg})")
+                yield line_no, f"{path}:{line_no}", raw
+
+    return _collect(records(), schema, problem_field, answer_field, name, limit, strict)
 
 
 def load_hf(
@@ -193,20 +205,8 @@ def load_hf(
 
     ds = datasets.load_dataset(name, config, split=split)
     short = name.rstrip("/").split("/")[-1]
-    rows: list[dict] = []
-    skipped: list[tuple[str, str]] = []
-    for i, raw in enumerate(ds):
-        if schema is None:
-            schema = _detect_schema(raw, problem_field, answer_field)
-        source = f"hf:{name}:{split}:{i}"
-        try:
-            rows.append(_row(raw, schema, short, i, source))
-        except ValueError as e:
-            skipped.append((source, str(e)))
-            continue
-        if limit is not None and len(rows) >= limit:
-            break
-    return _finish(rows, skipped, short, strict)
+    records = ((i, f"hf:{name}:{split}:{i}", raw) for i, raw in enumerate(ds))
+    return _collect(records, schema, problem_field, answer_field, short, limit, strict)
 
 
 def load_benchmark(
