@@ -28,6 +28,7 @@ def test_defaults_and_resolved_outcome():
     ("floor", -0.01, r"floor must be in the closed interval \[0, 1\]"),
     ("floor", 1.5, r"floor must be in the closed interval \[0, 1\]"),
     ("noise_std", 0.0, r"noise_std must be a finite number > 0"),
+    ("noise_samples", 0, r"noise_samples must be an integer >= 1"),
     ("chunk_size", 0, r"chunk_size must be an integer >= 1"),
     ("chunk_size", 2.5, r"chunk_size must be an integer >= 1"),
     ("apply_to", "both", r"apply_to must be one of \('all', 'positive', 'negative'\)"),

@@ -136,7 +136,7 @@ def test_entropy_matches_naive(model):
         assert (got[b] - expected).abs().max() <= 1e-6
 
 
-def naive_gradient(model, row, mode, seed):
+def naive_gradient(model, row, mode, seed=None, noise=None):
     """One unpadded row, noise drawn exactly as the library does: an [M, D] block, row-major."""
     ids, reasoning, answer = row
     embed = model.get_input_embeddings()
@@ -144,7 +144,8 @@ def naive_gradient(model, row, mode, seed):
         e = embed(torch.tensor([ids]))[0]  # [L, D]
         clean = naive_outcome(model, ids, answer, mode)
     cols = torch.tensor(reasoning).nonzero().squeeze(1)
-    noise = torch.randn((len(cols), e.shape[1]), generator=torch.Generator().manual_seed(seed)).double() * NOISE_STD
+    if noise is None:
+        noise = torch.randn((len(cols), e.shape[1]), generator=torch.Generator().manual_seed(seed)).double() * NOISE_STD
     x = e.clone()
     x[cols] += noise
     x.requires_grad_(True)
@@ -170,6 +171,40 @@ def test_gradient_matches_naive_for_one_row(model, mode):
     expected = naive_gradient(model, row, mode, seed=3)
     assert expected.abs().max() > 0
     torch.testing.assert_close(got[0], expected, rtol=1e-6, atol=1e-12)
+
+
+def test_gradient_noise_samples_average_consecutive_draws(model):
+    """K draws of one row = the mean of K naive importances, draw k taking the k-th [M, D] block of the stream;
+    rows of a batch keep their own draws, so a row's result does not depend on its neighbours' lengths."""
+    rows = make_rows(seed=4)
+    k, d = 3, model.config.hidden_size
+    m = sum(rows[0][1])
+    stream = torch.randn((k * m, d), generator=torch.Generator().manual_seed(5)).double() * NOISE_STD
+    expected = torch.stack([naive_gradient(model, rows[0], "answer_mean", noise=block) for block in stream.split(m)])
+    got = gradient_importance(model, *batch(rows, "left"), noise_std=NOISE_STD, noise_samples=k,
+                              generator=torch.Generator().manual_seed(5))
+    ids, attn, *_ = batch(rows, "left")
+    torch.testing.assert_close(unpad(got, attn)[0], expected.mean(0), rtol=1e-6, atol=1e-12)
+    assert not torch.allclose(expected[0], expected[1])  # the draws differ: the mean is not one draw
+    right = gradient_importance(model, *batch(rows, "right"), noise_std=NOISE_STD, noise_samples=k,
+                                generator=torch.Generator().manual_seed(5))
+    for a, b in zip(unpad(got, attn), unpad(right, batch(rows, "right")[1])):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-15)
+
+
+def test_gradient_noise_samples_shrink_the_spread(model):
+    """The spread of one token's importance over seeds shrinks like 1/sqrt(K) (half-normal draws)."""
+    ids, attn, reasoning, answer = batch(make_rows(seed=6)[:1], "left")
+
+    def spread(k):
+        draws = torch.stack([gradient_importance(model, ids, attn, reasoning, answer, noise_samples=k,
+                                                 generator=torch.Generator().manual_seed(s))[0] for s in range(40)])
+        cols = reasoning[0]
+        return (draws[:, cols].std(0) / draws[:, cols].mean(0)).mean()
+
+    one, sixteen = spread(1), spread(16)
+    assert 0.5 < one < 1.0  # a half-normal's std / mean is 0.76
+    assert 0.15 < sixteen / one < 0.35  # 1 / sqrt(16) = 0.25
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "gpt2"])
@@ -241,6 +276,9 @@ def test_bad_settings_raise(model):
         perturbation_importance(model, ids, attn, reasoning, answer, chunk_size=0, pad_token_id=PAD)
     with pytest.raises(ValueError, match="noise_std"):
         gradient_importance(model, ids, attn, reasoning, answer, noise_std=0.0)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="noise_samples"):
+            gradient_importance(model, ids, attn, reasoning, answer, noise_samples=bad)
     with pytest.raises(ValueError, match="mode"):
         gradient_importance(model, ids, attn, reasoning, answer, mode="sum")
 

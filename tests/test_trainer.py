@@ -143,6 +143,9 @@ def test_config_validation_and_parsing(tmp_path):
         cpu_args(OARConfig, tmp_path, credit_chunk_size=0)
     with pytest.raises(ValueError, match="^credit_beta"):
         cpu_args(OARConfig, tmp_path, credit_beta=-1.0)
+    with pytest.raises(ValueError, match="^credit_noise_samples must be an integer >= 1"):
+        cpu_args(OARConfig, tmp_path, credit_noise_samples=0)
+    assert cpu_args(OARConfig, tmp_path, credit_noise_samples=4).credit_config().noise_samples == 4
     with pytest.raises(ValueError, match="^credit_floor"):
         cpu_args(OARConfig, tmp_path, credit_floor=2.0)
     with pytest.raises(ValueError, match="^credit_outcome must be one of"):

@@ -119,6 +119,7 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
                    help="outcome distribution (default: last for perturbation, answer_mean otherwise)")
     for flag, kind, text in (("--threshold", float, "Bi-Level threshold quantile q"), ("--beta", float, "Bi-Level boost"),
                              ("--floor", float, "Bi-Level weight floor"), ("--noise-std", float, "OAR-G embedding noise"),
+                             ("--noise-samples", int, "OAR-G noise draws averaged"),
                              ("--chunk-size", int, "OAR-P variants per forward pass")):
         p.add_argument(flag, type=kind, help=f"{text} (default: CreditConfig's)")
 
@@ -146,7 +147,8 @@ def run_explain(args: argparse.Namespace) -> int:
         return fail(f"--n must be >= 1, got {args.n}")
     if args.advantage == 0:
         return fail("--advantage must be nonzero (a zero advantage skips the credit computation)")
-    overrides = {k: getattr(args, k) for k in ("outcome", "threshold", "beta", "floor", "noise_std", "chunk_size")
+    overrides = {k: getattr(args, k) for k in ("outcome", "threshold", "beta", "floor", "noise_std", "noise_samples",
+                                                  "chunk_size")
                  if getattr(args, k) is not None}
     try:
         for name in estimators:

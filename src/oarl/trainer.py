@@ -63,6 +63,11 @@ class OARConfig(GRPOConfig):
     credit_noise_std: float = field(
         default=1e-3, metadata={"help": "OAR-G: std of the Gaussian noise added to the reasoning embeddings (> 0)."}
     )
+    credit_noise_samples: int = field(
+        default=1,
+        metadata={"help": "OAR-G: average the importances of this many independent noise draws (>= 1); one pass "
+                  "over that many copies of the rows. One draw's importance is as noisy as it is large."},
+    )
     credit_chunk_size: int = field(
         default=32, metadata={"help": "OAR-P: perturbed variants per forward pass (>= 1); bounds peak memory."}
     )
@@ -109,6 +114,7 @@ class OARConfig(GRPOConfig):
             beta=self.credit_beta,
             floor=self.credit_floor,
             noise_std=self.credit_noise_std,
+            noise_samples=self.credit_noise_samples,
             chunk_size=self.credit_chunk_size,
             apply_to=self.credit_apply_to,
             replace_with=self.credit_replace_with,

@@ -36,6 +36,11 @@ def check_noise_std(noise_std: float) -> None:
         raise ValueError(f"noise_std must be a finite number > 0, got {noise_std!r}")
 
 
+def check_noise_samples(noise_samples: int) -> None:
+    if isinstance(noise_samples, bool) or not isinstance(noise_samples, int) or noise_samples < 1:
+        raise ValueError(f"noise_samples must be an integer >= 1, got {noise_samples!r}")
+
+
 @dataclass
 class CreditConfig:
     """How completions' advantages are redistributed over their reasoning tokens (see DESIGN.md).
@@ -48,6 +53,8 @@ class CreditConfig:
     beta:         boost of the tokens above the threshold, >= 0.
     floor:        smallest weight of a suppressed token before the mass-preserving rescale, in [0, 1].
     noise_std:    std of the Gaussian noise on the reasoning embeddings (gradient), > 0.
+    noise_samples: gradient: average the importances of this many independent noise draws (>= 1; one pass
+                  over K x the rows). One draw is a half-normal sample whose spread equals its mean.
     chunk_size:   perturbed variants per forward pass (perturbation), >= 1.
     apply_to:     reshape the completions with "all" advantages, only "positive" or only "negative" ones.
     replace_with: token id that replaces a reasoning token (perturbation); None -> the tokenizer's pad id.
@@ -66,6 +73,7 @@ class CreditConfig:
     beta: float = 2.0
     floor: float = 0.1
     noise_std: float = 1e-3
+    noise_samples: int = 1
     chunk_size: int = 32
     apply_to: str = "all"
     replace_with: int | None = None
@@ -79,6 +87,7 @@ class CreditConfig:
             check_choice("outcome", self.outcome, OUTCOMES)
         check_bilevel(self.threshold, self.beta, self.floor)
         check_noise_std(self.noise_std)
+        check_noise_samples(self.noise_samples)
         check_chunk_size(self.chunk_size)
         check_choice("apply_to", self.apply_to, APPLY_TO)
         if self.replace_with is not None and (

@@ -57,7 +57,8 @@ def _estimate(model, tokenizer, ids, attn, reasoning, answer, steps, config: Cre
         )
     if config.estimator == "gradient":
         return gradient_importance(
-            model, ids, attn, reasoning, answer, mode=mode, noise_std=config.noise_std, generator=generator
+            model, ids, attn, reasoning, answer, mode=mode, noise_std=config.noise_std, generator=generator,
+            noise_samples=config.noise_samples,
         )
     return entropy_importance(model, ids, attn, reasoning, answer)
 

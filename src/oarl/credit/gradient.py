@@ -11,6 +11,11 @@ Rows do not interact in the forward pass, so summing J over rows gives each row 
 gradient is taken with torch.autograd.grad w.r.t. the embeddings only: no parameter's .grad changes.
 The noise is drawn as one [M, D] block for the M reasoning tokens in row-major order, so that it does not
 depend on how the batch is padded.
+
+At small sigma the gradient is the Fisher matrix of the outcome times the noise (g = F delta), so I_t of one
+draw is |N(0, sigma^2 |(F e)_t|^2)|: a half-normal whose spread equals its mean. `noise_samples` = K > 1
+averages I_t over K independent draws (the rows are repeated K times in the same pass: K x the memory and
+compute of one draw, still one forward and one backward), which divides that spread by sqrt(K).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .config import OUTCOMES, check_choice, check_noise_std
+from .config import OUTCOMES, check_choice, check_noise_samples, check_noise_std
 from .outcome import final_outcome, outcome_divergence, outcome_keep
 from .probe import align_to_end, eval_mode, forward_logits
 
@@ -32,6 +37,7 @@ def gradient_importance(
     mode: str = "answer_mean",
     noise_std: float = 1e-3,
     generator: torch.Generator | None = None,
+    noise_samples: int = 1,
 ) -> Tensor:
     """[B, L] float32 importances of the reasoning tokens of probes input_ids [B, L] (0 elsewhere).
 
@@ -40,11 +46,17 @@ def gradient_importance(
     """
     check_choice("mode", mode, OUTCOMES)
     check_noise_std(noise_std)
+    check_noise_samples(noise_samples)
     with torch.inference_mode(False):
         # tensors made under inference_mode cannot enter autograd: work on ordinary copies
         tensors = (input_ids, attention_mask, reasoning_mask, answer_mask)
         tensors = (t.clone() if t.is_inference() else t for t in tensors)
-        return _gradient_importance(model, *tensors, mode=mode, noise_std=noise_std, generator=generator)
+        if noise_samples == 1:
+            return _gradient_importance(model, *tensors, mode=mode, noise_std=noise_std, generator=generator)
+        # K draws per row: the rows repeated K times, draw k of row b at row b * K + k
+        repeated = (t.repeat_interleave(noise_samples, dim=0) for t in tensors)
+        importance = _gradient_importance(model, *repeated, mode=mode, noise_std=noise_std, generator=generator)
+        return importance.view(input_ids.shape[0], noise_samples, -1).mean(1)  # [B, L]
 
 
 def _gradient_importance(model, input_ids, attention_mask, reasoning_mask, answer_mask, mode, noise_std, generator):
