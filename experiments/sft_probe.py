@@ -22,6 +22,7 @@ ap.add_argument("--ops", default=None)
 ap.add_argument("--flaw", type=float, default=None)
 ap.add_argument("--max-value", type=int, default=None)
 ap.add_argument("--task-steps", default=None, help="e.g. 2,3")
+ap.add_argument("--form", default=None, help="'tree': bracketed pairs, 2 per problem, 3 in hard")
 ap.add_argument("--hidden", type=int, default=None)
 ap.add_argument("--layers", type=int, default=None)
 ap.add_argument("--inter", type=int, default=None)
@@ -44,6 +45,8 @@ if a.task_steps:
     lo, hi = map(int, a.task_steps.split(","))
     cfg["task"]["steps"] = (lo, hi)
     cfg["task"]["hard_steps"] = (hi + 1, hi + 2)
+if a.form == "tree":
+    cfg["task"].update(form="tree", steps=(2, 2), hard_steps=(3, 3))
 for k, v in (("hidden_size", a.hidden), ("num_layers", a.layers), ("intermediate_size", a.inter)):
     if v:
         cfg["model"][k] = v

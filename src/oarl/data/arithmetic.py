@@ -1,28 +1,39 @@
-"""The embedded arithmetic task: multi-step integer arithmetic with a chain-of-thought answer.
+"""The embedded arithmetic task: integer arithmetic with a chain-of-thought answer, in two forms.
 
-A problem is an expression over small operands, evaluated with the usual precedence (every ``*`` first,
-left to right, then ``+``/``-`` left to right); its solution writes one step per operation and ends with
-the final-answer statement that :func:`oarl.credit.answer.find_final_answer` parses::
+``tree`` (the default): bracketed pairs; the solution writes one step per pair and the final-answer
+statement (parsed by :func:`oarl.credit.answer.find_final_answer`) combines the written results in the head::
 
-    prompt:      "Q: 7+5*3-2=?\\nA: "
-    completion:  "5*3=15. 7+15=22. 22-2=20. The answer is 20."      (the trainer appends EOS)
+    prompt:      "Q: (6+2)-(1+4)=?\nA: "
+    completion:  "6+2=8. 1+4=5. The answer is 3."                   (the trainer appends EOS)
 
-Every intermediate result of a correct solution lies in [0, max_value]. The default task
-(:data:`DEFAULT_TASK`) is the one a 1M-parameter model learns within the CPU budget: ``+`` and ``-`` only,
-operands 1..9, every intermediate result in 0..9 (so each result is exactly one character token), 2-3
-steps for train/test and 4-5 for hard, e.g. ``Q: 7+2-5+3=?`` -> ``7+2=9. 9-5=4. 4+3=7. The answer is 7.``
-(``*`` and two-digit values are options; a 1M model learns them several times slower, see
-experiments/REGIME.md).
+``chain``: one written step per operation, evaluated with the usual precedence (every ``*`` first, left to
+right, then ``+``/``-`` left to right); the answer restates the last written result::
+
+    prompt:      "Q: 7+5*3-2=?\nA: "
+    completion:  "5*3=15. 7+15=22. 22-2=20. The answer is 20."
+
+Why the default is ``tree``: OAR credits a token by how much it moves the model's answer with the rest of
+the completion held fixed. In a chain the answer copies the last written result, so an earlier result
+moves it hardly at all, even when it is the error that made the answer wrong; in ``tree`` every written
+result feeds the answer directly, so the tokens that decide the answer are the ones OAR can see
+(experiments/REGIME.md, section 4, measures both).
+
+Every value of a correct solution (written results and, for ``tree``, the head computation) lies in
+[0, max_value]. The default task (:data:`DEFAULT_TASK`) is the one a 1M-parameter model learns within the
+CPU budget: ``+`` and ``-`` only, operands 1..9, every value in 0..9 (so each result is exactly one
+character token), 2 pairs for train/test and 3 for hard, e.g. ``Q: (7+2)-(5-3)=?`` ->
+``7+2=9. 5-3=2. The answer is 7.`` (``*``, two-digit values and the chain form are options; a 1M model
+learns ``*`` and two-digit values several times slower, see experiments/REGIME.md).
 
 Splits are disjoint by construction: a problem belongs to the test pool when a stable hash of its
 expression falls in the test bucket (``test_fraction`` of all expressions), and ``train`` only ever draws
-expressions outside that pool. ``test`` has the same step counts as ``train``; ``hard`` has longer chains
+expressions outside that pool. ``test`` has the same step counts as ``train``; ``hard`` has more steps
 (``hard_steps``) than the warm-up saw, and also draws from the test pool.
 
 Flawed demonstrations (``demos``): a fraction ``flaw_rate`` of the supervised warm-up demonstrations
-carries ONE wrong intermediate result (off by a small amount) that propagates through the later steps to
-the stated answer. The gold ``answer`` field is still the true answer; ``error_span`` is the character
-span, in the completion, of the first wrong result (the pivotal tokens), ``error_step`` its step index.
+carries ONE wrong written result (off by a small amount) that propagates to the stated answer. The gold
+``answer`` field is still the true answer; ``error_span`` is the character span, in the completion, of the
+first wrong result (the pivotal tokens), ``error_step`` its step index.
 
 The default regime of the embedded job (task, warm start, RL and evaluation sizes) is
 :data:`DEFAULT_REGIME`; its numbers are measured in ``experiments/REGIME.md``.
@@ -37,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from oarl.credit.answer import extract_answer
 
 PROMPT_TEMPLATE = "Q: {expr}=?\nA: "
+FORMS = ("chain", "tree")
 ANSWER_TEMPLATE = "The answer is {answer}."
 
 
@@ -44,8 +56,10 @@ ANSWER_TEMPLATE = "The answer is {answer}."
 class ArithmeticTask:
     """What problems look like. Everything downstream (splits, demos) is a pure function of it and a seed."""
 
-    steps: tuple[int, int] = field(default=(2, 3), metadata={"help": "Min and max operations per train/test problem."})
-    hard_steps: tuple[int, int] = field(default=(4, 5), metadata={"help": "Min and max operations of the hard split."})
+    steps: tuple[int, int] = field(
+        default=(2, 2), metadata={"help": "Min and max steps per train/test problem (operations, or pairs for 'tree')."}
+    )
+    hard_steps: tuple[int, int] = field(default=(3, 3), metadata={"help": "Min and max steps of the hard split."})
     ops: str = field(default="+-", metadata={"help": "Operators to draw from (subset of '+-*')."})
     max_operand: int = field(default=9, metadata={"help": "Operands are drawn from 1..max_operand."})
     max_value: int = field(
@@ -54,6 +68,18 @@ class ArithmeticTask:
     test_fraction: float = field(default=0.1, metadata={"help": "Fraction of expressions reserved for test/hard."})
     flaw_rate: float = field(default=0.3, metadata={"help": "Fraction of warm-up demos with one wrong step."})
     max_error: int = field(default=3, metadata={"help": "A flawed step is off by 1..max_error."})
+    form: str = field(
+        default="tree",
+        metadata={"help": "'chain': one written step per operation, the answer copies the last result. 'tree': "
+                  "bracketed pairs '(a+b)-(c+d)', one written step per pair, the answer combines the written "
+                  "results in the head (steps / hard_steps then count pairs)."},
+    )
+
+    def __post_init__(self):
+        if self.form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
+        if self.form == "tree" and "*" in self.ops:
+            raise ValueError("form 'tree' takes the operators '+' and '-' only")
 
 
 @dataclass(frozen=True)
@@ -97,7 +123,43 @@ def solve(operands: list[int], ops: list[str], flaw: tuple[int, int] | None = No
     return steps, acc
 
 
-def expression(operands: list[int], ops: list[str]) -> str:
+def solve_tree(operands: list[int], ops: list[str], flaw: tuple[int, int] | None = None) -> tuple[list[Step], int]:
+    """The solution of the pairs ``(operands[0] ops[0] operands[1]) ops[k] (operands[2] ops[1] operands[3]) ...``
+    (k pairs: ``ops[:k]`` inside the pairs, ``ops[k:]`` between them): one written step per pair, and the
+    answer combines the written results left to right without writing that step. ``flaw`` as in :func:`solve`
+    (the step index is a pair's); the wrong result propagates to the answer."""
+    k = len(operands) // 2
+    steps = []
+    for i in range(k):
+        c = _apply(operands[2 * i], ops[i], operands[2 * i + 1])
+        if flaw is not None and flaw[0] == i:
+            c += flaw[1]
+        steps.append(Step(operands[2 * i], ops[i], operands[2 * i + 1], c))
+    acc = steps[0].result
+    for op, s in zip(ops[k:], steps[1:]):
+        acc = _apply(acc, op, s.result)
+    return steps, acc
+
+
+def _tree_partials(steps: list[Step], ops: list[str]) -> list[int]:
+    """The values the answer's head computation passes through (left to right)."""
+    k = len(steps)
+    acc, out = steps[0].result, []
+    for op, s in zip(ops[k:], steps[1:]):
+        acc = _apply(acc, op, s.result)
+        out.append(acc)
+    return out
+
+
+def _solve(task: ArithmeticTask, operands: list[int], ops: list[str], flaw=None) -> tuple[list[Step], int]:
+    return (solve_tree if task.form == "tree" else solve)(operands, ops, flaw)
+
+
+def expression(operands: list[int], ops: list[str], form: str = "chain") -> str:
+    if form == "tree":
+        k = len(operands) // 2
+        pairs = [f"({operands[2 * i]}{ops[i]}{operands[2 * i + 1]})" for i in range(k)]
+        return pairs[0] + "".join(op + p for op, p in zip(ops[k:], pairs[1:]))
     return "".join(f"{a}{op}" for a, op in zip(operands, ops)) + str(operands[-1])
 
 
@@ -119,8 +181,9 @@ def _in_test_pool(expr: str, task: ArithmeticTask) -> bool:
     return (h % 1_000_003) < task.test_fraction * 1_000_003
 
 
-def _valid(steps: list[Step], task: ArithmeticTask) -> bool:
-    return all(0 <= s.result <= task.max_value for s in steps)
+def _valid(steps: list[Step], task: ArithmeticTask, ops: list[str] | None = None) -> bool:
+    values = [s.result for s in steps] + (_tree_partials(steps, ops) if task.form == "tree" else [])
+    return all(0 <= v <= task.max_value for v in values)
 
 
 def _chain_in_range(operands: list[int], ops: list[str], max_value: int) -> bool:
@@ -133,14 +196,15 @@ def _chain_in_range(operands: list[int], ops: list[str], max_value: int) -> bool
 
 
 def _sample_problem(rng: random.Random, task: ArithmeticTask, steps: tuple[int, int]):
+    tree = task.form == "tree"
     while True:
         n = rng.randint(*steps)
-        operands = [rng.randint(1, task.max_operand) for _ in range(n + 1)]
-        ops = [rng.choice(task.ops) for _ in range(n)]
-        if "*" not in ops and not _chain_in_range(operands, ops, task.max_value):
+        operands = [rng.randint(1, task.max_operand) for _ in range(2 * n if tree else n + 1)]
+        ops = [rng.choice(task.ops) for _ in range(2 * n - 1 if tree else n)]
+        if not tree and "*" not in ops and not _chain_in_range(operands, ops, task.max_value):
             continue  # fast rejection (same draws, same result as the full check below)
-        sol, answer = solve(operands, ops)
-        if _valid(sol, task):
+        sol, answer = _solve(task, operands, ops)
+        if _valid(sol, task, ops):
             return operands, ops, sol, answer
 
 
@@ -156,7 +220,7 @@ def _problems(task: ArithmeticTask, n: int, seed: int, split: str, unique: bool)
         if attempts > 200 * n + 10_000:
             raise ValueError(f"cannot draw {n} distinct {split!r} problems from {task}; lower n or widen the task")
         operands, ops, sol, answer = _sample_problem(rng, task, steps)
-        expr = expression(operands, ops)
+        expr = expression(operands, ops, task.form)
         if _in_test_pool(expr, task) != want_test_pool or (unique and expr in seen):
             continue
         seen.add(expr)
@@ -199,13 +263,13 @@ def demos(n: int, seed: int = 0, task: ArithmeticTask | None = None) -> list[dic
     rng = random.Random(f"oarl-arithmetic/flaws/{seed}")
     out = []
     for row in _problems(task, n, seed, "train", unique=False):
-        sol, answer = solve(row["_operands"], row["_ops"])
+        sol, answer = _solve(task, row["_operands"], row["_ops"])
         flaw = None
         if rng.random() < task.flaw_rate:
             for _ in range(100):  # a wrong result that keeps every written value in range
                 cand = (rng.randrange(len(sol)), rng.choice([d for d in range(-task.max_error, task.max_error + 1) if d]))
-                fsol, fans = solve(row["_operands"], row["_ops"], flaw=cand)
-                if _valid(fsol, task) and fans != answer:
+                fsol, fans = _solve(task, row["_operands"], row["_ops"], flaw=cand)
+                if _valid(fsol, task, row["_ops"]) and fans != answer:
                     flaw, sol, answer = cand, fsol, fans
                     break
         completion, spans = format_solution(sol, answer)
@@ -268,7 +332,7 @@ class Regime:
     # model (oarl.models.tiny.TinyConfig fields)
     model: dict = field(default_factory=lambda: {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 512})
     # supervised warm start
-    sft_steps: int = 300
+    sft_steps: int = 600
     sft_batch_size: int = 64
     sft_lr: float = 2e-3
     # RL: each optimizer step takes rl_prompts_per_step x num_generations completions; one generation call
