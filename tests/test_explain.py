@@ -278,3 +278,14 @@ def test_cli_explain_samples_from_a_run_directory(tiny_lm_dir, tmp_path, capsys)
     assert report["completions"] == 2 and "pivot" not in report
     assert set(report["spearman"]) == {"entropy~gradient"}
     assert "gold" in (out / "heatmap.html").read_text()
+
+
+@pytest.mark.parametrize("task", ["tree", "chain"])
+def test_cli_explain_demos_of_either_task_form(tiny_lm_dir, tmp_path, task):
+    out = tmp_path / "explain"
+    assert main(["explain", "--model", str(tiny_lm_dir), "--demos", "--task", task, "--n", "3",
+                 "--estimators", "entropy", "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "credit.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(("(" in r["prompt"]) == (task == "tree") for r in rows)
+    report = json.loads((out / "agreement.json").read_text())
+    assert report["pivot"]["n"] == 3

@@ -128,15 +128,20 @@ def test_compare_summary_by_hand():
 
 
 def test_compare_command(tmp_path, env):
+    """Also the chain form of the task (the default job's test covers the tree form)."""
     out = tmp_path / "cmp"
     proc = subprocess.run([sys.executable, "-m", "oarl.cli", "compare", "--credits", "none,entropy", "--output_dir",
-                           str(out), *SHORT, "--max_steps", "1", "--eval_size", "2", "--save_strategy", "no"],
+                           str(out), *SHORT, "--max_steps", "1", "--eval_size", "2", "--save_strategy", "no",
+                           "--task", "chain"],
                           env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert {p.name for p in out.iterdir()} >= {"none-seed0", "entropy-seed0", "compare.md", "compare.json"}
     table = json.loads((out / "compare.json").read_text())["table"]
     assert set(table) == {"test", "hard"} and set(table["test"]) == {"none", "entropy"}
     assert "vs none" in (out / "compare.md").read_text()
+    assert yaml.safe_load((out / "none-seed0" / "config.yaml").read_text())["task"] == "chain"
+    with pytest.raises(SystemExit):  # an unknown form is refused by the parser, with the choices
+        parse_args(["--task", "graph"])
 
 
 def test_resume_skips_a_half_written_checkpoint(tmp_path):
@@ -149,3 +154,14 @@ def test_resume_skips_a_half_written_checkpoint(tmp_path):
     assert _last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
     assert not (tmp_path / "checkpoint-11").exists()
     assert _last_complete_checkpoint(tmp_path / "nothing-here") is None
+
+
+@pytest.mark.parametrize("task", ["tree", "chain"])
+def test_task_form_reaches_training_and_heldout_problems(task, env, monkeypatch):
+    from oarl.train import _load_model_and_data
+
+    monkeypatch.setenv("OARL_CACHE", env["OARL_CACHE"])  # the warm starts the subprocess tests cache
+    train_args, config = parse_args([*SHORT, "--task", task, "--train_size", "20"])
+    _, _, train, heldout, _, _ = _load_model_and_data(train_args, config)
+    prompts = list(train["prompt"]) + [r["problem"] for rows in heldout.values() for r in rows]
+    assert len(prompts) == 20 + 6 + 6 and all(("(" in p) == (task == "tree") for p in prompts)

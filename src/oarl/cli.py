@@ -107,6 +107,9 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--estimators", default="gradient,perturbation,entropy",
                    help="comma-separated, among perturbation, gradient, entropy (default: %(default)s)")
     p.add_argument("--output", default="runs/explain", help="folder for heatmap.html, agreement.json, credit.jsonl (default: %(default)s)")
+    p.add_argument("--task", choices=("tree", "chain"), default="tree",
+                   help="form of the arithmetic task of --demos, of the sampled problems and of --model tiny "
+                        "(default: %(default)s)")
     p.add_argument("--split", choices=("train", "test", "hard"), default="test",
                    help="arithmetic split of the sampled problems (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default: %(default)s)")
@@ -166,8 +169,16 @@ def run_explain(args: argparse.Namespace) -> int:
     from oarl.evaluate import resolve_model_path
     from oarl.models.loading import load_model
 
+    from oarl.data.arithmetic import REGIMES
+
+    regime = REGIMES[args.task]
     try:
-        model, tokenizer = load_model(resolve_model_path(args.model), device=args.device)
+        if args.model == "tiny":  # the warm start of the chosen task form
+            from oarl.models.warmstart import warm_start
+
+            model, tokenizer = load_model(warm_start(regime.warmstart_config()), device=args.device)
+        else:
+            model, tokenizer = load_model(resolve_model_path(args.model), device=args.device)
     except (ValueError, OSError) as exc:
         return fail(str(exc))
 
@@ -178,7 +189,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
         pool = 4 * n + 16
         while True:  # about a third of the demos are flawed
-            rows = [d for d in demos(pool, seed=args.seed) if d["flawed"]][:n]
+            rows = [d for d in demos(pool, seed=args.seed, task=regime.task) if d["flawed"]][:n]
             if len(rows) == n:
                 break
             pool *= 2
@@ -186,7 +197,7 @@ def run_explain(args: argparse.Namespace) -> int:
         from oarl.data.arithmetic import problems
         from oarl.evaluate import HFBackend, Sampling
 
-        rows = problems(args.split, n, seed=args.seed)
+        rows = problems(args.split, n, seed=args.seed, task=regime.task)
         sampling = Sampling(temperature=args.temperature, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=args.seed)
         generations = HFBackend(model, tokenizer, batch_size=args.batch_size).generate([r["prompt"] for r in rows], 1, sampling)
         for row, (gen,) in zip(rows, generations):

@@ -37,6 +37,9 @@ class TrainArgs:
                                                   "'smollm2-135m' (offline GGUF), a Hugging Face name or a directory."})
     dataset: str = field(default="arithmetic", metadata={"help": "'arithmetic' (embedded), 'gsm-symbolic' "
                                                          "(reasoning-gym, offline), 'gsm8k', 'math' (hub) or a .jsonl file."})
+    task: str = field(default="tree", metadata={"help": "Form of the embedded arithmetic task: 'tree' (pairs combined "
+                                                "in the answer) or 'chain' (one written step per operation).",
+                                                "choices": ["tree", "chain"]})
     problem_field: str = field(default="problem", metadata={"help": "Problem field of a JSONL dataset."})
     answer_field: str = field(default="answer", metadata={"help": "Gold-answer field of a JSONL dataset."})
     train_size: int | None = field(default=None, metadata={"help": "Number of training problems (default: "
@@ -64,10 +67,10 @@ def _cpu_defaults() -> dict:
     return {"bf16": False, "fp16": False, "activation_checkpointing": False, "use_cpu": True}
 
 
-def _regime():
-    from .data.arithmetic import DEFAULT_REGIME
+def _regime(task: str = "tree"):
+    from .data.arithmetic import REGIMES
 
-    return DEFAULT_REGIME
+    return REGIMES[task]
 
 
 def _embedded_defaults(regime) -> dict:
@@ -231,21 +234,23 @@ def _load_model_and_data(train_args: TrainArgs, config):
         from .models.tiny import load_tiny
         from .models.warmstart import warm_start
 
-        regime = _regime()
+        regime = _regime(train_args.task)
         ws = regime.warmstart_config()
         if train_args.sft_steps is not None:
             ws["steps"] = train_args.sft_steps
         model, tokenizer = load_tiny(warm_start(ws))
         n_train = train_args.train_size or regime.n_rl_prompts
         train = arithmetic.as_dataset(
-            [{"prompt": r["prompt"], "answer": r["answer"]} for r in arithmetic.problems("train", n_train, seed=regime.seed)]
+            [{"prompt": r["prompt"], "answer": r["answer"]} for r in arithmetic.problems("train", n_train, seed=regime.seed,
+                                                                                         task=regime.task)]
         )
         n_eval = regime.eval_problems if train_args.eval_size is None else train_args.eval_size
         heldout = {}
         if n_eval:
             heldout = {
-                "test": arithmetic.problems("test", n_eval, seed=regime.seed),
-                "hard": arithmetic.problems("hard", min(n_eval, regime.hard_eval_problems), seed=regime.seed),
+                "test": arithmetic.problems("test", n_eval, seed=regime.seed, task=regime.task),
+                "hard": arithmetic.problems("hard", min(n_eval, regime.hard_eval_problems), seed=regime.seed,
+                                            task=regime.task),
             }
         heldout = {k: [{"problem": r["prompt"], "answer": r["answer"]} for r in v] for k, v in heldout.items()}
         return model, tokenizer, train, heldout, "{problem}", [arithmetic.reward]
@@ -291,9 +296,10 @@ def run_train(train_args: TrainArgs, config) -> dict:
         yaml.safe_dump(resolved_config(train_args, config, keep), f, sort_keys=False)
 
     model, tokenizer, train, heldout, template, reward_funcs = _load_model_and_data(train_args, config)
-    n_samples = _regime().eval_samples if train_args.eval_samples is None else train_args.eval_samples
+    regime = _regime(train_args.task)
+    n_samples = regime.eval_samples if train_args.eval_samples is None else train_args.eval_samples
     # Longer chains need longer completions than training allows.
-    max_tokens = {"hard": _regime().hard_max_new_tokens} if (train_args.model, train_args.dataset) == EMBEDDED else {}
+    max_tokens = {"hard": regime.hard_max_new_tokens} if (train_args.model, train_args.dataset) == EMBEDDED else {}
 
     def evaluate_heldout(m) -> dict:
         if not heldout:

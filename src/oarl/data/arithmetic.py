@@ -379,3 +379,9 @@ class Regime:
 
 DEFAULT_REGIME = Regime()
 DEFAULT_TASK = DEFAULT_REGIME.task
+# The embedded regimes by task form: "chain" is the first default (experiments/REGIME.md, sections 1-3), kept
+# so that its measurements can be reproduced (`oarl train --task chain`).
+REGIMES = {
+    "tree": DEFAULT_REGIME,
+    "chain": Regime(task=ArithmeticTask(form="chain", steps=(2, 3), hard_steps=(4, 5)), sft_steps=300),
+}
