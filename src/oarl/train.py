@@ -298,7 +298,7 @@ def run_train(train_args: TrainArgs, config) -> dict:
     model, tokenizer, train, heldout, template, reward_funcs = _load_model_and_data(train_args, config)
     regime = _regime(train_args.task)
     n_samples = regime.eval_samples if train_args.eval_samples is None else train_args.eval_samples
-    # Longer chains need longer completions than training allows.
+    # Longer problems need longer completions than training allows.
     max_tokens = {"hard": regime.hard_max_new_tokens} if (train_args.model, train_args.dataset) == EMBEDDED else {}
 
     def evaluate_heldout(m) -> dict:

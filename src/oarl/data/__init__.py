@@ -77,7 +77,7 @@ def _arithmetic(split: str, size: int | None, seed: int, instruction: str | None
 
     n = size if size is not None else arithmetic.DEFAULT_REGIME.n_rl_prompts
     rows = arithmetic.problems(split, n, seed=seed)
-    if not conversational:  # the task's own format, "Q: 7+5*3-2=?\nA: ", which the tiny model was warm-started on
+    if not conversational:  # the task's own format, "Q: (6+2)-(1+4)=?\nA: ", which the tiny model was warm-started on
         return _as_dataset([r["prompt"] for r in rows], [r["answer"] for r in rows])
     problems = [f"What is {r['expression']}?" for r in rows]
     return _dataset(problems, [r["answer"] for r in rows], instruction, True)
