@@ -166,10 +166,9 @@ def run_explain(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return fail(str(exc))
 
+    from oarl.data.arithmetic import REGIMES
     from oarl.evaluate import resolve_model_path
     from oarl.models.loading import load_model
-
-    from oarl.data.arithmetic import REGIMES
 
     regime = REGIMES[args.task]
     try:

@@ -3,13 +3,13 @@
 ``tree`` (the default): bracketed pairs; the solution writes one step per pair and the final-answer
 statement (parsed by :func:`oarl.credit.answer.find_final_answer`) combines the written results in the head::
 
-    prompt:      "Q: (6+2)-(1+4)=?\nA: "
+    prompt:      "Q: (6+2)-(1+4)=?\\nA: "
     completion:  "6+2=8. 1+4=5. The answer is 3."                   (the trainer appends EOS)
 
 ``chain``: one written step per operation, evaluated with the usual precedence (every ``*`` first, left to
 right, then ``+``/``-`` left to right); the answer restates the last written result::
 
-    prompt:      "Q: 7+5*3-2=?\nA: "
+    prompt:      "Q: 7+5*3-2=?\\nA: "
     completion:  "5*3=15. 7+15=22. 22-2=20. The answer is 20."
 
 Why the default is ``tree``: OAR credits a token by how much it moves the model's answer with the rest of
@@ -135,10 +135,7 @@ def solve_tree(operands: list[int], ops: list[str], flaw: tuple[int, int] | None
         if flaw is not None and flaw[0] == i:
             c += flaw[1]
         steps.append(Step(operands[2 * i], ops[i], operands[2 * i + 1], c))
-    acc = steps[0].result
-    for op, s in zip(ops[k:], steps[1:]):
-        acc = _apply(acc, op, s.result)
-    return steps, acc
+    return steps, ([steps[0].result] + _tree_partials(steps, ops))[-1]
 
 
 def _tree_partials(steps: list[Step], ops: list[str]) -> list[int]:
