@@ -10,7 +10,7 @@ import time
 import torch
 
 from common import evaluate, fmt
-from oarl.data.arithmetic import DEFAULT_REGIME, problems
+from oarl.data.arithmetic import DEFAULT_REGIME, REGIMES, problems
 from oarl.models.tiny import load_tiny, num_parameters
 from oarl.models.warmstart import warm_start
 
@@ -22,7 +22,7 @@ ap.add_argument("--ops", default=None)
 ap.add_argument("--flaw", type=float, default=None)
 ap.add_argument("--max-value", type=int, default=None)
 ap.add_argument("--task-steps", default=None, help="e.g. 2,3")
-ap.add_argument("--form", default=None, help="'tree': bracketed pairs, 2 per problem, 3 in hard")
+ap.add_argument("--form", choices=sorted(REGIMES), default="tree", help="task form; its regime is the base config")
 ap.add_argument("--hidden", type=int, default=None)
 ap.add_argument("--layers", type=int, default=None)
 ap.add_argument("--inter", type=int, default=None)
@@ -33,7 +33,7 @@ ap.add_argument("--no-hard", action="store_true")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 
-cfg = DEFAULT_REGIME.warmstart_config()
+cfg = REGIMES[a.form].warmstart_config()
 cfg.update(steps=a.steps, batch_size=a.batch, learning_rate=a.lr)
 if a.ops:
     cfg["task"]["ops"] = a.ops
@@ -45,8 +45,6 @@ if a.task_steps:
     lo, hi = map(int, a.task_steps.split(","))
     cfg["task"]["steps"] = (lo, hi)
     cfg["task"]["hard_steps"] = (hi + 1, hi + 2)
-if a.form == "tree":
-    cfg["task"].update(form="tree", steps=(2, 2), hard_steps=(3, 3))
 for k, v in (("hidden_size", a.hidden), ("num_layers", a.layers), ("intermediate_size", a.inter)):
     if v:
         cfg["model"][k] = v
