@@ -3,12 +3,23 @@
 The model learns the format ``Q: a+b=?\nA: a+b=c. The answer is c.`` (with some wrong sums) in a few
 seconds, so that sampled completions are parsable and a group of them has mixed rewards: exactly what
 the trainer and estimator tests need, with no download.
+
+No test may depend on which tests ran before it: every test starts from the same global random state
+(``_seeded``), nothing changes the thread count for longer than one test (``one_thread``), and the fixture
+model is trained with a fixed seed and one thread, so that it is the same whatever ran before and on any
+machine. The suite runs in a random order (pytest-randomly; ``-p no:randomly`` turns it off).
+
+Benchmark data: ``$OARL_DATA_DIR``, else ``../shared/data/benchmarks`` beside the repository. Tests that need
+it skip without it, except under CI (``CI=true``), where a missing data directory is a failure.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +27,47 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+DATA_DIR = Path(os.environ.get("OARL_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks")
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The benchmark data directory; skips without it, fails under CI."""
+    if DATA_DIR.is_dir():
+        return DATA_DIR
+    message = f"no benchmark data at {DATA_DIR} (set OARL_DATA_DIR)"
+    if IN_CI:
+        pytest.fail(f"CI=true and {message}")
+    pytest.skip(message)
+
+
+needs_data = pytest.mark.usefixtures("data_dir")
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same global random state, whatever ran before it."""
+    random.seed(0)
+    torch.manual_seed(0)
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """torch uses n threads inside the block; the previous count is restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny models run faster without threading overhead)."""
+    with threads(1):
+        yield
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
@@ -35,8 +87,13 @@ def addition_example(rng: random.Random, wrong_frac: float = 0.2) -> tuple[str, 
 
 
 def train_tiny_lm(steps: int = 300, seed: int = 0):
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
+    """The same weights whatever ran before and on any machine (own seed, one thread, global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]), threads(1):
+        torch.manual_seed(seed)
+        return _train_tiny_lm(steps, random.Random(seed))
+
+
+def _train_tiny_lm(steps: int, rng: random.Random):
     tokenizer = char_tokenizer()
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

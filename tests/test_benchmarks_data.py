@@ -6,13 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import DATA_DIR, needs_data
 
 from oarl.data.benchmarks import BENCHMARKS, load_benchmark
 from oarl.rewards import verify
 
-DATA_DIR = Path(__file__).parents[1].parent / "shared" / "data" / "benchmarks"
 ROWS = {"math500": 500, "gsm8k": 1319, "aime24": 30, "amc23": 40, "minerva": 272}  # from the data README
-needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no benchmark data at {DATA_DIR}")
 
 
 @needs_data

@@ -7,7 +7,7 @@ from test_credit_fixtures import bpe_tokenizer, pad_rows, tiny_qwen2
 import oarl.credit.core as core
 from oarl.credit import ESTIMATORS, CreditConfig, token_advantages
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 STAT_KEYS = {"time_s", "skipped_frac", "no_answer_frac", "nonfinite_frac", "weight_std", "weight_max",
              "suppressed_frac", "boosted_frac"}
 PROMPTS = ["Q: What is 12 + 30?", "Q: 7 * 6?", "Q: apples?", "Q: What is 100 - 58? Let's think step by step."]

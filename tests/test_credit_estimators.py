@@ -6,7 +6,7 @@ from test_credit_fixtures import pad_rows, tiny_gpt2, tiny_qwen2
 
 from oarl.credit import OUTCOMES, entropy_importance, gradient_importance, perturbation_importance
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 VOCAB = 97
 PAD = 0
 NOISE_STD = 1e-3

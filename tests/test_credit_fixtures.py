@@ -36,7 +36,12 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_qwen2(vocab_size: int, seed: int = 0, dtype=torch.float64) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _tiny_qwen2(vocab_size, dtype)
+
+
+def _tiny_qwen2(vocab_size: int, dtype) -> Qwen2ForCausalLM:
     config = Qwen2Config(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -66,7 +71,8 @@ def pad_rows(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tenso
 
 def tiny_gpt2(vocab_size: int, seed: int = 0, dtype=torch.float64) -> GPT2LMHeadModel:
     """A model with absolute position embeddings: wrong position ids would change its outputs."""
-    torch.manual_seed(seed)
     config = GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=256,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, eos_token_id=1)
-    return GPT2LMHeadModel(config).to(dtype).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GPT2LMHeadModel(config).to(dtype).eval()

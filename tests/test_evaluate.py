@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA_DIR, needs_data
 
 from oarl.cli import main
 from oarl.evaluate import (
@@ -21,8 +22,6 @@ from oarl.evaluate import (
     run_eval,
 )
 
-DATA_DIR = Path(__file__).parents[1].parent / "shared" / "data" / "benchmarks"
-needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"no benchmark data at {DATA_DIR}")
 
 
 # ------------------------------------------------------------------------------------------------ pass@k
@@ -102,8 +101,9 @@ def tiny_dir(tmp_path_factory):
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = Qwen2ForCausalLM(config)
     path = tmp_path_factory.mktemp("tiny") / "run" / "final_model"  # the layout of an `oarl train` run
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -139,8 +139,7 @@ class Oracle:
 
 
 @needs_data
-def test_eval_end_to_end_with_cli_resume_and_compare(tiny_dir, tmp_path, capsys):
-    torch.set_num_threads(1)
+def test_eval_end_to_end_with_cli_resume_and_compare(tiny_dir, tmp_path, capsys, one_thread):
     run_dir = tiny_dir.parent
     common = ["eval", "--model", str(run_dir), "--benchmarks", "gsm8k,amc23,arithmetic", "--limit", "3", "--n", "2",
               "--k", "1,2", "--max-new-tokens", "6", "--batch-size", "2", "--data-dir", str(DATA_DIR), "--no-progress"]

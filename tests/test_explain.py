@@ -15,7 +15,7 @@ from oarl.report.agreement import (
 )
 from oarl.report.heatmap import NO_ANSWER_NOTE, explain_batch, render_html, weight_rgb
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 VISIBLE = {"·": " ", "→": "\t", "↵": ""}  # the newline marker is followed by a real "\n"
 

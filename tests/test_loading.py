@@ -138,14 +138,6 @@ def test_smollm2_missing_package_says_how_to_install(monkeypatch):
 # ------------------------------------------------------------------------------------------------ SmolLM2
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_smollm2_offline_generate_and_oar_g(tmp_path, monkeypatch, one_thread):
     try:

@@ -45,9 +45,19 @@ class Recorder(TrainerCallback):
 
 
 class RecordingOARTrainer(OARTrainer):
-    """Keeps what the loss sees, to check it from the outside."""
+    """Keeps what the loss sees and every credit pass, to check them from the outside."""
 
     seen = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.credit_passes = []
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self.model.training and self.last_credit is not None:
+            self.credit_passes.append(self.last_credit)
+        return output
 
     def _compute_loss(self, model, inputs):
         type(self).seen = (self.seen or []) + [(inputs["advantages"].detach().clone(),
@@ -96,18 +106,21 @@ def test_per_token_advantages_in_training(tiny_lm_dir, tmp_path, credit, loss_ty
     for advantages, mask in RecordingOARTrainer.seen:
         assert advantages.shape == mask.shape  # (B, T): per-token
 
-    # The last credit pass, checked against its own (B,) advantages and segments.
-    credit_out, seq_adv, _, completion_mask = trainer.last_credit
-    reasoning = credit_out.segments.reasoning
-    outside = (completion_mask > 0) & ~reasoning
-    torch.testing.assert_close(credit_out.advantages[outside], seq_adv[:, None].expand_as(outside)[outside])
-    rows = credit_out.segments.has_answer & (seq_adv != 0)
-    assert rows.any(), "no completion with an answer and a non-zero advantage: the fixture model is too weak"
-    for b in rows.nonzero().flatten().tolist():
-        values = credit_out.advantages[b][reasoning[b]]
-        assert values.numel() > 1 and values.std() > 0, f"row {b} has constant advantages along T"
-        # Mass kept: the reasoning tokens' advantages sum to L * A.
-        assert values.sum().item() == pytest.approx(seq_adv[b].item() * values.numel(), rel=1e-4, abs=1e-4)
+    # Every credit pass, checked against its own (B,) advantages and segments.
+    assert len(trainer.credit_passes) == 3
+    reshaped = 0
+    for credit_out, seq_adv, _, completion_mask in trainer.credit_passes:
+        reasoning = credit_out.segments.reasoning
+        outside = (completion_mask > 0) & ~reasoning
+        torch.testing.assert_close(credit_out.advantages[outside], seq_adv[:, None].expand_as(outside)[outside])
+        rows = credit_out.segments.has_answer & (seq_adv != 0)
+        for b in rows.nonzero().flatten().tolist():
+            values = credit_out.advantages[b][reasoning[b]]
+            assert values.numel() > 1 and values.std() > 0, f"row {b} has constant advantages along T"
+            # Mass kept: the reasoning tokens' advantages sum to L * A.
+            assert values.sum().item() == pytest.approx(seq_adv[b].item() * values.numel(), rel=1e-4, abs=1e-4)
+            reshaped += 1
+    assert reshaped >= 4, f"only {reshaped} completions with an answer and a non-zero advantage in 3 steps"
 
 
 def _none_sometimes(completions, answer, **kwargs):
