@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from oarl.models import loading
 from oarl.models.loading import MODEL_CHOICES, load_model
@@ -153,6 +153,12 @@ def test_smollm2_offline_generate_and_oar_g(tmp_path, monkeypatch, one_thread):
     assert getattr(model, "hf_quantizer", None) is None and not hasattr(model.config, "quantization_config")
     assert all(p.dtype == torch.float32 and p.requires_grad for p in model.parameters())
     assert tokenizer.chat_template and tokenizer.pad_token is not None and tokenizer.padding_side == "left"
+    # What TRL and vLLM load (AutoTokenizer) has the ids oarl uses.
+    converted = tmp_path / "models" / "smollm2-135m"
+    assert loading.auto_tokenizer_problem(converted) is None
+    auto = AutoTokenizer.from_pretrained(converted)
+    for text in (*loading.PROBE_TEXTS, tokenizer.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False)):
+        assert auto(text)["input_ids"] == tokenizer(text)["input_ids"], text
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("the second load must come from the cache")

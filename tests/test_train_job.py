@@ -45,6 +45,9 @@ def test_default_job_writes_the_run_directory(tmp_path, env):
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "heldout_before.json"):
         assert (run / name).is_file(), name
     assert (run / "final_model" / "config.json").is_file()
+    from test_tiny_model import assert_auto_tokenizer_ids
+
+    assert_auto_tokenizer_ids(run / "final_model")  # what TRL and vLLM load has the ids the run trained with
     assert sorted(p.name for p in run.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

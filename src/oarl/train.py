@@ -25,7 +25,8 @@ import yaml
 
 EMBEDDED = ("tiny", "arithmetic")  # (model, dataset) of the embedded default job
 AUTO_DIR = "<auto>"  # output_dir placeholder: the run directory is named after the run
-# Per-run values, and fields that GRPOConfig derives from others (writing them too would conflict on reload).
+# Per-run values, and fields that GRPOConfig derives from others (writing them too would conflict on reload;
+# gradient_checkpointing is derived from activation_checkpointing since transformers 5.20, see ACTIVATION_CHECKPOINTING).
 SKIPPED_IN_CONFIG = ("resume", "output_dir", "run_name", "logging_dir", "steps_per_generation", "gradient_checkpointing")
 
 
@@ -64,7 +65,9 @@ def _cpu_defaults() -> dict:
 
     if torch.cuda.is_available():
         return {}
-    return {"bf16": False, "fp16": False, "activation_checkpointing": False, "use_cpu": True}
+    from .trainer import ACTIVATION_CHECKPOINTING
+
+    return {"bf16": False, "fp16": False, ACTIVATION_CHECKPOINTING: False, "use_cpu": True}
 
 
 def _regime(task: str = "tree"):
@@ -124,10 +127,13 @@ def resolved_config(train_args: TrainArgs, config, keep: tuple[str, ...] = ()) -
     """The run's settings as a YAML-able dict: every TrainArgs field, the credit settings, and the OARConfig
     fields that differ from their dataclass defaults (so that the file re-loads with ``oarl train --config``
     into the same settings). ``keep``: fields to write even at their dataclass default (the job's own defaults)."""
-    out = {k: v for k, v in dataclasses.asdict(train_args).items() if k not in SKIPPED_IN_CONFIG}
+    from .trainer import ACTIVATION_CHECKPOINTING
+
+    skipped = set(SKIPPED_IN_CONFIG) - {ACTIVATION_CHECKPOINTING}
+    out = {k: v for k, v in dataclasses.asdict(train_args).items() if k not in skipped}
     defaults = type(config).__dataclass_fields__
     for name, f in defaults.items():
-        if not f.init or name.startswith("_") or name in SKIPPED_IN_CONFIG:
+        if not f.init or name.startswith("_") or name in skipped:
             continue
         value = getattr(config, name)
         default = f.default if f.default is not dataclasses.MISSING else (

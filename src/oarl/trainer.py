@@ -26,6 +26,11 @@ from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
 from .credit.config import APPLY_TO, SPANS
 from .credit.core import STAT_KEYS as CREDIT_STATS
 
+# transformers 5.20 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing (the old name is a
+# deprecated alias); vLLM's CPU build needs transformers < 5.20, which knows only the old name.
+ACTIVATION_CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in GRPOConfig.__dataclass_fields__
+                            else "gradient_checkpointing")
+
 
 @dataclass
 class OARConfig(GRPOConfig):

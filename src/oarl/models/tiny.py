@@ -4,23 +4,20 @@
     save_tiny(model, tokenizer, path)                   # a normal Hugging Face model directory
     model, tokenizer = load_tiny(path)
 
-The tokenizer is built with the ``tokenizers`` library (one token per character, a WordLevel model over a
-fixed alphabet, a Fuse decoder so that decoding concatenates characters) and wrapped in
-``PreTrainedTokenizerFast``. Special tokens: ``<pad>`` (id 0), ``<eos>`` (id 1), ``<unk>`` (id 2); no BOS is
-added. pad != eos on purpose: TRL pads completions with the pad id, and the credit core perturbs
+The tokenizer is transformers' ``Qwen2Tokenizer`` (the tokenizer class of the Qwen2 architecture) with a
+99-symbol vocabulary and no merges: Qwen2's pre-tokenizer and byte-level mapping split a text into single
+bytes, and with no merges every byte of :data:`ALPHABET` stays one token, so the model sees one token per
+character. Special tokens: ``<pad>`` (id 0), ``<eos>`` (id 1), ``<unk>`` (id 2, never produced: like any
+Qwen2 tokenizer it drops the bytes that are not in its vocabulary, i.e. characters outside ALPHABET); no BOS
+is added. pad != eos on purpose: TRL pads completions with the pad id, and the credit core perturbs
 reasoning tokens by replacing them with the pad id.
 
-Loading the directory: do NOT use ``AutoTokenizer.from_pretrained(path)``. transformers 5 lists ``qwen2``
-among the model types whose declared tokenizer class it overrides, so AutoTokenizer returns Qwen's own
-``Qwen2Tokenizer`` (its own pre-tokenizer, other ids) even though the saved ``tokenizer_config.json`` names
-``tokenizer_class: "PreTrainedTokenizerFast"``. :func:`load_tokenizer` (used by :func:`load_tiny`) loads
-with ``PreTrainedTokenizerFast.from_pretrained``, which reads ``tokenizer.json`` as is (ids identical to
-the ones saved). :func:`is_tiny_dir` tells such a directory apart (its config carries ``oarl_tiny``).
-Other tools should do the same::
-
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
-    model = AutoModelForCausalLM.from_pretrained(path)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+Because the class is the one transformers registers for ``qwen2``, every loader gets the same ids:
+``AutoTokenizer.from_pretrained(path)`` (what TRL, vLLM and other tools call), ``PreTrainedTokenizerFast``
+on the ``tokenizer.json`` and :func:`load_tiny`. (Directories saved by oarl before this class was used
+declare ``PreTrainedTokenizerFast`` over a WordLevel model; AutoTokenizer rebuilds those as Qwen2's tokenizer
+with other ids. Their ids over ALPHABET equal this tokenizer's, so ``build_tokenizer().save_pretrained(path)``
+upgrades such a directory; ``oarl.models.loading`` still reads them as they are.)
 """
 
 from __future__ import annotations
@@ -48,20 +45,16 @@ class TinyConfig:
 
 
 def build_tokenizer():
-    """A character-level ``PreTrainedTokenizerFast`` over :data:`ALPHABET` (ids: pad 0, eos 1, unk 2)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    """The character-level ``Qwen2Tokenizer`` over :data:`ALPHABET` (ids: pad 0, eos 1, unk 2, then ALPHABET in order)."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+    byte_symbol = bytes_to_unicode()  # the printable stand-in of each byte in a byte-level vocabulary
     vocab = {PAD: 0, EOS: 1, UNK: 2}
     for ch in ALPHABET:
-        vocab[ch] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one piece per character
-    tok.decoder = decoders.Fuse()  # concatenate the characters back, no spaces
-    tok.add_special_tokens([PAD, EOS, UNK])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK, padding_side="left", model_max_length=1024
-    )
+        vocab[byte_symbol[ord(ch)]] = len(vocab)
+    return Qwen2Tokenizer(vocab=vocab, merges=[], pad_token=PAD, eos_token=EOS, unk_token=UNK, bos_token=None,
+                          padding_side="left", model_max_length=1024)
 
 
 def build_tiny(config: TinyConfig | dict | None = None):
@@ -105,36 +98,25 @@ def num_parameters(model) -> int:
 
 
 def save_tiny(model, tokenizer, path: str | os.PathLike) -> str:
-    """Save as a Hugging Face model directory that :func:`load_tiny` (and ``from_pretrained``) read back."""
+    """Save as a Hugging Face model directory that :func:`load_tiny` and ``from_pretrained`` read back."""
     path = os.fspath(path)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    # Make AutoTokenizer pick the generic fast class, not Qwen2's tokenizer (see the module docstring).
-    cfg_file = os.path.join(path, "tokenizer_config.json")
-    with open(cfg_file) as f:
-        cfg = json.load(f)
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg["padding_side"] = "left"
-    with open(cfg_file, "w") as f:
-        json.dump(cfg, f, indent=2)
     return path
-
-
-def load_tokenizer(path: str | os.PathLike):
-    """The character tokenizer saved in ``path`` (ids identical to the ones it was saved with)."""
-    from transformers import PreTrainedTokenizerFast
-
-    tok = PreTrainedTokenizerFast.from_pretrained(os.fspath(path))
-    tok.padding_side = "left"
-    return tok
 
 
 def load_tiny(path: str | os.PathLike, **model_kwargs):
     """``(model, tokenizer)`` from a directory written by :func:`save_tiny`."""
+    from pathlib import Path
+
     from transformers import AutoModelForCausalLM
 
+    from oarl.models.loading import load_local_tokenizer
+
     model = AutoModelForCausalLM.from_pretrained(os.fspath(path), **model_kwargs)
-    return model, load_tokenizer(path)
+    tokenizer = load_local_tokenizer(Path(path), model.config.vocab_size)
+    tokenizer.padding_side = "left"
+    return model, tokenizer
 
 
 def is_tiny_dir(path: str | os.PathLike) -> bool:

@@ -22,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-CACHE_VERSION = 1  # bump when the training code changes what a config produces
+# Bump when the training code changes what a config produces. 2: the tokenizer is saved as a Qwen2Tokenizer
+# (AutoTokenizer loads it with the ids it was trained with).
+CACHE_VERSION = 2
 
 
 def cache_root() -> Path:
@@ -80,6 +82,7 @@ def _train(cfg: dict, out_dir: Path, log_every: int) -> dict:
 
     from oarl.data.arithmetic import ArithmeticTask, as_dataset, demos
     from oarl.models.tiny import build_tiny, save_tiny
+    from oarl.trainer import ACTIVATION_CHECKPOINTING
 
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg["num_threads"]))
@@ -108,7 +111,7 @@ def _train(cfg: dict, out_dir: Path, log_every: int) -> dict:
         bf16=False,
         fp16=False,
         use_cpu=True,
-        gradient_checkpointing=False,
+        **{ACTIVATION_CHECKPOINTING: False},
         report_to="none",
         logging_steps=log_every,
         save_strategy="no",
