@@ -20,7 +20,8 @@ from oarl.credit.answer import extract_answer
     ("the answer is $\\boxed{4}$.", "4", "the answer is $\\boxed{", "boxed"),
     ("#### 1,000", "1,000", "#### ", "hash"),
     ("#### 42\n", "42", "#### ", "hash"),
-    ("\\boxed{3} then #### 5", "5", "#### ", "hash"),  # the last statement wins
+    ("#### 3 then the answer is 5", "5", "the answer is ", "phrase"),  # the last statement wins
+    ("\\boxed{3} then #### 5", "3", "\\boxed{", "boxed"),  # a boxed answer wins over phrases
     ("The answer is 5. Wait, the answer is 6.", "6", "the answer is ", "phrase"),
 ])
 def test_statements(text, answer, lead_in, style):

