@@ -119,6 +119,10 @@ def main(argv: list[str]) -> None:
 
     use_exact_numbers()
     parse_boxed = functools.lru_cache(maxsize=4096)(lambda answer: parse(_boxed(answer), parsing_timeout=None))
+    # warm up before saying ready (math-verify compiles its patterns, sympy loads its parsers and simplify's
+    # modules on first use), so that the first item's deadline is not spent on start-up
+    for gold, pred in (("\\frac{\\sqrt{2}}{2}", "0.5\\sqrt{2}"), ("x^2 + 2x + 1", "(x+1)^2"), ("[1, 2)", "\\{1, 2\\}")):
+        verify(parse_boxed(gold), parse_boxed(pred), timeout_seconds=None)
     out = sys.stdout
     out.write(json.dumps({"ready": True}) + "\n")
     out.flush()
