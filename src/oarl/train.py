@@ -65,9 +65,12 @@ def _cpu_defaults() -> dict:
 
     if torch.cuda.is_available():
         return {}
+    from .evaluate import CPU_MEMORY_UTILIZATION
     from .trainer import ACTIVATION_CHECKPOINTING
 
-    return {"bf16": False, "fp16": False, ACTIVATION_CHECKPOINTING: False, "use_cpu": True}
+    # With --use_vllm on a CPU: vLLM's CPU build, colocated (TRL's server mode needs CUDA to sync weights).
+    return {"bf16": False, "fp16": False, ACTIVATION_CHECKPOINTING: False, "use_cpu": True,
+            "vllm_gpu_memory_utilization": CPU_MEMORY_UTILIZATION}
 
 
 def _regime(task: str = "tree"):
@@ -307,7 +310,11 @@ def run_train(train_args: TrainArgs, config) -> dict:
     # Longer problems need longer completions than training allows.
     max_tokens = {"hard": regime.hard_max_new_tokens} if (train_args.model, train_args.dataset) == EMBEDDED else {}
 
+    trainer = None  # held-out evaluation generates with the trainer's colocated vLLM engine when there is one
+    heldout_backend = "hf"
+
     def evaluate_heldout(m) -> dict:
+        nonlocal heldout_backend
         if not heldout:
             return {}
         was_training = m.training
@@ -317,14 +324,16 @@ def run_train(train_args: TrainArgs, config) -> dict:
             max_new_tokens = max_tokens.get(split, config.max_completion_length)
             # The embedded task has its own plain template; other held-out problems are asked the way training
             # asks them: through the chat template when the tokenizer has one.
-            res = evaluate_model(m, tokenizer, rows, n=n_samples, k_list=[1], prompt_template=template,
-                                 chat=False if template else None, temperature=config.temperature,
-                                 max_new_tokens=max_new_tokens, seed=config.seed)
+            chat = False if template else getattr(tokenizer, "chat_template", None) is not None
+            backend = trainer.generation_backend(add_special_tokens=not chat) if trainer is not None else None
+            heldout_backend = "vllm" if backend is not None else "hf"
+            res = evaluate_model(m, tokenizer, rows, n=n_samples, k_list=[1], prompt_template=template, chat=chat,
+                                 temperature=config.temperature, max_new_tokens=max_new_tokens, seed=config.seed,
+                                 backend=backend)
             out[split] = {"avg": res["avg@n"], "se": res["avg@n_se"], "n_problems": len(rows), "n_samples": n_samples}
         m.train(was_training)
         return out
 
-    before_file = run_dir / "heldout_before.json"
     start_step = 0
     checkpoint = None
     if resume:
@@ -332,6 +341,13 @@ def run_train(train_args: TrainArgs, config) -> dict:
         if checkpoint is not None:
             start_step = int(checkpoint.name.split("-")[-1])
         _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+
+    MetricsWriter, Progress, HeldoutEval = _callbacks(run_dir, config.max_steps, start_step, evaluate_heldout)
+    config.disable_tqdm = True
+    trainer = OARTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=train,
+                         processing_class=tokenizer,
+                         callbacks=[MetricsWriter(), Progress(), HeldoutEval(train_args.eval_every)])
+    before_file = run_dir / "heldout_before.json"
     if before_file.exists():
         before = json.loads(before_file.read_text())
     else:
@@ -341,11 +357,6 @@ def run_train(train_args: TrainArgs, config) -> dict:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": 0, **_heldout_row(before)}) + "\n")
 
-    MetricsWriter, Progress, HeldoutEval = _callbacks(run_dir, config.max_steps, start_step, evaluate_heldout)
-    config.disable_tqdm = True
-    trainer = OARTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=train,
-                         processing_class=tokenizer,
-                         callbacks=[MetricsWriter(), Progress(), HeldoutEval(train_args.eval_every)])
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our bar shows the live numbers; metrics.jsonl keeps them all
@@ -372,6 +383,7 @@ def run_train(train_args: TrainArgs, config) -> dict:
             "credit_overhead": trainer.credit_overhead,
             "heldout_before": before,
             "heldout_after": after,
+            "heldout_backend": heldout_backend,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(format_summary(summary))

@@ -10,6 +10,10 @@ normalised a generation batch into (B,) advantages, they are replaced by (B, T) 
 ``oarl.credit.token_advantages``. TRL's ``_compute_loss`` accepts (B, T) advantages as they are, so every loss
 type and aggregation it offers keeps working. The credit is computed once per generation batch and reused
 across ``num_iterations`` and ``steps_per_generation``, like the rest of the batch.
+
+Generation with vLLM (``use_vllm=True``) is TRL's, in both of its modes, with one addition for vLLM's CPU build in
+colocate mode: there TRL's weight sync fails (see :meth:`OARTrainer._reload_vllm_weights`), so the policy's weights
+go to the engine through vLLM's in-place reload instead. TRL's server mode needs CUDA for its weight sync (NCCL).
 """
 
 from __future__ import annotations
@@ -151,6 +155,37 @@ class OARTrainer(GRPOTrainer):
         self._check_compatible()
         self.last_credit: CreditBatch | None = None
         self._credit_time_total = self._step_time_total = 0.0  # seconds, over the logged steps
+        if self.use_vllm and self.vllm_mode == "colocate":
+            from .evaluate import vllm_on_cpu
+
+            if vllm_on_cpu():
+                self.vllm_generation.sync_weights = self._reload_vllm_weights
+
+    def _reload_vllm_weights(self) -> None:
+        """Send the policy's weights to the colocated engine on vLLM's CPU backend.
+
+        That backend repacks each linear layer's weight into its matmul kernel's layout when it loads a model and
+        drops the original parameter, so TRL's sync (``load_weights`` of one tensor at a time into the layers'
+        original parameters) fails there ("'Parameter' object has no attribute 'weight_loader'"). vLLM's in-place
+        reload (``reload_weights``: restore each layer's parameters, load its tensors, repack it) is made for this.
+        """
+        generation = self.vllm_generation
+        runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
+        runner.reload_weights(weights_iterator=generation._iter_named_params(), is_checkpoint_format=True)
+        generation.llm.reset_prefix_cache()
+
+    def generation_backend(self, add_special_tokens: bool = True):
+        """An ``oarl.evaluate.VLLMBackend`` on the vLLM engine colocated with training, holding the current policy's
+        weights (synced here if a step changed them), or None without one (no vLLM, server mode, several processes):
+        held-out evaluation through it needs no second engine and no HF ``generate``."""
+        if not (self.use_vllm and self.vllm_mode == "colocate" and self.accelerator.num_processes == 1):
+            return None
+        from .evaluate import VLLMBackend
+
+        if self._last_loaded_step != self.state.global_step:
+            self.vllm_generation.sync_weights()
+            self._last_loaded_step = self.state.global_step
+        return VLLMBackend(self.vllm_generation.llm, self._tokenizer, add_special_tokens)
 
     def _check_compatible(self) -> None:
         args, estimator = self.args, self.credit_config.estimator
