@@ -106,10 +106,17 @@ def test_per_token_advantages_in_training(tiny_lm_dir, tmp_path, credit, loss_ty
     for advantages, mask in RecordingOARTrainer.seen:
         assert advantages.shape == mask.shape  # (B, T): per-token
 
-    # Every credit pass, checked against its own (B,) advantages and segments.
     assert len(trainer.credit_passes) == 3
+    reshaped = reshaped_completions(trainer.credit_passes)
+    assert reshaped >= 4, f"only {reshaped} completions with an answer and a non-zero advantage in 3 steps"
+
+
+def reshaped_completions(credit_passes) -> int:
+    """Checks every credit pass against its own (B,) advantages and segments (also for vLLM's completions, in
+    vllm_train.py); returns the number of completions reshaped (an answer and a non-zero advantage)."""
     reshaped = 0
-    for credit_out, seq_adv, _, completion_mask in trainer.credit_passes:
+    for credit_out, seq_adv, _, completion_mask in credit_passes:
+        assert credit_out.advantages.shape == completion_mask.shape  # (B, T): per-token
         reasoning = credit_out.segments.reasoning
         outside = (completion_mask > 0) & ~reasoning
         torch.testing.assert_close(credit_out.advantages[outside], seq_adv[:, None].expand_as(outside)[outside])
@@ -120,7 +127,7 @@ def test_per_token_advantages_in_training(tiny_lm_dir, tmp_path, credit, loss_ty
             # Mass kept: the reasoning tokens' advantages sum to L * A.
             assert values.sum().item() == pytest.approx(seq_adv[b].item() * values.numel(), rel=1e-4, abs=1e-4)
             reshaped += 1
-    assert reshaped >= 4, f"only {reshaped} completions with an answer and a non-zero advantage in 3 steps"
+    return reshaped
 
 
 def _none_sometimes(completions, answer, **kwargs):
