@@ -5,6 +5,7 @@ vLLM-generated completions, every credit pass checked, then the engine's weights
 """
 
 import copy
+import os
 import sys
 
 import torch
@@ -33,6 +34,7 @@ def engine_logprobs(trainer, prompt_ids: list[int]) -> tuple[list[int], torch.Te
 
 
 def main(out_dir: str) -> None:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # a fixed cache: the share of RAM may not be free here
     model, tokenizer = load_model("tiny")
     rows = arithmetic.problems("train", 32, seed=0)
     dataset = arithmetic.as_dataset([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
@@ -47,8 +49,9 @@ def main(out_dir: str) -> None:
     trainer.train()
     assert trainer.state.global_step == 3, trainer.state.global_step
     logs = [r for r in trainer.state.log_history if "loss" in r]
-    # TRL compares vLLM's sampling log-probabilities with the policy's: small when the engine holds the policy's weights.
-    assert all(r["sampling/sampling_logp_difference/max"] < 0.05 for r in logs), logs
+    # TRL compares vLLM's sampling log-probabilities with the policy's: small when the engine holds the policy's weights
+    # (not zero: TRL's engine runs the float32 checkpoint in bfloat16, vLLM's "auto").
+    assert all(r["sampling/sampling_logp_difference/mean"] < 0.02 for r in logs), logs
 
     # The same invariants as with HF generation, on every credit pass.
     assert len(trainer.credit_passes) == 3
@@ -59,16 +62,16 @@ def main(out_dir: str) -> None:
     # CPU backend).
     prompt_ids = tokenizer(rows[0]["prompt"])["input_ids"]
     ids, engine = engine_logprobs(trainer, prompt_ids)
-    torch.testing.assert_close(engine, policy_logprobs(trainer.model, prompt_ids + ids, len(prompt_ids)), atol=2e-2, rtol=0)
+    assert (engine - policy_logprobs(trainer.model, prompt_ids + ids, len(prompt_ids))).abs().mean() < 0.05
     old_policy = copy.deepcopy(trainer.model)
     with torch.no_grad():
         for p in trainer.model.parameters():
             p.mul_(1.5)
     trainer.state.global_step += 1  # as if a step had changed the weights: generation_backend syncs them
     ids, engine = engine_logprobs(trainer, prompt_ids)
-    torch.testing.assert_close(engine, policy_logprobs(trainer.model, prompt_ids + ids, len(prompt_ids)), atol=2e-2, rtol=0)
-    stale = policy_logprobs(old_policy, prompt_ids + ids, len(prompt_ids))
-    assert (engine - stale).abs().max() > 0.1, "the engine's log-probabilities are the old weights' ones"
+    new_error = (engine - policy_logprobs(trainer.model, prompt_ids + ids, len(prompt_ids))).abs().mean()
+    stale_error = (engine - policy_logprobs(old_policy, prompt_ids + ids, len(prompt_ids))).abs().mean()
+    assert new_error < 0.05 and stale_error > 0.2, (new_error, stale_error)
     print(f"VLLM-TRAIN-OK steps={trainer.state.global_step - 1} reshaped={reshaped}", flush=True)
 
 

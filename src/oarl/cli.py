@@ -41,7 +41,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="sampling seed (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="problems per generate call, HF backend (default: %(default)s)")
     p.add_argument("--backend", choices=("auto", "hf", "vllm"), default=d.backend,
-                   help="generation engine; auto = vLLM if installed and a GPU is present, else HF generate")
+                   help="generation engine: hf (Hugging Face generate), vllm (a vLLM engine, on a GPU or with vLLM's CPU "
+                        "build) or auto (vLLM if installed and a GPU is present, else HF)")
     p.add_argument("--dtype", help="model dtype (default float32 for HF; 'auto' = the checkpoint's)")
     p.add_argument("--device", help="device for the HF backend (default: cuda if available, else cpu)")
     p.add_argument("--prompt-template", help="prompt (plain) or user message (chat) with a literal {problem} placeholder")

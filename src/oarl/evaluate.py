@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import statistics
 import time
 import zlib
@@ -197,7 +198,8 @@ class HFBackend:
                 chunk = prompts[start : start + self.batch_size]
                 enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=self.add_special_tokens).to(model.device)
                 do_sample = sampling.temperature > 0
-                kwargs = dict(do_sample=do_sample, max_new_tokens=sampling.max_new_tokens, num_return_sequences=n,
+                k = n if do_sample else 1  # greedy: one completion, repeated n times below
+                kwargs = dict(do_sample=do_sample, max_new_tokens=sampling.max_new_tokens, num_return_sequences=k,
                               pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None)
                 if do_sample:
                     kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
@@ -209,14 +211,14 @@ class HFBackend:
                     ids = model.generate(**enc, **kwargs)[:, enc["input_ids"].shape[1] :]
                 for i in range(len(chunk)):
                     gens = []
-                    for row in ids[i * n : (i + 1) * n].tolist():
+                    for row in ids[i * k : (i + 1) * k].tolist():
                         length = next((j for j, t in enumerate(row) if t in eos), None)
                         finish = "length" if length is None else "stop"
                         length = len(row) if length is None else length
                         text = tok.decode(row[:length], skip_special_tokens=True)
                         text, stopped = _cut_at_stop(text, sampling.stop)
                         gens.append({"text": text, "num_tokens": length, "finish_reason": "stop" if stopped else finish})
-                    out.append(gens)
+                    out.append(gens * (n // k))
         finally:
             model.train(was_training)
             tok.padding_side = padding_side
@@ -224,8 +226,10 @@ class HFBackend:
 
 
 # On vLLM's CPU backend, gpu_memory_utilization is the fraction of the machine's memory reserved for the weights and
-# the key/value cache; vLLM's default (0.9) fails on a machine that runs anything else.
-CPU_MEMORY_UTILIZATION = 0.2
+# the key/value cache, refused when that much is not free at start; vLLM's default (0.9) fails on a machine that runs
+# anything else. oarl's CPU default is a fixed key/value cache instead (VLLM_CPU_KVCACHE_SPACE, in GiB), which only
+# needs that much free memory: 2 GiB hold about 45,000 tokens of SmolLM2-135M in float32.
+CPU_KV_CACHE_GIB = 2
 VLLM_INSTALL_HINT = ("install it with `pip install 'oarl[vllm]'` on a GPU machine, or follow the README's recipe "
                      "'vLLM on a CPU' (`make test-vllm` builds such an environment in .venv-vllm)")
 
@@ -270,13 +274,16 @@ class VLLMBackend:
               **engine_kwargs) -> "VLLMBackend":
         """Start an engine on the model directory (or hub name) ``model_path``; ``tokenizer`` is the one the HF
         backend would use (its ids must be AutoTokenizer's, see ``oarl.models.loading.auto_tokenizer_problem``).
-        ``engine_kwargs`` go to ``vllm.LLM``; on vLLM's CPU backend ``gpu_memory_utilization`` defaults to
-        :data:`CPU_MEMORY_UTILIZATION`."""
+        ``engine_kwargs`` go to ``vllm.LLM``; on vLLM's CPU backend the key/value cache defaults to
+        :data:`CPU_KV_CACHE_GIB` GiB (or ``$VLLM_CPU_KVCACHE_SPACE``) and ``dtype`` to float32 (the HF backend's; vLLM's "auto" would run a float32
+        checkpoint in bfloat16)."""
         from vllm import LLM
 
-        if vllm_on_cpu():
-            engine_kwargs.setdefault("gpu_memory_utilization", CPU_MEMORY_UTILIZATION)
-        llm = LLM(model=model_path, dtype=dtype or "auto", seed=seed, **engine_kwargs)
+        on_cpu = vllm_on_cpu()
+        if on_cpu and not {"gpu_memory_utilization", "kv_cache_memory_bytes"} & set(engine_kwargs):
+            engine_kwargs["kv_cache_memory_bytes"] = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB) << 30
+        # vLLM's "auto" runs a float32 checkpoint in bfloat16; on a CPU, keep the HF backend's float32 by default
+        llm = LLM(model=model_path, dtype=dtype or ("float32" if on_cpu else "auto"), seed=seed, **engine_kwargs)
         return cls(llm, tokenizer, add_special_tokens)
 
     def generate(self, prompts: list[str], n: int, sampling: Sampling) -> list[list[dict]]:

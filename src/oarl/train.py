@@ -65,12 +65,9 @@ def _cpu_defaults() -> dict:
 
     if torch.cuda.is_available():
         return {}
-    from .evaluate import CPU_MEMORY_UTILIZATION
     from .trainer import ACTIVATION_CHECKPOINTING
 
-    # With --use_vllm on a CPU: vLLM's CPU build, colocated (TRL's server mode needs CUDA to sync weights).
-    return {"bf16": False, "fp16": False, ACTIVATION_CHECKPOINTING: False, "use_cpu": True,
-            "vllm_gpu_memory_utilization": CPU_MEMORY_UTILIZATION}
+    return {"bf16": False, "fp16": False, ACTIVATION_CHECKPOINTING: False, "use_cpu": True}
 
 
 def _regime(task: str = "tree"):
@@ -342,6 +339,10 @@ def run_train(train_args: TrainArgs, config) -> dict:
             start_step = int(checkpoint.name.split("-")[-1])
         _truncate_metrics(run_dir / "metrics.jsonl", start_step)
 
+    if config.use_vllm and config.use_cpu:  # a fixed key/value cache for vLLM's CPU backend (see oarl.evaluate)
+        from .evaluate import CPU_KV_CACHE_GIB
+
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
     MetricsWriter, Progress, HeldoutEval = _callbacks(run_dir, config.max_steps, start_step, evaluate_heldout)
     config.disable_tqdm = True
     trainer = OARTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=train,
