@@ -171,7 +171,9 @@ class OARTrainer(GRPOTrainer):
         """
         generation = self.vllm_generation
         runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
-        runner.reload_weights(weights_iterator=generation._iter_named_params(), is_checkpoint_format=True)
+        # Copies: the reload must never write into (or alias) the policy's own tensors.
+        weights = ((name, tensor.detach().clone()) for name, tensor in generation._iter_named_params())
+        runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
         generation.llm.reset_prefix_cache()
 
     def generation_backend(self, add_special_tokens: bool = True):
