@@ -347,6 +347,7 @@ def evaluate_model(
     batch_size: int = 16,
     stop: Sequence[str] = (),
     progress: bool = False,
+    progress_desc: str = "eval",
     return_samples: bool = False,
     backend=None,
 ) -> dict:
@@ -372,9 +373,12 @@ def evaluate_model(
         prompt_template = "{problem}"
     prompts = [build_prompt(r, tokenizer, prompt_template, chat) for r in rows]
     samples: list[dict] = []
-    for start in tqdm(range(0, len(rows), batch_size), desc="eval", disable=not progress):
+    bar = tqdm(total=len(rows), desc=progress_desc, unit="problem", disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(rows), batch_size):
         batch_rows, batch_prompts = rows[start : start + batch_size], prompts[start : start + batch_size]
         samples += score_generations(batch_rows, batch_prompts, backend.generate(batch_prompts, n, sampling), "problems")
+        bar.update(len(batch_rows))
+    bar.close()
     out = benchmark_metrics(samples, n, k_list)
     for name in ("avg@{}", "avg@{}_se", "maj@{}"):
         if name.format(n) in out:

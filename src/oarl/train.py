@@ -24,6 +24,7 @@ from pathlib import Path
 import yaml
 
 EMBEDDED = ("tiny", "arithmetic")  # (model, dataset) of the embedded default job
+SMOLLM2 = ("smollm2-135m", "word-problems")  # (model, dataset) of the SmolLM2 job: its default dataset and regime
 AUTO_DIR = "<auto>"  # output_dir placeholder: the run directory is named after the run
 # Per-run values, and fields that GRPOConfig derives from others (writing them too would conflict on reload;
 # gradient_checkpointing is derived from activation_checkpointing since transformers 5.20, see ACTIVATION_CHECKPOINTING).
@@ -36,8 +37,10 @@ class TrainArgs:
 
     model: str = field(default="tiny", metadata={"help": "'tiny' (embedded, warm-started on arithmetic), "
                                                   "'smollm2-135m' (offline GGUF), a Hugging Face name or a directory."})
-    dataset: str = field(default="arithmetic", metadata={"help": "'arithmetic' (embedded), 'gsm-symbolic' "
-                                                         "(reasoning-gym, offline), 'gsm8k', 'math' (hub) or a .jsonl file."})
+    dataset: str = field(default="arithmetic", metadata={"help": "'arithmetic' (embedded; the default of 'tiny'), "
+                                                         "'word-problems' (offline; the default of 'smollm2-135m'), "
+                                                         "'gsm-symbolic' (reasoning-gym, offline), 'gsm8k', 'math' "
+                                                         "(hub) or a .jsonl file."})
     task: str = field(default="tree", metadata={"help": "Form of the embedded arithmetic task: 'tree' (pairs combined "
                                                 "in the answer) or 'chain' (one written step per operation).",
                                                 "choices": ["tree", "chain"]})
@@ -76,6 +79,23 @@ def _regime(task: str = "tree"):
     return REGIMES[task]
 
 
+def _smollm2_defaults() -> dict:
+    """The SmolLM2 job's settings (oarl.data.word_problems.SMOLLM2_REGIME; they replace GRPOConfig's defaults,
+    not the user's flags)."""
+    from .data.word_problems import SMOLLM2_REGIME as regime
+
+    return {
+        **regime.grpo_kwargs(),
+        "credit": "gradient",
+        "logging_steps": 1,
+        "save_strategy": "steps",
+        "save_steps": max(1, regime.rl_steps // 4),
+        "save_total_limit": 1,
+        "report_to": "none",
+        "dataloader_num_workers": 0,
+    }
+
+
 def _embedded_defaults(regime) -> dict:
     """The embedded job's RL settings (they replace GRPOConfig's defaults, not the user's flags)."""
     return {
@@ -112,12 +132,14 @@ def parse_args(argv: list[str] | None = None):
         known.config = str(config)
     from_yaml = yaml.safe_load(Path(known.config).read_text()) if known.config else {}
     model = known.model or from_yaml.get("model", "tiny")
-    dataset = known.dataset or from_yaml.get("dataset", "arithmetic")
+    dataset = known.dataset or from_yaml.get("dataset", SMOLLM2[1] if model == SMOLLM2[0] else EMBEDDED[1])
 
     parser = TrlParser((TrainArgs, OARConfig), prog="oarl train")
     defaults = {"output_dir": AUTO_DIR, **_cpu_defaults(), "report_to": "none", "logging_steps": 1}
     if (model, dataset) == EMBEDDED:
         defaults.update(_embedded_defaults(_regime()))
+    elif (model, dataset) == SMOLLM2:
+        defaults.update(_smollm2_defaults(), dataset=dataset)
     parser.set_defaults(**defaults)
     train_args, config = parser.parse_args_and_config(argv)
     return train_args, config
@@ -270,6 +292,14 @@ def _load_model_and_data(train_args: TrainArgs, config):
               answer_field=train_args.answer_field, conversational=conversational)
     train = load_train_dataset(train_args.dataset, split="train", **kw)
     heldout = {}
+    if train_args.dataset == "word-problems":
+        from .data.word_problems import INSTRUCTION, SMOLLM2_REGIME, problems
+
+        n_eval = SMOLLM2_REGIME.eval_problems if train_args.eval_size is None else train_args.eval_size
+        rows = problems("test", n_eval, seed=SMOLLM2_REGIME.seed, **SMOLLM2_REGIME.task_kwargs())
+        heldout = {"test": [{"problem": r["question"], "answer": r["answer"]} for r in rows]}
+        # asked the way training asks: the question and the instruction in one user message
+        return model, tokenizer, train, heldout, "{problem}\n" + INSTRUCTION, [rewards.accuracy]
     if train_args.dataset == "gsm-symbolic" and (train_args.eval_size or 0) > 0:
         test = load_train_dataset("gsm-symbolic", **{**kw, "split": "test", "size": train_args.eval_size,
                                                      "conversational": False})
@@ -298,14 +328,18 @@ def run_train(train_args: TrainArgs, config) -> dict:
     config.output_dir = str(run_dir)
     config.run_name = run_dir.name
     with open(run_dir / "config.yaml", "w") as f:
-        keep = tuple(_embedded_defaults(_regime())) if (train_args.model, train_args.dataset) == EMBEDDED else ()
+        job = (train_args.model, train_args.dataset)
+        keep = tuple(_embedded_defaults(_regime()) if job == EMBEDDED else _smollm2_defaults() if job == SMOLLM2 else ())
         yaml.safe_dump(resolved_config(train_args, config, keep), f, sort_keys=False)
 
     model, tokenizer, train, heldout, template, reward_funcs = _load_model_and_data(train_args, config)
+    embedded = (train_args.model, train_args.dataset) == EMBEDDED
     regime = _regime(train_args.task)
+    if train_args.dataset == SMOLLM2[1]:
+        from .data.word_problems import SMOLLM2_REGIME as regime
     n_samples = regime.eval_samples if train_args.eval_samples is None else train_args.eval_samples
     # Longer problems need longer completions than training allows.
-    max_tokens = {"hard": regime.hard_max_new_tokens} if (train_args.model, train_args.dataset) == EMBEDDED else {}
+    max_tokens = {"hard": regime.hard_max_new_tokens} if embedded else {}
 
     trainer = None  # held-out evaluation generates with the trainer's colocated vLLM engine when there is one
     heldout_backend = "hf"
@@ -321,12 +355,12 @@ def run_train(train_args: TrainArgs, config) -> dict:
             max_new_tokens = max_tokens.get(split, config.max_completion_length)
             # The embedded task has its own plain template; other held-out problems are asked the way training
             # asks them: through the chat template when the tokenizer has one.
-            chat = False if template else getattr(tokenizer, "chat_template", None) is not None
+            chat = False if embedded else getattr(tokenizer, "chat_template", None) is not None
             backend = trainer.generation_backend(add_special_tokens=not chat) if trainer is not None else None
             heldout_backend = "vllm" if backend is not None else "hf"
             res = evaluate_model(m, tokenizer, rows, n=n_samples, k_list=[1], prompt_template=template, chat=chat,
                                  temperature=config.temperature, max_new_tokens=max_new_tokens, seed=config.seed,
-                                 backend=backend)
+                                 backend=backend, progress=True, progress_desc=f"held-out {split}")
             out[split] = {"avg": res["avg@n"], "se": res["avg@n_se"], "n_problems": len(rows), "n_samples": n_samples}
         m.train(was_training)
         return out

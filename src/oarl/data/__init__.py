@@ -1,6 +1,7 @@
 """Training data by name: ``load_train_dataset(name_or_path) -> datasets.Dataset`` with ``prompt``, ``answer``.
 
     "arithmetic"     the embedded multi-step arithmetic task (oarl.data.arithmetic), offline
+    "word-problems"  short stories with small-number arithmetic (oarl.data.word_problems), offline
     "gsm-symbolic"   reasoning-gym's procedural GSM-style word problems (oarl.data.gsm), offline
     "gsm8k"          openai/gsm8k ("main") from the Hugging Face hub; gold = the number after ``####``
     "math"           DigitalLearningGmbH/MATH-lighteval from the hub; gold = the last ``\\boxed{}`` of the solution
@@ -23,7 +24,7 @@ from oarl.data.gsm import INSTRUCTION as PHRASE_INSTRUCTION  # "... end with 'Th
 
 logger = logging.getLogger(__name__)
 
-DATASET_CHOICES = ("arithmetic", "gsm-symbolic", "gsm8k", "math")
+DATASET_CHOICES = ("arithmetic", "word-problems", "gsm-symbolic", "gsm8k", "math")
 # name -> (hub path, config, where the problem and gold answer are: an oarl.data.benchmarks.Schema)
 HUB_DATASETS = {
     "gsm8k": ("openai/gsm8k", "main", Schema("question", "answer", gold="after_hash")),  # gold after ####
@@ -33,6 +34,7 @@ BOXED_INSTRUCTION = "Please reason step by step, and put your final answer withi
 # Instruction appended to each problem when the caller gives none ("" appends nothing).
 DEFAULT_INSTRUCTIONS = {
     "arithmetic": PHRASE_INSTRUCTION,
+    "word-problems": PHRASE_INSTRUCTION,  # = oarl.data.word_problems.INSTRUCTION
     "gsm-symbolic": PHRASE_INSTRUCTION,
     "gsm8k": PHRASE_INSTRUCTION,
     "math": BOXED_INSTRUCTION,
@@ -40,7 +42,7 @@ DEFAULT_INSTRUCTIONS = {
 }
 _NUMBER_WITH_COMMAS = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")  # "1,003" -> "1003" (GSM8K style)
 _MAX_LISTED_ROWS = 10  # malformed JSONL rows listed in an error message
-DEFAULT_SIZES = {"gsm-symbolic": 2000}  # procedural datasets need a size; the others default to all rows
+DEFAULT_SIZES = {"gsm-symbolic": 2000}  # word-problems: the SmolLM2 regime's n_rl_prompts  # procedural datasets need a size; the others default to all rows
 
 
 def _valid_choices_text() -> str:
@@ -88,6 +90,14 @@ def _gsm_symbolic(split: str, size: int | None, seed: int, instruction: str, con
 
     n = size if size is not None else DEFAULT_SIZES["gsm-symbolic"]
     return gsm_symbolic(n, seed, split, conversational=conversational, instruction=instruction)
+
+
+def _word_problems(split: str, size: int | None, seed: int, instruction: str, conversational: bool):
+    from oarl.data.word_problems import SMOLLM2_REGIME as regime
+    from oarl.data.word_problems import dataset
+
+    n = size if size is not None else regime.n_rl_prompts
+    return dataset(split, n, seed, conversational=conversational, instruction=instruction, **regime.task_kwargs())
 
 
 def _hub(name: str, split: str, size: int | None, seed: int, instruction: str, conversational: bool):
@@ -175,6 +185,8 @@ def load_train_dataset(
     instruction = DEFAULT_INSTRUCTIONS[key] if instruction is None else instruction
     if name == "arithmetic":
         return _arithmetic(split, size, seed, instruction, conversational)
+    if name == "word-problems":
+        return _word_problems(split, size, seed, instruction, conversational)
     if name == "gsm-symbolic":
         return _gsm_symbolic(split, size, seed, instruction, conversational)
     if name in HUB_DATASETS:
