@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -80,3 +81,43 @@ def test_smollm2_picks_its_regime_and_flags_win():
     assert config.learning_rate == 3e-6 and config.max_steps == 2
     train_args, config = parse_args(["--model", "smollm2-135m", "--dataset", "gsm-symbolic"])
     assert train_args.dataset == "gsm-symbolic" and config.max_steps != SMOLLM2_REGIME.rl_steps
+
+
+@pytest.mark.slow
+def test_smollm2_job_end_to_end(tmp_path):
+    """`oarl train --model smollm2-135m`, shortened by flags: the warm start (one SFT step, cached), one RL
+    step with OAR-G, held-out accuracy before and after, every phase with a progress line."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from oarl.models import loading
+
+    try:
+        gguf = loading.smollm2_gguf_path()
+    except ImportError as exc:
+        pytest.skip(str(exc))
+    cache = tmp_path / "cache"
+    converted = loading.cache_dir() / "models" / "smollm2-135m"
+    if (converted / "oarl_source.json").is_file():  # reuse the float32 conversion, not the warm start
+        (cache / "models").mkdir(parents=True)
+        (cache / "models" / "smollm2-135m").symlink_to(converted)
+    env = {**os.environ, "OARL_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "run"
+    args = ["--model", "smollm2-135m", "--sft_steps", "1", "--max_steps", "1", "--num_generations", "2",
+            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--max_completion_length", "24",
+            "--eval_size", "2", "--eval_samples", "1", "--output_dir", str(run)]
+    proc = subprocess.run([sys.executable, "-m", "oarl.cli", "train", *args], env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert gguf.is_file()
+    for phase in ("warm start:", "held-out test:", "oarl train:"):
+        assert phase in proc.stdout + proc.stderr, phase
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 1 and summary["credit"] == "gradient"
+    for when in ("heldout_before", "heldout_after"):
+        assert summary[when]["test"]["n_problems"] == 2 and 0.0 <= summary[when]["test"]["avg"] <= 1.0
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["dataset"] == "word-problems" and config["sft_steps"] == 1
+    assert len(list((cache / "warmstart").iterdir())) == 1  # the warm start is cached

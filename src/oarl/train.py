@@ -51,8 +51,9 @@ class TrainArgs:
     runs_dir: str = field(default="runs", metadata={"help": "Parent folder of run directories named "
                                                    "<credit>-<model>-<time> (unless --output_dir names the run directory)."})
     resume: str | None = field(default=None, metadata={"help": "A run directory to continue from its last checkpoint."})
-    sft_steps: int | None = field(default=None, metadata={"help": "Supervised warm-start steps of the tiny model "
-                                                             "(default: the embedded regime's). Cached by config."})
+    sft_steps: int | None = field(default=None, metadata={"help": "Supervised warm-start steps of the tiny model, "
+                                                             "or of smollm2-135m on word problems (0: none) "
+                                                             "(default: the regime's). Cached by config."})
     eval_size: int | None = field(default=None, metadata={"help": "Held-out problems per split (default: regime's; "
                                                           "0 disables held-out evaluation)."})
     eval_samples: int | None = field(default=None, metadata={"help": "Samples per held-out problem for avg@n."})
@@ -87,6 +88,10 @@ def _smollm2_defaults() -> dict:
     return {
         **regime.grpo_kwargs(),
         "credit": "gradient",
+        # a credit pass holds no more rows than a training micro-batch; OAR-P perturbs whole sentences (token
+        # by token it costs ~50 training steps per 256-token completion on this model: experiments/SMOLLM2.md)
+        "credit_batch_size": regime.micro_batch_size,
+        "credit_span": "sentence",
         "logging_steps": 1,
         "save_strategy": "steps",
         "save_steps": max(1, regime.rl_steps // 4),
@@ -286,7 +291,10 @@ def _load_model_and_data(train_args: TrainArgs, config):
     from .data import load_train_dataset
     from .models.loading import load_model
 
-    model, tokenizer = load_model(train_args.model)
+    if (train_args.model, train_args.dataset) == SMOLLM2:
+        model, tokenizer = load_model(_smollm2_warm_start(train_args.sft_steps))
+    else:
+        model, tokenizer = load_model(train_args.model)
     conversational = getattr(tokenizer, "chat_template", None) is not None
     kw = dict(size=train_args.train_size, seed=config.seed, problem_field=train_args.problem_field,
               answer_field=train_args.answer_field, conversational=conversational)
@@ -305,6 +313,23 @@ def _load_model_and_data(train_args: TrainArgs, config):
                                                      "conversational": False})
         heldout = {"test": [{"problem": r["prompt"], "answer": r["answer"]} for r in test]}
     return model, tokenizer, train, heldout, None, [rewards.accuracy, rewards.format]
+
+
+def _smollm2_warm_start(sft_steps: int | None) -> str:
+    """The SmolLM2 job's model: the regime's supervised warm start on worked solutions (trained once, then
+    cached), or the plain model with ``--sft_steps 0``."""
+    import dataclasses
+
+    from .data.word_problems import SMOLLM2_REGIME
+    from .models.warmstart import is_cached, warm_start
+
+    regime = SMOLLM2_REGIME if sft_steps is None else dataclasses.replace(SMOLLM2_REGIME, sft_steps=sft_steps)
+    if regime.sft_steps == 0:
+        return SMOLLM2[0]
+    cfg = regime.warmstart_config()
+    if not is_cached(cfg):
+        print(f"warm start: {regime.sft_steps} supervised steps on worked solutions (once; cached afterwards)")
+    return warm_start(cfg, log_every=max(1, regime.sft_steps // 10))
 
 
 def run_train(train_args: TrainArgs, config) -> dict:

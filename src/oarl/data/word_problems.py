@@ -172,6 +172,10 @@ class Regime:
     max_operand: int = 20
     max_value: int = 50
     seed: int = 0
+    # supervised warm start on worked solutions (0 steps: none), cached by oarl.models.warmstart
+    sft_steps: int = 50
+    sft_batch_size: int = 8
+    sft_lr: float = 1e-4
     rl_steps: int = 20
     rl_lr: float = 1e-5
     num_generations: int = 8
@@ -186,6 +190,10 @@ class Regime:
 
     def task_kwargs(self) -> dict:
         return {"steps": self.steps, "ops": self.ops, "max_operand": self.max_operand, "max_value": self.max_value}
+
+    def warmstart_config(self) -> dict:
+        return {"base": "smollm2-135m", "task": self.task_kwargs(), "steps": self.sft_steps,
+                "batch_size": self.sft_batch_size, "learning_rate": self.sft_lr, "seed": self.seed}
 
     def grpo_kwargs(self) -> dict:
         per_step = self.prompts_per_step * self.num_generations

@@ -1,7 +1,10 @@
-"""Supervised warm start of the tiny model on (partly flawed) arithmetic demonstrations, cached on disk.
+"""Supervised warm starts, cached on disk: the tiny model on (partly flawed) arithmetic demonstrations, and
+SmolLM2-135M-Instruct on worked solutions of word problems.
 
     path = warm_start(DEFAULT_REGIME.warmstart_config())   # trains once, then returns the cached directory
     model, tokenizer = load_tiny(path)
+    path = warm_start(SMOLLM2_REGIME.warmstart_config())   # {"base": "smollm2-135m", ...}
+    model, tokenizer = load_model(path)
 
 The cache key is a hash of the config (plus a format version), under ``$OARL_CACHE/warmstart/<hash>`` or
 ``~/.cache/oarl/warmstart/<hash>``; a finished directory holds ``warmstart.json`` (the config, the
@@ -9,7 +12,9 @@ training time and the final loss) next to the Hugging Face model files. Training
 sibling directory and renames it when done, so an interrupted run leaves no half-written cache entry.
 
 Training is TRL's ``SFTTrainer`` on prompt-completion pairs (loss on the completion tokens only, EOS
-appended by TRL), on CPU: bf16 off, gradient checkpointing off.
+appended by TRL), on CPU: bf16 off, gradient checkpointing off. For SmolLM2 (``cfg["base"]``) the pairs are
+conversational (the user message of ``oarl.data.word_problems.make_prompt``, the worked solution as the
+assistant's reply), so that the chat template is what the model learns under, as RL and evaluation ask.
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int =
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
-        info = _train(cfg, tmp, log_every=log_every)
+        train = _train_smollm2 if cfg.get("base") == "smollm2-135m" else _train
+        info = train(cfg, tmp, log_every=log_every)
         with open(tmp / "warmstart.json", "w") as f:
             json.dump({"config": cfg, "hash": out.name, **info}, f, indent=2, default=list)
         if out.exists():
@@ -134,3 +140,57 @@ def _train(cfg: dict, out_dir: Path, log_every: int) -> dict:
         "num_demos": len(rows),
         "flawed_fraction": sum(r["flawed"] for r in rows) / max(1, len(rows)),
     }
+
+
+def _train_smollm2(cfg: dict, out_dir: Path, log_every: int) -> dict:
+    """SmolLM2-135M-Instruct fine-tuned on ``steps x batch_size`` worked solutions of word problems (``task``:
+    :func:`oarl.data.word_problems.problems` keyword arguments), with a progress bar from the first step."""
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from oarl.data.word_problems import make_prompt, problems
+    from oarl.models.loading import load_model
+
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg["num_threads"]))
+    task = {k: tuple(v) if k == "steps" else v for k, v in cfg.get("task", {}).items()}
+    seed, steps, batch = int(cfg.get("seed", 0)), int(cfg["steps"]), int(cfg["batch_size"])
+    model, tokenizer = load_model(cfg["base"])
+    model.train()
+    tokenizer.padding_side = "right"  # training pads on the right; load_model's left padding is for generation
+    rows = problems("train", steps * batch, seed=seed + 1_000_003, **task)  # not the RL stream (seed + 0)
+    train = Dataset.from_list([{"prompt": make_prompt(r["question"]),
+                                "completion": [{"role": "assistant", "content": r["solution"]}]} for r in rows])
+    args = SFTConfig(
+        output_dir=str(out_dir / "_trainer"),
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        learning_rate=float(cfg["learning_rate"]),
+        lr_scheduler_type="cosine",
+        warmup_steps=int(cfg.get("warmup_steps", max(1, steps // 10))),
+        max_length=512,
+        packing=False,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        gradient_checkpointing=False,
+        report_to="none",
+        logging_steps=log_every,
+        save_strategy="no",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    trainer.model.save_pretrained(out_dir)
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(out_dir)
+    shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"train_seconds": seconds, "final_loss": losses[-1] if losses else result.training_loss,
+            "loss_history": losses, "num_demos": len(rows)}
