@@ -177,7 +177,7 @@ class Regime:
     sft_batch_size: int = 8
     sft_lr: float = 1e-4
     rl_steps: int = 20
-    rl_lr: float = 1e-5
+    rl_lr: float = 2e-5
     num_generations: int = 8
     prompts_per_step: int = 4
     micro_batch_size: int = 8
