@@ -82,13 +82,43 @@ def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int =
     return str(out)
 
 
+def _sft_config(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int, disable_tqdm: bool):
+    """The SFTConfig of a warm start: cosine lr with warm-up, on CPU in float32, no checkpoints."""
+    from trl import SFTConfig
+
+    from oarl.trainer import ACTIVATION_CHECKPOINTING
+
+    seed = int(cfg.get("seed", 0))
+    return SFTConfig(
+        output_dir=str(out_dir / "_trainer"),
+        max_steps=int(cfg["steps"]),
+        per_device_train_batch_size=int(cfg["batch_size"]),
+        learning_rate=float(cfg["learning_rate"]),
+        lr_scheduler_type="cosine",
+        warmup_steps=int(cfg.get("warmup_steps", warmup_steps)),
+        weight_decay=float(cfg.get("weight_decay", 0.0)),
+        max_length=max_length,
+        packing=False,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+        **{ACTIVATION_CHECKPOINTING: False},
+        report_to="none",
+        logging_steps=log_every,
+        save_strategy="no",
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=disable_tqdm,
+    )
+
+
 def _train(cfg: dict, out_dir: Path, log_every: int) -> dict:
     import torch
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from oarl.data.arithmetic import ArithmeticTask, as_dataset, demos
     from oarl.models.tiny import build_tiny, save_tiny
-    from oarl.trainer import ACTIVATION_CHECKPOINTING
 
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg["num_threads"]))
@@ -104,28 +134,7 @@ def _train(cfg: dict, out_dir: Path, log_every: int) -> dict:
     rows = demos(steps * batch, seed=seed, task=task)
     train = as_dataset([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 
-    args = SFTConfig(
-        output_dir=str(out_dir / "_trainer"),
-        max_steps=steps,
-        per_device_train_batch_size=batch,
-        learning_rate=float(cfg["learning_rate"]),
-        lr_scheduler_type="cosine",
-        warmup_steps=int(cfg.get("warmup_steps", max(1, steps // 20))),
-        weight_decay=float(cfg.get("weight_decay", 0.0)),
-        max_length=256,
-        packing=False,
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        **{ACTIVATION_CHECKPOINTING: False},
-        report_to="none",
-        logging_steps=log_every,
-        save_strategy="no",
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 20), max_length=256, disable_tqdm=True)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     t0 = time.perf_counter()
     result = trainer.train()
@@ -147,7 +156,7 @@ def _train_smollm2(cfg: dict, out_dir: Path, log_every: int) -> dict:
     :func:`oarl.data.word_problems.problems` keyword arguments), with a progress bar from the first step."""
     import torch
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from oarl.data.word_problems import make_prompt, problems
     from oarl.models.loading import load_model
@@ -162,27 +171,7 @@ def _train_smollm2(cfg: dict, out_dir: Path, log_every: int) -> dict:
     rows = problems("train", steps * batch, seed=seed + 1_000_003, **task)  # not the RL stream (seed + 0)
     train = Dataset.from_list([{"prompt": make_prompt(r["question"]),
                                 "completion": [{"role": "assistant", "content": r["solution"]}]} for r in rows])
-    args = SFTConfig(
-        output_dir=str(out_dir / "_trainer"),
-        max_steps=steps,
-        per_device_train_batch_size=batch,
-        learning_rate=float(cfg["learning_rate"]),
-        lr_scheduler_type="cosine",
-        warmup_steps=int(cfg.get("warmup_steps", max(1, steps // 10))),
-        max_length=512,
-        packing=False,
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
-        gradient_checkpointing=False,
-        report_to="none",
-        logging_steps=log_every,
-        save_strategy="no",
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-    )
+    args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 10), max_length=512, disable_tqdm=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     t0 = time.perf_counter()
     result = trainer.train()
