@@ -305,7 +305,7 @@ def _load_model_and_data(train_args: TrainArgs, config):
 
         n_eval = SMOLLM2_REGIME.eval_problems if train_args.eval_size is None else train_args.eval_size
         rows = problems("test", n_eval, seed=SMOLLM2_REGIME.seed, **SMOLLM2_REGIME.task_kwargs())
-        heldout = {"test": [{"problem": r["question"], "answer": r["answer"]} for r in rows]}
+        heldout = {"test": [{"problem": r["question"], "answer": r["answer"]} for r in rows]} if n_eval else {}
         # asked the way training asks: the question and the instruction in one user message
         return model, tokenizer, train, heldout, "{problem}\n" + INSTRUCTION, [rewards.accuracy]
     if train_args.dataset == "gsm-symbolic" and (train_args.eval_size or 0) > 0:

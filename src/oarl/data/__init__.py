@@ -42,7 +42,8 @@ DEFAULT_INSTRUCTIONS = {
 }
 _NUMBER_WITH_COMMAS = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")  # "1,003" -> "1003" (GSM8K style)
 _MAX_LISTED_ROWS = 10  # malformed JSONL rows listed in an error message
-DEFAULT_SIZES = {"gsm-symbolic": 2000}  # word-problems: the SmolLM2 regime's n_rl_prompts  # procedural datasets need a size; the others default to all rows
+# procedural datasets need a size (word-problems: the SmolLM2 regime's n_rl_prompts); the others default to all rows
+DEFAULT_SIZES = {"gsm-symbolic": 2000}
 
 
 def _valid_choices_text() -> str:
