@@ -66,6 +66,8 @@ _PHRASE_BEFORE_BOX = re.compile(
     re.IGNORECASE,
 )
 _BOX_LEAD_WINDOW = 80  # characters before a box searched for its phrase lead-in
+MAX_EXPRESSION_CHARS = 400  # a plain-text answer is never longer; bounds the cost of degenerate completions
+MAX_FORMULA_CHARS = 4000  # nor is a $...$ / \[...\] answer
 
 # --- the leading mathematical expression of a statement ---------------------------------------------------
 _SKIP = re.compile(r"(?:[ \t]+|\n|\*\*?|__|(?:therefore|thus|hence|simply|just|exactly|clearly)\b,?|[:=](?!=))",
@@ -83,7 +85,7 @@ _JOINERS = {"and", "or"}
 _LATEX_OPERATORS = {
     "\\times", "\\cdot", "\\div", "\\pm", "\\mp", "\\le", "\\leq", "\\ge", "\\geq", "\\ne", "\\neq", "\\approx",
     "\\to", "\\in", "\\cup", "\\cap", "\\setminus", "\\left", "\\right", "\\quad", "\\qquad", "\\,", "\\;",
-    "\\:", "\\!", "\\ ", "\\$", "\\frac", "\\dfrac", "\\tfrac", "\\sqrt",
+    "\\:", "\\!", "\\ ", "\\frac", "\\dfrac", "\\tfrac", "\\sqrt",
 }
 _OPERATORS = set("+-*/^_=<>|×÷·±∓−≤≥≠≈√")
 _POSTFIX = set("!%°'′")
@@ -91,11 +93,11 @@ _CONSTANTS = set("π∞")
 _OPEN, _CLOSE = "([{", ")]}"
 
 
-def match_brace(text: str, open_idx: int) -> int | None:
-    """Index of the '}' closing the '{' at open_idx, or None if it is never closed."""
+def match_brace(text: str, open_idx: int, end: int | None = None) -> int | None:
+    """Index of the '}' closing the '{' at open_idx, or None if it is not closed before ``end``."""
     depth = 0
     i = open_idx
-    n = len(text)
+    n = len(text) if end is None else end
     while i < n:
         c = text[i]
         if c == "\\" and i + 1 < n:  # an escaped brace \{ or \} does not count
@@ -125,7 +127,7 @@ def _skip_spaces(text: str, i: int, end: int) -> int:
     return i
 
 
-def _starts_expression(text: str, i: int, end: int) -> bool:
+def _starts_expression(text: str, i: int, end: int, look_past_joiner: bool = True) -> bool:
     """Does an operand start at i (a number, a command, a bracket, a formula, a variable that is no word)?"""
     if i >= end:
         return False
@@ -139,10 +141,10 @@ def _starts_expression(text: str, i: int, end: int) -> bool:
         return c == "." and i + 1 < end and text[i + 1].isdigit()
     if word.group(0).lower() in _MATH_WORDS:
         return True
-    return len(word.group(0)) == 1 and not _word_follows(text, word.end(), end)
+    return len(word.group(0)) == 1 and not _word_follows(text, word.end(), end, look_past_joiner)
 
 
-def _word_follows(text: str, i: int, end: int) -> bool:
+def _word_follows(text: str, i: int, end: int, look_past_joiner: bool = True) -> bool:
     """Is the next thing after i (past spaces) an English word, i.e. was the letter before it a word too?"""
     j = _skip_spaces(text, i, end)
     if j == i or j >= end:
@@ -150,14 +152,15 @@ def _word_follows(text: str, i: int, end: int) -> bool:
     word = _WORD.match(text, j, end)
     if word is None:
         return False
-    if word.group(0).lower() in _JOINERS:
-        return not _starts_expression(text, _skip_spaces(text, word.end(), end), end)
+    if word.group(0).lower() in _JOINERS:  # "x and y": look one word further, no more (a loop of "a and a
+        # and ..." in a degenerate completion must not recurse)
+        return not (look_past_joiner and _starts_expression(text, _skip_spaces(text, word.end(), end), end, False))
     return word.group(0).lower() not in _MATH_WORDS
 
 
-def _formula(text: str, i: int, end: int) -> tuple[int, int] | int | None | bool:
-    """The content span of a formula opening at i, None if it is empty, False if none opens, or the position
-    after the opening when it is never closed."""
+def _formula(text: str, i: int, end: int) -> tuple[int, int] | None:
+    """(content start, closing position) of a formula opening at i, the closing -1 if it is never closed;
+    None if no formula opens at i."""
     for opening, closing in _FORMULAS:
         if text.startswith(opening, i):
             start = i + len(opening)
@@ -167,13 +170,9 @@ def _formula(text: str, i: int, end: int) -> tuple[int, int] | int | None | bool
             while True:
                 close = text.find(closing, close, end if stop < 0 else stop)
                 if close < 0 or text[close - 1] != "\\":
-                    break
+                    return start, close
                 close += 1  # an escaped \$ inside the formula
-            if close < 0:
-                return start  # never closed: read on as plain text
-            a, b = _strip_span(text, start, close, ".,;")
-            return (a, b) if b > a else None
-    return False
+    return None
 
 
 def _plain_expression_end(text: str, i: int, end: int) -> int:
@@ -228,7 +227,7 @@ def _plain_expression_end(text: str, i: int, end: int) -> int:
             depth, j = 1, k + 2
             continue
         if text.startswith("\\begin{", k):  # an environment (matrix): up to its \end
-            close = match_brace(text, k + 6)
+            close = match_brace(text, k + 6, end)
             stop = -1 if close is None else text.find("\\end" + text[k + 6 : close + 1], close, end)
             if stop < 0 or (spaced and prev == "operand"):
                 break
@@ -244,8 +243,8 @@ def _plain_expression_end(text: str, i: int, end: int) -> int:
                 break
             j = command.end()
             while j < end and text[j] == "{":  # the command's arguments
-                close = match_brace(text, j)
-                if close is None or close >= end:
+                close = match_brace(text, j, end)
+                if close is None:
                     return last
                 j = close + 1
             if name in _LATEX_OPERATORS and j == command.end():
@@ -313,7 +312,7 @@ def _plain_expression_end(text: str, i: int, end: int) -> int:
 def leading_expression(text: str, start: int, end: int | None = None) -> tuple[int, int] | None:
     """Span [a, b) of the mathematical expression that starts the statement text[start:end] (rule 3 of the
     module docstring), or None when the statement does not start with one."""
-    end = len(text) if end is None else end
+    end = min(len(text) if end is None else end, start + MAX_FORMULA_CHARS)
     i = start
     while True:  # skip emphasis, spaces, a colon, filler words
         m = _SKIP.match(text, i, end)
@@ -323,13 +322,13 @@ def leading_expression(text: str, start: int, end: int | None = None) -> tuple[i
     currency = _CURRENCY.match(text, i, end)
     if currency:
         i = _skip_spaces(text, currency.end(), end)
-    else:
-        span = _formula(text, i, end)
-        if isinstance(span, int) and not isinstance(span, bool):
-            i = span
-        elif span is not False:
-            return span
-    b = _plain_expression_end(text, i, end)
+    elif (formula := _formula(text, i, end)) is not None:
+        start, close = formula
+        if close >= 0:
+            a, b = _strip_span(text, start, close, ".,;")
+            return (a, b) if b > a else None
+        i = start  # never closed: read on as plain text
+    b = _plain_expression_end(text, i, min(end, i + MAX_EXPRESSION_CHARS))
     return (i, b) if b > i else None
 
 
@@ -351,6 +350,8 @@ def _last_box(text: str) -> FinalAnswer | None | bool:
             if close is None:
                 return None  # cut inside the box
             a, b = _strip_span(text, i + 1, close)
+        elif not text[i:].strip():
+            return None  # cut right after "\boxed"
         else:  # "\boxed 5": the expression after it
             span = leading_expression(text, i, _line_end(text, i))
             a, b = span if span else (i, i)
@@ -359,19 +360,21 @@ def _last_box(text: str) -> FinalAnswer | None | bool:
     return False
 
 
-def _statements(text: str):
-    """Yield (statement_start, FinalAnswer | None) for the #### and phrase statements; None = empty."""
-    for m in _HASH.finditer(text):
-        line_end = _line_end(text, m.end())
-        span = leading_expression(text, m.end(), line_end) or _strip_span(text, m.end(), line_end, ".")
-        a, b = span
-        yield m.start(), (FinalAnswer(text[a:b], m.start(), a, b, "hash") if b > a else None)
-    for m in _PHRASE.finditer(text):
+def _last_statement(text: str) -> FinalAnswer | None:
+    """The last #### or phrase statement (None if there is none or the last one is an empty ####). Tried from
+    the end, so that a long completion costs one or two scans, not one per statement."""
+    starts = [(m.start(), m, "hash") for m in _HASH.finditer(text)] + [(m.start(), m, "phrase") for m in _PHRASE.finditer(text)]
+    for _, m, style in sorted(starts, key=lambda x: x[0], reverse=True):
+        if style == "hash":
+            line_end = _line_end(text, m.end())
+            a, b = leading_expression(text, m.end(), line_end) or _strip_span(text, m.end(), line_end, ".")
+            return FinalAnswer(text[a:b], m.start(), a, b, "hash") if b > a else None
         stmt = m.start() + len(m.group(0)) - len(m.group(0).lstrip())
         # the statement runs to the line end, or beyond it when the answer starts on a following line
         span = leading_expression(text, m.end(), len(text))
         if span is not None and _BOX.match(text, span[0]) is None:
-            yield stmt, FinalAnswer(text[span[0] : span[1]], stmt, span[0], span[1], "phrase")
+            return FinalAnswer(text[span[0] : span[1]], stmt, span[0], span[1], "phrase")
+    return None
 
 
 def find_final_answer(text: str) -> FinalAnswer | None:
@@ -380,13 +383,7 @@ def find_final_answer(text: str) -> FinalAnswer | None:
     if not text:
         return None
     boxed = _last_box(text)
-    if boxed is not False:
-        return boxed
-    best_pos, best = -1, None
-    for pos, cand in _statements(text):
-        if pos > best_pos:
-            best_pos, best = pos, cand
-    return best
+    return _last_statement(text) if boxed is False else boxed
 
 
 def extract_answer(text: str) -> str | None:

@@ -1,0 +1,128 @@
+"""Answer finding and verification on real text, before and after a change (issue 9).
+
+Two corpora, each scored by the current tree and by a baseline revision of oarl (``--baseline``, default
+the commit before issue 9's rules) in child processes, so that one command prints both:
+
+(a) worked solutions of the shared benchmark files: the final answer extracted from MATH-500, AIME24 and
+    Minerva ``solution`` and from GSM8K's ``answer`` text (with its ``####`` line) must verify against the
+    row's gold answer; rate per benchmark, and every failure with its reason;
+(b) SmolLM2-135M-Instruct completions saved by ``sample_smollm2.py`` (``smollm2_samples.jsonl``): verdict
+    per completion; every verdict that differs between the baseline and the tree is listed for hand-checking.
+
+    PYTHONPATH=src python experiments/answers/corpus.py [--baseline REV] [--failures]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SAMPLES = HERE / "smollm2_samples.jsonl"
+BASELINE = "3d520c2"  # main before issue 9
+DATA = ROOT.parent / "shared" / "data" / "benchmarks"
+if not DATA.is_dir():
+    DATA = Path("/work/shared/data/benchmarks")
+SOLUTIONS = {"math500": ("math500.jsonl", "solution"), "aime24": ("aime24.jsonl", "solution"),
+             "minerva": ("minerva_math.jsonl", "solution"), "gsm8k": ("gsm8k.jsonl", "answer")}
+
+# Runs in a child process with PYTHONPATH set to one version of oarl: prints one JSON object.
+_CHILD = r"""
+import json, sys
+from oarl.credit.answer import extract_answer
+from oarl.data.benchmarks import load_benchmark
+from oarl.rewards import normalize_gold, verify
+data, solutions, samples = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+out = {"solutions": {}, "samples": []}
+for name, (file, field) in solutions.items():
+    raw = [json.loads(l) for l in open(f"{data}/{file}") if l.strip()]
+    golds = load_benchmark(name, data_dir=data)
+    rows = []
+    for r, g in zip(raw, golds):
+        pred = extract_answer(r[field])
+        rows.append({"id": g["id"], "pred": pred, "gold": g["answer"], "ok": pred is not None and verify(pred, g["answer"])})
+    out["solutions"][name] = rows
+for line in open(samples) if samples else []:
+    s = json.loads(line)
+    pred = extract_answer(s["completion"])
+    gold = normalize_gold(s["gold"])
+    out["samples"].append({"pred": pred, "ok": bool(pred is not None and verify(pred, gold))})
+print(json.dumps(out))
+"""
+
+
+def score(src: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(src))
+    samples = str(SAMPLES) if SAMPLES.exists() else ""
+    res = subprocess.run([sys.executable, "-c", _CHILD, str(DATA), json.dumps(SOLUTIONS), samples],
+                         env=env, capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def baseline_src(rev: str, tmp: Path) -> Path:
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "src"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
+    return tmp / "src"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", default=BASELINE, help="git revision scored as 'before'")
+    ap.add_argument("--failures", action="store_true", help="list every failure of the worked solutions")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        before = score(baseline_src(args.baseline, Path(tmp)))
+    after = score(ROOT / "src")
+
+    print(f"(a) worked solutions: extracted final answer verifies against the gold (before = {args.baseline})")
+    print(f"{'benchmark':<10} {'rows':>5} {'before':>8} {'after':>8}")
+    for name in SOLUTIONS:
+        b, a = before["solutions"][name], after["solutions"][name]
+        rate = lambda rows: sum(r["ok"] for r in rows) / len(rows)
+        print(f"{name:<10} {len(a):>5} {rate(b):>8.2%} {rate(a):>8.2%}")
+    for name in SOLUTIONS:
+        fails = [r for r in after["solutions"][name] if not r["ok"]]
+        changed = [(x, y) for x, y in zip(before["solutions"][name], after["solutions"][name]) if x["ok"] != y["ok"]]
+        print(f"\n{name}: {len(fails)} failures after, {len(changed)} verdicts changed "
+              f"({sum(y['ok'] for _, y in changed)} to right, {sum(not y['ok'] for _, y in changed)} to wrong)")
+        for x, y in changed:
+            print(f"  changed {y['id']}: {x['pred']!r} {'right' if x['ok'] else 'wrong'} -> {y['pred']!r} "
+                  f"{'right' if y['ok'] else 'wrong'} (gold {y['gold']!r})")
+        if args.failures:
+            for r in fails:
+                why = "no final answer found" if r["pred"] is None else f"extracted {r['pred']!r} != gold {r['gold']!r}"
+                print(f"  FAIL {r['id']}: {why}")
+
+    if not SAMPLES.exists():
+        print(f"\n(b) no samples at {SAMPLES}: run sample_smollm2.py")
+        return
+    samples = [json.loads(line) for line in SAMPLES.open()]
+    print(f"\n(b) SmolLM2-135M-Instruct completions ({SAMPLES.name}): accuracy before -> after, answer found")
+    groups = Counter((s["benchmark"], s["style"]) for s in samples)
+    for key in sorted(groups):
+        idx = [i for i, s in enumerate(samples) if (s["benchmark"], s["style"]) == key]
+        acc = lambda res: sum(res["samples"][i]["ok"] for i in idx) / len(idx)
+        found = lambda res: sum(res["samples"][i]["pred"] is not None for i in idx) / len(idx)
+        print(f"  {key[0]:<8} {key[1]:<7} n={len(idx):>3}  acc {acc(before):6.1%} -> {acc(after):6.1%}   "
+              f"answer found {found(before):6.1%} -> {found(after):6.1%}")
+    changed = [i for i in range(len(samples)) if before["samples"][i]["ok"] != after["samples"][i]["ok"]]
+    moved = [i for i in range(len(samples)) if before["samples"][i]["pred"] != after["samples"][i]["pred"]]
+    print(f"  verdicts changed: {len(changed)} ({sum(after['samples'][i]['ok'] for i in changed)} wrong -> right, "
+          f"{sum(not after['samples'][i]['ok'] for i in changed)} right -> wrong); extracted answer changed: {len(moved)}")
+    for i in moved:
+        s, b, a = samples[i], before["samples"][i], after["samples"][i]
+        tail = s["completion"][-160:].replace("\n", "\\n")
+        mark = "VERDICT" if b["ok"] != a["ok"] else "answer "
+        print(f"  {mark} #{i} {s['benchmark']}/{s['style']} gold {s['gold']!r}: {b['pred']!r} {'right' if b['ok'] else 'wrong'}"
+              f" -> {a['pred']!r} {'right' if a['ok'] else 'wrong'}\n      ...{tail}")
+
+
+if __name__ == "__main__":
+    main()
