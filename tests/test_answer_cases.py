@@ -43,6 +43,11 @@ CASES = {
         ("The answer is 72 because 48 + 24 = 72.", "72", R),
         ("The answer is therefore 42, as required.", "42", R),
         ("The answer is 72. The answer is reasonable.", "72", R),  # a phrase that is no answer does not count
+        ("So, the final answer is 2 * $800 = $1600.", "1600", R),
+        ("The final answer is 25 x 4 = 100 apples.", "100", R),
+        ("The answer is 12 x 3 eggs.", "36", R),
+        ("The final answer is:\n\n72.\n", "72", R),  # alone on the next line
+        ("We can now determine the answer:\n1. Add the costs.\n2. Subtract the discount.", "1", W),  # a list, no answer
         ("The answer is 71 clips, altogether.", "72", W),
         ("The answer is 7, since 48+24=72.", "72", W),
         ("The answer is 4, not 5.", "5", W),

@@ -117,6 +117,7 @@ _ORDINAL = re.compile(
     r"(?<=\d)\s*(?:\^\s*\{?\s*(?:\\(?:text|mathrm|textrm)\s*\{\s*)?(?:st|nd|rd|th)\s*\}?\s*\}?"
     r"|\\(?:text|mathrm|textsuperscript)\s*\{\s*(?:st|nd|rd|th)\s*\}|(?:st|nd|rd|th))\s*\.?\s*$"
 )
+_TIMES_X = re.compile(r"(?<=\d)\s+[xX]\s+(?=\d)")  # "25 x 4": times, as GSM8K-style text writes it
 _SCIENTIFIC = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([-+]?\d+)(?![\w.])")
 _MIXED = re.compile(r"^\s*([-+]?)(\d+)\s+(\d+)\s*/\s*(\d+)\s*$")  # "1 1/4", not "1/4"
 _BOLD = re.compile(r"\\(?:textbf|mathbf|boldsymbol|bm)\s*(?=\{)")
@@ -131,7 +132,7 @@ def normalize_answer(text: str) -> str:
     Unicode operators (``−``, ``×``, ``π``) become LaTeX; ``1{,}000`` becomes ``1,000``; bold is dropped
     and a number in text or in parentheses is that number (AIME's ``\\textbf{(073)}`` -> ``073``); degree marks
     (``30°``, ``30^\\circ``) and an ordinal suffix at the end (``12^{\\text{th}}``, ``12th``) are dropped;
-    scientific notation ``1.5e3`` becomes ``1.5\\times10^{3}``; a plain mixed number ``1 1/4`` becomes
+    scientific notation ``1.5e3`` becomes ``1.5\\times10^{3}`` and ``25 x 4`` ``25 \\times 4``; a plain mixed number ``1 1/4`` becomes
     ``\\frac{5}{4}`` (as MATH reads ``1\\frac{1}{4}``).
     """
     for symbol, latex in _SYMBOLS.items():
@@ -146,6 +147,7 @@ def normalize_answer(text: str) -> str:
     text = _DEGREES.sub("", text)
     text = _ORDINAL.sub("", text)
     text = _SCIENTIFIC.sub(r"\1\\times10^{\2}", text)
+    text = _TIMES_X.sub(r" \\times ", text)
     mixed = _MIXED.match(text)
     if mixed and int(mixed[3]) < int(mixed[4]):
         sign, whole, num, den = mixed[1], int(mixed[2]), int(mixed[3]), int(mixed[4])

@@ -72,6 +72,7 @@ MAX_FORMULA_CHARS = 4000  # nor is a $...$ / \[...\] answer
 # --- the leading mathematical expression of a statement ---------------------------------------------------
 _SKIP = re.compile(r"(?:[ \t]+|\n|\*\*?|__|(?:therefore|thus|hence|simply|just|exactly|clearly)\b,?|[:=](?!=))",
                    re.IGNORECASE)
+_LINE_TAIL = re.compile(r"[\s.*_$]*")  # what may follow an answer on its own line: a period, emphasis, a "$"
 _CURRENCY = re.compile(r"(?:\\\$|\$)(?=[ \t]*[-+]?[\d.])")  # "$18", "\$1,000": a currency sign, not a formula
 _FORMULAS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
 _NUMBER = re.compile(r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+")
@@ -221,6 +222,9 @@ def _plain_expression_end(text: str, i: int, end: int) -> int:
             last, prev = j, "operand"
             continue
         integer_operand = False
+        if prev == "operator" and (currency := _CURRENCY.match(text, k, end)):  # "2 * $800 = $1600"
+            j = currency.end()
+            continue
         if text.startswith("\\{", k):  # a set \{1, 2\}
             if spaced and prev == "operand":
                 break
@@ -266,6 +270,9 @@ def _plain_expression_end(text: str, i: int, end: int) -> int:
                     j, prev = nxt, "operator"
                     continue
                 break
+            if lower == "x" and spaced and prev == "operand" and _NUMBER.match(text, _skip_spaces(text, word.end(), end), end):
+                j, prev = word.end(), "operator"  # "25 x 100": times
+                continue
             attached = not spaced and prev == "operand"  # "2x", "5cm", "12th"
             variable = len(lower) == 1 and prev != "operand" and not _word_follows(text, word.end(), end)
             if attached or variable or lower in _MATH_WORDS:
@@ -319,6 +326,12 @@ def leading_expression(text: str, start: int, end: int | None = None) -> tuple[i
         if m is None or m.end() == i:
             break
         i = m.end()
+    if "\n" in text[start:i]:  # "The answer is:\n\n72": a display formula, or alone on its line (not a list's "1.")
+        if text.startswith(("$$", "\\["), i):
+            return leading_expression(text, i, end)
+        line_end = _line_end(text, i)
+        span = leading_expression(text, i, line_end)
+        return span if span is not None and _LINE_TAIL.fullmatch(text, span[1], line_end) else None
     currency = _CURRENCY.match(text, i, end)
     if currency:
         i = _skip_spaces(text, currency.end(), end)
