@@ -256,3 +256,20 @@ def test_majority_by_value_matches_a_vote_on_exact_values(values, gold, data):
     counts = Counter(v for v in values if v is not None)
     expected = bool(counts) and max(counts, key=lambda v: (counts[v], -values.index(v))) == gold
     assert majority_correct(preds, [v == gold for v in values]) is expected
+
+
+def test_grouping_costs_one_worker_call_per_distinct_constant():
+    """maj@n must not be quadratic in math-verify calls: constants are grouped by their exact value."""
+    from oarl import rewards
+    from oarl.rewards import group_by_value, value_key
+
+    assert value_key("\\frac{\\sqrt{2}}{2}") == value_key("\\frac{1}{\\sqrt2}") != value_key("\\frac{\\sqrt{3}}{2}")
+    assert value_key("\\sin\\frac{\\pi}{6}") == value_key("1/2") == "q:1/2"
+    assert value_key("2^{100}+1") != value_key("2^{100}")
+    assert value_key("0.5") is None and value_key("x+1") is None and value_key("50\\%") is None  # verified pairwise
+    answers = [f"\\frac{{\\sqrt{{{k}}}}}{{{k + 1}}}" for k in range(2, 14)] + ["\\frac{\\sqrt{8}}{9}", "\\frac{2\\sqrt{2}}{9}"]
+    calls = rewards.stats["math_verify"]
+    labels = group_by_value(answers)
+    assert rewards.stats["math_verify"] - calls <= len(answers)  # one value key each, no pairwise verification
+    assert labels == list(range(12)) + [6, 6]  # sqrt(8)/9 = 2 sqrt(2)/9 is the 7th answer
+    assert group_by_value(["0.5", "\\frac{\\sqrt{2}}{2}", "0.707107", "1/2", None]) == [0, 1, 1, 0, None]

@@ -2,8 +2,9 @@
 of oarl, torch or math-verify at import time, so that the worker starts in about a second).
 
 Protocol: run as a script whose last argument is a memory limit in bytes; it prints ``{"ready": true}``, then reads
-``{"pred", "gold"}`` JSON lines and answers ``{"ok": bool}`` lines (``"error"`` added when math-verify
-raised: the item is wrong, the worker goes on).
+JSON lines and answers each with one line: ``{"pred", "gold"}`` -> ``{"ok": bool}`` (math-verify's verdict),
+``{"value"}`` -> ``{"value": str | null}`` (``value_key``); ``"error"`` is added when math-verify or sympy
+raised: the item is wrong (or has no key), the worker goes on.
 
 **Numbers compare exactly.** math-verify (0.9) decides most number pairs in ``grader.sympy_numeric_eq``,
 which rounds floats to 6 decimal places (so 1e-7 equals 2e-7) and compares any other constant expressions
@@ -100,6 +101,27 @@ def use_exact_numbers() -> None:
     grader.sympy_numeric_eq = numeric_eq
 
 
+def value_key(parsed: list) -> str | None:
+    """Key of the exact value of a parsed answer (``math_verify.parse`` output) that is a real constant with
+    no decimal in it: ``q:<p/q>`` for a rational, ``r:<30 significant digits>`` otherwise; None for anything
+    else (decimals are approximations, percentages are ambiguous, variables, sets, text)."""
+    from sympy import Expr, Float, UnevaluatedExpr
+
+    if not parsed or not isinstance(parsed[0], Expr):
+        return None
+    from math_verify import grader
+
+    expr = grader.safe_sympy_doit(parsed[0])
+    if not isinstance(expr, Expr) or expr.free_symbols or expr.atoms(Float) or expr.has(UnevaluatedExpr) or not expr.is_number:
+        return None
+    if expr.is_Rational:
+        return f"q:{expr}"
+    value = expr.evalf(EXACT_DIGITS)
+    if not (value.is_real and value.is_finite):
+        return None
+    return "r:" + str(value.evalf(30))
+
+
 def _boxed(answer: str) -> str:
     answer = answer.strip()
     return answer if answer.startswith("\\boxed") else "\\boxed{" + answer + "}"
@@ -129,8 +151,11 @@ def main(argv: list[str]) -> None:
     for line in sys.stdin:
         try:
             req = json.loads(line)
-            gold, pred = parse_boxed(req["gold"]), parse_boxed(req["pred"])
-            resp = {"ok": bool(gold) and bool(pred) and bool(verify(gold, pred, timeout_seconds=None))}
+            if "value" in req:
+                resp = {"value": value_key(parse_boxed(req["value"]))}
+            else:
+                gold, pred = parse_boxed(req["gold"]), parse_boxed(req["pred"])
+                resp = {"ok": bool(gold) and bool(pred) and bool(verify(gold, pred, timeout_seconds=None))}
         except BaseException as e:  # MemoryError, RecursionError, sympy errors: the item is wrong, go on
             resp = {"ok": False, "error": type(e).__name__ + ": " + str(e)[:200]}
         out.write(json.dumps(resp) + "\n")

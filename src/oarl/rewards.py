@@ -58,7 +58,7 @@ WORKER_RETRY_AFTER_S = 60.0  # after a failed worker start, use the fast path on
 WORKER_MEMORY_LIMIT_BYTES = 4 * 1024**3  # address-space cap of the worker (POSIX), against runaway sympy
 
 __all__ = ["accuracy", "format", "verify", "is_correct", "normalize_gold", "normalize_answer", "completion_text", "answer_key",
-           "group_by_value", "shutdown_verifier"]
+           "group_by_value", "value_key", "shutdown_verifier"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -295,15 +295,14 @@ class _Worker:
             return None
         return None if line is None else json.loads(line)
 
-    def check(self, pred: str, gold: str, timeout_s: float) -> bool | None:
-        """The verdict, or None if the worker timed out or died (the caller then restarts it)."""
+    def ask(self, request: dict, timeout_s: float) -> dict | None:
+        """The worker's answer to one request, or None if it timed out or died (the caller then restarts it)."""
         try:
-            self.proc.stdin.write(json.dumps({"pred": pred, "gold": gold}) + "\n")  # type: ignore[union-attr]
+            self.proc.stdin.write(json.dumps(request) + "\n")  # type: ignore[union-attr]
             self.proc.stdin.flush()  # type: ignore[union-attr]
         except (BrokenPipeError, OSError):
             return None
-        resp = self._next(timeout_s)
-        return None if resp is None else bool(resp.get("ok"))
+        return self._next(timeout_s)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -338,14 +337,15 @@ def shutdown_verifier() -> None:
 atexit.register(shutdown_verifier)
 
 
-def _math_verify(pred: str, gold: str, timeout_s: float) -> bool:
+def _ask_worker(request: dict, timeout_s: float) -> dict | None:
+    """Send one request to the math-verify worker (started on demand); None if it failed, timed out or died."""
     global _worker, _worker_pid, _worker_failed_at
     with _lock:
         if _worker is not None and _worker_pid != os.getpid():
             _worker = None  # inherited through fork: not ours to talk to
         if _worker is None:
             if _worker_failed_at is not None and time.monotonic() - _worker_failed_at < WORKER_RETRY_AFTER_S:
-                return False
+                return None
             try:
                 _worker, _worker_pid = _Worker(), os.getpid()
                 stats["worker_starts"] += 1
@@ -353,16 +353,35 @@ def _math_verify(pred: str, gold: str, timeout_s: float) -> bool:
             except Exception as e:  # never kill the run: score what the fast path cannot decide as 0
                 logger.warning("math-verify worker failed to start (%s); non-trivial answers score 0", e)
                 _worker_failed_at = time.monotonic()
-                return False
+                return None
         stats["math_verify"] += 1
-        verdict = _worker.check(pred, gold, timeout_s)
-        if verdict is None:
+        response = _worker.ask(request, timeout_s)
+        if response is None:
             stats["timeouts"] += 1
-            logger.warning("math-verify gave no verdict within %.1fs; scored 0: pred=%r gold=%r", timeout_s, pred[:80], gold[:80])
+            logger.warning("math-verify gave no answer within %.1fs; scored 0: %s", timeout_s, json.dumps(request)[:200])
             _worker.close()
             _worker = None
-            return False
-        return verdict
+        return response
+
+
+def _math_verify(pred: str, gold: str, timeout_s: float) -> bool:
+    response = _ask_worker({"pred": pred, "gold": gold}, timeout_s)
+    return bool(response and response.get("ok"))
+
+
+def value_key(answer: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
+    """The exact value of an answer that is a real constant, as a key (equal keys: equal values), or None.
+
+    Integers and fractions are keyed here (``q:1/2``); other constants without a decimal (``\\sqrt{2}/2``,
+    ``\\pi``, ``\\sin\\frac{\\pi}{6}``) by the worker: exactly if rational, else by 30 significant digits
+    of their value (``r:...``). None for decimals (approximations), percentages, expressions with variables,
+    sets, text, or when the worker gives no answer.
+    """
+    number = _as_number(_canonical(normalize_answer(answer)))
+    if number is not None:
+        return None if number.decimal or number.percent else f"q:{number.value}"
+    response = _ask_worker({"value": normalize_answer(answer)}, timeout_s)
+    return None if response is None else response.get("value")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -393,22 +412,32 @@ def group_by_value(answers: list[str | None], timeout_s: float = DEFAULT_TIMEOUT
     """Group answers that are equal by value: the label of each answer is the index of the first answer of its
     group (None stays None). ``["\\frac12", "3", "0.5"]`` -> ``[0, 1, 0]``.
 
-    Equal ``answer_key`` means the same group at no cost; each new key is compared by ``verify`` with the
-    first answer of every group so far, so a call costs at most (distinct keys) x (groups) verifications,
-    done in this process when both sides are numbers, else by math-verify (cached in the worker).
+    Cost, for n answers with D distinct ``answer_key`` values: equal keys share a group for free; each
+    distinct key gets its ``value_key`` (in this process for integers and fractions, one worker call for
+    another constant), and keys of equal value share a group. ``verify`` is called only where a side has no
+    value key (decimals, expressions in variables, sets, ...), against the first answer of each group so
+    far: 64 distinct constants cost 64 worker calls, not 64 x 63 / 2.
     """
     labels: list[int | None] = [None] * len(answers)
     label_of_key: dict[str, int] = {}
-    groups: list[tuple[str, int]] = []  # (first answer, its index)
+    label_of_value: dict[str, int] = {}
+    groups: list[tuple[str, int, str | None]] = []  # (first answer, its index, its value key)
     for i, answer in enumerate(answers):
         if answer is None:
             continue
         key = answer_key(answer)
         if key not in label_of_key:
-            match = next((label for first, label in groups if verify(answer, first, timeout_s)), None)
-            if match is None:
-                groups.append((answer, i))
-            label_of_key[key] = i if match is None else match
+            value = value_key(answer, timeout_s)
+            label = label_of_value.get(value) if value is not None else None
+            if label is None:
+                label = next((index for first, index, first_value in groups
+                              if (value is None or first_value is None) and verify(answer, first, timeout_s)), None)
+            if label is None:
+                label = i
+                groups.append((answer, i, value))
+            if value is not None:
+                label_of_value.setdefault(value, label)
+            label_of_key[key] = label
         labels[i] = label_of_key[key]
     return labels
 
