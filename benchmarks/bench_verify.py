@@ -2,13 +2,15 @@
 
     python benchmarks/bench_verify.py [--baseline REV] [--rounds 2]
 
-Items are (answer, gold) pairs of the shared benchmark files, scored three ways:
+Items, from the shared benchmark files (what a reward scores per completion):
 
-    gsm8k is_correct      the worked solution (``answer`` text with its ``####`` line) found and verified
-                          against the gold: what the reward does per completion (numbers: the fast path)
+    gsm8k solutions       ``is_correct`` of the 1,319 worked solutions (``answer`` text with its ``####`` line)
+                          against their gold: answer finding + verification (numbers: the fast path)
+    gsm8k wrong numbers   ``verify(gold + 1, gold)``: a wrong number, decided in-process
     gsm8k math-verify     the 1,319 golds against themselves with ``use_fast_path=False``: every pair through
                           the math-verify worker (the cost of an answer the fast path cannot decide)
-    math500 verify        the 500 MATH-500 golds against themselves, default path (LaTeX: mostly math-verify)
+    math500 solutions     ``is_correct`` of the 500 MATH-500 worked solutions against their gold (LaTeX:
+                          mostly the worker)
 
 The baseline (default: main before issue 9) and the tree run in child processes, alternately, ``--rounds``
 times; the table gives the best round of each and the ratio tree / baseline. The worker start is not timed.
@@ -48,9 +50,11 @@ def rate(fn, items):
     return len(items) / (time.perf_counter() - t0), ok
 
 out = {}
-out["gsm8k is_correct"] = rate(is_correct, [(r["answer"], g["answer"]) for r, g in zip(gsm_raw, gsm)])
+math_raw = [json.loads(l) for l in open(f"{data}/math500.jsonl") if l.strip()]
+out["gsm8k solutions"] = rate(is_correct, [(r["answer"], g["answer"]) for r, g in zip(gsm_raw, gsm)])
+out["gsm8k wrong numbers"] = rate(verify, [(str(int(g["answer"].replace(",", "")) + 1), g["answer"]) for g in gsm])
 out["gsm8k math-verify"] = rate(lambda a, b: verify(a, b, use_fast_path=False), [(g["answer"], g["answer"]) for g in gsm])
-out["math500 verify"] = rate(verify, [(r["answer"], r["answer"]) for r in math])
+out["math500 solutions"] = rate(is_correct, [(r["solution"], g["answer"]) for r, g in zip(math_raw, math)])
 print(json.dumps(out))
 """
 
@@ -76,7 +80,7 @@ def main() -> None:
                     if speed > best[label].get(name, (0.0, 0))[0]:
                         best[label][name] = (speed, ok)
                 print(f"round {r + 1}/{args.rounds}: {label} done", file=sys.stderr, flush=True)
-    print(f"{'items':<20} {'baseline items/s':>17} {'tree items/s':>13} {'ratio':>6}   right (baseline, tree)")
+    print(f"{'items':<20} {'baseline items/s':>17} {'tree items/s':>13} {'ratio':>6}   scored right (baseline, tree)")
     for name, (speed, ok) in best["tree"].items():
         base, base_ok = best["baseline"][name]
         print(f"{name:<20} {base:>17.0f} {speed:>13.0f} {speed / base:>6.2f}   {base_ok}, {ok}")

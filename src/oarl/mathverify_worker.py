@@ -49,9 +49,11 @@ def numeric_eq(a, b, float_rounding: int, numeric_precision: int) -> bool:
     """Drop-in for ``math_verify.grader.sympy_numeric_eq`` (same arguments): exact numbers compare exactly,
     decimals within ``approximately_equal`` (see the module docstring)."""
     from math_verify import grader
-    from sympy import Basic, Float, MatrixBase, Number
+    from sympy import Basic, Float, Integer, MatrixBase, Number
     from sympy.matrices.expressions import MatrixExpr
 
+    if isinstance(a, Integer) and isinstance(b, Integer):  # the most common pair, decided at once
+        return a == b
     if isinstance(a, (MatrixBase, MatrixExpr)) and isinstance(b, (MatrixBase, MatrixExpr)):
         return _ORIGINAL(a, b, float_rounding, numeric_precision)  # element by element, through this function
     if not (isinstance(a, Basic) and isinstance(b, Basic)):

@@ -123,6 +123,7 @@ _MIXED = re.compile(r"^\s*([-+]?)(\d+)\s+(\d+)\s*/\s*(\d+)\s*$")  # "1 1/4", not
 _BOLD = re.compile(r"\\(?:textbf|mathbf|boldsymbol|bm)\s*(?=\{)")
 _TEXT_NUMBER = re.compile(r"\\(?:text|textrm|mathrm)\s*\{\s*(\(?\s*[-+]?\d+(?:\.\d+)?\s*\)?)\s*\}")
 _PARENTHESISED_NUMBER = re.compile(r"^\(\s*([-+]?\d+(?:\.\d+)?)\s*\)$")  # AMC/AIME's "(073)"; not "(1,2)"
+_PLAIN_NUMBER = re.compile(r"\s*[-+]?\d[\d,]*(?:\.\d+)?\s*")  # nothing to normalise
 _SYMBOLS = {"−": "-", "×": "\\times ", "÷": "\\div ", "·": "\\cdot ", "π": "\\pi ", "∞": "\\infty ", "{,}": ","}
 
 
@@ -135,6 +136,8 @@ def normalize_answer(text: str) -> str:
     scientific notation ``1.5e3`` becomes ``1.5\\times10^{3}`` and ``25 x 4`` ``25 \\times 4``; a plain mixed number ``1 1/4`` becomes
     ``\\frac{5}{4}`` (as MATH reads ``1\\frac{1}{4}``).
     """
+    if _PLAIN_NUMBER.fullmatch(text):
+        return text.strip()
     for symbol, latex in _SYMBOLS.items():
         text = text.replace(symbol, latex)
     while (bold := _BOLD.search(text)) is not None:  # bold is formatting: \textbf{(073)} -> (073)
@@ -399,6 +402,9 @@ def verify(pred_text: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S, use_
     pred_text, gold = str(pred_text).strip(), str(gold).strip()
     if not pred_text or not gold:
         return False
+    if use_fast_path and pred_text == gold:
+        stats["fast"] += 1
+        return True
     pred_text, gold = normalize_answer(pred_text), normalize_answer(gold)
     if use_fast_path:
         verdict = _fast_verdict(pred_text, gold)

@@ -376,7 +376,8 @@ def _last_box(text: str) -> FinalAnswer | None | bool:
 def _last_statement(text: str) -> FinalAnswer | None:
     """The last #### or phrase statement (None if there is none or the last one is an empty ####). Tried from
     the end, so that a long completion costs one or two scans, not one per statement."""
-    starts = [(m.start(), m, "hash") for m in _HASH.finditer(text)] + [(m.start(), m, "phrase") for m in _PHRASE.finditer(text)]
+    phrases = _PHRASE.finditer(text) if "answer" in text.lower() else ()  # the regex is the costly part
+    starts = [(m.start(), m, "hash") for m in _HASH.finditer(text)] + [(m.start(), m, "phrase") for m in phrases]
     for _, m, style in sorted(starts, key=lambda x: x[0], reverse=True):
         if style == "hash":
             line_end = _line_end(text, m.end())
