@@ -273,3 +273,17 @@ def test_grouping_costs_one_worker_call_per_distinct_constant():
     assert rewards.stats["math_verify"] - calls <= len(answers)  # one value key each, no pairwise verification
     assert labels == list(range(12)) + [6, 6]  # sqrt(8)/9 = 2 sqrt(2)/9 is the 7th answer
     assert group_by_value(["0.5", "\\frac{\\sqrt{2}}{2}", "0.707107", "1/2", None]) == [0, 1, 1, 0, None]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.decimals(-100, 100, places=7, allow_nan=False, allow_infinity=False), FRACTIONS, st.booleans())
+def test_decimals_match_within_the_tolerance_symmetrically(decimal, fraction, near):
+    """A decimal equals a fraction iff within |a - b| <= 1e-6 * min(1, max(|a|, |b|)), both ways round."""
+    from oarl.mathverify_worker import approximately_equal
+
+    if near:  # the fraction written to 6 or 7 places: the approximations that should pass, and their neighbours
+        decimal = round(fraction.numerator / fraction.denominator, 6 + int(decimal) % 2)
+    value = Fraction(str(decimal))
+    x, y = str(decimal), f"\\frac{{{fraction.numerator}}}{{{fraction.denominator}}}"
+    expected = value == fraction or approximately_equal(value, fraction)
+    assert verify(x, y) is verify(y, x) is expected
