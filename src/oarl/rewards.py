@@ -131,10 +131,10 @@ def normalize_answer(text: str) -> str:
     """One spelling for notations that mean the same number; both the answer and the gold go through it.
 
     Unicode operators (``−``, ``×``, ``π``) become LaTeX; ``1{,}000`` becomes ``1,000``; bold is dropped
-    and a number in text or in parentheses is that number (AIME's ``\\textbf{(073)}`` -> ``073``); degree marks
-    (``30°``, ``30^\\circ``) and an ordinal suffix at the end (``12^{\\text{th}}``, ``12th``) are dropped;
-    scientific notation ``1.5e3`` becomes ``1.5\\times10^{3}`` and ``25 x 4`` ``25 \\times 4``; a plain mixed number ``1 1/4`` becomes
-    ``\\frac{5}{4}`` (as MATH reads ``1\\frac{1}{4}``).
+    and a number in text or in parentheses is that number (AIME's ``\\textbf{(073)}`` -> ``073``); degree
+    marks (``30°``, ``30^\\circ``) and an ordinal suffix at the end (``12^{\\text{th}}``, ``12th``) are
+    dropped; scientific notation ``1.5e3`` becomes ``1.5\\times10^{3}``, and ``25 x 4`` ``25 \\times 4``;
+    a plain mixed number ``1 1/4`` becomes ``\\frac{5}{4}`` (as MATH reads ``1\\frac{1}{4}``).
     """
     if _PLAIN_NUMBER.fullmatch(text):
         return text.strip()
