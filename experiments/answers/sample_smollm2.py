@@ -5,8 +5,9 @@ The completions are saved once (``smollm2_samples.jsonl`` beside this file) so t
 
 Per benchmark: the first ``--problems`` rows of a seeded shuffle, one sample per row for each of two
 instructions in the chat template: oarl eval's (``\\boxed{}``) and oarl's plain one ("The answer is").
-``--backend vllm`` (run with a Python that has vLLM, e.g. the CPU build) is much faster than HF ``generate`` here: 13 minutes for these 256
-rows on the loaded 2-core box, where HF took 53 minutes for the first 16 (ANSWERS.md).
+``--backend vllm`` (run with a Python that has vLLM, e.g. the CPU build) is much faster than HF
+``generate`` here: 13 minutes for these 256 rows on the loaded 2-core box, where HF took 53 minutes for
+the first 16 (ANSWERS.md).
 
     PYTHONPATH=src python experiments/answers/sample_smollm2.py --problems 64 --backend vllm
 """
