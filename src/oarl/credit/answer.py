@@ -23,8 +23,13 @@ graders of MATH (last boxed answer) and GSM8K (``####``), extended to how chat m
    plain text made of numbers (``1,000``, ``3.5``, ``1.5e3``), operators, brackets (``(1, 2]``), LaTeX
    commands with their arguments, single-letter variables, and expressions joined by commas, "and" or "or"
    (``2, 3 and 5``: a list stays a list, a hedge ``5 or 6`` is not read as ``5``). It ends at a word, a
-   clause, a sentence end or the line end. A phrase whose text is not mathematical ("The answer is
-   reasonable") is not a statement; a ``####`` line that holds no expression is taken whole.
+   clause, a sentence end or the line end; an ``x`` between numbers is "times" (``25 x 4``). An answer on
+   the lines after the lead-in ("The answer is:\\n\\n72") is a display formula or stands alone on its line
+   (not the "1." of a list). A phrase whose text is not mathematical ("The answer is reasonable") is not a
+   statement; a ``####`` line that holds no expression is taken whole.
+
+Each scan is bounded (``MAX_EXPRESSION_CHARS``, ``MAX_FORMULA_CHARS``) and the statements are tried from the
+end, so a degenerate completion (a repetition loop) costs about as much as a normal one.
 
 ``find_final_answer`` returns the spans of the statement (for the credit's masks) or None; a completion
 without a statement is unparsable for its caller.
