@@ -27,9 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SAMPLES = HERE / "smollm2_samples.jsonl"
 BASELINE = "3d520c2"  # main before issue 9
-DATA = ROOT.parent / "shared" / "data" / "benchmarks"
-if not DATA.is_dir():
-    DATA = Path("/work/shared/data/benchmarks")
+DATA = Path(os.environ.get("OARL_DATA_DIR") or ROOT.parent / "shared" / "data" / "benchmarks")  # as the tests
 SOLUTIONS = {"math500": ("math500.jsonl", "solution"), "aime24": ("aime24.jsonl", "solution"),
              "minerva": ("minerva_math.jsonl", "solution"), "gsm8k": ("gsm8k.jsonl", "answer")}
 
