@@ -91,7 +91,8 @@ def test_integer_answers_property(a, b):
 
 
 def _warm_worker():
-    assert verify("\\frac{2}{4}", "\\frac{1}{2}")  # starts the worker: its start-up is not an item's time
+    # starts the worker (fractions are decided in-process: force math-verify): its start-up is not an item's time
+    assert verify("\\frac{2}{4}", "\\frac{1}{2}", use_fast_path=False)
 
 
 def test_pathological_expression_from_a_thread_is_bounded_and_scores_zero():
@@ -103,7 +104,7 @@ def test_pathological_expression_from_a_thread_is_bounded_and_scores_zero():
         t0 = time.perf_counter()
         out["bad"] = accuracy([f"The answer is {PATHOLOGICAL}."], ["5"], verify_timeout_s=1.0)
         elapsed["bad"] = time.perf_counter() - t0
-        out["good"] = accuracy(["The answer is \\frac{2}{4}.", "The answer is 3."], ["0.5", "4"], verify_timeout_s=1.0)
+        out["good"] = accuracy(["The answer is \\sqrt{4}/4.", "The answer is \\sqrt{9}."], ["0.5", "4"], verify_timeout_s=1.0)
 
     timeouts_before = rewards.stats["timeouts"]
     thread = threading.Thread(target=score)
@@ -119,8 +120,8 @@ def test_pathological_expression_from_a_thread_is_bounded_and_scores_zero():
 def test_worker_that_dies_is_restarted():
     _warm_worker()
     rewards._worker.proc.kill()  # the worker dies (e.g. killed for memory)
-    assert not verify("\\frac{1}{3}", "\\frac{1}{2}")  # that item scores 0 or is scored by a new worker
-    assert verify("\\frac{1}{3}", "\\frac{2}{6}")
+    assert not verify("\\frac{1}{3}", "\\frac{1}{2}", use_fast_path=False)  # scores 0 or is scored by a new worker
+    assert verify("\\frac{1}{3}", "\\frac{2}{6}", use_fast_path=False)
 
 
 def test_many_threads_at_once():
@@ -128,7 +129,7 @@ def test_many_threads_at_once():
     results = [None] * 4
 
     def work(i):
-        results[i] = accuracy([f"\\boxed{{\\frac{{{i}}}{{2}}}}", "\\boxed{x}"], [str(i / 2), "y"])
+        results[i] = accuracy([f"\\boxed{{\\frac{{\\sqrt{{{i * i}}}}}{{2}}}}", "\\boxed{x}"], [str(i / 2), "y"])
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
     for t in threads:
