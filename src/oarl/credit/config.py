@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-ESTIMATORS = ("none", "perturbation", "gradient", "entropy")
+ESTIMATORS = ("none", "perturbation", "gradient", "entropy", "grail", "rollout")
 OUTCOMES = ("last", "answer_mean", "answer_joint")
 APPLY_TO = ("all", "positive", "negative")
 SPANS = ("token", "line", "sentence")
@@ -37,16 +37,33 @@ def check_noise_std(noise_std: float) -> None:
 
 
 def check_noise_samples(noise_samples: int) -> None:
-    if isinstance(noise_samples, bool) or not isinstance(noise_samples, int) or noise_samples < 1:
-        raise ValueError(f"noise_samples must be an integer >= 1, got {noise_samples!r}")
+    check_count("noise_samples", noise_samples)
+
+
+def check_count(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_grail(scale: float, w_min: float, w_max: float) -> None:
+    """The ranges of GRAIL's weight settings (shared by CreditConfig and grail_weights)."""
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0.0):
+        raise ValueError(f"grail_scale must be a finite number >= 0, got {scale!r}")
+    if not (isinstance(w_min, (int, float)) and math.isfinite(w_min) and 0.0 <= w_min <= 1.0):
+        raise ValueError(f"grail_min must be in the closed interval [0, 1], got {w_min!r}")
+    if not (isinstance(w_max, (int, float)) and math.isfinite(w_max) and w_max >= 1.0):
+        raise ValueError(f"grail_max must be a finite number >= 1, got {w_max!r}")
 
 
 @dataclass
 class CreditConfig:
     """How completions' advantages are redistributed over their reasoning tokens (see DESIGN.md).
 
-    estimator:    "none" (GRPO: uniform weights), "perturbation" (OAR-P), "gradient" (OAR-G) or "entropy"
-                  (policy entropy of each reasoning token, a cheap GTPO-style baseline).
+    estimator:    "none" (GRPO: uniform weights), "perturbation" (OAR-P), "gradient" (OAR-G), "entropy"
+                  (policy entropy of each reasoning token, a cheap GTPO-style baseline), "grail" (GRAIL:
+                  gradient saliency of the answer's likelihood, z-scored weights instead of Bi-Level; grail.py)
+                  or "rollout" (Monte-Carlo step credit |V(after step) - V(before step)|; rollout.py; needs a
+                  sampler and a scorer, see token_advantages).
     outcome:      the outcome distribution p_final: "last", "answer_mean" or "answer_joint";
                   None picks "last" for perturbation and "answer_mean" otherwise.
     threshold:    quantile q of the normalised importances that splits suppression from boosting, in (0, 1).
@@ -56,15 +73,28 @@ class CreditConfig:
     noise_samples: gradient: average the importances of this many independent noise draws (>= 1; one pass
                   over K x the rows). One draw is a half-normal sample whose spread equals its mean.
     chunk_size:   perturbed variants per forward pass (perturbation), >= 1.
-    apply_to:     reshape the completions with "all" advantages, only "positive" or only "negative" ones.
+    apply_to:     reshape the completions with "all" advantages, only "positive" or only "negative" ones;
+                  None: "negative" for grail (GRAIL's default, non-positive advantages only), else "all".
     replace_with: token id that replaces a reasoning token (perturbation); None -> the tokenizer's pad id.
     reuse_prefix: perturbation: compute the shared prefix of a chunk's variants once and reuse its key/value
                   cache (same result, less compute on long prompts; the model's forward must take a cache).
     batch_size:   completions per estimator pass (None: all that need one, at once); bounds the memory of
                   the gradient and entropy passes on long completions. Results do not depend on it, except
                   that OAR-G draws its noise per pass.
-    span:         perturbation: replace one "token" at a time, or a whole reasoning step at once ("line" or
-                  "sentence"; every token of the step gets the step's importance): one pass per step.
+    span:         the reasoning steps: one "token", a "line" or a "sentence". perturbation replaces one step
+                  at a time (every token of the step gets the step's importance: one pass per step); rollout
+                  samples continuations at each step boundary. None: "token" for perturbation, "sentence" for
+                  rollout.
+    rollouts:     rollout: continuations sampled per step boundary (K), >= 1.
+    max_steps:    rollout: at most this many steps per completion (>= 1); beyond it, consecutive steps are
+                  merged into that many groups of as equal a number of steps as possible (a group's tokens
+                  share its credit). Cost: (max_steps + 1) x rollouts continuations per completion at most.
+    grail_scale:  GRAIL's sigma_w (spread of the weights around 1), >= 0. Default 0.5 (GRAIL's README and
+                  training config).
+    grail_min, grail_max: GRAIL's weight range [w_min, w_max]; w_min in [0, 1], w_max >= 1. Defaults 0.5 and
+                  5.0 (GRAIL's README and training config).
+    temperature:  grail: the answer's log-probabilities are taken at the sampling temperature (logits / T),
+                  as GRAIL's code does; > 0. The trainer passes its own temperature.
     """
 
     estimator: str = "gradient"
@@ -75,11 +105,17 @@ class CreditConfig:
     noise_std: float = 1e-3
     noise_samples: int = 1
     chunk_size: int = 32
-    apply_to: str = "all"
+    apply_to: str | None = None
     replace_with: int | None = None
     reuse_prefix: bool = False
-    span: str = "token"
+    span: str | None = None
     batch_size: int | None = None
+    rollouts: int = 4
+    max_steps: int = 8
+    grail_scale: float = 0.5
+    grail_min: float = 0.5
+    grail_max: float = 5.0
+    temperature: float = 1.0
 
     def __post_init__(self):
         check_choice("estimator", self.estimator, ESTIMATORS)
@@ -89,21 +125,40 @@ class CreditConfig:
         check_noise_std(self.noise_std)
         check_noise_samples(self.noise_samples)
         check_chunk_size(self.chunk_size)
-        check_choice("apply_to", self.apply_to, APPLY_TO)
+        if self.apply_to is not None:
+            check_choice("apply_to", self.apply_to, APPLY_TO)
         if self.replace_with is not None and (
             isinstance(self.replace_with, bool) or not isinstance(self.replace_with, int) or self.replace_with < 0
         ):
             raise ValueError(f"replace_with must be None or a token id >= 0, got {self.replace_with!r}")
-        check_choice("span", self.span, SPANS)
+        if self.span is not None:
+            check_choice("span", self.span, SPANS)
         if self.batch_size is not None and (
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
         ):
             raise ValueError(f"batch_size must be None or an integer >= 1, got {self.batch_size!r}")
         if not isinstance(self.reuse_prefix, bool):
             raise ValueError(f"reuse_prefix must be True or False, got {self.reuse_prefix!r}")
+        check_count("rollouts", self.rollouts)
+        check_count("max_steps", self.max_steps)
+        check_grail(self.grail_scale, self.grail_min, self.grail_max)
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
 
     def resolved_outcome(self) -> str:
         """The outcome mode in use: the explicit one, else "last" for perturbation and "answer_mean" otherwise."""
         if self.outcome is not None:
             return self.outcome
         return "last" if self.estimator == "perturbation" else "answer_mean"
+
+    def resolved_apply_to(self) -> str:
+        """The completions reshaped: the explicit setting, else "negative" for grail and "all" otherwise."""
+        if self.apply_to is not None:
+            return self.apply_to
+        return "negative" if self.estimator == "grail" else "all"
+
+    def resolved_span(self) -> str:
+        """The reasoning steps: the explicit span, else "sentence" for rollout and "token" otherwise."""
+        if self.span is not None:
+            return self.span
+        return "sentence" if self.estimator == "rollout" else "token"

@@ -1,10 +1,12 @@
 """The entry point a trainer calls: (B,) advantages -> (B, T) per-token advantages.
 
-    1. segment every completion (reasoning / conclusion / answer / rest);
+    1. segment every completion (reasoning / conclusion / answer / rest, and reasoning steps);
     2. keep the rows that need importances: advantage != 0, allowed by apply_to, with a parsed answer;
     3. probe = prompt (left padded) ⊕ completion (right padded) for those rows only; the estimator
-       cuts each probe after its answer and aligns the rows to end together (probe.py);
-    4. importances -> Bi-Level weights over the reasoning tokens; weights are 1 everywhere else;
+       cuts each probe after its answer and aligns the rows to end together (probe.py); rollout credit
+       instead samples continuations at the step boundaries through the caller's sampler and scorer;
+    4. importances -> Bi-Level weights over the reasoning tokens (GRAIL: its own z-scored weights, and w_max
+       on the answer tokens); weights are 1 everywhere else;
     5. per-token advantages = advantage * weight, 0 on padding.
 """
 
@@ -20,8 +22,10 @@ from .bilevel import bilevel_weights, nonfinite_rows
 from .config import CreditConfig
 from .entropy import entropy_importance
 from .gradient import gradient_importance
+from .grail import grail_saliency, grail_weights
 from .perturbation import perturbation_importance
 from .probe import eval_mode
+from .rollout import Sampler, Scorer, rollout_importance
 from .segments import Segments, segment_completions
 
 STAT_KEYS = (
@@ -33,8 +37,11 @@ STAT_KEYS = (
 @dataclass
 class CreditOutput:
     """advantages [B, T]: advantage * weight, 0 where completion_mask is 0.
-    weights [B, T]: 1 outside reasoning tokens and for skipped / unparsable / non-finite rows.
-    importance [B, T]: raw importances (0 outside reasoning and for rows not computed).
+    weights [B, T]: 1 outside reasoning tokens and for skipped / unparsable / non-finite rows (GRAIL: w_max on
+    the answer tokens of every completion with an answer).
+    importance [B, T]: raw importances (0 outside reasoning and for rows not computed; GRAIL: the saliency).
+    signed [B, T] or None: rollout only, the signed step credit V(after step) - V(before step) of each reasoning
+    token (importance is its absolute value).
     stats: time_s; skipped_frac (advantage exactly 0 or excluded by apply_to), no_answer_frac and
     nonfinite_frac as fractions of the B rows; weight_std, weight_max, suppressed_frac (weight < 1) and
     boosted_frac (weight > 1) over the reasoning tokens of the computed rows (0.0, 1.0, 0.0, 0.0 if none).
@@ -45,6 +52,7 @@ class CreditOutput:
     importance: Tensor
     segments: Segments
     stats: dict[str, float]
+    signed: Tensor | None = None
 
 
 def _estimate(model, tokenizer, ids, attn, reasoning, answer, steps, config: CreditConfig, generator) -> Tensor:
@@ -60,6 +68,8 @@ def _estimate(model, tokenizer, ids, attn, reasoning, answer, steps, config: Cre
             model, ids, attn, reasoning, answer, mode=mode, noise_std=config.noise_std, generator=generator,
             noise_samples=config.noise_samples,
         )
+    if config.estimator == "grail":
+        return grail_saliency(model, ids, attn, reasoning, answer, temperature=config.temperature)
     return entropy_importance(model, ids, attn, reasoning, answer)
 
 
@@ -74,18 +84,29 @@ def token_advantages(
     config: CreditConfig,
     truncated: Tensor | None = None,
     generator: torch.Generator | None = None,
+    sampler: Sampler | None = None,
+    scorer: Scorer | None = None,
+    max_completion_length: int | None = None,
 ) -> CreditOutput:
-    """Per-token advantages [B, T] for prompts [B, P] (left padded) and completions [B, T] (right padded)."""
+    """Per-token advantages [B, T] for prompts [B, P] (left padded) and completions [B, T] (right padded).
+
+    Rollout credit (config.estimator "rollout") needs no model but a sampler and a scorer (rollout.py: each is
+    called exactly once per call, batch_size does not split it) and, to keep continuations within the original
+    length limit, max_completion_length. Raises ValueError when they are missing.
+    """
     started = time.perf_counter()
     batch, length = completion_ids.shape
     device = completion_ids.device
-    span = config.span if config.estimator == "perturbation" else "token"
+    if config.estimator == "rollout" and (sampler is None or scorer is None):
+        raise ValueError("estimator 'rollout' needs a sampler and a scorer (see oarl.credit.rollout)")
+    span = config.resolved_span() if config.estimator in ("perturbation", "rollout") else "token"
     segments = segment_completions(tokenizer, completion_ids, completion_mask, truncated, span=span)
 
     eligible = advantages != 0  # [B]
-    if config.apply_to == "positive":
+    apply_to = config.resolved_apply_to()
+    if apply_to == "positive":
         eligible = eligible & (advantages > 0)
-    elif config.apply_to == "negative":
+    elif apply_to == "negative":
         eligible = eligible & (advantages < 0)
     skipped = ~eligible
     computed = eligible & segments.has_answer & segments.reasoning.any(1)
@@ -94,6 +115,15 @@ def token_advantages(
 
     importance = torch.zeros(batch, length, dtype=torch.float32, device=device)  # [B, T]
     all_rows = computed.nonzero().squeeze(1)  # [N]
+    signed = None
+    if config.estimator == "rollout":  # no model pass: continuations through the caller's sampler and scorer
+        steps = segments.steps if segments.steps is not None else segments.reasoning.long().cumsum(1) - 1
+        importance, signed = rollout_importance(
+            prompt_ids, prompt_mask, completion_ids, completion_mask, torch.where(segments.reasoning, steps, -1),
+            all_rows, sampler, scorer, rollouts=config.rollouts, max_steps=config.max_steps,
+            max_completion_length=max_completion_length,
+        )
+        all_rows = all_rows[:0]
     prompt_len = prompt_ids.shape[1]
     for rows in all_rows.split(config.batch_size or max(all_rows.numel(), 1)) if all_rows.numel() else ():
         ids = torch.cat([prompt_ids[rows], completion_ids[rows]], 1)  # [n, P+T]
@@ -110,7 +140,11 @@ def token_advantages(
 
     reshape = segments.reasoning & computed[:, None]  # [B, T]
     nonfinite = nonfinite_rows(importance, reshape) & computed  # [B]
-    weights = bilevel_weights(importance, reshape, config.threshold, config.beta, config.floor)  # [B, T]
+    if config.estimator == "grail":  # its own weights; the answer tokens of every completion get w_max
+        answer = segments.answer & (advantages != 0)[:, None]
+        weights = grail_weights(importance, reshape, answer, config.grail_scale, config.grail_min, config.grail_max)
+    else:
+        weights = bilevel_weights(importance, reshape, config.threshold, config.beta, config.floor)  # [B, T]
     importance = torch.where(reshape, importance, torch.zeros_like(importance))
     mask = completion_mask.bool()
     token_adv = advantages.float()[:, None] * weights * mask
@@ -127,4 +161,5 @@ def token_advantages(
         "suppressed_frac": float((reasoning_weights < 1).float().mean()) if has else 0.0,
         "boosted_frac": float((reasoning_weights > 1).float().mean()) if has else 0.0,
     }
-    return CreditOutput(advantages=token_adv, weights=weights, importance=importance, segments=segments, stats=stats)
+    return CreditOutput(advantages=token_adv, weights=weights, importance=importance, segments=segments, stats=stats,
+                        signed=signed)
