@@ -130,6 +130,61 @@ def reshaped_completions(credit_passes) -> int:
     return reshaped
 
 
+def test_grail_in_training(tiny_lm_dir, tmp_path):
+    RecordingOARTrainer.seen = None
+    trainer, rec = make_trainer(RecordingOARTrainer, tiny_lm_dir, tmp_path, credit="grail")
+    trainer.train()
+    assert trainer.state.global_step == 3 and RecordingOARTrainer.seen
+    for key in CREDIT_METRICS:
+        assert any(key in r and math.isfinite(r[key]) for r in rec.logs), key
+    credit_out, seq_adv, _, completion_mask = trainer.last_credit
+    reasoning, answer = credit_out.segments.reasoning, credit_out.segments.answer
+    signal = credit_out.segments.has_answer & (seq_adv != 0)
+    assert signal.any()
+    for b in signal.nonzero().flatten().tolist():
+        # w_max on the answer of every completion with signal; reasoning reweighted on non-positive advantages only
+        torch.testing.assert_close(credit_out.advantages[b][answer[b]], 5.0 * seq_adv[b].expand(int(answer[b].sum())))
+        values = credit_out.advantages[b][reasoning[b]]
+        if seq_adv[b] > 0:
+            assert (values == seq_adv[b]).all()
+        elif values.numel() > 1:
+            assert values.std() > 0
+    outside = (completion_mask > 0) & ~reasoning & ~answer
+    torch.testing.assert_close(credit_out.advantages[outside], seq_adv[:, None].expand_as(outside)[outside])
+
+
+def test_rollout_in_training(tiny_lm_dir, tmp_path):
+    RecordingOARTrainer.seen = None
+    # One reasoning sentence per completion in this task: token steps, merged into 4 groups, vary the credit.
+    trainer, rec = make_trainer(RecordingOARTrainer, tiny_lm_dir, tmp_path, credit="rollout", credit_span="token",
+                                credit_max_steps=4, credit_rollouts=3)
+    generated = []
+    real = trainer._generate_single_turn
+
+    def counting(prompt_ids, *args, **kwargs):
+        generated.append(len(prompt_ids))
+        return real(prompt_ids, *args, **kwargs)
+
+    trainer._generate_single_turn = counting
+    trainer.train()
+    assert trainer.state.global_step == 3 and RecordingOARTrainer.seen
+    for key in CREDIT_METRICS:
+        assert any(key in r and math.isfinite(r[key]) for r in rec.logs), key
+    # Training batches of 8 completions, then the continuations (3 per prefix, in calls of at most 8 sequences).
+    assert generated[0] == 8 and len(generated) > 3 and set(generated[1:]) <= {3, 6, 8}
+    credit_out, seq_adv, _, completion_mask = trainer.last_credit
+    reasoning, signed = credit_out.segments.reasoning, credit_out.signed
+    assert signed is not None and torch.equal(credit_out.importance, signed.abs())
+    rows = credit_out.segments.has_answer & (seq_adv != 0) & reasoning.any(1)
+    assert rows.any()
+    for b in rows.nonzero().flatten().tolist():
+        values = credit_out.advantages[b][reasoning[b]]
+        assert values.sum().item() == pytest.approx(seq_adv[b].item() * values.numel(), rel=1e-4, abs=1e-4)
+        assert set(signed[b][reasoning[b]].mul(3).round().tolist()) <= {-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0}
+    outside = (completion_mask > 0) & ~reasoning
+    torch.testing.assert_close(credit_out.advantages[outside], seq_adv[:, None].expand_as(outside)[outside])
+
+
 def _none_sometimes(completions, answer, **kwargs):
     rewards = addition_reward(completions, answer)
     return [None if i % 3 == 0 else r for i, r in enumerate(rewards)]
@@ -166,6 +221,12 @@ def test_config_validation_and_parsing(tmp_path):
     with pytest.raises(ValueError, match="^credit_noise_samples must be an integer >= 1"):
         cpu_args(OARConfig, tmp_path, credit_noise_samples=0)
     assert cpu_args(OARConfig, tmp_path, credit_noise_samples=4).credit_config().noise_samples == 4
+    with pytest.raises(ValueError, match="^credit_rollouts must be an integer >= 1"):
+        cpu_args(OARConfig, tmp_path, credit="rollout", credit_rollouts=0)
+    with pytest.raises(ValueError, match="^credit_grail_max must be a finite number >= 1"):
+        cpu_args(OARConfig, tmp_path, credit="grail", credit_grail_max=0.5)
+    grail = cpu_args(OARConfig, tmp_path, credit="grail", temperature=0.7).credit_config()
+    assert (grail.temperature, grail.resolved_apply_to(), grail.grail_max) == (0.7, "negative", 5.0)
     with pytest.raises(ValueError, match="^credit_floor"):
         cpu_args(OARConfig, tmp_path, credit_floor=2.0)
     with pytest.raises(ValueError, match="^credit_outcome must be one of"):

@@ -19,11 +19,13 @@ go to the engine through vLLM's in-place reload instead. TRL's server mode needs
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
+from trl.data_utils import is_conversational
 from trl.models import unwrap_model_for_generation
 
 from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
@@ -44,8 +46,10 @@ class OARConfig(GRPOConfig):
         default="gradient",
         metadata={
             "help": "Token-importance estimator: 'none' (plain GRPO), 'perturbation' (OAR-P, one forward per "
-            "reasoning token), 'gradient' (OAR-G, one forward + one backward) or 'entropy' (policy-entropy "
-            "weights, a cheap baseline).",
+            "reasoning token), 'gradient' (OAR-G, one forward + one backward), 'entropy' (policy-entropy "
+            "weights, a cheap baseline), 'grail' (GRAIL: gradient saliency of the answer, z-scored weights, on "
+            "non-positive advantages by default) or 'rollout' (Monte-Carlo step credit: credit_rollouts "
+            "continuations sampled at each reasoning-step boundary, the reference credit; expensive).",
             "choices": list(ESTIMATORS),
         },
     )
@@ -85,10 +89,28 @@ class OARConfig(GRPOConfig):
         metadata={"help": "Completions per credit pass (default: all of a process's generation batch at once). "
                   "Lower it to bound the memory of OAR-G / entropy passes on long completions."},
     )
-    credit_span: str = field(
-        default="token",
-        metadata={"help": "OAR-P: perturb one 'token' at a time, or a whole reasoning step ('line' or 'sentence'; "
-                  "one pass per step instead of one per token).", "choices": list(SPANS)},
+    credit_span: str | None = field(
+        default=None,
+        metadata={"help": "Reasoning steps: OAR-P perturbs one 'token' at a time, or a whole 'line' / 'sentence' "
+                  "(one pass per step instead of one per token); rollout samples continuations at each step "
+                  "boundary. Default: 'token' for perturbation, 'sentence' for rollout.", "choices": list(SPANS)},
+    )
+    credit_rollouts: int = field(
+        default=4, metadata={"help": "Rollout credit: continuations sampled per step boundary (K >= 1); V(prefix) is "
+                             "their mean reward under the run's reward functions."}
+    )
+    credit_max_steps: int = field(
+        default=8,
+        metadata={"help": "Rollout credit: at most this many steps per completion (>= 1); more are merged into this "
+                  "many groups of consecutive steps. A completion costs at most (max_steps + 1) x rollouts "
+                  "continuations."},
+    )
+    credit_grail_scale: float = field(
+        default=0.5, metadata={"help": "GRAIL: spread sigma_w of the weights, w = clip(1 + sigma_w * z, min, max) (>= 0)."}
+    )
+    credit_grail_min: float = field(default=0.5, metadata={"help": "GRAIL: smallest weight w_min in [0, 1]."})
+    credit_grail_max: float = field(
+        default=5.0, metadata={"help": "GRAIL: largest weight w_max >= 1 (also the weight of the answer tokens)."}
     )
     credit_reuse_prefix: bool = field(
         default=False,
@@ -98,10 +120,11 @@ class OARConfig(GRPOConfig):
     credit_replace_with: int | None = field(
         default=None, metadata={"help": "OAR-P: token id that replaces a reasoning token (default: the pad id)."}
     )
-    credit_apply_to: str = field(
-        default="all",
+    credit_apply_to: str | None = field(
+        default=None,
         metadata={"help": "Reshape completions with 'all' advantages, only 'positive' or only 'negative' ones; "
-                  "the others keep GRPO's uniform advantage.", "choices": list(APPLY_TO)},
+                  "the others keep GRPO's uniform advantage. Default: 'negative' for grail (GRAIL's own default), "
+                  "'all' otherwise.", "choices": list(APPLY_TO)},
     )
 
     def __post_init__(self):
@@ -113,7 +136,8 @@ class OARConfig(GRPOConfig):
             return self._credit_config()
         except ValueError as e:  # name the setting as the user spells it here: "threshold ..." -> "credit_threshold ..."
             name = str(e).split(" ", 1)[0]
-            raise ValueError(f"{'credit' if name == 'estimator' else 'credit_' + name}{str(e)[len(name):]}") from None
+            field_name = {"estimator": "credit", "temperature": "temperature"}.get(name, "credit_" + name)
+            raise ValueError(f"{field_name}{str(e)[len(name):]}") from None
 
     def _credit_config(self) -> CreditConfig:
         return CreditConfig(
@@ -130,6 +154,12 @@ class OARConfig(GRPOConfig):
             reuse_prefix=self.credit_reuse_prefix,
             span=self.credit_span,
             batch_size=self.credit_batch_size,
+            rollouts=self.credit_rollouts,
+            max_steps=self.credit_max_steps,
+            grail_scale=self.credit_grail_scale,
+            grail_min=self.credit_grail_min,
+            grail_max=self.credit_grail_max,
+            temperature=self.temperature,
         )
 
 
@@ -197,6 +227,11 @@ class OARTrainer(GRPOTrainer):
         if getattr(args, "use_liger_loss", False):
             raise ValueError("OAR needs per-token advantages, which the Liger GRPO loss does not take: set "
                              "use_liger_loss=False, or credit='none'.")
+        if estimator == "rollout" and (self.tools or self.rollout_func is not None
+                                       or getattr(self, "environment_factories", None) is not None):
+            raise ValueError("Rollout credit samples plain continuations of each reasoning prefix and scores them with "
+                             "the reward functions: it does not support tools, environments or a rollout_func. Use "
+                             "another credit estimator.")
         plugin = getattr(args, "deepspeed_plugin", None)
         if plugin is not None and plugin.zero_stage == 3 and not args.ds3_gather_for_generation:
             raise ValueError("With DeepSpeed ZeRO-3, OAR runs the full policy on each process the way TRL's "
@@ -226,7 +261,11 @@ class OARTrainer(GRPOTrainer):
         # Unwrapping gathers the parameters under ZeRO-3 / FSDP, a collective step: every process takes the same
         # branch. When no completion anywhere has a non-zero advantage there is nothing to send through the model.
         any_signal = self.accelerator.gather((advantages != 0).any().float().reshape(1)).sum().item() > 0
-        if any_signal:
+        if self.credit_config.estimator == "rollout":  # no model pass: TRL's generation and reward functions
+            sampler, scorer = self._rollout_callables(inputs, output["prompt_ids"][0][output["prompt_mask"][0].bool()])
+            credit = token_advantages(None, *credit_args, truncated=truncated, sampler=sampler, scorer=scorer,
+                                      max_completion_length=self.max_completion_length)
+        elif any_signal:
             with (
                 unwrap_model_for_generation(
                     self.model_wrapped,
@@ -251,6 +290,63 @@ class OARTrainer(GRPOTrainer):
             value = gathered[:, i].max() if key == "time_s" else gathered[:, i].mean()
             self._metrics["train"][f"credit/{key}"].append(value.item())
         return output
+
+    def _rollout_callables(self, inputs: list[dict], filler: torch.Tensor):
+        """The sampler and scorer of rollout credit (oarl.credit.rollout) for this process's generation batch.
+
+        sampler: K continuations of each prefix through TRL's own generation path (``_generate_single_turn``: HF
+        ``generate`` with the run's generation config, or the trainer's vLLM engine), in chunks of at most one
+        generation batch of sequences; HF sampling draws from its own seeded stream, so that the training batches
+        are sampled as without rollout credit. scorer: the run's reward functions through TRL's
+        ``_calculate_rewards``, combined with ``reward_weights`` as TRL combines them (NaN when every function
+        returns None). Both are collective under vLLM server mode, ZeRO-3 and multi-process reward gathering:
+        every process calls them once per credit pass with the same number of items (padded with ``filler``,
+        a prompt of this process, and cut away afterwards).
+        """
+        device, processes = self.accelerator.device, self.accelerator.num_processes
+        per_call = max(1, self.args.generation_batch_size // processes)  # sequences TRL generates at once
+
+        def most_over_processes(count: int) -> int:
+            return int(self.accelerator.gather(torch.tensor([count], device=device)).max())
+
+        def sampler(prefixes: list[list[int]], num_samples: int) -> list[list[list[int]]]:
+            count = len(prefixes)
+            most = most_over_processes(count)
+            padded = prefixes + [filler.tolist()] * (most - count)
+            chunk = max(1, per_call // num_samples)
+            out = []
+            seed = hash((self.args.seed, self.state.global_step, self.accelerator.process_index, 1)) % 2**63
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                for start in range(0, most, chunk):
+                    part = padded[start : start + chunk]
+                    ids = [p for p in part for _ in range(num_samples)]  # K consecutive copies: vLLM's grouping
+                    completions, _ = self._generate_single_turn(ids, None, {}, num_samples)
+                    out += [completions[i * num_samples : (i + 1) * num_samples] for i in range(len(part))]
+            return out[:count]
+
+        def scorer(rows: list[int], completion_ids: list[list[int]]) -> list[float]:
+            count = len(rows)
+            most = most_over_processes(count)
+            if most == 0:
+                return []
+            rows, completion_ids = rows + [0] * (most - count), completion_ids + [[]] * (most - count)
+            texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+            prompts = [inputs[r]["prompt"] for r in rows]
+            completions = [[{"role": "assistant", "content": t}] for t in texts] if is_conversational(inputs[0]) else texts
+            # Reward functions may log columns or metrics for the completions table: not for these continuations.
+            saved = self._pending_extra_logs, self._pending_metrics
+            self._pending_extra_logs, self._pending_metrics = defaultdict(list), defaultdict(list)
+            try:
+                per_func = self._calculate_rewards([inputs[r] for r in rows], prompts, completions, completion_ids)
+            finally:
+                self._pending_extra_logs, self._pending_metrics = saved
+            mine = per_func[self.accelerator.process_index * most :][:count]  # [count, F]
+            rewards = (mine * self.reward_weights.to(mine.device)[None]).nansum(1)
+            rewards[torch.isnan(mine).all(1)] = float("nan")
+            return rewards.tolist()
+
+        return sampler, scorer
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         metrics = self._metrics["train"]
