@@ -11,7 +11,7 @@ from conftest import load_tiny_lm
 
 from oarl.cli import main
 from oarl.report.agreement import (
-    chance_hit, json_safe, pairwise_spearman, pivot_hit_rate, pivot_hits, rankdata, spearman, span_tokens, summarize,
+    describe, format_table, json_safe, kendall, rankdata, spearman, step_scores, summarize, top_step_hit, wrong_step,
 )
 from oarl.report.heatmap import NO_ANSWER_NOTE, explain_batch, render_html, weight_rgb
 
@@ -126,96 +126,138 @@ def test_spearman_hand_computed():
         spearman([1, 2], [1, 2, 3])
 
 
-def test_spearman_matches_scipy_when_installed():
+def test_kendall_tau_b_hand_computed():
+    assert kendall([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)  # 5 concordant, 1 discordant of 6 pairs
+    # a ties once, b ties once, no pair tied in both: 4 concordant, 0 discordant; sqrt((6 - 1) (6 - 1)) = 5
+    assert kendall([1, 2, 2, 3], [1, 2, 3, 3]) == pytest.approx(0.8)
+    assert kendall([1, 2], [5, 1]) == -1.0 and kendall([0.1, 0.5], [0.0, 0.5]) == 1.0
+    assert math.isnan(kendall([1, 1, 1], [1, 2, 3])) and math.isnan(kendall([3], [1]))
+    with pytest.raises(ValueError):
+        kendall([1, 2], [1])
+
+
+def test_rank_correlations_match_scipy_when_installed():
     stats = pytest.importorskip("scipy.stats")
     g = torch.Generator().manual_seed(1)
     a = torch.randint(0, 5, (40,), generator=g).tolist()
     b = (torch.tensor(a) + torch.randint(0, 4, (40,), generator=g)).tolist()
     assert spearman(a, b) == pytest.approx(stats.spearmanr(a, b).statistic)
+    assert kendall(a, b) == pytest.approx(stats.kendalltau(a, b).statistic)
 
 
-def test_pairwise_spearman_uses_reasoning_tokens_only():
+def test_step_helpers_by_hand():
+    assert step_scores([1.0, 3.0, 0.0, 2.0, 9.0], [0, 0, 1, 1, -1]) == [2.0, 1.0]  # means; -1 left out
+    assert top_step_hit([0.2, 0.9, 0.1], 1) == 1.0 and top_step_hit([0.2, 0.9, 0.1], 0) == 0.0
+    assert top_step_hit([0.5, 0.5, 0.1], 0) == 0.5  # a tie at the top shares the hit
+    assert top_step_hit([float("nan"), 1.0], 1) is None
+    spans = [[0, 1], [1, 2], [2, 3], [3, 4]]
+    assert wrong_step(spans, [0, 0, 1, -1], (2, 3)) == 1 and wrong_step(spans, [0, 0, 1, -1], (3, 4)) is None
+    d = describe([1.0, 2.0, 3.0, float("nan")])
+    assert d["mean"] == 2.0 and d["se"] == pytest.approx(1 / math.sqrt(3)) and (d["n"], d["n_nan"]) == (3, 1)
+    assert describe([]) == {"mean": None, "se": None, "n": 0, "n_nan": 0}
+
+
+def _row(source, steps, rollout, other, error_span=None):
+    n = len(steps)
+    return {"source": source, "has_answer": True, "steps": steps, "spans": [[i, i + 1] for i in range(n)],
+            "segments": ["reasoning" if s >= 0 else "answer" for s in steps], "error_span": error_span,
+            "importance": {"rollout": rollout, "other": other}}
+
+
+def test_summarize_constructed_report():
     rows = [
-        {"segments": ["reasoning"] * 4 + ["answer"], "has_answer": True,
-         "importance": {"g": [1, 2, 3, 4, 0], "p": [10, 20, 30, 40, 99]}},
-        {"segments": ["reasoning"] * 3 + ["answer"], "has_answer": True,
-         "importance": {"g": [3, 2, 1, 0], "p": [1, 2, 3, 0]}},
-        {"segments": ["rest"] * 3, "has_answer": False, "importance": {"g": [0, 0, 0], "p": [0, 0, 0]}},
+        _row("sampled", [0, 0, 1, 1, 2, -1], [0, 0, 0.5, 0.5, 0.25, 0], [1, 1, 3, 3, 2, 0]),  # same order: +1
+        _row("sampled", [0, 1, 2, -1], [0.1, 0.5, 0.2, 0], [0.9, 0.1, 0.5, 0]),  # reversed: -1
+        _row("sampled", [0, 1, -1], [0.0, 0.0, 0], [1.0, 2.0, 0]),  # constant reference: left out
+        _row("sampled", [0, 0, -1], [0.5, 0.5, 0], [1.0, 2.0, 0]),  # one step: left out
+        _row("demo", [0, 1, 1, -1], [0.0, 1.0, 1.0, 0], [2.0, 1.0, 1.0, 0], error_span=(2, 3)),  # wrong step 1
     ]
-    out = pairwise_spearman(rows, [("g", "p")])["g~p"]
-    assert out["per_completion"][:2] == pytest.approx([1.0, -1.0]) and math.isnan(out["per_completion"][2])
-    assert out["mean"] == pytest.approx(0.0) and out["n"] == 2 and out["n_nan"] == 1
-    assert json.dumps(json_safe(out), allow_nan=False)
-
-
-def test_pivot_hits_constructed_case():
-    segments = ["reasoning"] * 6 + ["conclusion", "answer"]
-    importance = [0.1, 0.5, 3.0, 0.2, 0.9, 0.0, 50.0, 50.0]  # non-reasoning tokens never count
-    at_top = pivot_hits(importance, segments, [False, False, True, False, False, False, False, False])
-    assert at_top["hit@1"] and at_top["hit@3"] and at_top["chance@1"] == pytest.approx(1 / 6)
-    assert at_top["chance@3"] == pytest.approx(1 - 10 / 20)  # 1 - C(5,3)/C(6,3)
-    third = pivot_hits(importance, segments, [False, True, False, False, False, False, False, False])
-    assert not third["hit@1"] and third["hit@3"]
-    last = pivot_hits(importance, segments, [False, False, False, False, False, True, False, False])
-    assert not last["hit@1"] and not last["hit@3"]
-    assert pivot_hits(importance, segments, [False] * 6 + [True, True]) is None  # pivot outside the reasoning
-    assert chance_hit(10, 2, 1) == pytest.approx(0.2) and chance_hit(3, 1, 5) == 1.0
-
-
-def test_pivot_hit_rate_from_character_spans():
-    # completion "1+2=4. 4*2=8. The answer is 8." tokenised per character; the wrong result "4" is chars 4..5
-    text = "1+2=4. 4*2=8. The answer is 8."
-    spans = [[i, i + 1] for i in range(len(text))]
-    stmt = text.index("The")
-    segments = ["reasoning" if i < stmt else "answer" if text[i] == "8" and i > stmt else "conclusion" for i in range(len(text))]
-    assert span_tokens(spans, (4, 5)) == [i == 4 for i in range(len(text))]
-    good = [1.0 if i == 4 else 0.01 * i for i in range(len(text))]
-    bad = [0.0 if i == 4 else 1.0 + i for i in range(len(text))]
-    rows = [{"spans": spans, "segments": segments, "has_answer": True, "importance": {"good": good, "bad": bad}}] * 2
-    out = pivot_hit_rate(rows, ["good", "bad"], [(4, 5), None])
-    assert out["n"] == 1
-    assert out["estimators"]["good"] == {"hit@1": 1.0, "hit@3": 1.0}
-    assert out["estimators"]["bad"] == {"hit@1": 0.0, "hit@3": 0.0}
-    assert out["chance"]["chance@1"] == pytest.approx(1 / stmt) == out["span_fraction"]
-    results = [[(4, 5), (11, 12)], None]  # the written results "4" and "8": the pivot is one of 2 candidates
-    out = pivot_hit_rate(rows, ["good"], [(4, 5), None], candidates=results)
-    assert out["chance_candidates"] == {"chance@1": 0.5, "chance@3": 1.0}
+    report = summarize({"completions": rows, "time_s": {"rollout": 2.0, "other": 1.0}}, ["other", "rollout"])
+    sampled = report["agreement"]["sampled"]["other"]
+    assert sampled["spearman"]["mean"] == pytest.approx(0.0) and sampled["spearman"]["n"] == 2
+    assert sampled["spearman"]["n_nan"] == 1 and sampled["kendall"]["mean"] == pytest.approx(0.0)
+    assert report["agreement"]["sampled"]["rollout"]["spearman"]["mean"] == pytest.approx(1.0)
+    assert report["agreement"]["demo"]["other"]["kendall"]["mean"] == pytest.approx(-1.0)
+    wrong = report["wrong_step"]
+    assert wrong["n"] == 1 and wrong["chance"] == 0.5
+    assert wrong["estimators"]["rollout"]["mean"] == 1.0 and wrong["estimators"]["other"]["mean"] == 0.0
+    table = format_table(report)
+    assert "Spearman (sampled, n=2)" in table and "hit@1 (n=1)" in table and "0.50" in table
+    assert json.dumps(json_safe(report), allow_nan=False)
+    no_reference = summarize({"completions": rows}, ["other"])
+    assert no_reference["reference"] is None and no_reference["agreement"] == {}
+    assert "No agreement" in format_table(no_reference)
 
 
 # ------------------------------------------------------------------------------------------------ explain_batch
 
 
+class ArithmeticSampler:
+    """A deterministic sampler for the fixture's task "Q: a+b=?\nA: a+b=c. The answer is c.": from any prefix, the
+    rest of that solution, with the sum already written if there is one, else the right sum on even continuations
+    and one too many on odd ones."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+
+    def __call__(self, prefixes, k):
+        out = []
+        for ids in prefixes:
+            text = self.tok.decode(ids)
+            a, b = (int(x) for x in re.search(r"Q: (\d)\+(\d)", text).groups())
+            written = text.split("A: ", 1)[1]
+            committed = re.match(r"\d\+\d=(-?\d+)", written)
+            conts = []
+            for j in range(k):
+                value = int(committed.group(1)) if committed else a + b + (j % 2)
+                rest = f"{a}+{b}={value}. The answer is {value}."[len(written):]
+                conts.append(self.tok(rest, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id])
+            out.append(conts)
+        return out
+
+
 def test_explain_batch_all_estimators(tiny_lm_dir):
     model, tokenizer = load_tiny_lm(tiny_lm_dir)
     prompts = ["Q: 3+4=?\nA: ", "Q: 2+2=?\nA: "]
-    completions = ["3+4=7. The answer is 7.", "2+2=4 <so> & more"]  # the second has no parsable answer
-    estimators = ("gradient", "perturbation", "entropy")
-    out = explain_batch(model, tokenizer, prompts, completions, estimators, pivots=[(4, 5), None], threshold=0.4)
+    completions = ["3+4=8. The answer is 8.", "2+2=4 <so> & more"]  # the second has no parsable answer
+    estimators = ("gradient", "perturbation", "entropy", "grail", "rollout")
+    golds = ["7", "4"]
+
+    def scorer(rows, ids):
+        return [float(re.search(r"answer is (-?\d+)", tokenizer.decode(c)).group(1) == golds[r]) for r, c in zip(rows, ids)]
+
+    out = explain_batch(model, tokenizer, prompts, completions, estimators, pivots=[(4, 5), None], threshold=0.4,
+                        span="token", max_steps=3, sampler=ArithmeticSampler(tokenizer), scorer=scorer)
     first, second = out["completions"]
     assert first["tokens"] == list(completions[0]) and "".join(second["tokens"]) == completions[1]
     assert first["has_answer"] and not second["has_answer"] and second["note"] == NO_ANSWER_NOTE
     reasoning = [s == "reasoning" for s in first["segments"]]
-    assert reasoning == [i < len("3+4=7. ") for i in range(len(completions[0]))]
+    assert reasoning == [i < len("3+4=8. ") for i in range(len(completions[0]))]
+    assert first["steps"] == [0, 0, 0, 1, 1, 2, 2] + [-1] * (len(completions[0]) - 7)  # 7 token steps in 3 groups
+    # Rollout: V(h0) = V(after "3+4") = 1/2, V(after "3+4=8") = V(after "3+4=8. ") = 0: the group "=8" is blamed.
+    assert first["signed"][:7] == [0.0, 0.0, 0.0, -0.5, -0.5, 0.0, 0.0]
     for name in estimators:
         imp, w = first["importance"][name], first["weights"][name]
         assert len(imp) == len(w) == len(completions[0])
         r_w = [x for x, r in zip(w, reasoning) if r]
-        assert sum(r_w) == pytest.approx(len(r_w), rel=1e-4)  # advantage mass kept
+        if name != "grail":
+            assert sum(r_w) == pytest.approx(len(r_w), rel=1e-4)  # Bi-Level keeps the advantage mass
         assert max(r_w) > 1 > min(r_w)
-        assert all(x == 1.0 for x, r in zip(w, reasoning) if not r)
+        assert all(x == 1.0 for x, r, s in zip(w, reasoning, first["segments"]) if not r and s != "answer")
         assert second["weights"][name] == [1.0] * len(completions[1])
         assert out["time_s"][name] >= 0
+    assert [w for w, s in zip(first["weights"]["grail"], first["segments"]) if s == "answer"] == [5.0]
     page = out["html"]
     spans = token_spans(page)
     assert len(spans) == len(estimators) * (len(completions[0]) + len(completions[1]))
     assert "".join(s["text"] for s in spans[-len(completions[1]):]) == completions[1]  # char tokens: < and > escaped
-    assert "<so>" not in page and ">&lt;</span>" in page and NO_ANSWER_NOTE in page
+    assert "<so>" not in page and ">&lt;</span>" in page and NO_ANSWER_NOTE in page and "delta V -0.5" in page
     assert sum("pivot" in s["attrs"]["class"].split() for s in spans) == len(estimators)
-    report = summarize(out, estimators, pivots=[(4, 5), None])
-    assert set(report["spearman"]) == {"gradient~perturbation", "entropy~perturbation"}
-    assert report["pivot"]["n"] == 1 and report["with_answer"] == 1
+    assert len(out["sections"]) == 2 and len(out["sections"][0]) == len(estimators)
     with pytest.raises(ValueError, match="nonzero"):
         explain_batch(model, tokenizer, prompts, completions, estimators, advantage=0.0)
+    with pytest.raises(ValueError, match="needs a sampler and a scorer"):
+        explain_batch(model, tokenizer, prompts, completions, ["rollout"])
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -230,17 +272,20 @@ def test_cli_explain_on_jsonl(tiny_lm_dir, tmp_path, capsys):
     ]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "explain"
+    # One sentence per completion here: token steps (merged into 4) give the benchmark something to rank.
     status = main(["explain", "--model", str(tiny_lm_dir), "--completions", str(data), "--output", str(out),
-                   "--estimators", "gradient,perturbation,entropy"])
+                   "--span", "token", "--max-steps", "4", "--rollouts", "4", "--max-new-tokens", "30"])
     assert status == 0
     page = (out / "heatmap.html").read_text()
     report = json.loads((out / "agreement.json").read_text())
-    assert report["completions"] == 3 and report["with_answer"] == 2 and report["pivot"]["n"] == 1
-    assert report["spearman"]["gradient~perturbation"]["n"] == 2
-    assert "<script" not in page and "&lt;" in page and "correct" in page and "wrong" in page
+    assert report["completions"] == 3 and report["with_answer"] == 2 and report["wrong_step"]["n"] == 1
+    assert report["wrong_step"]["chance"] == 0.25 and report["reference"] == "rollout"
+    assert set(report["agreement"]["file"]) == {"gradient", "perturbation", "entropy", "grail", "rollout"}
+    assert "<script" not in page and "&lt;" in page and "correct" in page and "wrong" in page and "GRAIL" in page
     printed = capsys.readouterr().out
-    assert "gradient vs perturbation" in printed and "hit@1" in printed and "uniform weights" in printed
+    assert "Spearman (file" in printed and "hit@1 (n=1)" in printed and "uniform weights" in printed
     assert len((out / "credit.jsonl").read_text().splitlines()) == 3
+    assert (out / "agreement.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("content, message", [
@@ -264,6 +309,18 @@ def test_cli_explain_bad_flags(tmp_path, capsys):
     assert "--estimators" in capsys.readouterr().err
     assert main(["explain", "--threshold", "1.5", "--output", str(tmp_path)]) == 2
     assert "threshold" in capsys.readouterr().err
+    assert main(["explain", "--estimators", "none", "--output", str(tmp_path)]) == 2
+    assert "grail, rollout" in capsys.readouterr().err
+    assert main(["explain", "--rollouts", "0", "--output", str(tmp_path)]) == 2
+    assert "rollouts must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_cli_explain_png_without_a_browser_fails_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OARL_CHROMIUM", str(tmp_path / "no-chromium"))
+    assert main(["explain", "--png", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--png: chromium not found" in err and "apt install chromium chromium-driver" in err
+    assert "the HTML heat map needs none of them" in err and not (tmp_path / "o").exists()
 
 
 def test_cli_explain_samples_from_a_run_directory(tiny_lm_dir, tmp_path, capsys):
@@ -275,9 +332,10 @@ def test_cli_explain_samples_from_a_run_directory(tiny_lm_dir, tmp_path, capsys)
     assert main(["explain", "--model", str(run), "--n", "2", "--max-new-tokens", "30", "--estimators", "entropy,gradient",
                  "--output", str(out)]) == 0
     report = json.loads((out / "agreement.json").read_text())
-    assert report["completions"] == 2 and "pivot" not in report
-    assert set(report["spearman"]) == {"entropy~gradient"}
-    assert "gold" in (out / "heatmap.html").read_text()
+    rows = [json.loads(line) for line in (out / "credit.jsonl").read_text().splitlines()]
+    assert report["completions"] == 4 and [r["source"] for r in rows] == ["sampled"] * 2 + ["demo"] * 2
+    assert report["reference"] is None and report["wrong_step"]["n"] == 2  # tree demos: two written steps
+    assert "gold" in (out / "heatmap.html").read_text() and "No agreement" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("task", ["tree", "chain"])
@@ -288,4 +346,4 @@ def test_cli_explain_demos_of_either_task_form(tiny_lm_dir, tmp_path, task):
     rows = [json.loads(line) for line in (out / "credit.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(("(" in r["prompt"]) == (task == "tree") for r in rows)
     report = json.loads((out / "agreement.json").read_text())
-    assert report["pivot"]["n"] == 3
+    assert report["wrong_step"]["n"] == 3 and all(r["source"] == "demo" and r["error_span"] for r in rows)

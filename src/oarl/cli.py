@@ -93,39 +93,87 @@ def run_eval(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ explain
 
 
+DEFAULT_EXPLAIN_ESTIMATORS = "gradient,perturbation,entropy,grail,rollout"
+
+
 def add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny",
                    help="'tiny' (the embedded warm-started model), a model directory, an `oarl train` run directory "
                         "(its final_model/), 'smollm2-135m' or a hub name (default: %(default)s)")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--demos", action="store_true",
-                        help="explain flawed warm-up demonstrations of the arithmetic task (their first wrong result is "
-                             "the known pivot: pivot hit rates are reported) instead of sampled completions")
+                        help="only flawed warm-up demonstrations of the arithmetic task (their first wrong result is the "
+                             "known wrong step: hit@1 is reported); default: N sampled completions and N flawed demos")
     source.add_argument("--completions", metavar="FILE.jsonl",
-                        help="explain your own completions: JSONL rows with prompt and completion (optional: answer, "
-                             "error_span = [start, end] characters of a known pivot)")
-    p.add_argument("--n", type=int, help="completions to explain (default: 8; with --completions: every row)")
-    p.add_argument("--estimators", default="gradient,perturbation,entropy",
-                   help="comma-separated, among perturbation, gradient, entropy (default: %(default)s)")
-    p.add_argument("--output", default="runs/explain", help="folder for heatmap.html, agreement.json, credit.jsonl (default: %(default)s)")
+                        help="explain your own completions: JSONL rows with prompt and completion (optional: answer, the "
+                             "gold answer rollout credit scores against; error_span = [start, end] characters of a "
+                             "known wrong result)")
+    p.add_argument("--n", type=int, help="completions of each source (default: 32; with --completions: every row)")
+    p.add_argument("--estimators", default=DEFAULT_EXPLAIN_ESTIMATORS,
+                   help="comma-separated, among perturbation, gradient, entropy, grail, rollout; rollout credit is "
+                        "the reference the others are scored against (default: %(default)s)")
+    p.add_argument("--output", default="runs/explain",
+                   help="folder for heatmap.html, agreement.json, agreement.png, credit.jsonl (default: %(default)s)")
+    p.add_argument("--png", type=int, nargs="?", const=4, metavar="N",
+                   help="also write heatmap.png, the heat map of the first N completions (default 4) rendered by "
+                        "headless Chromium (needs chromium, chromedriver and selenium: `pip install 'oarl[browser]'`)")
     p.add_argument("--task", choices=("tree", "chain"), default="tree",
-                   help="form of the arithmetic task of --demos, of the sampled problems and of --model tiny "
+                   help="form of the arithmetic task of the demos, of the sampled problems and of --model tiny "
                         "(default: %(default)s)")
     p.add_argument("--split", choices=("train", "test", "hard"), default="test",
                    help="arithmetic split of the sampled problems (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 = greedy (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="completion length cap when sampling (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature of the completions and of rollout credit's continuations, 0 = greedy "
+                        "(default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=96,
+                   help="completion length cap; continuations stop there too (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="problem / demo / sampling / noise seed (default: %(default)s)")
     p.add_argument("--advantage", type=float, default=1.0, help="the nonzero advantage each completion gets (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="completions per credit pass (default: %(default)s)")
     p.add_argument("--device", help="device (default: cpu)")
     p.add_argument("--outcome", choices=("last", "answer_mean", "answer_joint"),
                    help="outcome distribution (default: last for perturbation, answer_mean otherwise)")
+    p.add_argument("--rollouts", type=int, default=16,
+                   help="rollout credit: continuations per step boundary; more than training's 4 by default, since "
+                        "here it is the reference (default: %(default)s)")
     for flag, kind, text in (("--threshold", float, "Bi-Level threshold quantile q"), ("--beta", float, "Bi-Level boost"),
                              ("--floor", float, "Bi-Level weight floor"), ("--noise-std", float, "OAR-G embedding noise"),
                              ("--noise-samples", int, "OAR-G noise draws averaged"),
-                             ("--chunk-size", int, "OAR-P variants per forward pass")):
+                             ("--chunk-size", int, "OAR-P variants per forward pass"),
+                             ("--span", str, "reasoning steps: token, line or sentence (rollout's and the benchmark's)"),
+                             ("--max-steps", int, "rollout credit: steps per completion, more are merged")):
         p.add_argument(flag, type=kind, help=f"{text} (default: CreditConfig's)")
+
+
+def _explain_rows(args, regime, tokenizer, model, n: int) -> list[dict]:
+    """The completions to explain: N sampled from the model and N flawed demos (or only demos with --demos),
+    each with prompt, completion, answer (gold), source, and error_span for a flawed demo."""
+    from oarl.data.arithmetic import demos, problems
+    from oarl.evaluate import HFBackend, Sampling, build_prompt
+
+    chat = getattr(tokenizer, "chat_template", None) is not None  # ask a chat model as `oarl train` does
+
+    def prompt_of(row: dict) -> str:
+        return build_prompt({"problem": f"{row['expression']} = ?"}, tokenizer) if chat else row["prompt"]
+
+    rows = []
+    if not args.demos:
+        sampled = problems(args.split, n, seed=args.seed, task=regime.task)
+        prompts = [prompt_of(r) for r in sampled]
+        sampling = Sampling(temperature=args.temperature, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=args.seed)
+        generations = HFBackend(model, tokenizer, batch_size=args.batch_size, add_special_tokens=not chat).generate(
+            prompts, 1, sampling)
+        rows += [{"prompt": p, "completion": gen["text"], "answer": r["answer"], "source": "sampled"}
+                 for r, p, (gen,) in zip(sampled, prompts, generations)]
+    pool = 4 * n + 16
+    while True:  # about a third of the demos are flawed
+        flawed = [d for d in demos(pool, seed=args.seed, task=regime.task) if d["flawed"]][:n]
+        if len(flawed) == n:
+            break
+        pool *= 2
+    rows += [{"prompt": prompt_of(d), "completion": d["completion"], "answer": d["answer"], "source": "demo",
+              "error_span": d["error_span"]} for d in flawed]
+    return rows
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -137,7 +185,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
     from oarl.credit import ESTIMATORS, CreditConfig
     from oarl.report.agreement import format_table, json_safe, summarize
-    from oarl.report.heatmap import explain_batch, read_completions_jsonl
+    from oarl.report.heatmap import explain_batch, read_completions_jsonl, render_page
 
     def fail(message: str) -> int:
         print(f"oarl explain: {message}", file=sys.stderr)
@@ -146,19 +194,30 @@ def run_explain(args: argparse.Namespace) -> int:
     estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
     bad = [e for e in estimators if e not in ESTIMATORS or e == "none"]
     if not estimators or bad:
-        return fail(f"--estimators must name some of perturbation, gradient, entropy; got {args.estimators!r}")
+        return fail(f"--estimators must name some of {', '.join(e for e in ESTIMATORS if e != 'none')}; "
+                    f"got {args.estimators!r}")
     if args.n is not None and args.n < 1:
         return fail(f"--n must be >= 1, got {args.n}")
     if args.advantage == 0:
         return fail("--advantage must be nonzero (a zero advantage skips the credit computation)")
+    if args.png is not None and args.png < 1:
+        return fail(f"--png N must be >= 1, got {args.png}")
     overrides = {k: getattr(args, k) for k in ("outcome", "threshold", "beta", "floor", "noise_std", "noise_samples",
-                                                  "chunk_size")
+                                                  "chunk_size", "rollouts", "span", "max_steps")
                  if getattr(args, k) is not None}
+    overrides["temperature"] = args.temperature if args.temperature > 0 else 1.0  # GRAIL: the sampling temperature
     try:
         for name in estimators:
             CreditConfig(estimator=name, **overrides)
     except ValueError as exc:
         return fail(str(exc))
+    if args.png is not None:  # before any long work: say now what is missing
+        from oarl.report.browser import BrowserUnavailable, find_browser
+
+        try:
+            find_browser()
+        except BrowserUnavailable as exc:
+            return fail(f"--png: {exc}")
 
     rows = None
     if args.completions:  # read before loading a model: bad input fails fast
@@ -166,6 +225,8 @@ def run_explain(args: argparse.Namespace) -> int:
             rows = read_completions_jsonl(args.completions)[: args.n]
         except ValueError as exc:
             return fail(str(exc))
+        for row in rows:
+            row["source"] = "file"
 
     from oarl.data.arithmetic import REGIMES
     from oarl.evaluate import resolve_model_path
@@ -183,55 +244,40 @@ def run_explain(args: argparse.Namespace) -> int:
         return fail(str(exc))
 
     started = time.perf_counter()
-    n = args.n or 8
-    if rows is None and args.demos:
-        from oarl.data.arithmetic import demos
-
-        pool = 4 * n + 16
-        while True:  # about a third of the demos are flawed
-            rows = [d for d in demos(pool, seed=args.seed, task=regime.task) if d["flawed"]][:n]
-            if len(rows) == n:
-                break
-            pool *= 2
-    elif rows is None:
-        from oarl.data.arithmetic import problems
-        from oarl.evaluate import HFBackend, Sampling
-
-        rows = problems(args.split, n, seed=args.seed, task=regime.task)
-        sampling = Sampling(temperature=args.temperature, top_p=1.0, max_new_tokens=args.max_new_tokens, seed=args.seed)
-        generations = HFBackend(model, tokenizer, batch_size=args.batch_size).generate([r["prompt"] for r in rows], 1, sampling)
-        for row, (gen,) in zip(rows, generations):
-            row["completion"] = gen["text"]
-            row["finish_reason"] = gen["finish_reason"]
+    if rows is None:
+        rows = _explain_rows(args, regime, tokenizer, model, args.n or 32)
 
     from oarl.credit.answer import extract_answer
+    from oarl.report.sampling import gold_scorer, generate_sampler
 
     headings = []
     for i, row in enumerate(rows):
-        heading = f"completion {i}"
+        heading = f"{row['source']} {i}"
         if row.get("answer") is not None:
             stated = extract_answer(row["completion"])
             verdict = "no answer" if stated is None else "correct" if stated.strip().rstrip(".") == str(row["answer"]) else "wrong"
             heading += f" - gold {row['answer']}, {verdict}"
         if row.get("error_span") is not None:
-            heading += " - pivot outlined"
+            heading += " - known wrong result outlined"
         headings.append(heading)
     pivots = [tuple(r["error_span"]) if r.get("error_span") is not None else None for r in rows]
-    candidates = None
-    if args.demos:  # a pivot can only be a written intermediate result: the stronger chance baseline
-        import re
-
-        candidates = [[m.span(1) for m in re.finditer(r"=(-?\d+)", r["completion"])] for r in rows]
-    source = "flawed demos" if args.demos else args.completions or f"sampled, {args.split} split, T={args.temperature}"
+    sampler = generate_sampler(model, tokenizer, args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    scorer = gold_scorer(tokenizer, [None if r.get("answer") is None else str(r["answer"]) for r in rows])
+    source = "flawed demos" if args.demos else args.completions or f"sampled ({args.split} split, T={args.temperature}) and flawed demos"
     torch.manual_seed(args.seed)
     explained = explain_batch(
         model, tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows], estimators,
         advantage=args.advantage, batch_size=args.batch_size, seed=args.seed, headings=headings, pivots=pivots,
-        title=f"oarl credit: {args.model} ({source})", **overrides,
+        title=f"oarl credit: {args.model} ({source})", sampler=sampler, scorer=scorer,
+        max_completion_length=args.max_new_tokens, **overrides,
     )
-    report = summarize(explained, estimators, pivots=pivots, candidates=candidates)
+    for row, data in zip(explained["completions"], rows):
+        row.update(source=data["source"], error_span=data.get("error_span"), answer=data.get("answer"))
+    report = summarize(explained, estimators)
     report.update(model=args.model, source=source, credit_config=overrides, wall_time_s=time.perf_counter() - started,
                   stats=explained["stats"])
+
+    from oarl.report.plots import agreement_plot
 
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -239,13 +285,24 @@ def run_explain(args: argparse.Namespace) -> int:
     with open(out / "agreement.json", "w", encoding="utf-8") as f:
         json.dump(json_safe(report), f, indent=2, allow_nan=False)
     with open(out / "credit.jsonl", "w", encoding="utf-8") as f:
-        for row, pivot in zip(explained["completions"], pivots):
-            f.write(json.dumps(json_safe({**row, "error_span": pivot}), allow_nan=False) + "\n")
+        for row in explained["completions"]:
+            f.write(json.dumps(json_safe(row), allow_nan=False) + "\n")
+    agreement_plot(report, out / "agreement.png")
+    written = [out / "heatmap.html", out / "agreement.json", out / "agreement.png", out / "credit.jsonl"]
+    if args.png is not None:
+        from oarl.report.browser import screenshot
+
+        page = out / "heatmap_first.html"
+        first = [section for own in explained["sections"][: args.png] for section in own]
+        page.write_text(render_page(first, title=f"oarl credit: {args.model}"), encoding="utf-8")
+        screenshot(page, out / "heatmap.png")
+        page.unlink()
+        written.append(out / "heatmap.png")
     print(format_table(report))
     no_answer = report["completions"] - report["with_answer"]
     if no_answer:
         print(f"{no_answer} completion(s) without a parsable answer: shown with uniform weights")
-    print(f"wall time {report['wall_time_s']:.1f}s; wrote {out / 'heatmap.html'}, {out / 'agreement.json'}, {out / 'credit.jsonl'}")
+    print(f"wall time {report['wall_time_s']:.1f}s; wrote {', '.join(str(p) for p in written)}")
     return 0
 
 

@@ -1,25 +1,33 @@
-"""Agreement between credit estimators, and how often they find the known pivotal token.
+"""The credit benchmark: how well each estimator agrees with rollout credit, and finds a known wrong step.
 
-    spearman(a, b)            rank correlation (average ranks for ties) of two importance vectors
-    pairwise_spearman(...)    per completion, over its reasoning tokens, for pairs of estimators; mean / median
-    pivot_hits(...)           for completions with a known pivotal character span (flawed arithmetic demos):
-                              does the top-k of an estimator's reasoning tokens overlap the span? with the
-                              chance rate of k random reasoning tokens for reference
-    summarize(explained, ...) both, from the dict ``oarl.report.heatmap.explain_batch`` returns
+    rankdata(x) / spearman(a, b) / kendall(a, b)   rank correlations (ties: average ranks; Kendall's tau-b)
+    step_scores(values, steps)                     a completion's token importances -> one score per step (mean)
+    top_step_hit(scores, wrong)                    hit@1 of the known wrong step, ties shared
+    summarize(explained, estimators)               the report of an ``explain_batch`` result (see below)
+    format_table(report)                           one plain-text table for all estimators
 
-The paper's claim "OAR-G approximates OAR-P" is a claim about rankings of tokens within a completion: Bi-Level
-reshaping only uses the min-max normalised log1p importances, i.e. (up to the threshold's interpolation) their
-order. So Spearman over the reasoning tokens of each completion is the number that matters.
+Everything is compared at the level of reasoning steps (sentences or lines, the steps rollout credit samples
+at), because that is the resolution of the reference: rollout credit gives every token of a step the same value.
+An estimator's score of a step is the mean importance of its tokens (the mean, not the sum, so that a long step
+does not win by its length). Per completion with at least 2 steps:
+
+    Spearman's rho and Kendall's tau-b between the estimator's step scores and rollout credit |delta V|
+    (NaN, and left out, when either side is constant: no ranking to compare), then their mean +- standard error
+    over the completions of each source ("sampled" completions of the model, flawed "demo"s, a "file");
+    hit@1: 1 if the estimator's top step is the known wrong step (1/m when m steps tie at the top), with the chance
+    rate of a random step, 1 / (number of steps), beside it. Completions with fewer than 2 steps are left out:
+    there hit@1 is 1 whatever the estimator does (a hit@k with k >= the number of steps says nothing).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from itertools import combinations
 from typing import Sequence
 
 import torch
+
+REFERENCE = "rollout"
 
 
 def rankdata(x) -> torch.Tensor:
@@ -41,13 +49,18 @@ def rankdata(x) -> torch.Tensor:
     return ranks
 
 
-def spearman(a, b) -> float:
-    """Spearman's rho of a and b (Pearson correlation of their average ranks); NaN when fewer than 2 values
-    or when either side is constant (no ranking to compare)."""
+def _pair(a, b, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     a = torch.as_tensor(a, dtype=torch.float64).flatten()
     b = torch.as_tensor(b, dtype=torch.float64).flatten()
     if a.numel() != b.numel():
-        raise ValueError(f"spearman needs equal lengths, got {a.numel()} and {b.numel()}")
+        raise ValueError(f"{name} needs equal lengths, got {a.numel()} and {b.numel()}")
+    return a, b
+
+
+def spearman(a, b) -> float:
+    """Spearman's rho of a and b (Pearson correlation of their average ranks); NaN when fewer than 2 values
+    or when either side is constant (no ranking to compare)."""
+    a, b = _pair(a, b, "spearman")
     if a.numel() < 2:
         return float("nan")
     ra, rb = rankdata(a), rankdata(b)
@@ -58,153 +71,105 @@ def spearman(a, b) -> float:
     return max(-1.0, min(1.0, float((ra * rb).sum()) / denom))
 
 
-def _finite(values: list[float]) -> list[float]:
-    return [v for v in values if v == v]
+def kendall(a, b) -> float:
+    """Kendall's tau-b of a and b: (concordant - discordant pairs) / sqrt((n0 - ties_a) (n0 - ties_b)), the
+    variant for ties (Kendall 1945; scipy.stats.kendalltau's default); NaN when fewer than 2 values or when
+    either side is constant."""
+    a, b = _pair(a, b, "kendall")
+    if a.numel() < 2:
+        return float("nan")
+    upper = torch.triu(torch.ones(a.numel(), a.numel(), dtype=torch.bool), diagonal=1)  # each pair once
+    sa = torch.sign(a[:, None] - a[None, :])[upper]
+    sb = torch.sign(b[:, None] - b[None, :])[upper]
+    denom = math.sqrt(float((sa * sa).sum()) * float((sb * sb).sum()))
+    if denom == 0:
+        return float("nan")
+    return max(-1.0, min(1.0, float((sa * sb).sum()) / denom))
 
 
 def describe(values: Sequence[float]) -> dict:
-    """mean / median over the finite values, with n (used) and n_nan (left out)."""
-    kept = _finite(list(values))
+    """mean, standard error of the mean (sample std / sqrt(n); None below 2 values) over the finite values,
+    with n (used) and n_nan (left out)."""
+    kept = [v for v in values if v is not None and math.isfinite(v)]
     return {
         "mean": statistics.fmean(kept) if kept else None,
-        "median": statistics.median(kept) if kept else None,
+        "se": statistics.stdev(kept) / math.sqrt(len(kept)) if len(kept) > 1 else None,
         "n": len(kept),
         "n_nan": len(values) - len(kept),
     }
 
 
-def _reasoning(values: Sequence[float], segments: Sequence[str]) -> list[float]:
-    return [v for v, s in zip(values, segments) if s == "reasoning"]
+def step_scores(values: Sequence[float], steps: Sequence[int]) -> list[float]:
+    """Mean of values over the tokens of each step 0..S-1 (steps: one id per token, -1 outside the steps)."""
+    count = max(steps, default=-1) + 1
+    sums, sizes = [0.0] * count, [0] * count
+    for value, step in zip(values, steps):
+        if step >= 0:
+            sums[step] += value
+            sizes[step] += 1
+    return [s / n if n else float("nan") for s, n in zip(sums, sizes)]
 
 
-def pairwise_spearman(completions: list[dict], pairs: Sequence[tuple[str, str]]) -> dict:
-    """For each pair (a, b): Spearman of a's and b's importances over each completion's reasoning tokens.
-
-    completions: dicts with "segments" (labels per token) and "importance" ({estimator: [float per token]})
-    as explain_batch returns them. Completions without a parsed answer or with < 2 reasoning tokens give NaN
-    (left out of mean / median, counted in n_nan)."""
-    out = {}
-    for a, b in pairs:
-        rhos = []
-        for row in completions:
-            if not row.get("has_answer", True):
-                rhos.append(float("nan"))
-                continue
-            rhos.append(spearman(_reasoning(row["importance"][a], row["segments"]),
-                                 _reasoning(row["importance"][b], row["segments"])))
-        out[f"{a}~{b}"] = {"a": a, "b": b, **describe(rhos), "per_completion": rhos}
-    return out
-
-
-def span_tokens(spans: Sequence[Sequence[int]], char_span: Sequence[int]) -> list[bool]:
-    """Per token: does its [start, end) character span overlap char_span = (start, end)?"""
-    s0, s1 = char_span
-    return [e > s0 and s < s1 for s, e in spans]
-
-
-def top_k(values: Sequence[float], k: int) -> list[int]:
-    """Indices of the k largest values (ties: the earlier token first; NaN counts as smallest)."""
-    keyed = [(-(v if v == v else -math.inf), i) for i, v in enumerate(values)]
-    return [i for _, i in sorted(keyed)[:k]]
-
-
-def chance_hit(num_tokens: int, num_pivot: int, k: int) -> float:
-    """Probability that k reasoning tokens drawn at random (without replacement) include a pivot token:
-    1 - C(L - s, k) / C(L, k). For k = 1 this is s / L."""
-    if num_tokens <= 0 or num_pivot <= 0:
-        return 0.0
-    k = min(k, num_tokens)
-    return 1.0 - math.comb(num_tokens - num_pivot, k) / math.comb(num_tokens, k)
-
-
-def pivot_hits(importance: Sequence[float], segments: Sequence[str], pivot: Sequence[bool],
-               ks: Sequence[int] = (1, 3)) -> dict | None:
-    """Whether the top-k reasoning tokens by importance overlap the pivot tokens, for each k; and the chance
-    rate of k random reasoning tokens. None when no pivot token is a reasoning token (nothing to find)."""
-    idx = [t for t, s in enumerate(segments) if s == "reasoning"]
-    flags = [bool(pivot[t]) for t in idx]
-    if not any(flags):
+def top_step_hit(scores: Sequence[float], wrong: int) -> float | None:
+    """1 if step `wrong` has the highest score, 1/m if it ties with m - 1 others at the top, else 0; None when a
+    score is not finite."""
+    if not all(math.isfinite(s) for s in scores):
         return None
-    values = [importance[t] for t in idx]
-    out = {"reasoning_tokens": len(idx), "pivot_tokens": sum(flags)}
-    for k in ks:
-        out[f"hit@{k}"] = any(flags[j] for j in top_k(values, k))
-        out[f"chance@{k}"] = chance_hit(len(idx), sum(flags), k)
-    return out
+    best = max(scores)
+    top = [i for i, s in enumerate(scores) if s == best]
+    return 1.0 / len(top) if wrong in top else 0.0
 
 
-def pivot_hit_rate(completions: list[dict], estimators: Sequence[str], pivots: Sequence[Sequence[int] | None],
-                   ks: Sequence[int] = (1, 3), candidates: Sequence[Sequence[Sequence[int]] | None] | None = None) -> dict:
-    """Fraction of the completions with a known pivot span (character span, None = unknown) whose top-k
-    reasoning tokens by each estimator overlap it; with the mean chance rate of k random reasoning tokens and
-    the mean ratio pivot tokens / reasoning tokens ("span_fraction") for reference.
-
-    candidates (optional): per completion, character spans of the places a pivot can be at all (e.g. every
-    written intermediate result of an arithmetic solution); adds "chance_candidates", the hit rate of k
-    tokens drawn at random among the candidate reasoning tokens: a stronger baseline than random tokens."""
-    per_estimator = {name: {f"hit@{k}": [] for k in ks} for name in estimators}
-    chance = {f"chance@{k}": [] for k in ks}
-    chance_candidates = {f"chance@{k}": [] for k in ks}
-    span_fraction = []
-    for i, (row, char_span) in enumerate(zip(completions, pivots)):
-        if char_span is None or not row.get("has_answer", True):
-            continue
-        pivot = span_tokens(row["spans"], char_span)
-        first = None
-        for name in estimators:
-            hits = pivot_hits(row["importance"][name], row["segments"], pivot, ks)
-            if hits is None:
-                break
-            first = first or hits
-            for k in ks:
-                per_estimator[name][f"hit@{k}"].append(float(hits[f"hit@{k}"]))
-        if first is None:
-            continue
-        for k in ks:
-            chance[f"chance@{k}"].append(first[f"chance@{k}"])
-        span_fraction.append(first["pivot_tokens"] / first["reasoning_tokens"])
-        if candidates is not None and candidates[i]:
-            allowed = [any(flags) for flags in zip(*(span_tokens(row["spans"], c) for c in candidates[i]))]
-            pool = [p for p, a, s in zip(pivot, allowed, row["segments"]) if s == "reasoning" and (a or p)]
-            for k in ks:
-                chance_candidates[f"chance@{k}"].append(chance_hit(len(pool), sum(pool), k))
-    n = len(span_fraction)
-    mean = lambda xs: statistics.fmean(xs) if xs else None  # noqa: E731
-    out = {
-        "n": n,
-        "estimators": {name: {key: mean(v) for key, v in hits.items()} for name, hits in per_estimator.items()},
-        "chance": {key: mean(v) for key, v in chance.items()},
-        "span_fraction": mean(span_fraction),
-    }
-    if candidates is not None:
-        out["chance_candidates"] = {key: mean(v) for key, v in chance_candidates.items()}
-    return out
+def wrong_step(spans: Sequence[Sequence[int]], steps: Sequence[int], char_span: Sequence[int]) -> int | None:
+    """The step of the first token that overlaps char_span = (start, end) (the known wrong result), or None."""
+    s0, s1 = char_span
+    for (s, e), step in zip(spans, steps):
+        if e > s0 and s < s1 and step >= 0:
+            return step
+    return None
 
 
-def default_pairs(estimators: Sequence[str]) -> list[tuple[str, str]]:
-    """Every estimator against OAR-P when it is there (the reference the paper approximates), else all pairs."""
-    names = [e for e in estimators if e != "none"]
-    if "perturbation" in names:
-        return [(e, "perturbation") for e in names if e != "perturbation"]
-    return list(combinations(names, 2))
-
-
-def summarize(explained: dict, estimators: Sequence[str], pivots: Sequence[Sequence[int] | None] | None = None,
-              pairs: Sequence[tuple[str, str]] | None = None, ks: Sequence[int] = (1, 3),
-              candidates: Sequence[Sequence[Sequence[int]] | None] | None = None) -> dict:
-    """The agreement report of an explain_batch result: Spearman per pair, pivot hit rates (when pivots given;
-    candidates: see pivot_hit_rate)."""
+def summarize(explained: dict, estimators: Sequence[str], reference: str | None = REFERENCE) -> dict:
+    """The benchmark report of an ``explain_batch`` result whose rows hold "steps" (step id per token), "source",
+    and optionally "error_span" (the known wrong result, character span): per source, each estimator's
+    Spearman and Kendall against `reference` (when it is among the estimators) and, over the rows with a known
+    wrong step, hit@1 and the chance rate."""
     rows = explained["completions"]
-    pairs = default_pairs(estimators) if pairs is None else list(pairs)
+    estimators = list(estimators)
+    reference = reference if reference in estimators else None
+    agreement: dict = {}
+    hits = {name: [] for name in estimators}
+    chance = []
+    for row in rows:
+        n_steps = max(row["steps"], default=-1) + 1
+        if not row["has_answer"] or n_steps < 2:
+            continue
+        scores = {name: step_scores(row["importance"][name], row["steps"]) for name in estimators}
+        if reference is not None:
+            per_source = agreement.setdefault(row.get("source", "file"), {name: {"spearman": [], "kendall": []}
+                                                                           for name in estimators})
+            for name in estimators:
+                per_source[name]["spearman"].append(spearman(scores[name], scores[reference]))
+                per_source[name]["kendall"].append(kendall(scores[name], scores[reference]))
+        if row.get("error_span") is not None:
+            wrong = wrong_step(row["spans"], row["steps"], row["error_span"])
+            if wrong is None:
+                continue
+            chance.append(1.0 / n_steps)
+            for name in estimators:
+                hits[name].append(top_step_hit(scores[name], wrong))
     report = {
         "completions": len(rows),
         "with_answer": sum(bool(r["has_answer"]) for r in rows),
-        "estimators": list(estimators),
-        "spearman": pairwise_spearman(rows, pairs),
+        "estimators": estimators,
+        "reference": reference,
+        "agreement": {source: {name: {k: describe(v) for k, v in metrics.items()} for name, metrics in per.items()}
+                      for source, per in agreement.items()},
         "time_s": explained.get("time_s", {}),
     }
-    if pivots is not None and any(p is not None for p in pivots):
-        report["pivot"] = pivot_hit_rate(rows, estimators, pivots, ks, candidates)
+    if chance:
+        report["wrong_step"] = {"n": len(chance), "chance": statistics.fmean(chance),
+                                "estimators": {name: describe(v) for name, v in hits.items()}}
     return report
 
 
@@ -219,28 +184,41 @@ def json_safe(obj):
     return obj
 
 
+def _mean_se(d: dict | None) -> str:
+    if not d or d["mean"] is None:
+        return "-"
+    return f"{d['mean']:+.2f}" + (f" ± {d['se']:.2f}" if d["se"] is not None else "")
+
+
 def format_table(report: dict) -> str:
-    """A short plain-text table of a summarize() report."""
-    fmt = lambda x: "  -  " if x is None else f"{x:+.3f}" if x < 0 else f"{x:.3f}"  # noqa: E731
-    lines = [f"Spearman over reasoning tokens ({report['with_answer']}/{report['completions']} completions with an answer)",
-             f"  {'pair':<28} {'mean':>7} {'median':>7} {'n':>4}"]
-    for item in report["spearman"].values():
-        name = f"{item['a']} vs {item['b']}"
-        lines.append(f"  {name:<28} {fmt(item['mean']):>7} {fmt(item['median']):>7} {item['n']:>4}")
-    pivot = report.get("pivot")
-    if pivot:
-        keys = [k for k in pivot["chance"]]
-        hit_keys = [k.replace("chance", "hit") for k in keys]
-        lines.append(f"Pivot hit rate ({pivot['n']} flawed completions; top-k reasoning tokens overlap the first wrong result)")
-        lines.append(f"  {'estimator':<28} " + " ".join(f"{k:>7}" for k in hit_keys))
-        for name, hits in pivot["estimators"].items():
-            lines.append(f"  {name:<28} " + " ".join(f"{fmt(hits[k]):>7}" for k in hit_keys))
-        lines.append(f"  {'chance (random tokens)':<28} " + " ".join(f"{fmt(pivot['chance'][k]):>7}" for k in keys))
-        if pivot.get("chance_candidates"):
-            lines.append(f"  {'chance (random candidates)':<28} "
-                         + " ".join(f"{fmt(pivot['chance_candidates'][k]):>7}" for k in keys))
-        lines.append(f"  span tokens / reasoning tokens: {fmt(pivot['span_fraction'])}")
-    times = report.get("time_s") or {}
-    if times:
-        lines.append("Time: " + ", ".join(f"{k} {v:.2f}s" for k, v in times.items()))
+    """One plain-text table: a row per estimator; agreement with the reference per source, hit@1, time."""
+    sources = list(report["agreement"])
+    wrong = report.get("wrong_step")
+    head = f"  {'estimator':<14}"
+    for source in sources:
+        n = max((m["spearman"]["n"] for m in report["agreement"][source].values()), default=0)
+        head += f" | {f'Spearman ({source}, n={n})':>24} {'Kendall':>13}"
+    if wrong:
+        head += f" | {f'hit@1 (n={wrong[chr(110)]})':>13} {'chance':>6}"
+    head += f" | {'s/completion':>12}"
+    lines = []
+    if report["reference"]:
+        lines.append(f"Agreement with rollout credit at step level (mean ± SE over completions), "
+                     f"{report['with_answer']}/{report['completions']} completions with an answer")
+    else:
+        lines.append("No agreement: rollout credit, the reference, is not among the estimators")
+    if wrong:
+        lines.append("hit@1: the top step is the known wrong step of a flawed demonstration (chance: a random step)")
+    lines.append(head)
+    per_completion = report["completions"] or 1
+    for name in report["estimators"]:
+        line = f"  {name:<14}"
+        for source in sources:
+            metrics = report["agreement"][source][name]
+            line += f" | {_mean_se(metrics['spearman']):>24} {_mean_se(metrics['kendall']):>13}"
+        if wrong:
+            line += f" | {_mean_se(wrong['estimators'][name]):>13} {wrong['chance']:>6.2f}"
+        seconds = report["time_s"].get(name)
+        line += f" | {'-' if seconds is None else f'{seconds / per_completion:.3f}':>12}"
+        lines.append(line)
     return "\n".join(lines)

@@ -26,7 +26,8 @@ from typing import Sequence
 import torch
 
 SEGMENT_KINDS = ("reasoning", "conclusion", "answer", "rest")
-ESTIMATOR_LABELS = {"perturbation": "OAR-P", "gradient": "OAR-G", "entropy": "entropy", "none": "GRPO"}
+ESTIMATOR_LABELS = {"perturbation": "OAR-P", "gradient": "OAR-G", "entropy": "entropy", "none": "GRPO", "grail": "GRAIL",
+                    "rollout": "rollout credit"}
 DEFAULT_SCALE = 4.0  # weights at or beyond 4x (or 1/4x) get the full colour
 MAX_FADE = 200  # how far (0-255) a channel fades at full colour
 NO_ANSWER_NOTE = "no parsable final answer: uniform weights (w = 1), importance not computed"
@@ -174,6 +175,7 @@ class Section:
     note: str | None = None
     pivot: Sequence[bool] | None = None
     summary: dict = field(default_factory=dict)
+    signed: Sequence[float] | None = None  # rollout credit: V(after step) - V(before step), shown in the tooltip
 
 
 def _summary_numbers(weights: list[float], importance: list[float], labels: list[str]) -> dict:
@@ -197,6 +199,7 @@ def render_section(section: Section, scale: float = DEFAULT_SCALE) -> str:
     weights = _floats(section.weights, n) if section.weights is not None else [1.0] * n
     labels = _labels(section.segments, n)
     pivot = list(section.pivot) if section.pivot is not None else [False] * n
+    signed = _floats(section.signed, n) if section.signed is not None else None
     if len(pivot) != n:
         raise ValueError(f"expected {n} pivot flags (one per token), got {len(pivot)}")
     norm = normalised_importance(importance, [s == "reasoning" for s in labels])
@@ -223,6 +226,8 @@ def render_section(section: Section, scale: float = DEFAULT_SCALE) -> str:
     for t, (token, label_t) in enumerate(zip(section.tokens, labels)):
         classes = ["tok", f"seg-{label_t}"] + (["pivot"] if pivot[t] else [])
         tip = f"#{t} {label_t} | importance {_fmt(importance[t])} | normalised {_fmt(norm[t])} | weight {_fmt(weights[t])}"
+        if signed is not None and label_t == "reasoning":
+            tip += f" | delta V {_fmt(signed[t])}"
         if pivot[t]:
             tip += " | pivot"
         style = ""
@@ -329,21 +334,31 @@ def explain_batch(
     title: str = "oarl credit heat map",
     headings: Sequence[str] | None = None,
     pivots: Sequence[tuple[int, int] | None] | None = None,
+    sampler=None,
+    scorer=None,
+    max_completion_length: int | None = None,
     **config_overrides,
 ) -> dict:
     """Importances and weights of every estimator on the same completions, and a heat-map page of them.
 
     prompts / completions: texts (a completion is what the model wrote after its prompt, no EOS).
-    advantage: the (nonzero) advantage every completion gets, so none is skipped.
+    advantage: the (nonzero) advantage every completion gets, so none is skipped; every estimator computes its
+    importances on every completion (apply_to "all" unless config_overrides says otherwise: GRAIL's own default
+    would skip positive advantages).
     pivots: optional (start, end) character span per completion (None = none) outlined on the page.
-    config_overrides: CreditConfig fields (threshold, beta, floor, noise_std, outcome, chunk_size, ...).
+    sampler / scorer / max_completion_length: rollout credit's (oarl.credit.rollout; the scorer's rows index
+    `completions`), needed when "rollout" is among the estimators.
+    config_overrides: CreditConfig fields (threshold, beta, floor, noise_std, outcome, chunk_size, rollouts, ...).
 
-    Returns {"completions": [{"prompt", "completion", "tokens", "spans", "segments", "has_answer",
-    "note", "importance": {estimator: [float per token]}, "weights": {estimator: [...]}}, ...],
-    "time_s": {estimator: seconds}, "stats": {estimator: CreditOutput.stats averaged over batches},
-    "html": the page}.
+    Returns {"completions": [{"prompt", "completion", "tokens", "spans", "segments", "has_answer", "note",
+    "steps" (the reasoning step of each token, -1 elsewhere: rollout credit's steps, merged to max_steps),
+    "importance": {estimator: [float per token]}, "weights": {estimator: [...]}, "signed": [...] (rollout:
+    V(after) - V(before) of each token's step)}, ...], "time_s": {estimator: seconds}, "stats": {estimator:
+    CreditOutput.stats averaged over batches}, "html": the page, "sections": per completion, its Sections (to render
+    a page of some of them with render_page)}.
     """
-    from oarl.credit import CreditConfig, token_advantages
+    from oarl.credit import CreditConfig, segment_completions, token_advantages
+    from oarl.credit.rollout import step_groups
 
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
@@ -352,7 +367,11 @@ def explain_batch(
     if pivots is not None and len(pivots) != len(completions):
         raise ValueError(f"{len(pivots)} pivots but {len(completions)} completions")
     estimators = list(estimators)
+    if "rollout" in estimators and (sampler is None or scorer is None):
+        raise ValueError("rollout credit needs a sampler and a scorer")
+    config_overrides = {"apply_to": "all", **config_overrides}
     configs = {name: CreditConfig(estimator=name, **config_overrides) for name in estimators}  # validates early
+    steps_config = CreditConfig(estimator="rollout", **config_overrides)  # the steps every estimator is scored on
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
 
@@ -371,10 +390,16 @@ def explain_batch(
         completion_ids, completion_mask = _pad([r["_ids"] for r in chunk], pad_id, "right")
         tensors = [t.to(device) for t in (prompt_ids, prompt_mask, completion_ids, completion_mask)]
         adv = torch.full((len(chunk),), float(advantage), device=device)
+        segments = segment_completions(tokenizer, tensors[2], tensors[3], span=steps_config.resolved_span())
+        steps = segments.steps if segments.steps is not None else segments.reasoning.long().cumsum(1) - 1
+        steps = step_groups(torch.where(segments.reasoning, steps, -1), steps_config.max_steps)
+        chunk_scorer = None if scorer is None else (
+            lambda indices, ids, offset=start: scorer([offset + i for i in indices], ids))
         for name in estimators:
             generator = torch.Generator(device=device).manual_seed(seed + start)
             began = time.perf_counter()
-            out = token_advantages(model, tokenizer, *tensors, adv, configs[name], generator=generator)
+            out = token_advantages(model, tokenizer, *tensors, adv, configs[name], generator=generator, sampler=sampler,
+                                   scorer=chunk_scorer, max_completion_length=max_completion_length)
             times[name] += time.perf_counter() - began
             for key, value in out.stats.items():
                 stats[name][key] = stats[name].get(key, 0.0) + value * len(chunk) / len(rows)
@@ -382,38 +407,37 @@ def explain_batch(
                 n = len(row["_ids"])
                 row["importance"][name] = out.importance[b, :n].float().cpu().tolist()
                 row["weights"][name] = out.weights[b, :n].float().cpu().tolist()
-                if row["segments"] is None:
-                    row["segments"] = segment_labels(out.segments, b, n)
-                    row["has_answer"] = bool(out.segments.has_answer[b])
-        for row in chunk:
-            if row["segments"] is None:  # no estimator asked for
-                row["segments"] = ["rest"] * len(row["_ids"])
+                if out.signed is not None:
+                    row["signed"] = out.signed[b, :n].float().cpu().tolist()
+        for b, row in enumerate(chunk):
+            n = len(row["_ids"])
+            row["segments"] = segment_labels(segments, b, n)
+            row["has_answer"] = bool(segments.has_answer[b])
+            row["steps"] = steps[b, :n].cpu().tolist()
             if not row["has_answer"]:
                 row["note"] = NO_ANSWER_NOTE
             elif "reasoning" not in row["segments"]:
                 row["note"] = NO_REASONING_NOTE
 
-    sections = []
+    sections = []  # per completion, its sections (one per estimator)
     for i, row in enumerate(rows):
         pivot = None
         if pivots is not None and pivots[i] is not None:
             s0, s1 = pivots[i]
             pivot = [e > s0 and s < s1 for s, e in row["spans"]]
             row["pivot"] = pivot
-        for j, name in enumerate(estimators):
-            sections.append(Section(
-                row["tokens"], row["importance"][name], row["weights"][name], row["segments"], estimator=name,
-                heading=(headings[i] if headings is not None else f"completion {i}") if j == 0 else None,
-                prompt=row["prompt"] if j == 0 else None, advantage=float(advantage) if j == 0 else None,
-                note=row["note"] if j == 0 else None, pivot=pivot,
-            ))
-        if not estimators:
-            sections.append(Section(row["tokens"], None, None, row["segments"], heading=f"completion {i}",
-                                    prompt=row["prompt"], note=row["note"], pivot=pivot))
+        heading = headings[i] if headings is not None else f"completion {i}"
+        own = [Section(row["tokens"], row["importance"][name], row["weights"][name], row["segments"], estimator=name,
+                       heading=heading if j == 0 else None, prompt=row["prompt"] if j == 0 else None,
+                       advantage=float(advantage) if j == 0 else None, note=row["note"] if j == 0 else None,
+                       pivot=pivot, signed=row.get("signed") if name == "rollout" else None)
+               for j, name in enumerate(estimators)]
+        sections.append(own or [Section(row["tokens"], None, None, row["segments"], heading=heading,
+                                        prompt=row["prompt"], note=row["note"], pivot=pivot)])
     for row in rows:
         del row["_ids"], row["_prompt_ids"]
-    page = render_page(sections, title=title)
-    return {"completions": rows, "time_s": times, "stats": stats, "html": page}
+    page = render_page([s for own in sections for s in own], title=title)
+    return {"completions": rows, "time_s": times, "stats": stats, "html": page, "sections": sections}
 
 
 # ---------------------------------------------------------------------------------------------- user data

@@ -73,3 +73,40 @@ def make_plots(run_dir: str | Path) -> list[Path]:
         plt.close(fig)
         written.append(out_dir / name)
     return written
+
+
+def agreement_plot(report: dict, path: str | Path) -> Path:
+    """One figure of an ``oarl explain`` benchmark report (``oarl.report.agreement.summarize``): per estimator,
+    Spearman and Kendall against rollout credit for each source of completions (mean ± SE), and hit@1 of the
+    known wrong step with the chance rate as a line."""
+    import numpy as np
+
+    estimators, sources, wrong = report["estimators"], list(report["agreement"]), report.get("wrong_step")
+    panels = (["agreement"] if sources else []) + (["wrong_step"] if wrong else [])
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.5 * max(len(panels), 1), 3.6), squeeze=False)
+    x = np.arange(len(estimators))
+    for ax, panel in zip(axes[0], panels):
+        if panel == "agreement":
+            bars = [(source, metric) for source in sources for metric in ("spearman", "kendall")]
+            width = 0.8 / len(bars)
+            for i, (source, metric) in enumerate(bars):
+                values = [report["agreement"][source][e][metric] for e in estimators]
+                ax.bar(x + (i - (len(bars) - 1) / 2) * width, [v["mean"] or 0.0 for v in values], width,
+                       yerr=[v["se"] or 0.0 for v in values], capsize=2, label=f"{metric} ({source})")
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set(title="Agreement with rollout credit (step level)", ylabel="rank correlation", ylim=(-1.05, 1.05))
+        else:
+            values = [wrong["estimators"][e] for e in estimators]
+            ax.bar(x, [v["mean"] or 0.0 for v in values], 0.6, yerr=[v["se"] or 0.0 for v in values], capsize=2,
+                   label="hit@1")
+            ax.axhline(wrong["chance"], color="red", linestyle="--", label=f"chance {wrong['chance']:.2f}")
+            ax.set(title=f"Wrong step found (n={wrong['n']} flawed demos)", ylabel="hit@1", ylim=(0, 1.05))
+        ax.set_xticks(x, estimators, rotation=20)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    if not panels:
+        axes[0][0].text(0.5, 0.5, "nothing to compare", ha="center", va="center", transform=axes[0][0].transAxes)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
