@@ -7,6 +7,10 @@ different lengths, left padded). The baseline is what a GRPO step already pays p
 one backward of the policy over prompt ⊕ completion (token log-probabilities of the completion, summed).
 Each estimator is timed on the same batch in the same process; the table gives the time per completion and
 the ratio to the baseline (the median of --repeats runs after one warm-up).
+
+Rollout credit samples --rollouts continuations at each boundary of STEP_LEN-token steps (at most --max-steps
+steps), each as long as the rest of its completion (what a continuation writes: the remaining steps and the
+answer), with ``generate`` and its key/value cache; scoring is free here (a verifier costs next to nothing).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import time
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from oarl.credit import entropy_importance, gradient_importance, perturbation_importance
+from oarl.credit import entropy_importance, gradient_importance, grail_saliency, perturbation_importance
+from oarl.credit.rollout import rollout_importance
 
 PAD_ID = 0
 CONCLUSION_LEN = 3  # e.g. "\boxed{"
@@ -53,6 +58,49 @@ def forward_backward(model, ids, attn, completion):
     model.zero_grad(set_to_none=True)
 
 
+def split_prompts(ids, attn, reasoning, prompt_len: int):
+    """The probes as rollout credit takes them: prompts [B, P] (left padded) and completions [B, T] (right
+    padded) with masks, and the reasoning step of each completion token ([B, T], STEP_LEN tokens a step)."""
+    rows = [(ids[b][attn[b]], reasoning[b][attn[b]]) for b in range(ids.shape[0])]
+    width = max(len(r) for r, _ in rows) - prompt_len
+    prompt_ids = torch.stack([r[:prompt_len] for r, _ in rows])
+    completion_ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long, device=ids.device)
+    completion_mask = torch.zeros_like(completion_ids)
+    steps = torch.full_like(completion_ids, -1)
+    for b, (r, flags) in enumerate(rows):
+        n = len(r) - prompt_len
+        completion_ids[b, :n], completion_mask[b, :n] = r[prompt_len:], 1
+        steps[b, :n] = torch.where(flags[prompt_len:], flags[prompt_len:].long().cumsum(0) - 1, -1) // STEP_LEN
+    steps[steps < 0] = -1
+    lengths = completion_mask.sum(1).tolist()
+    return prompt_ids, torch.ones_like(prompt_ids), completion_ids, completion_mask, steps, lengths
+
+
+def remaining_length_sampler(model, prompt_ids, lengths: list[int]):
+    """K continuations per prefix, each as long as the rest of its completion (the row is told by its prompt, random
+    tokens); prefixes needing the same length share one ``generate`` call."""
+    prompt_len = prompt_ids.shape[1]
+    total_of = {tuple(p): prompt_len + n for p, n in zip(prompt_ids.tolist(), lengths)}
+
+    def sampler(prefixes, k):
+        out = [None] * len(prefixes)
+        by_length: dict[int, list[int]] = {}
+        for i, p in enumerate(prefixes):
+            by_length.setdefault(max(total_of[tuple(p[:prompt_len])] - len(p), 1), []).append(i)
+        for length, indices in by_length.items():
+            width = max(len(prefixes[i]) for i in indices)
+            rows = [[PAD_ID] * (width - len(prefixes[i])) + prefixes[i] for i in indices for _ in range(k)]
+            ids = torch.tensor(rows, device=model.device)
+            new = model.generate(input_ids=ids, attention_mask=(ids != PAD_ID).long(), do_sample=True, top_k=0,
+                                 max_new_tokens=length, min_new_tokens=length, pad_token_id=PAD_ID,
+                                 eos_token_id=None)[:, width:].tolist()
+            for j, i in enumerate(indices):
+                out[i] = new[j * k : (j + 1) * k]
+        return out
+
+    return sampler
+
+
 def timed(fn, repeats: int) -> float:
     fn()  # warm-up
     runs = []
@@ -75,6 +123,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rollouts", type=int, default=4, help="rollout credit: continuations per step boundary")
+    parser.add_argument("--max-steps", type=int, default=8, help="rollout credit: steps per completion at most")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -90,6 +140,9 @@ def main():
     steps = torch.arange(ids.shape[1], device=ids.device).expand_as(ids) // STEP_LEN  # [B, L]
     completion = attn.clone()
     completion[:, : ids.shape[1] - args.completion_len] = False
+    rollout_batch = split_prompts(ids, attn, reasoning, args.prompt_len)
+    rollout_batch, lengths = rollout_batch[:5], rollout_batch[5]
+    rollout_sampler = remaining_length_sampler(model, rollout_batch[0], lengths)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     def run(fn):
@@ -111,6 +164,10 @@ def main():
         "gradient (answer_mean)": lambda: gradient_importance(
             model, ids, attn, reasoning, answer, mode="answer_mean", generator=torch.Generator(args.device)),
         "entropy": lambda: entropy_importance(model, ids, attn, reasoning, answer),
+        "grail": lambda: grail_saliency(model, ids, attn, reasoning, answer),
+        f"rollout (K={args.rollouts}, {STEP_LEN}-token steps)": lambda: rollout_importance(
+            *rollout_batch, torch.arange(args.batch), rollout_sampler, lambda rows, comps: [1.0] * len(comps),
+            rollouts=args.rollouts, max_steps=args.max_steps),
     }
     params = sum(p.numel() for p in model.parameters())
     n_reasoning = int(reasoning.sum())
