@@ -14,7 +14,7 @@ from test_credit_fixtures import bpe_tokenizer, tiny_qwen2
 from oarl.credit import CreditConfig, token_advantages
 from oarl.credit.grail import grail_saliency, grail_weights
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from test_credit_fixtures import pad_rows
 from oarl.credit import CreditConfig, token_advantages
 from oarl.credit.rollout import rollout_importance, step_groups
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TOK = char_tokenizer()
 PROMPT = "Q: a, b, c?\nA: "
 RIGHT = ["a=1.", "b=2.", "c=3."]  # the reward depends on the second step only

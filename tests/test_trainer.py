@@ -134,23 +134,25 @@ def test_grail_in_training(tiny_lm_dir, tmp_path):
     RecordingOARTrainer.seen = None
     trainer, rec = make_trainer(RecordingOARTrainer, tiny_lm_dir, tmp_path, credit="grail")
     trainer.train()
-    assert trainer.state.global_step == 3 and RecordingOARTrainer.seen
+    assert trainer.state.global_step == 3 and RecordingOARTrainer.seen and len(trainer.credit_passes) == 3
     for key in CREDIT_METRICS:
         assert any(key in r and math.isfinite(r[key]) for r in rec.logs), key
-    credit_out, seq_adv, _, completion_mask = trainer.last_credit
-    reasoning, answer = credit_out.segments.reasoning, credit_out.segments.answer
-    signal = credit_out.segments.has_answer & (seq_adv != 0)
-    assert signal.any()
-    for b in signal.nonzero().flatten().tolist():
-        # w_max on the answer of every completion with signal; reasoning reweighted on non-positive advantages only
-        torch.testing.assert_close(credit_out.advantages[b][answer[b]], 5.0 * seq_adv[b].expand(int(answer[b].sum())))
-        values = credit_out.advantages[b][reasoning[b]]
-        if seq_adv[b] > 0:
-            assert (values == seq_adv[b]).all()
-        elif values.numel() > 1:
-            assert values.std() > 0
-    outside = (completion_mask > 0) & ~reasoning & ~answer
-    torch.testing.assert_close(credit_out.advantages[outside], seq_adv[:, None].expand_as(outside)[outside])
+    reweighted = 0
+    for credit_out, seq_adv, _, completion_mask in trainer.credit_passes:
+        reasoning, answer = credit_out.segments.reasoning, credit_out.segments.answer
+        for b in (credit_out.segments.has_answer & (seq_adv != 0)).nonzero().flatten().tolist():
+            # w_max on the answer of every completion with signal; reasoning reweighted on non-positive advantages
+            expected = 5.0 * seq_adv[b].expand(int(answer[b].sum()))
+            torch.testing.assert_close(credit_out.advantages[b][answer[b]], expected)
+            values = credit_out.advantages[b][reasoning[b]]
+            if seq_adv[b] > 0:
+                assert (values == seq_adv[b]).all()
+            elif values.numel() > 1:
+                assert values.std() > 0
+                reweighted += 1
+        outside = (completion_mask > 0) & ~reasoning & ~answer
+        torch.testing.assert_close(credit_out.advantages[outside], seq_adv[:, None].expand_as(outside)[outside])
+    assert reweighted >= 2, f"only {reweighted} completions with a negative advantage and an answer in 3 steps"
 
 
 def test_rollout_in_training(tiny_lm_dir, tmp_path):
@@ -167,22 +169,23 @@ def test_rollout_in_training(tiny_lm_dir, tmp_path):
 
     trainer._generate_single_turn = counting
     trainer.train()
-    assert trainer.state.global_step == 3 and RecordingOARTrainer.seen
+    assert trainer.state.global_step == 3 and RecordingOARTrainer.seen and len(trainer.credit_passes) == 3
     for key in CREDIT_METRICS:
         assert any(key in r and math.isfinite(r[key]) for r in rec.logs), key
-    # Training batches of 8 completions, then the continuations (3 per prefix, in calls of at most 8 sequences).
+    # Training batches of 8 completions, then the continuations: 3 per prefix, at most 8 sequences (2 prefixes) a call.
     assert generated[0] == 8 and len(generated) > 3 and set(generated[1:]) <= {3, 6, 8}
-    credit_out, seq_adv, _, completion_mask = trainer.last_credit
-    reasoning, signed = credit_out.segments.reasoning, credit_out.signed
-    assert signed is not None and torch.equal(credit_out.importance, signed.abs())
-    rows = credit_out.segments.has_answer & (seq_adv != 0) & reasoning.any(1)
-    assert rows.any()
-    for b in rows.nonzero().flatten().tolist():
-        values = credit_out.advantages[b][reasoning[b]]
-        assert values.sum().item() == pytest.approx(seq_adv[b].item() * values.numel(), rel=1e-4, abs=1e-4)
-        assert set(signed[b][reasoning[b]].mul(3).round().tolist()) <= {-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0}
-    outside = (completion_mask > 0) & ~reasoning
-    torch.testing.assert_close(credit_out.advantages[outside], seq_adv[:, None].expand_as(outside)[outside])
+    reshaped = 0
+    for credit_out, seq_adv, _, completion_mask in trainer.credit_passes:
+        reasoning, signed = credit_out.segments.reasoning, credit_out.signed
+        assert signed is not None and torch.equal(credit_out.importance, signed.abs())
+        for b in (credit_out.segments.has_answer & (seq_adv != 0) & reasoning.any(1)).nonzero().flatten().tolist():
+            values = credit_out.advantages[b][reasoning[b]]
+            assert values.sum().item() == pytest.approx(seq_adv[b].item() * values.numel(), rel=1e-4, abs=1e-4)
+            assert set(signed[b][reasoning[b]].mul(3).round().tolist()) <= {-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0}
+            reshaped += values.std() > 0
+        outside = (completion_mask > 0) & ~reasoning
+        torch.testing.assert_close(credit_out.advantages[outside], seq_adv[:, None].expand_as(outside)[outside])
+    assert reshaped >= 2, f"only {reshaped} completions whose rollout credit varies along the reasoning in 3 steps"
 
 
 def _none_sometimes(completions, answer, **kwargs):
