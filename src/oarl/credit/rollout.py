@@ -15,7 +15,8 @@ every other estimator's importances.
 
 Cost and batching: every distinct prefix of the batch is sampled once (h_0 is shared by the completions of a
 prompt whose reasoning starts at the first token), K continuations each, in ONE call of the sampler; the scorer is
-called once for all continuations. A completion with more than max_steps steps has its consecutive steps merged
+called once for all continuations, each with the first batch row that asked for its prefix (rows with the same
+prompt are taken to be the same problem). A completion with more than max_steps steps has its consecutive steps merged
 into max_steps groups (step k of S goes to group floor(k * G / S), G = max_steps), so it costs at most
 (max_steps + 1) x K continuations. With max_completion_length, a continuation is cut where the original completion's
 budget ends, so that V is the value under the same length limit as training's completions.
