@@ -78,8 +78,9 @@ class OARConfig(GRPOConfig):
     )
     credit_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Completions per credit pass (default: all of a process's generation batch at once). "
-                  "Lower it to bound the memory of OAR-G / entropy passes on long completions."},
+        metadata={"help": "Rows per credit pass (default: per_device_train_batch_size, so that a pass never holds more "
+                  "rows than the training micro-batch that follows it; OAR-G with credit_noise_samples K takes "
+                  "that many // K completions). Lower it to bound the memory of OAR-G / entropy passes."},
     )
     credit_span: str = field(
         default="token",
@@ -125,7 +126,9 @@ class OARConfig(GRPOConfig):
             replace_with=self.credit_replace_with,
             reuse_prefix=self.credit_reuse_prefix,
             span=self.credit_span,
-            batch_size=self.credit_batch_size,
+            batch_size=self.credit_batch_size or self.per_device_train_batch_size,
+            # OAR-G's backward follows the training step's gradient (activation) checkpointing
+            activation_checkpointing=bool(getattr(self, "activation_checkpointing", self.gradient_checkpointing)),
         )
 
 
@@ -188,6 +191,8 @@ class OARTrainer(GRPOTrainer):
 
         # Unwrapping gathers the parameters under ZeRO-3 / FSDP, a collective step: every process takes the same
         # branch. When no completion anywhere has a non-zero advantage there is nothing to send through the model.
+        # Unwrapping also turns transformers' checkpointing off (it would need train mode, i.e. dropout on): OAR-G
+        # checkpoints the blocks itself when credit_config.activation_checkpointing says so.
         any_signal = self.accelerator.gather((advantages != 0).any().float().reshape(1)).sum().item() > 0
         if any_signal:
             with (
@@ -198,6 +203,7 @@ class OARTrainer(GRPOTrainer):
                     gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
                 ) as policy,
                 self._dist.summon_full_params(self.model_wrapped, recurse=False),
+                self.accelerator.autocast(),  # the training step's mixed precision (bf16 / fp16), if any
             ):
                 credit = token_advantages(policy, *credit_args, truncated=truncated, generator=generator)
         else:

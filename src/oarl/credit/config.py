@@ -60,11 +60,20 @@ class CreditConfig:
     replace_with: token id that replaces a reasoning token (perturbation); None -> the tokenizer's pad id.
     reuse_prefix: perturbation: compute the shared prefix of a chunk's variants once and reuse its key/value
                   cache (same result, less compute on long prompts; the model's forward must take a cache).
-    batch_size:   completions per estimator pass (None: all that need one, at once); bounds the memory of
-                  the gradient and entropy passes on long completions. Results do not depend on it, except
-                  that OAR-G draws its noise per pass.
+    batch_size:   rows per model pass (None: all completions that need one, at once); bounds the memory of
+                  the gradient and entropy passes on long completions. OAR-G with noise_samples K sends each
+                  completion K times, so it takes batch_size // K completions per pass (at least one).
+                  Results do not depend on it, except that OAR-G draws its noise per pass. OARTrainer sets
+                  it to per_device_train_batch_size unless credit_batch_size is given: a pass then holds no
+                  more rows than the training micro-batch that follows it.
+    activation_checkpointing: gradient: keep only each block's input during the noisy forward and recompute
+                  its activations in the backward (same result, less memory, about one more forward);
+                  OARTrainer follows the training arguments' gradient (activation) checkpointing.
     span:         perturbation: replace one "token" at a time, or a whole reasoning step at once ("line" or
                   "sentence"; every token of the step gets the step's importance): one pass per step.
+    refine:       perturbation with span "line" / "sentence": hierarchical OAR-P. After the steps, perturb token
+                  by token inside the steps whose normalised importance reaches the Bi-Level threshold (the
+                  threshold-quantile of their completion); the other steps keep their step's importance.
     """
 
     estimator: str = "gradient"
@@ -79,7 +88,9 @@ class CreditConfig:
     replace_with: int | None = None
     reuse_prefix: bool = False
     span: str = "token"
+    refine: bool = False
     batch_size: int | None = None
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         check_choice("estimator", self.estimator, ESTIMATORS)
@@ -99,8 +110,11 @@ class CreditConfig:
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
         ):
             raise ValueError(f"batch_size must be None or an integer >= 1, got {self.batch_size!r}")
-        if not isinstance(self.reuse_prefix, bool):
-            raise ValueError(f"reuse_prefix must be True or False, got {self.reuse_prefix!r}")
+        for name in ("reuse_prefix", "refine", "activation_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.refine and self.span == "token":
+            raise ValueError("refine needs reasoning steps to refine: set span to 'line' or 'sentence'")
 
     def resolved_outcome(self) -> str:
         """The outcome mode in use: the explicit one, else "last" for perturbation and "answer_mean" otherwise."""
