@@ -87,10 +87,16 @@ class OARConfig(GRPOConfig):
         metadata={"help": "OAR-P: perturb one 'token' at a time, or a whole reasoning step ('line' or 'sentence'; "
                   "one pass per step instead of one per token).", "choices": list(SPANS)},
     )
+    credit_refine: bool = field(
+        default=False,
+        metadata={"help": "OAR-P with credit_span 'line' or 'sentence': hierarchical perturbation. Steps first, then "
+                  "token by token inside the steps whose importance reaches the Bi-Level threshold (the other "
+                  "steps keep their step's importance); about (1 - credit_threshold) of token-level's cost."},
+    )
     credit_reuse_prefix: bool = field(
         default=False,
-        metadata={"help": "OAR-P: compute the prefix shared by a chunk of variants once and reuse its key/value "
-                  "cache (same importances, less compute on long prompts)."},
+        metadata={"help": "OAR-P: reuse the unperturbed forward's key/value cache before each variant's first "
+                  "replaced token (same importances; each variant recomputes only the tokens after it)."},
     )
     credit_replace_with: int | None = field(
         default=None, metadata={"help": "OAR-P: token id that replaces a reasoning token (default: the pad id)."}
@@ -126,6 +132,7 @@ class OARConfig(GRPOConfig):
             replace_with=self.credit_replace_with,
             reuse_prefix=self.credit_reuse_prefix,
             span=self.credit_span,
+            refine=self.credit_refine,
             batch_size=self.credit_batch_size or self.per_device_train_batch_size,
             # OAR-G's backward follows the training step's gradient (activation) checkpointing
             activation_checkpointing=bool(getattr(self, "activation_checkpointing", self.gradient_checkpointing)),

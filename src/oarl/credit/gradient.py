@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.profiler import record_function
 
 from .config import OUTCOMES, check_choice, check_noise_samples, check_noise_std
 from .outcome import final_outcome, outcome_divergence, outcome_keep
@@ -76,7 +77,7 @@ def _gradient_importance(model, input_ids, attention_mask, reasoning_mask, answe
 
     keep = outcome_keep(probe.n_answer[probe.reasoning.any(1)])
     with eval_mode(model), torch.enable_grad():
-        with torch.no_grad():
+        with torch.no_grad(), record_function("oarl.gradient.clean_forward"):
             embeds = model.get_input_embeddings()(probe.input_ids)  # [B, L', D]
             clean = final_outcome(
                 forward_logits(model, probe.attention_mask, keep, inputs_embeds=embeds),
@@ -90,12 +91,14 @@ def _gradient_importance(model, input_ids, attention_mask, reasoning_mask, answe
             noisy[where[:, 0], where[:, 1]] += noise
         noisy.requires_grad_(True)
         with checkpointed(model, activation_checkpointing):
-            perturbed = final_outcome(
-                forward_logits(model, probe.attention_mask, keep, inputs_embeds=noisy),
-                probe.input_ids, probe.n_answer, mode,
-            )
-            objective = outcome_divergence(clean, perturbed, mode, clamp=False).sum()
-            (grad,) = torch.autograd.grad(objective, [noisy])  # [B, L', D]; parameters' .grad untouched
+            with record_function("oarl.gradient.noisy_forward"):
+                perturbed = final_outcome(
+                    forward_logits(model, probe.attention_mask, keep, inputs_embeds=noisy),
+                    probe.input_ids, probe.n_answer, mode,
+                )
+                objective = outcome_divergence(clean, perturbed, mode, clamp=False).sum()
+            with record_function("oarl.gradient.backward"):
+                (grad,) = torch.autograd.grad(objective, [noisy])  # [B, L', D]; parameters' .grad untouched
     dtype = torch.promote_types(grad.dtype, torch.float32)  # the sum over d cancels: at least float32
     importance = ((grad.to(dtype) * embeds.to(dtype)).sum(-1).abs() * probe.reasoning).float()
     return probe.to_original(importance)
