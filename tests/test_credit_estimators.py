@@ -380,6 +380,7 @@ def test_gradient_with_transformers_checkpointing_in_train_mode():
         got = gradient_importance(model, ids, attn, reasoning, answer, activation_checkpointing=on,
                                   generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-15)
+        assert not got.requires_grad  # its input-embedding hook (enable_input_require_grads) leaves no graph
     assert model.training and model.is_activation_checkpointing
 
 

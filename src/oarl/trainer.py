@@ -135,7 +135,7 @@ class OARConfig(GRPOConfig):
             refine=self.credit_refine,
             batch_size=self.credit_batch_size or self.per_device_train_batch_size,
             # OAR-G's backward follows the training step's gradient (activation) checkpointing
-            activation_checkpointing=bool(getattr(self, "activation_checkpointing", self.gradient_checkpointing)),
+            activation_checkpointing=bool(getattr(self, ACTIVATION_CHECKPOINTING)),
         )
 
 

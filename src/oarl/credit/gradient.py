@@ -78,7 +78,8 @@ def _gradient_importance(model, input_ids, attention_mask, reasoning_mask, answe
     keep = outcome_keep(probe.n_answer[probe.reasoning.any(1)])
     with eval_mode(model), torch.enable_grad():
         with torch.no_grad(), record_function("oarl.gradient.clean_forward"):
-            embeds = model.get_input_embeddings()(probe.input_ids)  # [B, L', D]
+            # detached: transformers' enable_input_require_grads (on with its checkpointing) marks the output as a leaf
+            embeds = model.get_input_embeddings()(probe.input_ids).detach()  # [B, L', D]
             clean = final_outcome(
                 forward_logits(model, probe.attention_mask, keep, inputs_embeds=embeds),
                 probe.input_ids, probe.n_answer, mode,
