@@ -1,22 +1,23 @@
 """Cost of each credit estimator relative to one plain forward+backward of the same batch.
 
     python benchmarks/bench_estimators.py [--model random --batch 8 --prompt-len 24 --completion-len 64 ...]
-    python benchmarks/bench_estimators.py --model smollm2-135m --batch 4 --prompt-len 128 \\
-        --completion-len 256,512,1024 --estimators gradient,entropy [--bf16] [--checkpointing]
+    python benchmarks/bench_estimators.py --model smollm2-135m --batch 2 --prompt-len 128 \\
+        --completion-len 256,512,1024 --estimators gradient,gradient-bf16,gradient-checkpointing,entropy
 
---model random (default): a tiny random Qwen2 (--vocab, --hidden, --layers); any other value goes to
-``oarl.models.loading.load_model`` (e.g. smollm2-135m). Synthetic probes (prompt ⊕ reasoning ⊕ conclusion ⊕
+--model random (default): a tiny random Qwen2 (--vocab, --hidden, --layers); tiny: the embedded default
+model's architecture (1.06M parameters, untrained); any other value goes to ``oarl.models.loading.load_model``
+(e.g. smollm2-135m). Synthetic probes (prompt ⊕ reasoning ⊕ conclusion ⊕
 answer, rows of different lengths, left padded): cost does not depend on the token ids. The baseline is what
 a GRPO step already pays per batch: one forward and one backward of the policy over prompt ⊕ completion in
 float32 (token log-probabilities of the completion from the full logits, summed, gradient into the
-parameters). Also shown: the same under bf16 autocast (--bf16), and TRL's fused LM head (what TRL 1.16's
-GRPOTrainer runs: log-probabilities without materialising the full logits). Each estimator is timed on the
-same batch in the same process; the table gives the time per completion and the ratio to the float32
-baseline: the median of --repeats runs after one warm-up, in wall time and in process CPU time (the second
-is far less sensitive to other processes on a shared machine). --bf16 runs the estimators under
-torch.autocast(bfloat16), as OARTrainer does with bf16=True; --checkpointing turns OAR-G's activation
-checkpointing on. For OAR-G a profile splits its time into the clean forward, the noisy forward and the
-backward (torch.profiler, over one more run).
+parameters). Also shown: TRL's fused LM head (what TRL 1.16's GRPOTrainer runs: log-probabilities without
+materialising the full logits) and, when a bf16 estimator is asked for, the baseline under bf16 autocast.
+Each estimator is timed on the same batch in the same process; the table gives the time per completion and
+the ratio to the float32 baseline: the median of --repeats runs after one warm-up, in wall time and in
+process CPU time (the second is far less sensitive to other processes on a shared machine). The "-bf16"
+variants of OAR-G run under torch.autocast(bfloat16), as OARTrainer does with bf16=True; "-checkpointing"
+turns OAR-G's activation checkpointing on. For each OAR-G variant a profile splits its time into the clean
+forward, the noisy forward and the backward (torch.profiler, over one more run).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ PAD_ID = 0
 CONCLUSION_LEN = 3  # e.g. "\boxed{"
 ANSWER_LEN = 2
 STEP_LEN = 12  # tokens per reasoning step (a line or a sentence) for the span mode
-ESTIMATORS = ("perturbation", "perturbation-reuse", "perturbation-spans", "perturbation-joint", "gradient", "entropy")
+ESTIMATORS = ("perturbation", "perturbation-reuse", "perturbation-spans", "perturbation-joint", "gradient",
+              "gradient-checkpointing", "gradient-bf16", "gradient-bf16-checkpointing", "entropy")
 GRADIENT_PHASES = ("clean_forward", "noisy_forward", "backward")
 
 
@@ -108,6 +110,10 @@ def build_model(args):
             max_position_embeddings=args.prompt_len + max(args.lengths), pad_token_id=PAD_ID,
         )
         return Qwen2ForCausalLM(config).to(args.device)
+    if args.model == "tiny":  # the embedded model's architecture, untrained: cost does not depend on the weights
+        from oarl.models.tiny import build_tiny
+
+        return build_tiny()[0].to(args.device)
     from oarl.models.loading import load_model
 
     return load_model(args.model, device=args.device)[0]
@@ -115,7 +121,7 @@ def build_model(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="random", help="'random' (a tiny random Qwen2) or a load_model name")
+    parser.add_argument("--model", default="random", help="'random' (a tiny random Qwen2), 'tiny' or a load_model name")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--prompt-len", type=int, default=24)
     parser.add_argument("--completion-len", default="64", help="one length or a comma-separated list")
@@ -125,8 +131,6 @@ def main():
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--estimators", default=",".join(ESTIMATORS), help="comma-separated subset of "
                         + ",".join(ESTIMATORS))
-    parser.add_argument("--bf16", action="store_true", help="estimators under torch.autocast(bfloat16)")
-    parser.add_argument("--checkpointing", action="store_true", help="OAR-G with activation checkpointing")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -146,19 +150,27 @@ def main():
     device_type = torch.device(args.device).type
     sync = torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
 
-    def run(fn, bf16=False):
+    def run(fn):
         def call():
-            with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=bf16):
-                fn()
+            fn()
             sync()
         return timed(call, args.repeats)
+
+    def autocast(enabled: bool):
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=enabled)
+
+    def gradient(ids, attn, reasoning, answer, bf16: bool, checkpointing: bool):
+        def fn():
+            with autocast(bf16):
+                gradient_importance(model, ids, attn, reasoning, answer, mode="answer_mean",
+                                    generator=torch.Generator(args.device), activation_checkpointing=checkpointing)
+        return fn
 
     params = sum(p.numel() for p in model.parameters())
     print("command: python benchmarks/bench_estimators.py " + " ".join(sys.argv[1:]))
     print(f"model: {args.model} ({type(model).__name__}, {params / 1e6:.2f}M params); batch {args.batch}, "
-          f"prompt {args.prompt_len}; device {args.device}, {args.threads} thread(s); estimators "
-          f"{'bf16 autocast' if args.bf16 else 'fp32'}{', OAR-G checkpointed' if args.checkpointing else ''}; "
-          f"median of {args.repeats}; load {os.getloadavg()[0]:.2f}; {platform.node()}")
+          f"prompt {args.prompt_len}; device {args.device}, {args.threads} thread(s); median of {args.repeats}; "
+          f"load {os.getloadavg()[0]:.2f}; {platform.node()}")
     for length in args.lengths:
         ids, attn, reasoning, answer = (t.to(args.device) for t in synthetic_batch(
             args.batch, args.prompt_len, length, vocab, seed=0))
@@ -175,9 +187,11 @@ def main():
                 model, ids, attn, reasoning, answer, mode="last", chunk_size=args.chunk_size, span_ids=steps)),
             "perturbation-joint": ("OAR-P answer_joint", lambda: perturbation_importance(
                 model, ids, attn, reasoning, answer, mode="answer_joint", chunk_size=args.chunk_size)),
-            "gradient": ("OAR-G answer_mean", lambda: gradient_importance(
-                model, ids, attn, reasoning, answer, mode="answer_mean", generator=torch.Generator(args.device),
-                activation_checkpointing=args.checkpointing)),
+            "gradient": ("OAR-G answer_mean", gradient(ids, attn, reasoning, answer, False, False)),
+            "gradient-checkpointing": ("OAR-G, checkpointing", gradient(ids, attn, reasoning, answer, False, True)),
+            "gradient-bf16": ("OAR-G, bf16 autocast", gradient(ids, attn, reasoning, answer, True, False)),
+            "gradient-bf16-checkpointing": ("OAR-G, bf16, checkpointing",
+                                            gradient(ids, attn, reasoning, answer, True, True)),
             "entropy": ("entropy", lambda: entropy_importance(model, ids, attn, reasoning, answer)),
         }
         print(f"\ncompletions <= {length} tokens ({n_reasoning:.0f} reasoning tokens per completion on average)"
@@ -190,15 +204,17 @@ def main():
                   f"{1e3 * cpu / args.batch:14.1f} {cpu / base_cpu:10.2f}", flush=True)
 
         row("fwd+bwd fp32 (baseline)", base_wall, base_cpu)
-        if args.bf16:
-            row("fwd+bwd bf16 autocast", *run(lambda: forward_backward(model, ids, attn, completion), bf16=True))
+        if any("bf16" in name for name in names):
+            def bf16_baseline():
+                with autocast(True):
+                    forward_backward(model, ids, attn, completion)
+            row("fwd+bwd bf16 autocast", *run(bf16_baseline))
         row("fwd+bwd fp32, TRL fused LM head", *run(lambda: fused_forward_backward(model, ids, attn, completion)))
         for name in names:
             label, fn = estimators[name]
-            row(label, *run(fn, bf16=args.bf16))
-            if name == "gradient":
-                with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=args.bf16):
-                    shares = gradient_profile(fn)
+            row(label, *run(fn))
+            if name.startswith("gradient"):
+                shares = gradient_profile(fn)
                 print(f"{'  OAR-G profile':34s} " + ", ".join(f"{p.replace('_', ' ')} {100 * s:.0f}%"
                                                           for p, s in shares.items()))
     print(f"\nload at end {os.getloadavg()[0]:.2f}")

@@ -13,12 +13,14 @@ built, then the peak is reset and the pass runs once:
   off;
 - ``oar-g``: ``oarl.credit.gradient_importance`` on the same rows (prompt ⊕ completion; the completion is
   reasoning except its last 3 tokens, a 1-token lead-in and a 2-token answer), with its own activation
-  checkpointing on or off.
+  checkpointing on or off;
+- ``entropy``: ``oarl.credit.entropy_importance`` on the same rows (one forward without gradient, logits at
+  every reasoning position); checkpointing does not apply to it.
 
 On CPU the peak is the process's peak resident set (VmHWM of /proc/self/status, reset through
 /proc/self/clear_refs before the pass); "added" is that peak minus the resident set just before the pass
 (the model, its inputs and the libraries). On a GPU it is ``torch.cuda.max_memory_allocated`` after
-``reset_peak_memory_stats``. --bf16 runs both passes under torch.autocast(bfloat16), as the trainer does with
+``reset_peak_memory_stats``. --bf16 runs every pass under torch.autocast(bfloat16), as the trainer does with
 ``bf16=True``. Token ids are random: memory does not depend on them.
 """
 
@@ -32,7 +34,7 @@ import subprocess
 import sys
 import time
 
-PASSES = ("train", "oar-g")
+PASSES = ("train", "oar-g", "entropy")
 
 
 def parse_args(argv=None):
@@ -42,7 +44,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=4, help="rows per pass: the training micro-batch")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--bf16", action="store_true", help="both passes under torch.autocast(bfloat16)")
+    parser.add_argument("--passes", default="train,oar-g", help="comma-separated subset of " + ",".join(PASSES)
+                        + " ('train' always runs first: it is the reference)")
+    parser.add_argument("--bf16", action="store_true", help="every pass under torch.autocast(bfloat16)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="write the rows here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # "pass,checkpointing,length"
@@ -61,7 +65,7 @@ def child(args) -> dict:
     """One pass in this (fresh) process; returns its peak memory in MiB."""
     import torch
 
-    from oarl.credit import gradient_importance
+    from oarl.credit import entropy_importance, gradient_importance
     from oarl.models.loading import load_model
 
     name, checkpointing, length = args.child.split(",")
@@ -93,11 +97,15 @@ def child(args) -> dict:
             with autocast:
                 logps = model(input_ids=ids, attention_mask=attn.long(), labels=labels, fused_lm_head=True).log_probs
             (-(logps * completion[:, 1:]).sum() / completion.sum()).backward()
-    else:
+    elif name == "oar-g":
         def run():
             with autocast:
                 gradient_importance(model, ids, attn, reasoning, answer, activation_checkpointing=checkpointing,
                                     generator=torch.Generator(args.device).manual_seed(0))
+    else:
+        def run():
+            with autocast:
+                entropy_importance(model, ids, attn, reasoning, answer)
 
     cuda = args.device.startswith("cuda")
     if cuda:
@@ -123,6 +131,8 @@ def child(args) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    if any(p not in PASSES for p in args.passes.split(",")):
+        raise SystemExit(f"--passes: choose among {', '.join(PASSES)}")
     if args.child:
         print(json.dumps(child(args)))
         return
@@ -133,14 +143,14 @@ def main(argv=None):
           f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.threads} thread(s), device {args.device}; "
           f"load at start {os.getloadavg()[0]:.2f}; {platform.node()}")
     unit = "GPU max allocated" if args.device.startswith("cuda") else "peak RSS"
-    print(f"{'completion':>10s} {'checkpointing':>13s} {'pass':>6s} {unit + ' MiB':>22s} {'added MiB':>10s} "
+    print(f"{'completion':>10s} {'checkpointing':>13s} {"pass":>7s} {unit + ' MiB':>22s} {'added MiB':>10s} "
           f"{'x train added':>13s} {'seconds':>8s}")
     rows = []
-    flags = [a for a in (sys.argv[1:] if argv is None else argv)]
+    flags = list(sys.argv[1:] if argv is None else argv)
     for length in lengths:
         for checkpointing in (False, True):
             added = {}
-            for name in PASSES:
+            for name in ["train"] + [p for p in args.passes.split(",") if p != "train"]:
                 out = subprocess.run(
                     [sys.executable, __file__, *flags, "--child", f"{name},{int(checkpointing)},{length}"],
                     check=True, capture_output=True, text=True,
@@ -149,7 +159,7 @@ def main(argv=None):
                 added[name] = row["added_mib"]
                 rows.append(row)
                 ratio = row["added_mib"] / added["train"]
-                print(f"{length:>10d} {'on' if checkpointing else 'off':>13s} {name:>6s} {row['peak_mib']:>22.0f} "
+                print(f"{length:>10d} {'on' if checkpointing else 'off':>13s} {name:>7s} {row['peak_mib']:>22.0f} "
                       f"{row['added_mib']:>10.0f} {ratio:>13.2f} {row['seconds']:>8.1f}", flush=True)
     print(f"load at end {os.getloadavg()[0]:.2f}")
     if args.json:
