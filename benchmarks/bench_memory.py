@@ -143,7 +143,7 @@ def main(argv=None):
           f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.threads} thread(s), device {args.device}; "
           f"load at start {os.getloadavg()[0]:.2f}; {platform.node()}")
     unit = "GPU max allocated" if args.device.startswith("cuda") else "peak RSS"
-    print(f"{'completion':>10s} {'checkpointing':>13s} {"pass":>7s} {unit + ' MiB':>22s} {'added MiB':>10s} "
+    print(f"{'completion':>10s} {'checkpointing':>13s} {'pass':>7s} {unit + ' MiB':>22s} {'added MiB':>10s} "
           f"{'x train added':>13s} {'seconds':>8s}")
     rows = []
     flags = list(sys.argv[1:] if argv is None else argv)
