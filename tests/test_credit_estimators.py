@@ -333,3 +333,112 @@ def test_gradient_under_inference_mode(model):
         ids, attn, reasoning, answer = (t.clone() for t in (ids, attn, reasoning, answer))
         got = gradient_importance(model, ids, attn, reasoning, answer, generator=torch.Generator().manual_seed(4))
     assert torch.equal(got, expected) and expected.abs().sum() > 0
+
+
+def first_block_norm(model):
+    """The first module that the first block runs (its recomputation always starts there)."""
+    return model.model.layers[0].input_layernorm if hasattr(model, "model") else model.transformer.h[0].ln_1
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "gpt2"])
+def test_gradient_activation_checkpointing_recomputes_and_keeps_the_result(model, gpt2, kind):
+    """Checkpointed blocks run their forward twice in the noisy pass (forward, then again in the backward) and
+    give the same importances; the blocks' forwards are restored afterwards."""
+    model = gpt2 if kind == "gpt2" else model
+    ids, attn, reasoning, answer = batch(make_rows(), "left")
+    norm = first_block_norm(model)
+    calls = []
+    handle = norm.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        results = {}
+        for on in (False, True):
+            calls.clear()
+            results[on] = gradient_importance(model, ids, attn, reasoning, answer, activation_checkpointing=on,
+                                              generator=torch.Generator().manual_seed(2))
+            results[on, "calls"] = len(calls)
+    finally:
+        handle.remove()
+    assert results[False, "calls"] == 2 and results[True, "calls"] == 3  # clean + noisy (+ recompute)
+    torch.testing.assert_close(results[True], results[False], rtol=1e-9, atol=1e-15)
+    assert results[True].abs().sum() > 0
+    blocks = model.model.layers if kind == "qwen2" else model.transformer.h
+    assert all("forward" not in block.__dict__ for block in blocks)
+
+
+def test_gradient_with_transformers_checkpointing_in_train_mode():
+    """A model in train mode with transformers' own gradient checkpointing and dropout: the pass is
+    deterministic (dropout off) and equals the plain eval-mode result."""
+    model = tiny_qwen2(VOCAB, seed=1)
+    ids, attn, reasoning, answer = batch(make_rows(), "left")
+    expected = gradient_importance(model, ids, attn, reasoning, answer, generator=torch.Generator().manual_seed(0))
+    model.config.attention_dropout = 0.5
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    model.activation_checkpointing_enable()
+    model.train()
+    for on in (False, True):
+        got = gradient_importance(model, ids, attn, reasoning, answer, activation_checkpointing=on,
+                                  generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-15)
+        assert not got.requires_grad  # its input-embedding hook (enable_input_require_grads) leaves no graph
+    assert model.training and model.is_activation_checkpointing
+
+
+def test_activation_checkpointing_needs_blocks():
+    from oarl.credit.probe import activation_checkpointing
+
+    with pytest.raises(ValueError, match="no nn.ModuleList of blocks"):
+        with activation_checkpointing(torch.nn.Linear(2, 2)):
+            pass
+    with activation_checkpointing(torch.nn.Linear(2, 2), enabled=False):
+        pass
+
+
+def naive_hierarchical(model, row, steps, mode, replace, q):
+    """Steps first; the steps whose normalised importance (log1p, min-max over the row's reasoning tokens)
+    reaches the q-quantile of the tokens' values are replaced token by token (all of them if all are equal)."""
+    step_values = naive_span_perturbation(model, row, steps, mode, replace)
+    token_values = naive_perturbation(model, row, mode, replace)
+    reasoning = torch.tensor(row[1])
+    logged = torch.log1p(step_values[reasoning])
+    spread = logged.max() - logged.min()
+    norm = (logged - logged.min()) / spread if spread > 0 else torch.zeros_like(logged)
+    tau = torch.quantile(norm, q)
+    out = step_values.clone()
+    chosen = torch.zeros_like(reasoning)
+    chosen[reasoning] = norm >= tau
+    out[chosen] = token_values[chosen]
+    return out, chosen
+
+
+@pytest.mark.parametrize("mode", OUTCOMES)
+@pytest.mark.parametrize("reuse_prefix", [False, True])
+def test_hierarchical_perturbation_matches_naive(model, mode, reuse_prefix):
+    rows = make_rows(seed=5)
+    steps = [[t // 2 for t in range(len(r[0]))] for r in rows]  # steps of 2 consecutive tokens
+    ids, attn, reasoning, answer = batch(rows, "right")
+    span_ids, _ = pad_rows(steps, -1, "right")
+    got = perturbation_importance(model, ids, attn, reasoning, answer, mode=mode, chunk_size=3, pad_token_id=PAD,
+                                  reuse_prefix=reuse_prefix, span_ids=span_ids, refine=0.5)
+    refined = 0
+    for b, row_got in enumerate(unpad(got, attn)):
+        expected, chosen = naive_hierarchical(model, rows[b], steps[b], mode, PAD, 0.5)
+        assert (row_got - expected.float()).abs().max() <= 1e-5, (mode, b)
+        refined += int(chosen.sum())
+        assert 0 < chosen.sum() < sum(rows[b][1]) or mode == "answer_joint"  # some steps refined, not all
+        # (answer_joint: a row whose clamped step deltas are all 0 is uniform, and every step is refined)
+    assert refined > 0
+
+
+def test_hierarchical_with_every_step_refined_is_token_level(model):
+    ids, attn, reasoning, answer = batch(make_rows(), "left")
+    steps = torch.arange(ids.shape[1]).expand_as(ids) // 3
+    token = perturbation_importance(model, ids, attn, reasoning, answer, pad_token_id=PAD)
+    # a quantile below the smallest gap: every step's normalised importance reaches it
+    refined = perturbation_importance(model, ids, attn, reasoning, answer, pad_token_id=PAD, span_ids=steps,
+                                      refine=1e-9)
+    torch.testing.assert_close(refined, token, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="refine must be None or a quantile in"):
+        perturbation_importance(model, ids, attn, reasoning, answer, pad_token_id=PAD, refine=0.4)
+    with pytest.raises(ValueError, match="refine must be None or a quantile in"):
+        perturbation_importance(model, ids, attn, reasoning, answer, pad_token_id=PAD, span_ids=steps, refine=1.0)

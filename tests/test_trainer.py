@@ -18,6 +18,7 @@ from trl import GRPOConfig, GRPOTrainer
 from conftest import addition_prompts, addition_reward, load_tiny_lm
 from oarl import OARConfig, OARTrainer
 from oarl.credit import CreditConfig
+from oarl.trainer import ACTIVATION_CHECKPOINTING
 
 CREDIT_METRICS = [
     "credit/time_s", "credit/overhead", "credit/skipped_frac", "credit/no_answer_frac", "credit/weight_std",
@@ -239,7 +240,15 @@ def test_config_validation_and_parsing(tmp_path):
     (cfg,) = TrlParser((OARConfig,)).parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--credit", "perturbation", "--credit_beta", "1.0", "--use_cpu", "true",
          "--bf16", "false", "--credit_outcome", "answer_joint"])
-    assert cfg.credit_config() == CreditConfig(estimator="perturbation", beta=1.0, outcome="answer_joint")
+    # the pass size and OAR-G's checkpointing follow the training step (GRPOConfig checkpoints by default)
+    assert cfg.credit_config() == CreditConfig(estimator="perturbation", beta=1.0, outcome="answer_joint",
+                                               batch_size=cfg.per_device_train_batch_size, activation_checkpointing=True)
+    (cfg,) = TrlParser((OARConfig,)).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--credit_batch_size", "3",
+         f"--{ACTIVATION_CHECKPOINTING}", "false", "--credit_span", "line", "--credit_refine", "true"])
+    assert cfg.credit_config() == CreditConfig(batch_size=3, span="line", refine=True)
+    with pytest.raises(ValueError, match="^credit_refine needs reasoning steps"):
+        cpu_args(OARConfig, tmp_path, credit="perturbation", credit_refine=True)
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text(f"output_dir: {tmp_path}\ncredit: entropy\ncredit_threshold: 0.25\nuse_cpu: true\nbf16: false\n")
     (cfg,) = TrlParser((OARConfig,)).parse_args_and_config(["--config", str(yaml_file)])
@@ -276,3 +285,48 @@ def test_overhead_counts_steps_that_reuse_a_generation_batch(tiny_lm_dir, tmp_pa
     credit = sum(r["credit/time_s"] for r in rows if "credit/time_s" in r)
     steps = sum(r["step_time"] for r in rows)
     assert trainer.credit_overhead == pytest.approx(credit / steps, rel=1e-6)
+
+
+class PassRecorder:
+    """Records, for every forward of the first block's MLP, the mode the model runs in."""
+
+    def __init__(self, model):
+        self.block = model.model.layers[0]
+        self.calls = []
+        self.handle = self.block.mlp.register_forward_hook(self.hook)
+
+    def hook(self, module, args, output):
+        self.calls.append({"training": module.training, "grad": torch.is_grad_enabled(),
+                           "autocast": torch.is_autocast_enabled("cpu"), "dtype": output.dtype,
+                           "checkpointed": "forward" in self.block.__dict__})
+
+
+@pytest.mark.parametrize("credit", ["gradient", "perturbation"])
+def test_bf16_autocast_and_activation_checkpointing(tiny_lm_dir, tmp_path, credit):
+    """bf16=True on CPU (autocast) with activation checkpointing, as GPU users run: the credit pass runs under the
+    same autocast, OAR-G's backward is checkpointed, and the weights are finite and reshaped."""
+    trainer, rec = make_trainer(RecordingOARTrainer, tiny_lm_dir, tmp_path, credit=credit, bf16=True,
+                                **{ACTIVATION_CHECKPOINTING: True})
+    assert trainer.credit_config.activation_checkpointing
+    assert trainer.credit_config.batch_size == trainer.args.per_device_train_batch_size
+    recorder = PassRecorder(trainer.model)
+    try:
+        trainer.train()
+    finally:
+        recorder.handle.remove()
+    credit_calls = [c for c in recorder.calls if not c["training"]]  # the credit pass runs in eval mode
+    assert credit_calls and all(c["autocast"] and c["dtype"] == torch.bfloat16 for c in credit_calls)
+    if credit == "gradient":  # the noisy forward (with grad) is checkpointed: recomputed once in the backward
+        noisy = [c for c in credit_calls if c["grad"]]
+        assert noisy and all(c["checkpointed"] for c in noisy)
+    assert all(math.isfinite(r["loss"]) for r in rec.logs if "loss" in r)
+    reshaped = 0
+    for out, seq_adv, _, _ in trainer.credit_passes:
+        assert out.stats["nonfinite_frac"] == 0.0 and torch.isfinite(out.advantages).all()
+        assert not out.importance.requires_grad and not out.advantages.requires_grad
+        for b in (out.segments.has_answer & (seq_adv != 0)).nonzero().flatten().tolist():
+            weights = out.weights[b][out.segments.reasoning[b]]
+            assert weights.std() > 0  # reshaped, not the uniform fallback
+            assert weights.sum().item() == pytest.approx(weights.numel(), rel=1e-4)
+            reshaped += 1
+    assert reshaped >= 4, f"only {reshaped} completions with an answer and a non-zero advantage in 3 steps"

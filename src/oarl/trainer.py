@@ -86,8 +86,9 @@ class OARConfig(GRPOConfig):
     )
     credit_batch_size: int | None = field(
         default=None,
-        metadata={"help": "Completions per credit pass (default: all of a process's generation batch at once). "
-                  "Lower it to bound the memory of OAR-G / entropy passes on long completions."},
+        metadata={"help": "Rows per credit pass (default: per_device_train_batch_size, so that a pass never holds more "
+                  "rows than the training micro-batch that follows it; OAR-G with credit_noise_samples K takes "
+                  "that many // K completions). Lower it to bound the memory of OAR-G / entropy passes."},
     )
     credit_span: str | None = field(
         default=None,
@@ -112,10 +113,16 @@ class OARConfig(GRPOConfig):
     credit_grail_max: float = field(
         default=5.0, metadata={"help": "GRAIL: largest weight w_max >= 1 (also the weight of the answer tokens)."}
     )
+    credit_refine: bool = field(
+        default=False,
+        metadata={"help": "OAR-P with credit_span 'line' or 'sentence': hierarchical perturbation. Steps first, then "
+                  "token by token inside the steps whose importance reaches the Bi-Level threshold (the other "
+                  "steps keep their step's importance); about (1 - credit_threshold) of token-level's cost."},
+    )
     credit_reuse_prefix: bool = field(
         default=False,
-        metadata={"help": "OAR-P: compute the prefix shared by a chunk of variants once and reuse its key/value "
-                  "cache (same importances, less compute on long prompts)."},
+        metadata={"help": "OAR-P: reuse the unperturbed forward's key/value cache before each variant's first "
+                  "replaced token (same importances; each variant recomputes only the tokens after it)."},
     )
     credit_replace_with: int | None = field(
         default=None, metadata={"help": "OAR-P: token id that replaces a reasoning token (default: the pad id)."}
@@ -153,13 +160,16 @@ class OARConfig(GRPOConfig):
             replace_with=self.credit_replace_with,
             reuse_prefix=self.credit_reuse_prefix,
             span=self.credit_span,
-            batch_size=self.credit_batch_size,
+            refine=self.credit_refine,
+            batch_size=self.credit_batch_size or self.per_device_train_batch_size,
             rollouts=self.credit_rollouts,
             max_steps=self.credit_max_steps,
             grail_scale=self.credit_grail_scale,
             grail_min=self.credit_grail_min,
             grail_max=self.credit_grail_max,
             temperature=self.temperature,
+            # OAR-G's backward follows the training step's gradient (activation) checkpointing
+            activation_checkpointing=bool(getattr(self, ACTIVATION_CHECKPOINTING)),
         )
 
 
@@ -260,6 +270,8 @@ class OARTrainer(GRPOTrainer):
 
         # Unwrapping gathers the parameters under ZeRO-3 / FSDP, a collective step: every process takes the same
         # branch. When no completion anywhere has a non-zero advantage there is nothing to send through the model.
+        # Unwrapping also turns transformers' checkpointing off (it would need train mode, i.e. dropout on): OAR-G
+        # checkpoints the blocks itself when credit_config.activation_checkpointing says so.
         any_signal = self.accelerator.gather((advantages != 0).any().float().reshape(1)).sum().item() > 0
         if self.credit_config.estimator == "rollout":  # no model pass: TRL's generation and reward functions
             sampler, scorer = self._rollout_callables(inputs, output["prompt_ids"][0][output["prompt_mask"][0].bool()])
@@ -274,6 +286,7 @@ class OARTrainer(GRPOTrainer):
                     gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
                 ) as policy,
                 self._dist.summon_full_params(self.model_wrapped, recurse=False),
+                self.accelerator.autocast(),  # the training step's mixed precision (bf16 / fp16), if any
             ):
                 credit = token_advantages(policy, *credit_args, truncated=truncated, generator=generator)
         else:

@@ -41,15 +41,15 @@ def masked_quantile(values: Tensor, mask: Tensor, q: float) -> Tensor:
     return torch.where(count > 0, tau, torch.zeros_like(tau))
 
 
-def bilevel_weights(
-    importance: Tensor, mask: Tensor, threshold: float = 0.4, beta: float = 2.0, floor: float = 0.1
-) -> Tensor:
-    """[B, T] weights from raw importances [B, T] over the tokens of mask [B, T] (1 everywhere else)."""
-    check_bilevel(threshold, beta, floor)
+def normalised_importance(importance: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Step 4 of DESIGN.md (log1p, then min-max per row) on [B, T] importances over the tokens of mask [B, T].
+
+    Returns (norm [B, T] in [0, 1], 0 outside the mask; mask [B, T] without the rows holding a NaN / inf;
+    varied [B, 1]: rows with at least two tokens whose importances are not all equal).
+    """
     mask = mask.bool()
     dtype = importance.dtype if importance.is_floating_point() else torch.float32
-    bad = nonfinite_rows(importance, mask)  # [B]
-    mask = mask & ~bad[:, None]
+    mask = mask & ~nonfinite_rows(importance, mask)[:, None]
     imp = torch.where(mask, importance.to(dtype), torch.zeros((), dtype=dtype, device=importance.device))
     imp = torch.log1p(imp.clamp_min(0.0))  # [B, T]
 
@@ -60,12 +60,29 @@ def bilevel_weights(
     spread = torch.where(varied, spread, torch.ones_like(spread))
     lo = torch.where(varied, lo, torch.zeros_like(lo))
     norm = ((imp - lo) / spread).clamp(0.0, 1.0) * mask  # [B, T] in [0, 1]
+    return norm, mask, varied
+
+
+def reaches_threshold(importance: Tensor, mask: Tensor, threshold: float) -> Tensor:
+    """[B, T] bool: the tokens of mask whose normalised importance reaches tau, the threshold-quantile of their
+    row (the tokens that Bi-Level reshaping boosts); every token of a uniform row; none of a non-finite row."""
+    norm, mask, _ = normalised_importance(importance, mask)
+    tau = masked_quantile(norm, mask, threshold)[:, None]  # [B, 1]
+    return mask & (norm >= tau)
+
+
+def bilevel_weights(
+    importance: Tensor, mask: Tensor, threshold: float = 0.4, beta: float = 2.0, floor: float = 0.1
+) -> Tensor:
+    """[B, T] weights from raw importances [B, T] over the tokens of mask [B, T] (1 everywhere else)."""
+    check_bilevel(threshold, beta, floor)
+    norm, mask, varied = normalised_importance(importance, mask)
 
     tau = masked_quantile(norm, mask, threshold)[:, None]  # [B, 1]
     suppressed = torch.clamp_min(norm / (tau + EPS), floor)
     boosted = 1.0 + beta * (norm - tau) / (1.0 - tau + EPS)
     weights = torch.where(norm < tau, suppressed, boosted) * mask  # [B, T]
 
-    count = mask.sum(1, keepdim=True).to(dtype)
+    count = mask.sum(1, keepdim=True).to(norm.dtype)
     weights = weights * count / weights.sum(1, keepdim=True).clamp_min(EPS)
     return torch.where(mask & varied, weights, torch.ones_like(weights))

@@ -78,13 +78,22 @@ class CreditConfig:
     replace_with: token id that replaces a reasoning token (perturbation); None -> the tokenizer's pad id.
     reuse_prefix: perturbation: compute the shared prefix of a chunk's variants once and reuse its key/value
                   cache (same result, less compute on long prompts; the model's forward must take a cache).
-    batch_size:   completions per estimator pass (None: all that need one, at once); bounds the memory of
-                  the gradient and entropy passes on long completions. Results do not depend on it, except
-                  that OAR-G draws its noise per pass.
+    batch_size:   rows per model pass (None: all completions that need one, at once); bounds the memory of
+                  the gradient and entropy passes on long completions. OAR-G with noise_samples K sends each
+                  completion K times, so it takes batch_size // K completions per pass (at least one).
+                  Results do not depend on it, except that OAR-G draws its noise per pass. OARTrainer sets
+                  it to per_device_train_batch_size unless credit_batch_size is given: a pass then holds no
+                  more rows than the training micro-batch that follows it.
+    activation_checkpointing: gradient: keep only each block's input during the noisy forward and recompute
+                  its activations in the backward (same result, less memory, about one more forward);
+                  OARTrainer follows the training arguments' gradient (activation) checkpointing.
     span:         the reasoning steps: one "token", a "line" or a "sentence". perturbation replaces one step
                   at a time (every token of the step gets the step's importance: one pass per step); rollout
                   samples continuations at each step boundary. None: "token" for perturbation, "sentence" for
                   rollout.
+    refine:       perturbation with span "line" / "sentence": hierarchical OAR-P. After the steps, perturb token
+                  by token inside the steps whose normalised importance reaches the Bi-Level threshold (the
+                  threshold-quantile of their completion); the other steps keep their step's importance.
     rollouts:     rollout: continuations sampled per step boundary (K), >= 1.
     max_steps:    rollout: at most this many steps per completion (>= 1); beyond it, consecutive steps are
                   merged into that many groups of as equal a number of steps as possible (a group's tokens
@@ -116,6 +125,8 @@ class CreditConfig:
     grail_min: float = 0.5
     grail_max: float = 5.0
     temperature: float = 1.0
+    refine: bool = False
+    activation_checkpointing: bool = False
 
     def __post_init__(self):
         check_choice("estimator", self.estimator, ESTIMATORS)
@@ -137,8 +148,12 @@ class CreditConfig:
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
         ):
             raise ValueError(f"batch_size must be None or an integer >= 1, got {self.batch_size!r}")
-        if not isinstance(self.reuse_prefix, bool):
-            raise ValueError(f"reuse_prefix must be True or False, got {self.reuse_prefix!r}")
+        for name in ("reuse_prefix", "refine", "activation_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.refine and (self.estimator != "perturbation" or self.resolved_span() == "token"):
+            raise ValueError("refine refines OAR-P's reasoning steps: set estimator 'perturbation' and span 'line' "
+                             "or 'sentence'")
         check_count("rollouts", self.rollouts)
         check_count("max_steps", self.max_steps)
         check_grail(self.grail_scale, self.grail_min, self.grail_max)

@@ -61,12 +61,12 @@ def _estimate(model, tokenizer, ids, attn, reasoning, answer, steps, config: Cre
         return perturbation_importance(
             model, ids, attn, reasoning, answer, mode=mode, chunk_size=config.chunk_size,
             replace_with=config.replace_with, pad_token_id=tokenizer.pad_token_id, reuse_prefix=config.reuse_prefix,
-            span_ids=steps,
+            span_ids=steps, refine=config.threshold if config.refine else None,
         )
     if config.estimator == "gradient":
         return gradient_importance(
             model, ids, attn, reasoning, answer, mode=mode, noise_std=config.noise_std, generator=generator,
-            noise_samples=config.noise_samples,
+            noise_samples=config.noise_samples, activation_checkpointing=config.activation_checkpointing,
         )
     if config.estimator == "grail":
         return grail_saliency(model, ids, attn, reasoning, answer, temperature=config.temperature)
@@ -125,7 +125,11 @@ def token_advantages(
         )
         all_rows = all_rows[:0]
     prompt_len = prompt_ids.shape[1]
-    for rows in all_rows.split(config.batch_size or max(all_rows.numel(), 1)) if all_rows.numel() else ():
+    per_pass = max(all_rows.numel(), 1)  # completions per model pass; OAR-G sends each noise_samples times
+    if config.batch_size is not None:
+        draws = config.noise_samples if config.estimator == "gradient" else 1
+        per_pass = max(config.batch_size // draws, 1)
+    for rows in all_rows.split(per_pass) if all_rows.numel() else ():
         ids = torch.cat([prompt_ids[rows], completion_ids[rows]], 1)  # [n, P+T]
         attn = torch.cat([prompt_mask[rows], completion_mask[rows]], 1).bool()
         no_prompt = torch.zeros_like(prompt_mask[rows], dtype=torch.bool)

@@ -9,10 +9,18 @@ reasoning token: the (row, token) variants of the whole batch are flattened and 
 forward computes logits only at the last K columns that the outcome reads ("last" reads one column, and
 its probe stops before the answer).
 
-Two ways to pay less, both exact for what they compute:
-- reuse_prefix: a chunk holds variants of one row; the tokens before its first replaced token go through
-  the model once and their key/value cache is shared (pays off with long prompts);
-- span_ids: replace a whole reasoning step (line, sentence) per variant: one pass per step, not per token.
+Three ways to pay less:
+- reuse_prefix (exact): a variant equals the original probe before its first replaced token, so the clean
+  forward keeps its key/value cache and each variant recomputes only from its first replaced column on.
+  Variants are sorted by that column, so that a chunk (rows mixed) starts nearly where each variant does.
+  Cost per token-variant: the tokens after it instead of the whole probe (about half the completion, none
+  of the prompt, instead of prompt + completion); memory: the cache of one pass's rows.
+- span_ids: replace a whole reasoning step (line, sentence) per variant: one pass per step, not per token;
+  every token of the step gets the step's importance.
+- span_ids + refine (hierarchical): steps first; then token by token inside the steps whose normalised
+  importance reaches the `refine`-quantile of their completion (DESIGN.md step 5's tau with q = refine: the
+  steps that Bi-Level reshaping would boost); the other steps' tokens keep their step's importance. Exact
+  token-level importances where they decide the boost, at the cost of about (1 - refine) of token-level.
 """
 
 from __future__ import annotations
@@ -20,9 +28,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .bilevel import reaches_threshold
 from .config import OUTCOMES, check_choice, check_chunk_size
 from .outcome import final_outcome, outcome_divergence, outcome_keep
-from .probe import align_to_end, eval_mode, forward_logits, forward_logits_after_prefix, trim_left
+from .probe import (
+    AlignedProbe, align_to_end, eval_mode, forward_logits, forward_logits_after_prefix, prefix_cache, trim_left,
+)
 
 
 @torch.no_grad()
@@ -38,19 +49,24 @@ def perturbation_importance(
     pad_token_id: int | None = None,
     reuse_prefix: bool = False,
     span_ids: Tensor | None = None,
+    refine: float | None = None,
 ) -> Tensor:
     """[B, L] float32 importances of the reasoning tokens of probes input_ids [B, L] (0 elsewhere).
 
     Masks are [B, L] in the same layout as input_ids (any contiguous padding). The replacement token is
     `replace_with`, else `pad_token_id`, else the model config's pad_token_id.
-    reuse_prefix: each chunk holds variants of one row only, and the tokens before its first replaced token
-    go through the model once (their key/value cache is shared by the chunk's variants); needs a model
-    whose forward takes a cache. The result is the same.
+    reuse_prefix: reuse the clean forward's key/value cache before each variant's first replaced token
+    (needs a model whose forward takes and returns a full cache). The result is the same.
     span_ids [B, L] long (optional): reasoning tokens of a row with the same id (a step: a line, a
     sentence) are replaced together, one variant per step, and each gets the step's importance.
+    refine (with span_ids): a quantile q in (0, 1); the steps whose normalised importance reaches the q-quantile
+    of their row are then perturbed token by token (hierarchical OAR-P).
     """
     check_choice("mode", mode, OUTCOMES)
     check_chunk_size(chunk_size)
+    if refine is not None and (span_ids is None or not 0.0 < refine < 1.0):
+        raise ValueError(f"refine must be None or a quantile in (0, 1) used with span_ids, got {refine!r}"
+                         + ("" if span_ids is not None else " without span_ids"))
     if replace_with is None:
         replace_with = pad_token_id if pad_token_id is not None else getattr(model.config, "pad_token_id", None)
     if replace_with is None:
@@ -62,50 +78,69 @@ def perturbation_importance(
     if tokens.shape[0] == 0:
         return probe.to_original(importance)
 
-    # Variants: one per (row, step); a step is a single token unless span_ids groups them.
-    step = tokens[:, 1] if span_ids is None else span_ids.gather(1, probe.source)[tokens[:, 0], tokens[:, 1]]
-    step = step - step.min()
-    key = tokens[:, 0] * (int(step.max()) + 1) + step  # [M], sorted by row, then step
-    variant_key, variant_of = torch.unique(key, return_inverse=True)  # [V], [M]
-    order = torch.argsort(variant_of, stable=True)  # tokens grouped by variant, columns ascending within
-    tokens, variant_of = tokens[order], variant_of[order]
-    variant_row = variant_key // (int(step.max()) + 1)  # [V]
-    token_start = torch.searchsorted(variant_of, torch.arange(len(variant_key) + 1, device=key.device))  # [V+1]
-
     keep = outcome_keep(probe.n_answer[probe.reasoning.any(1)])
-    divergence = torch.zeros(len(variant_key), dtype=torch.float32, device=input_ids.device)  # [V]
     with eval_mode(model):
-        clean = final_outcome(
-            forward_logits(model, probe.attention_mask, keep, input_ids=probe.input_ids),
-            probe.input_ids, probe.n_answer, mode,
-        )  # [B, V] or [B]
-        for chunk in _chunks(variant_row, chunk_size, one_row=reuse_prefix):
-            rows = variant_row[chunk]  # [C]
-            lo, hi = int(token_start[chunk.start]), int(token_start[chunk.stop])
-            ids = probe.input_ids[rows]  # [C, L'] (a copy)
-            ids[variant_of[lo:hi] - chunk.start, tokens[lo:hi, 1]] = replace_with
-            attn = probe.attention_mask[rows]
-            first = trim_left(attn)  # drop the columns that are padding in every variant of this chunk
-            split = int(tokens[lo:hi, 1].min())  # nothing before this column is replaced
-            if reuse_prefix and split > first:
-                logits = forward_logits_after_prefix(model, ids[:1, first:split], ids[:, split:], keep)
-            else:
-                ids, attn = ids[:, first:], attn[:, first:]
-                logits = forward_logits(model, attn, keep, input_ids=ids)
-            perturbed = final_outcome(logits, ids, probe.n_answer[rows], mode)
-            divergence[chunk] = outcome_divergence(clean[rows], perturbed, mode).float()
-    importance[tokens[:, 0], tokens[:, 1]] = divergence[variant_of]
+        out = forward_logits(model, probe.attention_mask, keep, input_ids=probe.input_ids, return_cache=reuse_prefix)
+        logits, cache = out if reuse_prefix else (out, None)
+        clean = final_outcome(logits, probe.input_ids, probe.n_answer, mode)  # [B, V] or [B]
+        variants = _Variants(model, probe, clean, keep, mode, replace_with, chunk_size, cache)
+        if span_ids is None:
+            values = variants.divergence(tokens, tokens[:, 1])  # [M]
+        else:
+            values = variants.divergence(tokens, span_ids.gather(1, probe.source)[tokens[:, 0], tokens[:, 1]])
+            if refine is not None:
+                importance[tokens[:, 0], tokens[:, 1]] = values
+                chosen = reaches_threshold(importance, probe.reasoning, refine)[tokens[:, 0], tokens[:, 1]]  # [M]
+                values[chosen] = variants.divergence(tokens[chosen], tokens[chosen, 1])
+    importance[tokens[:, 0], tokens[:, 1]] = values
     return probe.to_original(importance)
 
 
-def _chunks(variant_row: Tensor, chunk_size: int, one_row: bool) -> list[slice]:
-    """Slices of the row-sorted variant list, at most chunk_size long (and within one row if one_row)."""
-    total = variant_row.shape[0]
-    if not one_row:
-        return [slice(s, min(s + chunk_size, total)) for s in range(0, total, chunk_size)]
-    counts = torch.unique_consecutive(variant_row, return_counts=True)[1].tolist()
-    out, start = [], 0
-    for count in counts:  # per row, then per chunk
-        out += [slice(s, min(s + chunk_size, start + count)) for s in range(start, start + count, chunk_size)]
-        start += count
-    return out
+class _Variants:
+    """Sends groups of reasoning tokens, each replaced together, through the model in chunks."""
+
+    def __init__(self, model, probe: AlignedProbe, clean: Tensor, keep: int, mode: str, replace_with: int,
+                 chunk_size: int, cache):
+        self.model, self.probe, self.clean, self.keep, self.mode = model, probe, clean, keep, mode
+        self.replace_with, self.chunk_size, self.cache = replace_with, chunk_size, cache
+
+    def divergence(self, tokens: Tensor, group: Tensor) -> Tensor:
+        """[M] divergence of the variant that replaces the tokens [M, 2] (row, column) sharing their row and
+        group id [M]; every token gets its variant's value."""
+        if tokens.shape[0] == 0:
+            return torch.zeros(0, dtype=torch.float32, device=tokens.device)
+        group = group - group.min()
+        span = int(group.max()) + 1
+        variant_key, variant_of = torch.unique(tokens[:, 0] * span + group, return_inverse=True)  # [V], [M]
+        variant_row = variant_key // span  # [V]
+        first = torch.full_like(variant_row, self.probe.input_ids.shape[1]).scatter_reduce(
+            0, variant_of, tokens[:, 1], "amin")  # [V]: first replaced column
+        # variant order: by first replaced column when reusing the prefix (a chunk starts where its variants do),
+        # else by row (a chunk trims the padding its rows share)
+        order = torch.argsort(first, stable=True) if self.cache is not None else torch.arange(len(first))
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order), device=order.device)
+        variant_of, variant_row, first = rank[variant_of], variant_row[order], first[order]
+        by_variant = torch.argsort(variant_of, stable=True)
+        tokens, variant_of = tokens[by_variant], variant_of[by_variant]
+        token_start = torch.searchsorted(variant_of, torch.arange(len(order) + 1, device=order.device))  # [V+1]
+
+        divergence = torch.zeros(len(order), dtype=torch.float32, device=tokens.device)  # [V]
+        for start in range(0, len(order), self.chunk_size):
+            chunk = slice(start, min(start + self.chunk_size, len(order)))
+            rows = variant_row[chunk]  # [C]
+            lo, hi = int(token_start[chunk.start]), int(token_start[chunk.stop])
+            ids = self.probe.input_ids[rows]  # [C, L'] (a copy)
+            ids[variant_of[lo:hi] - chunk.start, tokens[lo:hi, 1]] = self.replace_with
+            attn = self.probe.attention_mask[rows]
+            split = int(first[chunk].min())  # nothing before this column is replaced in the chunk
+            if self.cache is not None and split > 0:
+                cache = prefix_cache(self.cache, rows, split)
+                logits = forward_logits_after_prefix(self.model, cache, ids[:, split:], attn, self.keep)
+            else:
+                left = trim_left(attn)  # drop the columns that are padding in every variant of this chunk
+                ids, attn = ids[:, left:], attn[:, left:]
+                logits = forward_logits(self.model, attn, self.keep, input_ids=ids)
+            perturbed = final_outcome(logits, ids, self.probe.n_answer[rows], self.mode)
+            divergence[chunk] = outcome_divergence(self.clean[rows], perturbed, self.mode).float()
+        return divergence[variant_of][torch.argsort(by_variant)]

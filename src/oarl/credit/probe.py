@@ -10,11 +10,13 @@ attention mask (cumsum - 1), so padding does not change the result.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -103,18 +105,26 @@ def align_to_end(
 
 
 def forward_logits(model, attention_mask: Tensor, keep: int, input_ids: Tensor | None = None,
-                   inputs_embeds: Tensor | None = None) -> Tensor:
-    """[N, keep, V] logits of the last `keep` columns of a left-padded batch, in float32 (float64 stays)."""
+                   inputs_embeds: Tensor | None = None, return_cache: bool = False):
+    """[N, keep, V] logits of the last `keep` columns of a left-padded batch, in float32 (float64 stays).
+
+    return_cache: also return the key/value cache of every column (the model's cache object), for
+    ``prefix_cache`` / ``forward_logits_after_prefix``.
+    """
     out = model(
         input_ids=input_ids,
         inputs_embeds=inputs_embeds,
         attention_mask=attention_mask.long(),
         position_ids=position_ids(attention_mask),
         logits_to_keep=keep,
-        use_cache=False,
+        use_cache=return_cache,
     )
     logits = out.logits[:, -keep:]
-    return logits if logits.dtype == torch.float64 else logits.float()
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    if not return_cache:
+        return logits
+    cache = getattr(out, "cache", None)
+    return logits, cache if cache is not None else out.past_key_values
 
 
 def _cache_kwarg(model) -> str:
@@ -122,25 +132,34 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def forward_logits_after_prefix(model, prefix_ids: Tensor, suffix_ids: Tensor, keep: int) -> Tensor:
-    """[C, keep, V] logits of the last `keep` columns of prefix ⊕ suffix_c for C suffixes sharing one prefix.
+def prefix_cache(cache, rows: Tensor, split: int):
+    """A new cache of the same class holding columns [0, split) of the given rows [C] of a batch's cache.
 
-    prefix_ids [1, p] and suffix_ids [C, s] hold no padding. The prefix goes through the model once; its
-    key/value cache is repeated C times and each suffix attends to it.
+    Raises ValueError for a cache that does not hold every column (sliding-window layers).
     """
-    name = _cache_kwarg(model)
-    prefix_len, (count, suffix_len) = prefix_ids.shape[1], suffix_ids.shape
-    out = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1)
-    cache = getattr(out, "cache", None) or out.past_key_values
-    cache.batch_repeat_interleave(count)
-    positions = torch.arange(prefix_len, prefix_len + suffix_len, device=suffix_ids.device).expand(count, -1)
+    layers = []
+    for layer in cache:  # (keys, values[, sliding window]) per layer; keys [N, heads, L, head_dim]
+        if len(layer) > 2 and layer[2] is not None:
+            raise ValueError("reuse_prefix needs a key/value cache of every column, and this model's cache has "
+                             "sliding-window layers: set reuse_prefix=False")
+        layers.append((layer[0][rows, :, :split], layer[1][rows, :, :split]))
+    return type(cache)(layers)
+
+
+def forward_logits_after_prefix(model, cache, suffix_ids: Tensor, attention_mask: Tensor, keep: int) -> Tensor:
+    """[C, keep, V] logits of the last `keep` columns of C rows whose first `split` columns are in `cache`.
+
+    cache: from ``prefix_cache`` (C rows, split columns); suffix_ids [C, s] the remaining columns;
+    attention_mask [C, split + s] covers both (left padding allowed), positions follow from it.
+    """
+    split = attention_mask.shape[1] - suffix_ids.shape[1]
     out = model(
         input_ids=suffix_ids,
-        attention_mask=torch.ones(count, prefix_len + suffix_len, dtype=torch.long, device=suffix_ids.device),
-        position_ids=positions,
+        attention_mask=attention_mask.long(),
+        position_ids=position_ids(attention_mask)[:, split:],
         use_cache=True,
         logits_to_keep=keep,
-        **{name: cache},
+        **{_cache_kwarg(model): cache},
     )
     logits = out.logits[:, -keep:]
     return logits if logits.dtype == torch.float64 else logits.float()
@@ -160,3 +179,46 @@ def eval_mode(model):
         yield model
     finally:
         model.train(was_training)
+
+
+def repeated_blocks(model) -> nn.ModuleList | None:
+    """The model's stack of blocks: the nn.ModuleList that holds the most parameters (transformers' decoder
+    ``layers``, GPT-2's ``transformer.h``, nanoGPT's ``transformer.h``); None if the model has no ModuleList."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m)]
+    if not lists:
+        return None
+    return max(lists, key=lambda m: sum(p.numel() for p in m.parameters()))  # first of equals on a tie
+
+
+def _checkpointed_call(forward, *args, **kwargs):
+    if not torch.is_grad_enabled():  # nothing is kept for a backward pass anyway
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+@contextlib.contextmanager
+def activation_checkpointing(model, enabled: bool = True):
+    """Activation (gradient) checkpointing of the model's repeated blocks for the duration, in train or eval mode.
+
+    Each block keeps only its inputs for the backward pass and recomputes its activations there
+    (``torch.utils.checkpoint``, non-reentrant, which replays the forward under the same autocast state).
+    transformers applies its own checkpointing only in train mode, where dropout is on; the estimators run in
+    eval mode, so they wrap each block's ``forward`` themselves. The previous forwards are restored afterwards.
+    Raises ValueError if enabled and the model has no stack of blocks to checkpoint.
+    """
+    blocks = repeated_blocks(model) if enabled else None
+    if enabled and blocks is None:
+        raise ValueError(f"activation_checkpointing: {type(model).__name__} has no nn.ModuleList of blocks to "
+                         "checkpoint; turn activation checkpointing off for the credit pass")
+    saved = []
+    try:
+        for block in blocks or ():
+            saved.append((block, block.__dict__.get("forward")))
+            block.forward = functools.partial(_checkpointed_call, block.forward)
+        yield model
+    finally:
+        for block, own_forward in saved:
+            if own_forward is None:
+                del block.forward
+            else:
+                block.forward = own_forward
