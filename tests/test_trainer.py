@@ -245,10 +245,13 @@ def test_config_validation_and_parsing(tmp_path):
                                                batch_size=cfg.per_device_train_batch_size, activation_checkpointing=True)
     (cfg,) = TrlParser((OARConfig,)).parse_args_into_dataclasses(
         ["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--credit_batch_size", "3",
-         f"--{ACTIVATION_CHECKPOINTING}", "false", "--credit_span", "line", "--credit_refine", "true"])
-    assert cfg.credit_config() == CreditConfig(batch_size=3, span="line", refine=True)
+         f"--{ACTIVATION_CHECKPOINTING}", "false", "--credit_span", "line", "--credit_refine", "true",
+         "--credit", "perturbation"])
+    assert cfg.credit_config() == CreditConfig(estimator="perturbation", batch_size=3, span="line", refine=True)
     with pytest.raises(ValueError, match="^credit_refine needs reasoning steps"):
         cpu_args(OARConfig, tmp_path, credit="perturbation", credit_refine=True)
+    with pytest.raises(ValueError, match="^credit_refine needs reasoning steps"):
+        cpu_args(OARConfig, tmp_path, credit="gradient", credit_span="line", credit_refine=True)
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text(f"output_dir: {tmp_path}\ncredit: entropy\ncredit_threshold: 0.25\nuse_cpu: true\nbf16: false\n")
     (cfg,) = TrlParser((OARConfig,)).parse_args_and_config(["--config", str(yaml_file)])

@@ -152,8 +152,8 @@ class CreditConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.refine and (self.estimator != "perturbation" or self.resolved_span() == "token"):
-            raise ValueError("refine refines OAR-P's reasoning steps: set estimator 'perturbation' and span 'line' "
-                             "or 'sentence'")
+            raise ValueError("refine needs reasoning steps to refine: use it with the perturbation estimator and "
+                             "span 'line' or 'sentence'")
         check_count("rollouts", self.rollouts)
         check_count("max_steps", self.max_steps)
         check_grail(self.grail_scale, self.grail_min, self.grail_max)
