@@ -78,13 +78,65 @@ def test_malformed_rows_are_reported_with_file_line_and_skipped(tmp_path):
 def test_jsonl_fields_given_or_detected(tmp_path):
     path = _write(tmp_path / "custom.jsonl", [{"q": "What is 6*7?", "gold": 42, "uid": "a"}])
     rows = load_benchmark(str(path), problem_field="q", answer_field="gold")
-    assert rows == [{"problem": "What is 6*7?", "answer": "42", "id": "custom/1", "source": f"{path}:1"}]
+    assert rows == [{"problem": "What is 6*7?", "answer": "42", "id": "custom/1", "source": f"{path}:1",
+                     "fields": {"q": "What is 6*7?", "gold": 42, "uid": "a"}}]
     # a GSM8K-style file and a MATH-style file (gold = last \boxed{} of the solution) are detected
     gsm = _write(tmp_path / "gsm.jsonl", [{"question": "q", "answer": "work\n#### 1,234"}])
     assert load_benchmark(str(gsm))[0]["answer"] == "1,234"
     math = _write(tmp_path / "math.jsonl", [{"problem": "p", "solution": "so $\\boxed{\\frac{1}{2}}$."}, {"problem": "p", "solution": "none"}])
     rows = load_benchmark(str(math))
     assert [r["answer"] for r in rows] == ["\\frac{1}{2}"] and len(rows.skipped) == 1
+
+
+def test_gold_answer_lists(tmp_path):
+    """Olympiad-style lists: one element is that answer, more are acceptable alternatives; a row that is still
+    rejected says why, truly."""
+    path = _write(tmp_path / "olymp.jsonl", [
+        {"question": "Half?", "final_answer": ["$\\frac{1}{2}$"]},
+        {"question": "Roots of x^2=1?", "final_answer": ["$1$", "$-1$"]},
+        {"question": "Empty?", "final_answer": []},
+        {"question": "Nested?", "final_answer": [{"value": 3}]},
+        {"question": "Blank?", "final_answer": [" "]},
+    ])
+    rows = load_benchmark(str(path))
+    assert [r["answer"] for r in rows] == ["\\frac{1}{2}", ["1", "-1"]]
+    assert dict(rows.skipped) == {f"{path}:3": "'final_answer' is an empty list",
+                                  f"{path}:4": "'final_answer'[0] is a dict, not an answer: {\"value\": 3}",
+                                  f"{path}:5": "no answer in the list 'final_answer': [\" \"]"}
+
+
+def test_a_problem_split_over_fields_keeps_both_and_says_so(tmp_path, caplog):
+    """A story field before the question (SVAMP's Body + Question) is part of the problem; what was chosen, and
+    what was left out, is reported once."""
+    path = _write(tmp_path / "svamp.jsonl", [
+        {"ID": "a", "Body": "Dan had $ 4.", "Question": "He spent $ 3. How much is left?", "Equation": "4-3", "Answer": 1.0},
+        {"ID": "b", "Body": "", "Question": "What is 2+2?", "Equation": "2+2", "Answer": 4.0},
+    ])
+    with caplog.at_level("INFO", logger="oarl.data.benchmarks"):
+        rows = load_benchmark(str(path))
+    assert [r["problem"] for r in rows] == ["Dan had $ 4. He spent $ 3. How much is left?", "What is 2+2?"]
+    assert [r["answer"] for r in rows] == ["1", "4"] and rows[0]["fields"]["Equation"] == "4-3"
+    reports = [r.getMessage() for r in caplog.records if "problem =" in r.getMessage()]
+    assert reports == ["svamp: problem = Body + Question, gold answer = Answer; not used: Equation "
+                       "(a prompt template can name any field)"]
+    rows = load_benchmark(str(path), problem_field="Question")  # named: exactly that field
+    assert rows[0]["problem"] == "He spent $ 3. How much is left?"
+
+
+def test_a_file_whose_every_row_is_skipped_is_an_error(tmp_path):
+    path = _write(tmp_path / "lists.jsonl", [{"problem": f"p{i}", "answer": []} for i in range(15)])
+    with pytest.raises(ValueError) as info:
+        load_benchmark(str(path))
+    assert str(info.value) == f"lists: none of its 15 row(s) can be used; 15 of them: 'answer' is an empty list (first: {path}:1)"
+    with pytest.raises(ValueError, match="no rows"):
+        load_benchmark(str(_write(tmp_path / "empty.jsonl", [""])))
+
+
+def test_a_missing_data_dir_fails_at_once(tmp_path, monkeypatch):
+    for where in ("argument", "environment"):
+        monkeypatch.setenv("OARL_DATA_DIR", str(tmp_path / "nope") if where == "environment" else str(tmp_path))
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            load_benchmark("math500", data_dir=str(tmp_path / "nope") if where == "argument" else None)
 
 
 def test_hub_code_path_with_a_local_dataset_folder(tmp_path):

@@ -144,7 +144,7 @@ def test_eval_end_to_end_with_cli_resume_and_compare(tiny_dir, tmp_path, capsys,
     common = ["eval", "--model", str(run_dir), "--benchmarks", "gsm8k,amc23,arithmetic", "--limit", "3", "--n", "2",
               "--k", "1,2", "--max-new-tokens", "6", "--batch-size", "2", "--data-dir", str(DATA_DIR), "--no-progress"]
     assert main(common) == 0
-    out = run_dir / "eval"  # a train run keeps its evaluation next to it
+    (out,) = run_dir.glob("eval-*")  # a train run keeps its evaluation next to it, in a folder named by the settings
     results = json.loads((out / "results.json").read_text())
     assert set(results["benchmarks"]) == {"gsm8k", "amc23", "arithmetic"}
     for b in results["benchmarks"].values():
@@ -245,3 +245,67 @@ def test_evaluate_model_on_the_arithmetic_task(tiny_dir):
 def test_cli_without_model_fails_clearly(capsys):
     assert main(["eval"]) == 2
     assert "--model is required" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ report folder
+
+
+class Failing:
+    name = "failing"
+
+    def generate(self, prompts, n, sampling):
+        raise RuntimeError("the engine died")
+
+
+def test_default_report_folder_is_unique_to_the_settings(tmp_path, monkeypatch):
+    """Run twice with other settings: two folders, both fine; the same settings again resume their folder. An
+    unknown benchmark is reported before any old output is looked at; a failed run leaves no folder behind."""
+    monkeypatch.chdir(tmp_path)
+    rows = tmp_path / "set.jsonl"
+    rows.write_text("".join(json.dumps({"problem": f"{i}+1?", "answer": str(i + 1)}) + "\n" for i in range(3)))
+    oracle = Oracle(lambda p: str(int(p.split("+")[0]) + 1))
+    cfg = EvalConfig(model="oracle", benchmarks=[str(rows)], n=2, k=[1], progress=False)
+    first = run_eval(cfg, backend=oracle)
+    second = run_eval(EvalConfig(**{**cfg.__dict__, "n": 3}), backend=oracle)
+    assert first["output_dir"] != second["output_dir"] and second["benchmarks"]["set"]["avg@3"] == 1.0
+    assert Path(first["output_dir"]).parent == Path("reports") and Path(first["output_dir"]).name.startswith("eval-oracle-")
+    assert run_eval(cfg, backend=oracle)["generated_problems"] == 0  # the same settings: resumed
+
+    with pytest.raises(FileNotFoundError, match="unknown benchmark 'math5000'"):
+        run_eval(EvalConfig(**{**cfg.__dict__, "benchmarks": ["math5000"], "output_dir": first["output_dir"],
+                               "temperature": 0.1}), backend=oracle)
+    for output_dir in (None, "elsewhere/report"):
+        with pytest.raises(RuntimeError):
+            run_eval(EvalConfig(**{**cfg.__dict__, "seed": 7, "output_dir": output_dir}), backend=Failing())
+    assert sorted(p.name for p in Path("reports").iterdir()) == sorted({Path(first["output_dir"]).name,
+                                                                        Path(second["output_dir"]).name})
+    assert not Path("elsewhere").exists()
+
+
+def test_list_golds_and_templates_naming_fields(tmp_path):
+    """A word problem split over two fields reaches the prompt whole (auto-detected, or by a template naming the
+    fields); a list gold is a set of acceptable answers in the scoring."""
+    path = tmp_path / "word.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"Body": "Dan has \\frac{1}{2} cake.", "Question": "How much cake?", "Answer": ["$\\frac{1}{2}$"]},
+        {"Body": "x^2 = 1.", "Question": "What is x?", "Answer": ["1", "-1"]},
+    ]))
+    answers = {"Dan": "0.5", "x^2": "-1"}  # the second acceptable answer of the list scores too
+    oracle = Oracle(lambda p: next(a for k, a in answers.items() if k in p))
+    cfg = EvalConfig(model="oracle", benchmarks=[str(path)], n=1, k=[1], progress=False, chat_template="off",
+                     output_dir=str(tmp_path / "auto"))
+    res = run_eval(cfg, backend=oracle)
+    samples = read_samples(tmp_path / "auto" / "samples.jsonl")
+    assert samples[0]["prompt"].startswith("Dan has \\frac{1}{2} cake. How much cake?\n")
+    assert res["benchmarks"]["word"]["avg@1"] == 1.0 and samples[1]["gold"] == ["1", "-1"]
+
+    templated = EvalConfig(**{**cfg.__dict__, "prompt_template": "{Question} Context: {Body}",
+                              "output_dir": str(tmp_path / "templated")})
+    run_eval(templated, backend=oracle)
+    samples = read_samples(tmp_path / "templated" / "samples.jsonl")
+    assert [s["prompt"] for s in samples] == ["How much cake? Context: Dan has \\frac{1}{2} cake.",
+                                              "What is x? Context: x^2 = 1."]
+    with pytest.raises(ValueError, match=r"\{Qestion\}.*Body, Question, Answer, problem.*Did you mean \{Question\}"):
+        run_eval(EvalConfig(**{**templated.__dict__, "prompt_template": "{Qestion}", "output_dir": str(tmp_path / "x")}),
+                 backend=oracle)
+    assert not (tmp_path / "x").exists()

@@ -87,8 +87,9 @@ def test_malformed_jsonl_names_file_and_line(tmp_path, bad_line, reason):
 
 def test_wrong_field_name_lists_a_few_rows(tmp_path):
     path = write_jsonl(tmp_path / "q.jsonl", [{"question": f"{i}+1?", "answer": i + 1} for i in range(30)])
+    assert len(load_train_dataset(str(path))) == 30  # detected, as `oarl eval` does
     with pytest.raises(ValueError) as info:
-        load_train_dataset(str(path))
+        load_train_dataset(str(path), problem_field="problem")
     message = str(info.value)
     assert f"{path}:1:" in message and "'problem'" in message and "and 20 more" in message
     assert len(message.splitlines()) == 12

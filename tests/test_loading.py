@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from oarl.models import loading
-from oarl.models.loading import MODEL_CHOICES, load_model
+from oarl.models.loading import MODEL_CHOICES, load_model, looks_like_path
 
 TEXT = "Q: 12+7*3-40=?\nA: 7*3=21. 12+21=33. 33-40=-7. The answer is -7."
 
@@ -97,14 +97,28 @@ def test_tiny_delegates_to_the_warm_start(tmp_path, monkeypatch):
     assert loaded.pad_token_id != loaded.eos_token_id and loaded.padding_side == "left"
 
 
-@pytest.mark.parametrize("name", ["no such model!", "runs/x/final"])
-def test_unknown_name_lists_choices(name):
+def test_unknown_name_lists_choices():
     with pytest.raises(ValueError) as info:
-        load_model(name)
+        load_model("no such model!")
     message = str(info.value)
     for choice in MODEL_CHOICES:
         assert repr(choice) in message
     assert "local model directory" in message and "hub name" in message
+
+
+@pytest.mark.parametrize("name", ["runs/x/final", "runs/nonexistent", "./model", "~/no/such/dir", "out/typo"])
+def test_missing_path_like_name_fails_at_once(name, tmp_path, monkeypatch):
+    """A name that can only be a local path is a local error, not a hub download that times out; a misspelt run
+    directory gets the close names of its folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out" / "type").mkdir(parents=True)
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="no such directory") as info:
+        load_model(name)
+    assert time.perf_counter() - started < 1
+    if name == "out/typo":
+        assert "Did you mean out/type?" in str(info.value)
+    assert looks_like_path(name) and not looks_like_path("Qwen/Qwen2.5-Math-1.5B")
 
 
 def test_unresolvable_hub_name_offline(monkeypatch):

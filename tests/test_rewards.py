@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oarl import rewards
-from oarl.rewards import accuracy, answer_key, completion_text, is_correct, normalize_gold, verify
+from oarl.rewards import accuracy, answer_key, completion_text, gold_answers, is_correct, normalize_gold, verify
 
 PATHOLOGICAL = "10^{10^{10^{10}}}"  # sympy tries to evaluate it and never returns
 
@@ -73,6 +73,16 @@ def test_normalize_gold():
     assert normalize_gold("Janet sells 9 eggs.\n#### 18") == "18"
     assert normalize_gold(" $\\frac{1}{2}$ ") == "\\frac{1}{2}"
     assert normalize_gold(float("nan")) is None and normalize_gold(None) is None and normalize_gold("") is None
+
+
+def test_gold_lists_are_sets_of_acceptable_answers():
+    """A one-element list is that answer; a longer list is a set: any match scores, others do not."""
+    assert gold_answers(["$\\frac{1}{2}$"]) == ["\\frac{1}{2}"] and gold_answers(" 3 ") == ["3"]
+    assert gold_answers(["1", "$-1$", "1", "", None]) == ["1", "-1"] and gold_answers([]) == gold_answers(None) == []
+    completions = ["\\boxed{\\dfrac12}", "\\boxed{-1}", "\\boxed{1}", "\\boxed{2}", "\\boxed{0.5}"]
+    golds = [["$\\frac{1}{2}$"], ["1", "-1"], ["1", "-1"], ["1", "-1"], []]
+    assert accuracy(completions, golds) == [1.0, 1.0, 1.0, 0.0, None]
+    assert is_correct("\\boxed{-1}", ("1", "-1")) and not is_correct("\\boxed{3}", ["1", "-1"])
 
 
 def test_is_correct_and_answer_key():

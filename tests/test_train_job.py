@@ -9,9 +9,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib.image
 import pytest
+import torch
 import yaml
 
 from oarl.train import parse_args, resolved_config
@@ -36,11 +38,23 @@ def oarl(args, env, **kw):
 
 
 def test_default_job_writes_the_run_directory(tmp_path, env):
+    from oarl.data.arithmetic import DEFAULT_REGIME
+    from oarl.models import warmstart
+
     run = tmp_path / "run"
+    short_warm_start = {**DEFAULT_REGIME.warmstart_config(), "steps": 30}
+    warm_started = (Path(env["OARL_CACHE"]) / "warmstart" / warmstart.config_hash(short_warm_start)).is_dir()
     proc = oarl([*SHORT, "--output_dir", str(run), "--save_steps", "2"], env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"run directory: {run}" in proc.stdout
     assert "before" in proc.stdout and "after" in proc.stdout and "credit (gradient) overhead" in proc.stdout
+    # Every phase shows a bar with its total: the warm start (said to run once), held-out evaluations, training.
+    bars = proc.stderr.replace("\r", "\n")
+    if not warm_started:
+        assert "runs once" in bars and "warm start (once, then cached): 100%" in bars and "| 30/30" in bars
+    for when in ("before", "after"):
+        assert f"held-out test ({when}): 100%" in bars and f"held-out hard ({when}): 100%" in bars
+    assert "oarl train: 100%" in bars and "| 3/3 [" in bars
 
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "heldout_before.json"):
         assert (run / name).is_file(), name
@@ -72,27 +86,52 @@ def test_default_job_writes_the_run_directory(tmp_path, env):
     assert resolved_config(train_args, config, tuple(saved)) == saved
 
 
-def test_resume_after_kill(tmp_path, env):
-    run = tmp_path / "run"
-    args = [*SHORT, "--max_steps", "12", "--save_steps", "1", "--output_dir", str(run), "--eval_size", "0"]
-    proc = subprocess.Popen([sys.executable, "-m", "oarl.cli", "train", *args], env=env,
+def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, env):
+    """Ctrl-C stops the run at once with the command that continues it; the resumed run ends with the same
+    parameters and metrics as a run that was never interrupted. The checkpoint it resumes from (step 5) falls
+    inside a generation batch (2 steps each) and in the second epoch (4 steps each), the two places where TRL's
+    own resume diverged; OAR-G noise, sampling and generation random states all take part."""
+    args = [*SHORT, "--max_steps", "8", "--train_size", "8", "--per_device_train_batch_size", "8",
+            "--generation_batch_size", "16", "--save_steps", "5", "--eval_size", "8"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    proc = oarl([*args, "--output_dir", str(full)], env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    proc = subprocess.Popen([sys.executable, "-m", "oarl.cli", "train", *args, "--output_dir", str(cut)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
-    while not (run / "checkpoint-2" / "trainer_state.json").exists():
-        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-3000:]}"
-        assert time.time() < deadline, "no checkpoint-2 within 10 minutes"
+    while not (cut / "checkpoint-5" / "trainer_state.json").exists():
+        assert proc.poll() is None, f"run ended before it could be interrupted: {proc.stderr.read()[-3000:]}"
+        assert time.time() < deadline, "no checkpoint-5 within 10 minutes"
         time.sleep(0.05)
-    time.sleep(0.3)  # let it go on a little past the checkpoint (logged steps that resuming must not repeat)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (run / "final_model").exists(), "the run finished before it was killed: make it longer"
+    proc.send_signal(signal.SIGINT)
+    sent = time.perf_counter()
+    stderr = proc.communicate(timeout=60)[1]
+    stopped_after = time.perf_counter() - sent
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.splitlines()[-1] == f"oarl train: interrupted; continue with: oarl train --resume {cut}"
+    assert "Traceback" not in stderr
+    assert stopped_after < 5, f"took {stopped_after:.1f}s to stop"  # about 0.1 s on an idle machine
+    first_session = json.loads((cut / "wall_time.json").read_text())["seconds"]
 
-    resumed = oarl(["--resume", str(run)], env)
+    resumed = oarl(["--resume", str(cut)], env)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert json.loads((run / "summary.json").read_text())["steps"] == 12
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
-             if "loss" in json.loads(line)]
-    assert steps == list(range(1, 13)), steps  # none lost, none repeated
+    assert "missing keys" not in resumed.stderr  # the tied lm_head / embedding is restored as one tensor
+
+    from safetensors.torch import load_file
+
+    a, b = (load_file(d / "final_model" / "model.safetensors") for d in (full, cut))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "the resumed run ended elsewhere"
+    rows = {d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, cut)}
+    train_rows = {d: [r for r in rows[d] if "loss" in r] for d in rows}
+    assert [r["step"] for r in train_rows[cut]] == list(range(1, 9))  # none lost, none repeated
+    for x, y in zip(train_rows[full], train_rows[cut], strict=True):
+        for key in ("loss", "reward", "credit/weight_std", "completions/mean_length"):
+            assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (x["step"], key)
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (full, cut)]
+    assert summaries[0]["heldout_after"] == summaries[1]["heldout_after"]
+    assert summaries[1]["sessions"] == 2  # the wall time is the whole run's: both sessions
+    assert summaries[1]["wall_time_s"] > first_session + summaries[1]["train_time_s"]
 
 
 def test_existing_run_is_not_overwritten(tmp_path, env):
@@ -168,3 +207,44 @@ def test_task_form_reaches_training_and_heldout_problems(task, env, monkeypatch)
     _, _, train, heldout, _, _ = _load_model_and_data(train_args, config)
     prompts = list(train["prompt"]) + [r["problem"] for rows in heldout.values() for r in rows]
     assert len(prompts) == 20 + 6 + 6 and all(("(" in p) == (task == "tree") for p in prompts)
+
+
+def test_train_on_a_jsonl_file_with_a_held_out_part(tmp_path, env, monkeypatch):
+    """`oarl train --dataset file.jsonl` detects the fields as `oarl eval` does (a story field kept before the
+    question, a list gold), holds out a disjoint part for evaluation before and after, and shows a bar whose total
+    is epochs x batches; the template names any field, for training and held-out prompts alike."""
+    from oarl.data import load_train_dataset
+    from oarl.data.arithmetic import DEFAULT_REGIME, problems
+    from oarl.models.warmstart import warm_start
+    from oarl.train import TrainArgs, _dataset_and_heldout
+
+    monkeypatch.setenv("OARL_CACHE", env["OARL_CACHE"])
+    model = warm_start({**DEFAULT_REGIME.warmstart_config(), "steps": 30}, progress=False)  # the other tests' warm start
+    data = tmp_path / "arith.jsonl"
+    data.write_text("".join(json.dumps({"Body": "Work it out.", "Question": r["prompt"], "Answer": [r["answer"]]}) + "\n"
+                            for r in problems("train", 20, seed=1)))
+    args = ["--model", model, "--dataset", str(data), "--prompt_template", "{Question}", "--eval_fraction", "0.2",
+            "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--num_generations", "4",
+            "--generation_batch_size", "8", "--max_completion_length", "40", "--eval_samples", "2",
+            "--save_strategy", "no", "--output_dir", str(tmp_path / "run")]
+    proc = oarl(args, env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stderr.count("arith: problem = Body + Question, gold answer = Answer") == 1
+    assert "| 8/8 [" in proc.stderr.replace("\r", "\n")  # 16 training prompts, 2 per step, one epoch
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["heldout_after"]["test"]["n_problems"] == 4
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "heldout/test" in r] == [0, 8] and "rewards/accuracy/mean" in rows[1]
+
+    # the held-out part: disjoint from training, the same rows whatever the training seed
+    def prompts(split, seed):
+        return set(load_train_dataset(str(data), split=split, seed=seed, holdout=0.2, prompt_template="{Question}")["prompt"])
+
+    assert len(prompts("test", 0)) == 4 and prompts("test", 0) == prompts("test", 3)
+    assert not prompts("test", 0) & prompts("train", 0) and len(prompts("train", 0)) == 16
+    # or a file of its own, every row of it
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": i + 1}) + "\n" for i in range(3)))
+    train, heldout = _dataset_and_heldout(TrainArgs(dataset=str(data), eval_dataset=str(other)), config=SimpleNamespace(seed=0),
+                                          conversational=False)
+    assert len(train) == 20 and [r["answer"] for r in heldout["test"]] == ["1", "2", "3"]

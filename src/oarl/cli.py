@@ -4,14 +4,22 @@ Each subcommand is a pair in ``COMMANDS``: ``add_<name>_args(subparser)`` declar
 ``run_<name>(args) -> int`` runs it (exit status). To add one, write the pair and add a line to COMMANDS.
 Imports of heavy libraries (torch, transformers) happen inside the ``run_`` functions, so ``oarl --help``
 is instant.
+
+Errors a user can fix (a bad flag or value, a missing file or path, an unknown name) print one line, the
+problem and the fix, and exit with status 2 (usage) or 1; ``--debug`` (anywhere on the command line) or
+``OARL_DEBUG=1`` shows the traceback instead. Ctrl-C exits with status 130 and one line saying how to continue.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
 import sys
 from typing import Callable
+
+from oarl.errors import Interrupted, RaisingParserMixin, UsageError, unknown_flags_hint
 
 # ------------------------------------------------------------------------------------------------ eval
 
@@ -82,7 +90,10 @@ def run_eval(args: argparse.Namespace) -> int:
         stop=args.stop, output_dir=args.output_dir, overwrite=args.overwrite, problem_field=args.problem_field,
         answer_field=args.answer_field, strict=args.strict, verify_timeout_s=args.verify_timeout, progress=not args.no_progress,
     )
-    results = _run_eval(cfg)
+    try:
+        results = _run_eval(cfg)
+    except KeyboardInterrupt:  # samples so far are kept; the same command (same settings, same folder) resumes
+        raise Interrupted(f"interrupted; continue with: oarl {shlex.join(sys.argv[1:] or ['eval'])}") from None
     from oarl.evaluate import results_markdown
 
     print(results_markdown(results))
@@ -340,8 +351,13 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
 }
 
 
+class Parser(RaisingParserMixin, argparse.ArgumentParser):
+    """argparse whose errors raise UsageError (one line with a "did you mean"), not the usage and an exit."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="oarl", description="RL with verifiable rewards and token-level credit (OAR).")
+    parser = Parser(prog="oarl", description="RL with verifiable rewards and token-level credit (OAR).",
+                    epilog="--debug (anywhere) or OARL_DEBUG=1: show the traceback of an error.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in PASSTHROUGH.items():
@@ -349,16 +365,44 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (add_args, run, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
-        p.set_defaults(_run=run)
+        p.set_defaults(_run=run, _parser=p)
     return parser
+
+
+# What a user can fix: printed as one line without a traceback (unless --debug). Anything else is a bug: traceback.
+EXPECTED_ERRORS = (ValueError, OSError, ImportError)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("OARL_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    prefix = f"oarl {command}" if command in (*PASSTHROUGH, *COMMANDS) else "oarl"
+    try:
+        return _dispatch(argv)
+    except Interrupted as exc:
+        print(f"{chr(10) if sys.stderr.isatty() else ''}{prefix}: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"{chr(10) if sys.stderr.isatty() else ''}{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except EXPECTED_ERRORS as exc:
+        if debug:
+            raise
+        print(f"{prefix}: error: {str(exc).strip() or type(exc).__name__}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in PASSTHROUGH:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         return PASSTHROUGH[argv[0]][0](argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's flags are what a misspelt one should be compared with
+        raise UsageError(f"unknown argument {extra[0]}.{unknown_flags_hint(args._parser, extra)} "
+                         f"(see `oarl {args.command} --help`)")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return args._run(args)
 

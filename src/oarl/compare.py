@@ -15,6 +15,8 @@ import math
 import time
 from pathlib import Path
 
+from .errors import RaisingParserMixin, UsageError, did_you_mean, removed_on_failure
+
 
 def _mean_se(results: list[dict]) -> tuple[float, float]:
     """Mean accuracy over seeds, and its standard error (the runs' own SEs combined, independent runs)."""
@@ -64,10 +66,15 @@ def to_markdown(table: dict, n_seeds: int) -> str:
     return "\n".join(lines)
 
 
+class _Parser(RaisingParserMixin, argparse.ArgumentParser):
+    pass
+
+
 def main(argv: list[str] | None = None) -> dict:
+    from .credit import ESTIMATORS
     from .train import parse_args, run_train
 
-    pre = argparse.ArgumentParser(prog="oarl compare", add_help=False)
+    pre = _Parser(prog="oarl compare", add_help=False)
     pre.add_argument("--credits", default="none,gradient,perturbation,entropy",
                      help="comma-separated estimators to train with (default: %(default)s)")
     pre.add_argument("--seeds", default="0", help="comma-separated seeds, one run each (default: %(default)s)")
@@ -79,18 +86,24 @@ def main(argv: list[str] | None = None) -> dict:
         print("\nEvery other flag is an `oarl train` flag (see `oarl train --help`), applied to every run.")
         return {}
     credits = [c.strip() for c in known.credits.split(",") if c.strip()]
-    seeds = [int(s) for s in known.seeds.split(",") if s.strip()]
+    unknown = [c for c in credits if c not in ESTIMATORS]
+    if not credits or unknown:
+        raise UsageError(f"--credits {known.credits!r}: choose among {', '.join(ESTIMATORS)}."
+                         f"{did_you_mean(unknown[0], ESTIMATORS) if unknown else ''}")
+    try:
+        seeds = [int(s) for s in known.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds {known.seeds!r}: expected comma-separated integers such as 0,1,2") from None
     train_args, _ = parse_args(rest)  # validates the shared flags once, before any run starts
     out = Path(known.output_dir or Path(train_args.runs_dir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-
     summaries: dict[str, list[dict]] = {c: [] for c in credits}
-    for seed in seeds:
-        for credit in credits:
-            run_dir = out / f"{credit}-seed{seed}"
-            train_args, config = parse_args([*rest, "--credit", credit, "--seed", str(seed),
-                                             "--output_dir", str(run_dir)])
-            summaries[credit].append(run_train(train_args, config))
+    with removed_on_failure(out, keep=lambda: any(p.is_dir() for p in out.iterdir())):
+        for seed in seeds:
+            for credit in credits:
+                run_dir = out / f"{credit}-seed{seed}"
+                train_args, config = parse_args([*rest, "--credit", credit, "--seed", str(seed),
+                                                 "--output_dir", str(run_dir)])
+                summaries[credit].append(run_train(train_args, config))
     table = summarize(summaries)
     markdown = to_markdown(table, len(seeds))
     (out / "compare.md").write_text(markdown)

@@ -28,17 +28,21 @@ engine for all benchmarks, on a GPU or on vLLM's CPU build (same prompts, output
 only when asked: its engine start costs more than a small evaluation). Prompts: the model's chat template when it has
 one (the user message is the problem plus an instruction to box the answer), else the plain template
 ``PLAIN_TEMPLATE``; a row that carries its own plain ``prompt`` (the arithmetic task) uses it verbatim
-unless a template is given. ``{problem}`` in a template is replaced literally (LaTeX braces are safe).
+unless a template is given. A template names fields in braces: ``{problem}`` (the problem text) or any field of
+the row (``{Body} {Question}``); LaTeX braces stay as they are (``oarl.data.template``).
 
 Resume: samples.jsonl is appended one batch of problems at a time; a problem with all n samples there is
 not generated again (a partly written problem is regenerated). The settings that change samples are kept
-in ``eval_config.json``; resuming with other settings is refused (use ``overwrite``). With the HF backend a
-resumed run is not bit-identical to an uninterrupted one (sampling is seeded per batch, and batches start
-elsewhere); with vLLM it is (seeded per prompt).
+in ``eval_config.json``; resuming with other settings is refused (use ``overwrite``). The default report
+folder is named after those settings (``reports/eval-<model>-<hash>``, ``<run>/eval-<hash>``), so that a run
+with other settings starts its own folder and the same command resumes. With the HF backend a resumed run is
+not bit-identical to an uninterrupted one (sampling is seeded per batch, and batches start elsewhere); with
+vLLM it is (seeded per prompt).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -52,7 +56,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from oarl.credit.answer import extract_answer
-from oarl.rewards import DEFAULT_TIMEOUT_S, group_by_value, normalize_gold, verify
+from oarl.data.template import PromptTemplate
+from oarl.errors import removed_on_failure
+from oarl.rewards import DEFAULT_TIMEOUT_S, gold_answers, group_by_value, matches_gold
 
 logger = logging.getLogger(__name__)
 
@@ -134,18 +140,24 @@ def build_prompt(row: dict, tokenizer=None, template: str | None = None, chat: b
     """The text given to the model for one row.
 
     chat=None uses the tokenizer's chat template when it has one. Without chat, ``template`` (default: the
-    row's own ``prompt`` if it has one, else PLAIN_TEMPLATE) with ``{problem}`` replaced.
+    row's own ``prompt`` if it has one, else PLAIN_TEMPLATE) filled from the row: ``{problem}`` and any of the
+    row's ``fields`` (see ``oarl.data.template``; an unknown field raises ValueError listing the fields).
     """
     if chat is None:
         chat = tokenizer is not None and getattr(tokenizer, "chat_template", None) is not None
     if "problem" not in row:  # a row with only a ready prompt (e.g. oarl.data.arithmetic.problems)
         return row["prompt"]
-    if chat:
-        content = (template or CHAT_TEMPLATE).replace("{problem}", row["problem"])
-        return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True)
-    if template is None and row.get("prompt"):
+    if not chat and template is None and row.get("prompt"):
         return row["prompt"]
-    return (template or PLAIN_TEMPLATE).replace("{problem}", row["problem"])
+    text = PromptTemplate(template or (CHAT_TEMPLATE if chat else PLAIN_TEMPLATE)).fill(template_fields(row))
+    if chat:
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+    return text
+
+
+def template_fields(row: dict) -> dict:
+    """What a prompt template can name in a row: the raw record's fields, and ``problem``."""
+    return {**(row.get("fields") or {}), "problem": row["problem"]}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -321,12 +333,13 @@ def score_generations(rows: list[dict], prompts: list[str], generations: list[li
     """One sample record per generation: prompt, completion, parsed answer, gold, correct, length."""
     records = []
     for row, prompt, gens in zip(rows, prompts, generations, strict=True):
-        gold = normalize_gold(row["answer"])
+        golds = gold_answers(row["answer"])  # acceptable answers: a match with any of them scores
+        gold = golds[0] if len(golds) == 1 else golds or None
         for j, g in enumerate(gens):
             pred = extract_answer(g["text"])
             records.append({
                 "benchmark": benchmark, "id": row["id"], "sample": j, "prompt": prompt, "completion": g["text"],
-                "pred": pred, "gold": gold, "correct": bool(pred is not None and gold is not None and verify(pred, gold, timeout_s)),
+                "pred": pred, "gold": gold, "correct": matches_gold(pred, golds, timeout_s),
                 "num_tokens": g["num_tokens"], "finish_reason": g["finish_reason"], "source": row.get("source"),
             })
     return records
@@ -360,6 +373,7 @@ def evaluate_model(
     ``chat=False`` (the default here) never applies a chat template, None applies it when there is one.
     ``backend``: generate with it (e.g. a :class:`VLLMBackend` on the engine a trainer colocates) instead of
     HF ``generate`` on ``model``.
+    ``progress``: a bar over the problems, labelled ``progress_desc``.
     """
     from tqdm.auto import tqdm
 
@@ -373,12 +387,11 @@ def evaluate_model(
         prompt_template = "{problem}"
     prompts = [build_prompt(r, tokenizer, prompt_template, chat) for r in rows]
     samples: list[dict] = []
-    bar = tqdm(total=len(rows), desc=progress_desc, unit="problem", disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(rows), batch_size):
-        batch_rows, batch_prompts = rows[start : start + batch_size], prompts[start : start + batch_size]
-        samples += score_generations(batch_rows, batch_prompts, backend.generate(batch_prompts, n, sampling), "problems")
-        bar.update(len(batch_rows))
-    bar.close()
+    with tqdm(total=len(rows), desc=progress_desc, unit="problem", disable=not progress, dynamic_ncols=True) as bar:
+        for start in range(0, len(rows), batch_size):
+            batch_rows, batch_prompts = rows[start : start + batch_size], prompts[start : start + batch_size]
+            samples += score_generations(batch_rows, batch_prompts, backend.generate(batch_prompts, n, sampling), "problems")
+            bar.update(len(batch_rows))
     out = benchmark_metrics(samples, n, k_list)
     for name in ("avg@{}", "avg@{}_se", "maj@{}"):
         if name.format(n) in out:
@@ -428,11 +441,14 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
-def default_output_dir(model: str) -> Path:
+def default_output_dir(model: str, settings: dict) -> Path:
+    """``<run>/eval-<hash>`` for a train run (its evaluation next to it), else ``reports/eval-<model>-<hash>``;
+    the hash is of the settings that change samples (RESUME_KEYS): other settings, another folder."""
+    tag = hashlib.sha256(json.dumps([settings[k] for k in RESUME_KEYS]).encode()).hexdigest()[:8]
     path = Path(model).expanduser()
     if (path / "final_model").is_dir():
-        return path / "eval"  # a train run keeps its evaluation next to it
-    return Path("reports") / ("eval-" + (path.name or str(model)).replace("/", "_"))
+        return path / f"eval-{tag}"
+    return Path("reports") / f"eval-{(path.name or str(model)).replace('/', '_')}-{tag}"
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -512,24 +528,38 @@ def _load_backend(cfg: EvalConfig, model_path: str, chat: bool | None):
 
 def run_eval(cfg: EvalConfig, backend=None, tokenizer=None) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.benchmarks``; writes samples.jsonl, results.json, results.md in
-    ``cfg.output_dir`` and returns the results dict. ``backend``/``tokenizer`` may be given (tests, reuse)."""
-    from tqdm.auto import tqdm
-
+    ``cfg.output_dir`` and returns the results dict. ``backend``/``tokenizer`` may be given (tests, reuse).
+    Raises ValueError / FileNotFoundError for a bad argument before writing anything; a run that fails before
+    its first sample leaves no report folder behind."""
     t0 = time.perf_counter()
     if cfg.model is None:
         raise ValueError("no model given")
+    from oarl.models.loading import check_model_name
+
+    check_model_name(cfg.model)
     model_path = resolve_model_path(cfg.model)
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg.model)
-    out_dir.mkdir(parents=True, exist_ok=True)
     k_list = sorted({k for k in cfg.k if k <= cfg.n})
     if len(k_list) < len(cfg.k):
         logger.warning("dropping k > n=%d from %s", cfg.n, cfg.k)
     chat = {"auto": None, "on": True, "off": False}[cfg.chat_template]
+    # Every argument is checked (benchmarks read, the template's fields known) before any output is touched.
+    benchmarks = [load_benchmark_rows(b, cfg) for b in cfg.benchmarks]
+    if cfg.prompt_template:
+        for name, rows in benchmarks:
+            PromptTemplate(cfg.prompt_template, template_fields(rows[0]), source=name)
 
     # resume: same settings, then the problems already complete in samples.jsonl
     settings = {"model": model_path, "n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p,
                 "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "prompt_template": cfg.prompt_template,
                 "chat_template": cfg.chat_template, "stop": list(cfg.stop)}
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg.model, settings)
+    with removed_on_failure(out_dir, keep=lambda: bool(read_samples(out_dir / SAMPLES_FILE))):
+        return _run_eval(cfg, backend, tokenizer, t0, model_path, k_list, chat, benchmarks, settings, out_dir)
+
+
+def _run_eval(cfg, backend, tokenizer, t0, model_path, k_list, chat, benchmarks, settings, out_dir) -> dict:
+    from tqdm.auto import tqdm
+
     samples_path, config_path = out_dir / SAMPLES_FILE, out_dir / CONFIG_FILE
     if cfg.overwrite:
         for name in (SAMPLES_FILE, RESULTS_JSON, RESULTS_MD, CONFIG_FILE):
@@ -552,7 +582,6 @@ def run_eval(cfg: EvalConfig, backend=None, tokenizer=None) -> dict:
                 for s in sorted(v, key=lambda s: s["sample"])[: cfg.n]:
                     f.write(json.dumps(s) + "\n")
 
-    benchmarks = [load_benchmark_rows(b, cfg) for b in cfg.benchmarks]
     todo = {name: [r for r in rows if (name, r["id"]) not in done] for name, rows in benchmarks}
     num_todo = sum(len(v) for v in todo.values())
     if num_todo and backend is None:
@@ -657,11 +686,13 @@ def results_markdown(results: dict) -> str:
 
 
 def _results_file(path: str | Path) -> Path:
+    """A results.json, a report folder, or a train run (its newest evaluation, ``eval-*/``)."""
     path = Path(path)
-    for candidate in (path, path / RESULTS_JSON, path / "eval" / RESULTS_JSON):
+    runs = sorted(path.glob(f"eval*/{RESULTS_JSON}"), key=lambda p: p.stat().st_mtime) if path.is_dir() else []
+    for candidate in (path, path / RESULTS_JSON, *runs[-1:]):
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"no {RESULTS_JSON} at {path} (nor {path / RESULTS_JSON}, {path / 'eval' / RESULTS_JSON})")
+    raise FileNotFoundError(f"no {RESULTS_JSON} at {path} (nor in {path / RESULTS_JSON} or {path / 'eval-*'})")
 
 
 def compare_markdown(paths: Sequence[str | Path]) -> str:

@@ -57,8 +57,8 @@ WORKER_START_TIMEOUT_S = 120.0  # importing sympy on a busy machine can take a w
 WORKER_RETRY_AFTER_S = 60.0  # after a failed worker start, use the fast path only for this long
 WORKER_MEMORY_LIMIT_BYTES = 4 * 1024**3  # address-space cap of the worker (POSIX), against runaway sympy
 
-__all__ = ["accuracy", "format", "verify", "is_correct", "normalize_gold", "normalize_answer", "completion_text", "answer_key",
-           "group_by_value", "value_key", "shutdown_verifier"]
+__all__ = ["accuracy", "format", "verify", "is_correct", "normalize_gold", "normalize_answer", "gold_answers", "matches_gold",
+           "completion_text", "answer_key", "group_by_value", "value_key", "shutdown_verifier"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -88,6 +88,22 @@ def normalize_gold(value: Any) -> str | None:
     if len(text) >= 2 and text.startswith("$") and text.endswith("$") and not text.endswith("\\$"):
         text = text.strip("$").strip()
     return text or None
+
+
+def gold_answers(value: Any) -> list[str]:
+    """The acceptable gold answers of one problem, each normalised by ``normalize_gold``; [] if there is none.
+
+    A scalar is one answer. A list or tuple (olympiad-style sets store ``["$\\frac{1}{2}$"]``) is a set of
+    acceptable answers: a one-element list is that answer, and a completion is right when it matches any of
+    the answers of a longer one. Missing and empty items are dropped, as are repeats.
+    """
+    values = value if isinstance(value, (list, tuple)) else [value]
+    answers: list[str] = []
+    for item in values:
+        gold = None if isinstance(item, (list, tuple)) else normalize_gold(item)
+        if gold is not None and gold not in answers:
+            answers.append(gold)
+    return answers
 
 
 def completion_text(completion: Any) -> str:
@@ -448,25 +464,30 @@ def group_by_value(answers: list[str | None], timeout_s: float = DEFAULT_TIMEOUT
     return labels
 
 
+def matches_gold(pred: str | None, gold: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Does the extracted answer ``pred`` verify against one of the acceptable answers of ``gold`` (a scalar or
+    a list of them, see ``gold_answers``)? False when either side is missing."""
+    return pred is not None and any(verify(pred, g, timeout_s) for g in gold_answers(gold))
+
+
 def is_correct(completion_text: str, gold: Any, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
-    """Does the completion's final answer (``extract_answer``) verify against ``gold``?"""
-    gold_text = normalize_gold(gold)
-    pred = extract_answer(completion_text)
-    return gold_text is not None and pred is not None and verify(pred, gold_text, timeout_s)
+    """Does the completion's final answer (``extract_answer``) verify against ``gold`` (a scalar or a list of
+    acceptable answers)?"""
+    return matches_gold(extract_answer(completion_text), gold, timeout_s)
 
 
 def accuracy(completions: list, answer: list, **kwargs) -> list[float | None]:
-    """TRL reward: 1.0 if the completion's final answer verifies against the ``answer`` column, 0.0 if it
-    does not or has none, None if the gold answer is missing (unscorable)."""
+    """TRL reward: 1.0 if the completion's final answer verifies against the ``answer`` column (a gold answer, or
+    a list of acceptable ones: any match scores), 0.0 if it does not or has none, None if the gold answer is
+    missing (unscorable)."""
     timeout_s = kwargs.get("verify_timeout_s", DEFAULT_TIMEOUT_S)
     rewards: list[float | None] = []
     for completion, gold in zip(completions, answer, strict=True):
-        gold_text = normalize_gold(gold)
-        if gold_text is None:
+        if not gold_answers(gold):
             rewards.append(None)
             continue
         pred = extract_answer(completion_text(completion))
-        rewards.append(1.0 if pred is not None and verify(pred, gold_text, timeout_s) else 0.0)
+        rewards.append(1.0 if matches_gold(pred, gold, timeout_s) else 0.0)
     return rewards
 
 

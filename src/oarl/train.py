@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ import yaml
 
 EMBEDDED = ("tiny", "arithmetic")  # (model, dataset) of the embedded default job
 SMOLLM2 = ("smollm2-135m", "word-problems")  # (model, dataset) of the SmolLM2 job: its default dataset and regime
+DEFAULT_EVAL_SIZE = 64  # held-out problems of the test split of gsm-symbolic and hub datasets
+HELDOUT_BEFORE = "heldout_before.json"  # the held-out numbers before training (a resumed run reuses them)
 AUTO_DIR = "<auto>"  # output_dir placeholder: the run directory is named after the run
 # Per-run values, and fields that GRPOConfig derives from others (writing them too would conflict on reload;
 # gradient_checkpointing is derived from activation_checkpointing since transformers 5.20, see ACTIVATION_CHECKPOINTING).
@@ -44,8 +47,15 @@ class TrainArgs:
     task: str = field(default="tree", metadata={"help": "Form of the embedded arithmetic task: 'tree' (pairs combined "
                                                 "in the answer) or 'chain' (one written step per operation).",
                                                 "choices": ["tree", "chain"]})
-    problem_field: str = field(default="problem", metadata={"help": "Problem field of a JSONL dataset."})
-    answer_field: str = field(default="answer", metadata={"help": "Gold-answer field of a JSONL dataset."})
+    problem_field: str | None = field(default=None, metadata={"help": "Problem field of a JSONL dataset (default: "
+                                                              "detected as `oarl eval` does, a context field such as "
+                                                              "Body kept before the question)."})
+    answer_field: str | None = field(default=None, metadata={"help": "Gold-answer field of a JSONL dataset (default: "
+                                                             "detected; a list is a set of acceptable answers)."})
+    prompt_template: str | None = field(default=None, metadata={"help": "The prompt (user message for chat models) "
+                                                                "made of the row's fields, e.g. '{Body} {Question}'; "
+                                                                "{problem} is the detected problem. Used for training "
+                                                                "and held-out problems alike; no instruction is added."})
     train_size: int | None = field(default=None, metadata={"help": "Number of training problems (default: "
                                                            "the embedded regime's, or the whole dataset)."})
     runs_dir: str = field(default="runs", metadata={"help": "Parent folder of run directories named "
@@ -54,8 +64,16 @@ class TrainArgs:
     sft_steps: int | None = field(default=None, metadata={"help": "Supervised warm-start steps of the tiny model, "
                                                              "or of smollm2-135m on word problems (0: none) "
                                                              "(default: the regime's). Cached by config."})
-    eval_size: int | None = field(default=None, metadata={"help": "Held-out problems per split (default: regime's; "
-                                                          "0 disables held-out evaluation)."})
+    eval_size: int | None = field(default=None, metadata={"help": "Held-out problems per split (default: the "
+                                                          "regime's for the embedded and SmolLM2 jobs; gsm-symbolic "
+                                                          f"and hub datasets: {DEFAULT_EVAL_SIZE} of their test split; "
+                                                          "a .jsonl file: --eval_fraction of it). 0 disables held-out "
+                                                          "evaluation."})
+    eval_fraction: float = field(default=0.1, metadata={"help": "Fraction of a .jsonl training file held out for "
+                                                        "evaluation when --eval_size is not given (disjoint from "
+                                                        "training; the same rows for every seed)."})
+    eval_dataset: str | None = field(default=None, metadata={"help": "A .jsonl file (or dataset name) of held-out "
+                                                             "problems, instead of a part of the training file."})
     eval_samples: int | None = field(default=None, metadata={"help": "Samples per held-out problem for avg@n."})
     eval_every: int = field(default=0, metadata={"help": "Also evaluate held-out accuracy every N steps (0: only "
                                                  "before and after training)."})
@@ -117,37 +135,79 @@ def _embedded_defaults(regime) -> dict:
 
 def parse_args(argv: list[str] | None = None):
     """(TrainArgs, OARConfig) from flags and an optional ``--config`` YAML (flags win over YAML, YAML over the
-    embedded defaults). ``--resume RUN`` re-reads ``RUN/config.yaml``."""
+    embedded defaults). ``--resume RUN`` re-reads ``RUN/config.yaml``. Raises UsageError (one line, with a "did
+    you mean") for an unknown flag or YAML key, an invalid value or choice, and ``--max_steps 0``."""
     from trl import TrlParser
 
+    from .errors import RaisingParserMixin, UsageError, did_you_mean, unknown_flags_hint
     from .trainer import OARConfig
 
+    class Parser(RaisingParserMixin, TrlParser):
+        pass
+
+    class PreParser(RaisingParserMixin, argparse.ArgumentParser):
+        pass
+
     argv = list(argv or [])
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    pre.add_argument("--resume")
-    pre.add_argument("--model")
-    pre.add_argument("--dataset")
+    pre = PreParser(prog="oarl train", add_help=False)
+    for flag in ("--config", "--resume", "--model", "--dataset"):
+        pre.add_argument(flag)
     known, _ = pre.parse_known_args(argv)
     if known.resume and not known.config:
         config = Path(known.resume) / "config.yaml"
         if not config.is_file():
-            raise SystemExit(f"--resume {known.resume}: no config.yaml there; is it a run directory of `oarl train`?")
+            raise UsageError(f"--resume {known.resume}: no config.yaml there; give the run directory of an `oarl train` "
+                             "run (runs/<name>)")
         argv = ["--config", str(config), *argv]
         known.config = str(config)
-    from_yaml = yaml.safe_load(Path(known.config).read_text()) if known.config else {}
+    from_yaml = {}
+    if known.config:
+        if not Path(known.config).is_file():
+            raise UsageError(f"--config {known.config}: no such file")
+        from_yaml = yaml.safe_load(Path(known.config).read_text()) or {}
+        if not isinstance(from_yaml, dict):
+            raise UsageError(f"--config {known.config}: expected a YAML mapping of settings (key: value lines)")
     model = known.model or from_yaml.get("model", "tiny")
     dataset = known.dataset or from_yaml.get("dataset", SMOLLM2[1] if model == SMOLLM2[0] else EMBEDDED[1])
 
-    parser = TrlParser((TrainArgs, OARConfig), prog="oarl train")
+    parser = Parser((TrainArgs, OARConfig), prog="oarl train")
     defaults = {"output_dir": AUTO_DIR, **_cpu_defaults(), "report_to": "none", "logging_steps": 1}
     if (model, dataset) == EMBEDDED:
         defaults.update(_embedded_defaults(_regime()))
     elif (model, dataset) == SMOLLM2:
         defaults.update(_smollm2_defaults(), dataset=dataset)
     parser.set_defaults(**defaults)
-    train_args, config = parser.parse_args_and_config(argv)
+    train_args, config, unknown_keys, unknown_args = parser.parse_args_and_config(
+        argv, return_remaining_strings=True, separate_remaining_strings=True)
+    if unknown_args:
+        raise UsageError(f"unknown flag {unknown_args[0]}.{unknown_flags_hint(parser, unknown_args)} "
+                         "(see `oarl train --help`)")
+    if unknown_keys:
+        key = unknown_keys[0][2:]
+        fields = [*TrainArgs.__dataclass_fields__, *OARConfig.__dataclass_fields__]
+        raise UsageError(f"unknown key {key!r} in {known.config}.{did_you_mean(key, fields)} (the keys are the "
+                         "flags of `oarl train --help`)")
+    _check(train_args, config)
     return train_args, config
+
+
+def _check(train_args: TrainArgs, config) -> None:
+    """Values the dataclasses accept but a run cannot use."""
+    from .errors import UsageError
+
+    if config.max_steps == 0:
+        raise UsageError("--max_steps 0 would still train one step: give the number of steps (>= 1), or -1 to train "
+                         "num_train_epochs; to evaluate a model without training, use `oarl eval --model ...`")
+    if train_args.eval_size is not None and train_args.eval_size < 0:
+        raise UsageError(f"--eval_size must be >= 0 (0: no held-out evaluation), got {train_args.eval_size}")
+    if not 0 < train_args.eval_fraction < 1:
+        raise UsageError(f"--eval_fraction must be in (0, 1), got {train_args.eval_fraction}")
+    embedded = [f"--{f}" for f in ("prompt_template", "eval_dataset") if getattr(train_args, f)]
+    if (train_args.model, train_args.dataset) == EMBEDDED and embedded:
+        raise UsageError(f"{' and '.join(embedded)} apply to --dataset FILE or a named dataset; the embedded job (tiny "
+                         "model, arithmetic) asks its own prompts and holds out its own test and hard splits")
+    if train_args.eval_every < 0:
+        raise UsageError(f"--eval_every must be >= 0 (0: only before and after training), got {train_args.eval_every}")
 
 
 def resolved_config(train_args: TrainArgs, config, keep: tuple[str, ...] = ()) -> dict:
@@ -188,21 +248,23 @@ def _yamlable(value) -> bool:
 # ------------------------------------------------------------------------------------------------ callbacks
 
 
-def _callbacks(run_dir: Path, total_steps: int, start_step: int, heldout):
+def _callbacks(run_dir: Path, start_step: int, heldout, clock):
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
 
     class MetricsWriter(TrainerCallback):
-        """Appends each logged row (with its step) to metrics.jsonl."""
+        """Appends each logged row (with its step) to metrics.jsonl; keeps the run's wall time up to date."""
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
                 row = {"step": state.global_step, **{k: v for k, v in logs.items() if _jsonable(v)}}
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
+                clock.save()
 
     class Progress(TrainerCallback):
-        """One bar with the live reward, accuracy and credit overhead."""
+        """One bar with the live reward, accuracy and credit overhead; its total is the Trainer's step count (from
+        max_steps, or epochs x batches per epoch)."""
 
         def __init__(self):
             self.bar = None
@@ -211,7 +273,7 @@ def _callbacks(run_dir: Path, total_steps: int, start_step: int, heldout):
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                self.bar = tqdm(total=total_steps, initial=start_step, desc="oarl train", dynamic_ncols=True)
+                self.bar = tqdm(total=state.max_steps, initial=start_step, desc="oarl train", dynamic_ncols=True)
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.bar is not None:
@@ -239,7 +301,7 @@ def _callbacks(run_dir: Path, total_steps: int, start_step: int, heldout):
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if self.every and state.global_step % self.every == 0 and state.global_step < state.max_steps:
-                numbers = heldout(model)
+                numbers = heldout(model, f"step {state.global_step}")
                 if state.is_world_process_zero and numbers:
                     with open(run_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps({"step": state.global_step, **_heldout_row(numbers)}) + "\n")
@@ -259,7 +321,8 @@ def _heldout_row(numbers: dict) -> dict:
 
 
 def _load_model_and_data(train_args: TrainArgs, config):
-    """(model, tokenizer, train dataset, held-out splits as {name: rows}, prompt template for them, rewards)."""
+    """(model, tokenizer, train dataset, held-out splits as {name: rows} whose ``problem`` is the whole prompt,
+    whether to ask them through the chat template (None: when the tokenizer has one), rewards)."""
     from . import rewards
 
     if (train_args.model, train_args.dataset) == EMBEDDED:
@@ -286,59 +349,73 @@ def _load_model_and_data(train_args: TrainArgs, config):
                                             task=regime.task),
             }
         heldout = {k: [{"problem": r["prompt"], "answer": r["answer"]} for r in v] for k, v in heldout.items()}
-        return model, tokenizer, train, heldout, "{problem}", [arithmetic.reward]
+        return model, tokenizer, train, heldout, False, [arithmetic.reward]
 
-    from .data import load_train_dataset
     from .models.loading import load_model
 
     if (train_args.model, train_args.dataset) == SMOLLM2:
         model, tokenizer = load_model(_smollm2_warm_start(train_args.sft_steps))
     else:
         model, tokenizer = load_model(train_args.model)
-    conversational = getattr(tokenizer, "chat_template", None) is not None
-    kw = dict(size=train_args.train_size, seed=config.seed, problem_field=train_args.problem_field,
-              answer_field=train_args.answer_field, conversational=conversational)
-    train = load_train_dataset(train_args.dataset, split="train", **kw)
-    heldout = {}
-    if train_args.dataset == "word-problems":
-        from .data.word_problems import INSTRUCTION, SMOLLM2_REGIME, problems
-
-        n_eval = SMOLLM2_REGIME.eval_problems if train_args.eval_size is None else train_args.eval_size
-        rows = problems("test", n_eval, seed=SMOLLM2_REGIME.seed, **SMOLLM2_REGIME.task_kwargs())
-        heldout = {"test": [{"problem": r["question"], "answer": r["answer"]} for r in rows]} if n_eval else {}
-        # asked the way training asks: the question and the instruction in one user message
-        return model, tokenizer, train, heldout, "{problem}\n" + INSTRUCTION, [rewards.accuracy]
-    if train_args.dataset == "gsm-symbolic" and (train_args.eval_size or 0) > 0:
-        test = load_train_dataset("gsm-symbolic", **{**kw, "split": "test", "size": train_args.eval_size,
-                                                     "conversational": False})
-        heldout = {"test": [{"problem": r["prompt"], "answer": r["answer"]} for r in test]}
-    return model, tokenizer, train, heldout, None, [rewards.accuracy, rewards.format]
+    train, heldout = _dataset_and_heldout(train_args, config, getattr(tokenizer, "chat_template", None) is not None)
+    # Held-out rows carry the whole message that training sends (instruction or template included), asked through
+    # the chat template when the tokenizer has one, as in training.
+    reward_funcs = [rewards.accuracy] if train_args.dataset == SMOLLM2[1] else [rewards.accuracy, rewards.format]
+    return model, tokenizer, train, heldout, None, reward_funcs
 
 
 def _smollm2_warm_start(sft_steps: int | None) -> str:
     """The SmolLM2 job's model: the regime's supervised warm start on worked solutions (trained once, then
-    cached), or the plain model with ``--sft_steps 0``."""
+    cached; ``warm_start`` says so and shows a bar), or the plain model with ``--sft_steps 0``."""
     import dataclasses
 
     from .data.word_problems import SMOLLM2_REGIME
-    from .models.warmstart import is_cached, warm_start
+    from .models.warmstart import warm_start
 
     regime = SMOLLM2_REGIME if sft_steps is None else dataclasses.replace(SMOLLM2_REGIME, sft_steps=sft_steps)
     if regime.sft_steps == 0:
         return SMOLLM2[0]
-    cfg = regime.warmstart_config()
-    if not is_cached(cfg):
-        print(f"warm start: {regime.sft_steps} supervised steps on worked solutions (once; cached afterwards)")
-    return warm_start(cfg, log_every=max(1, regime.sft_steps // 10))
+    return warm_start(regime.warmstart_config(), log_every=max(1, regime.sft_steps // 10))
+
+
+def _dataset_and_heldout(train_args: TrainArgs, config, conversational: bool):
+    """(train dataset, {"test": held-out rows}) of a dataset other than the embedded one. Held out: the test split
+    of word-problems (the SmolLM2 regime's problems, the same for every training seed), gsm-symbolic and hub
+    datasets; for a .jsonl file, a disjoint part of it (--eval_size problems, else --eval_fraction) or the
+    --eval_dataset file."""
+    from .data import DATASET_CHOICES, load_train_dataset
+    from .data.word_problems import SMOLLM2_REGIME
+
+    own_file = train_args.dataset not in DATASET_CHOICES and train_args.eval_dataset is None
+    word_problems = train_args.dataset == SMOLLM2[1] and train_args.eval_dataset is None
+    n_eval = train_args.eval_size
+    if n_eval is None and not own_file and train_args.eval_dataset is None:
+        n_eval = SMOLLM2_REGIME.eval_problems if word_problems else DEFAULT_EVAL_SIZE
+    holdout = None
+    if own_file and n_eval != 0:
+        holdout = n_eval if n_eval is not None else train_args.eval_fraction
+    kw = dict(seed=config.seed, problem_field=train_args.problem_field, answer_field=train_args.answer_field,
+              prompt_template=train_args.prompt_template, holdout=holdout)
+    train = load_train_dataset(train_args.dataset, split="train", size=train_args.train_size,
+                               conversational=conversational, **kw)
+    if n_eval == 0:
+        return train, {}
+    if word_problems:
+        kw["seed"] = SMOLLM2_REGIME.seed
+    test = load_train_dataset(train_args.eval_dataset or train_args.dataset, split="test",
+                              size=None if holdout else n_eval, conversational=False, **kw)
+    return train, {"test": [{"problem": p, "answer": a} for p, a in zip(test["prompt"], test["answer"])]}
 
 
 def run_train(train_args: TrainArgs, config) -> dict:
-    """Train, evaluate, save. Returns the summary (also written to ``run_dir/summary.json``)."""
-    from .evaluate import evaluate_model
-    from .report.plots import make_plots
-    from .trainer import OARTrainer
+    """Train, evaluate, save. Returns the summary (also written to ``run_dir/summary.json``).
 
-    t0 = time.perf_counter()
+    Bad arguments (model path, dataset, template) raise before anything is written; a run that fails before
+    its held-out evaluation or first checkpoint leaves no run directory behind. Ctrl-C raises
+    ``oarl.errors.Interrupted`` with the command that continues the run."""
+    from .errors import Interrupted, UsageError, removed_on_failure
+
+    _check_sources(train_args)
     resume = train_args.resume
     if resume:
         run_dir = Path(resume)
@@ -346,10 +423,36 @@ def run_train(train_args: TrainArgs, config) -> dict:
         run_dir = Path(config.output_dir)
     else:
         run_dir = Path(train_args.runs_dir) / f"{config.credit}-{Path(train_args.model).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not resume:
-        if (run_dir / "config.yaml").exists():
-            raise SystemExit(f"{run_dir} already holds a run: pick another --output_dir, or --resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and (run_dir / "config.yaml").exists():
+        raise UsageError(f"{run_dir} already holds a run: pick another --output_dir, or --resume {run_dir}")
+    worth_keeping = lambda: (run_dir / HELDOUT_BEFORE).exists() or any(run_dir.glob("checkpoint-*"))  # noqa: E731
+    try:
+        with removed_on_failure(run_dir, keep=worth_keeping):
+            return _train(train_args, config, run_dir)
+    except KeyboardInterrupt:
+        if not run_dir.is_dir():
+            raise Interrupted("interrupted before training began; nothing to resume") from None
+        raise Interrupted(f"interrupted; continue with: oarl train --resume {shlex.quote(str(run_dir))}") from None
+
+
+def _check_sources(train_args: TrainArgs) -> None:
+    """The model name and the data, checked in a moment, before a run directory or a warm start."""
+    from .data import DATASET_CHOICES, load_train_dataset
+    from .models.loading import check_model_name
+
+    check_model_name(train_args.model)
+    for name in filter(None, (train_args.dataset, train_args.eval_dataset)):
+        if name not in DATASET_CHOICES or train_args.prompt_template:  # reads a file once; reports its fields
+            load_train_dataset(name, size=1, conversational=False, problem_field=train_args.problem_field,
+                               answer_field=train_args.answer_field, prompt_template=train_args.prompt_template)
+
+
+def _train(train_args: TrainArgs, config, run_dir: Path) -> dict:
+    from .evaluate import evaluate_model
+    from .report.plots import make_plots
+    from .trainer import OARTrainer
+
+    clock = WallClock(run_dir / "wall_time.json", resumed=bool(train_args.resume))
     config.output_dir = str(run_dir)
     config.run_name = run_dir.name
     with open(run_dir / "config.yaml", "w") as f:
@@ -357,7 +460,7 @@ def run_train(train_args: TrainArgs, config) -> dict:
         keep = tuple(_embedded_defaults(_regime()) if job == EMBEDDED else _smollm2_defaults() if job == SMOLLM2 else ())
         yaml.safe_dump(resolved_config(train_args, config, keep), f, sort_keys=False)
 
-    model, tokenizer, train, heldout, template, reward_funcs = _load_model_and_data(train_args, config)
+    model, tokenizer, train, heldout, chat, reward_funcs = _load_model_and_data(train_args, config)
     embedded = (train_args.model, train_args.dataset) == EMBEDDED
     regime = _regime(train_args.task)
     if train_args.dataset == SMOLLM2[1]:
@@ -368,8 +471,10 @@ def run_train(train_args: TrainArgs, config) -> dict:
 
     trainer = None  # held-out evaluation generates with the trainer's colocated vLLM engine when there is one
     heldout_backend = "hf"
+    if chat is None:  # asked the way training asks: through the chat template when the tokenizer has one
+        chat = getattr(tokenizer, "chat_template", None) is not None
 
-    def evaluate_heldout(m) -> dict:
+    def evaluate_heldout(m, when: str) -> dict:
         nonlocal heldout_backend
         if not heldout:
             return {}
@@ -378,21 +483,18 @@ def run_train(train_args: TrainArgs, config) -> dict:
         out = {}
         for split, rows in heldout.items():
             max_new_tokens = max_tokens.get(split, config.max_completion_length)
-            # The embedded task has its own plain template; other held-out problems are asked the way training
-            # asks them: through the chat template when the tokenizer has one.
-            chat = False if embedded else getattr(tokenizer, "chat_template", None) is not None
             backend = trainer.generation_backend(add_special_tokens=not chat) if trainer is not None else None
             heldout_backend = "vllm" if backend is not None else "hf"
-            res = evaluate_model(m, tokenizer, rows, n=n_samples, k_list=[1], prompt_template=template, chat=chat,
+            res = evaluate_model(m, tokenizer, rows, n=n_samples, k_list=[1], prompt_template="{problem}", chat=chat,
                                  temperature=config.temperature, max_new_tokens=max_new_tokens, seed=config.seed,
-                                 backend=backend, progress=True, progress_desc=f"held-out {split}")
+                                 backend=backend, progress=True, progress_desc=f"held-out {split} ({when})")
             out[split] = {"avg": res["avg@n"], "se": res["avg@n_se"], "n_problems": len(rows), "n_samples": n_samples}
         m.train(was_training)
         return out
 
     start_step = 0
     checkpoint = None
-    if resume:
+    if train_args.resume:
         checkpoint = _last_complete_checkpoint(run_dir)
         if checkpoint is not None:
             start_step = int(checkpoint.name.split("-")[-1])
@@ -402,16 +504,16 @@ def run_train(train_args: TrainArgs, config) -> dict:
         from .evaluate import CPU_KV_CACHE_GIB
 
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
-    MetricsWriter, Progress, HeldoutEval = _callbacks(run_dir, config.max_steps, start_step, evaluate_heldout)
+    MetricsWriter, Progress, HeldoutEval = _callbacks(run_dir, start_step, evaluate_heldout, clock)
     config.disable_tqdm = True
     trainer = OARTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=train,
                          processing_class=tokenizer,
                          callbacks=[MetricsWriter(), Progress(), HeldoutEval(train_args.eval_every)])
-    before_file = run_dir / "heldout_before.json"
+    before_file = run_dir / HELDOUT_BEFORE
     if before_file.exists():
         before = json.loads(before_file.read_text())
     else:
-        before = evaluate_heldout(model)
+        before = evaluate_heldout(model, "before")
         before_file.write_text(json.dumps(before, indent=2))
         if before:
             with open(run_dir / "metrics.jsonl", "a") as f:
@@ -424,7 +526,7 @@ def run_train(train_args: TrainArgs, config) -> dict:
     trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
     train_time = time.perf_counter() - t_train
 
-    after = evaluate_heldout(trainer.model) if trainer.accelerator.is_main_process else {}
+    after = evaluate_heldout(trainer.model, "after") if trainer.accelerator.is_main_process else {}
     summary = {}
     if trainer.accelerator.is_main_process:
         final = run_dir / "final_model"
@@ -434,12 +536,14 @@ def run_train(train_args: TrainArgs, config) -> dict:
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": trainer.state.global_step, **_heldout_row(after)}) + "\n")
         make_plots(run_dir)
+        clock.save()
         summary = {
             "run_dir": str(run_dir),
             "credit": config.credit,
             "steps": trainer.state.global_step,
-            "wall_time_s": time.perf_counter() - t0,
-            "train_time_s": train_time,
+            "wall_time_s": clock.seconds(),  # every session of the run, if it was resumed
+            "sessions": clock.sessions,
+            "train_time_s": train_time,  # this session's
             "credit_overhead": trainer.credit_overhead,
             "heldout_before": before,
             "heldout_after": after,
@@ -448,6 +552,22 @@ def run_train(train_args: TrainArgs, config) -> dict:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         print(format_summary(summary))
     return summary
+
+
+class WallClock:
+    """Wall time of a run over all its sessions, kept in ``path`` and updated as the run goes (``save``): a resumed
+    run adds its time to that of the sessions before it; a killed session counts up to its last update."""
+
+    def __init__(self, path: Path, resumed: bool):
+        self.path, self.started = path, time.perf_counter()
+        previous = json.loads(path.read_text()) if resumed and path.is_file() else {}
+        self.before, self.sessions = previous.get("seconds", 0.0), previous.get("sessions", 0) + 1
+
+    def seconds(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps({"seconds": self.seconds(), "sessions": self.sessions}))
 
 
 def _last_complete_checkpoint(run_dir: Path) -> Path | None:

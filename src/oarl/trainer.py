@@ -11,6 +11,23 @@ normalised a generation batch into (B,) advantages, they are replaced by (B, T) 
 type and aggregation it offers keeps working. The credit is computed once per generation batch and reused
 across ``num_iterations`` and ``steps_per_generation``, like the rest of the batch.
 
+Resuming from a checkpoint reproduces the uninterrupted run (same parameters and metrics). Three pieces of
+GRPOTrainer's state are not in a Hugging Face checkpoint, and each made a resumed run diverge; they are saved
+in ``checkpoint-*/oarl_state[_<process>].pt`` and restored:
+
+- the micro-step counter that decides when to generate: a resumed run counted from 0, so it generated at the
+  resumed step and then used stale slices of the wrong generation batch for the rest of the run;
+- the buffered generation batch, when the checkpoint falls inside a ``steps_per_generation`` cycle: the
+  remaining steps of the cycle train on the completions generated at its start, not on new ones;
+- the order of the prompts: TRL's sampler draws one permutation per epoch from a generator that runs on, so a
+  run resumed in epoch e > 0 replayed the first epoch's order; here epoch e is drawn from (seed, e).
+
+Tied weights (lm_head = input embeddings) are saved once and restored as one tensor; the Trainer's warning that
+``lm_head.weight`` is missing from the checkpoint is answered by re-tying, not printed.
+
+Random states (Python, NumPy, torch: generation, sampling) are the Trainer's ``rng_state.pth``; OAR-G's noise
+comes from its own generator, seeded by (seed, step, process).
+
 Generation with vLLM (``use_vllm=True``) is TRL's, in both of its modes, with one addition for vLLM's CPU build in
 colocate mode: there TRL's weight sync fails (see :meth:`OARTrainer._reload_vllm_weights`), so the policy's weights
 go to the engine through vLLM's in-place reload instead. TRL's server mode needs CUDA for its weight sync (NCCL).
@@ -18,6 +35,7 @@ go to the engine through vLLM's in-place reload instead. TRL's server mode needs
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +45,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.models import unwrap_model_for_generation
+from trl.trainer.utils import RepeatSampler
 
 from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
 from .credit.config import APPLY_TO, SPANS
@@ -182,6 +201,22 @@ class CreditBatch(NamedTuple):
     completion_mask: torch.Tensor  # (B, T)
 
 
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler whose permutation of epoch e depends on (seed, e) only (epoch 0: TRL's), so that a run
+    resumed in a later epoch sees the prompts in the order the uninterrupted run saw them. The Trainer calls
+    ``set_epoch`` before each epoch."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle and self.seed is not None:
+            self.generator.manual_seed(self.seed if self.epoch == 0 else hash((self.seed, self.epoch)) % 2**63)
+        return super().__iter__()
+
+
 class OARTrainer(GRPOTrainer):
     """GRPOTrainer whose advantages are reshaped per token by OAR. Takes exactly GRPOTrainer's arguments."""
 
@@ -228,6 +263,56 @@ class OARTrainer(GRPOTrainer):
             self.vllm_generation.sync_weights()
             self._last_loaded_step = self.state.global_step
         return VLLMBackend(self.vllm_generation.llm, self._tokenizer, add_special_tokens)
+
+    # -------------------------------------------------------------------------------- resume (see module doc)
+
+    def _get_train_sampler(self, dataset=None):
+        s = super()._get_train_sampler(dataset)
+        return EpochSeededRepeatSampler(s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle, s.seed)
+
+    def _oar_state_file(self, checkpoint: str) -> str:
+        suffix = f"_{self.args.process_index}" if self.args.world_size > 1 else ""
+        return os.path.join(checkpoint, f"oarl_state{suffix}.pt")
+
+    def _save_checkpoint(self, model, trial):
+        # Written before the Trainer's files: trainer_state.json, written last, marks a complete checkpoint.
+        checkpoint = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+        os.makedirs(checkpoint, exist_ok=True)
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        mid_cycle = self._step % generate_every != 0  # the next steps reuse the buffered generation batch
+        buffer = None
+        if mid_cycle and self._buffered_inputs is not None:
+            buffer = [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+                      for b in self._buffered_inputs]
+        torch.save({"step": self._step, "buffered_inputs": buffer, "credit_time_total": self._credit_time_total,
+                    "step_time_total": self._step_time_total}, self._oar_state_file(checkpoint))
+        super()._save_checkpoint(model, trial)
+
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        super()._load_optimizer_and_scheduler(checkpoint)
+        path = None if checkpoint is None else self._oar_state_file(checkpoint)
+        if path is None or not os.path.isfile(path):
+            return
+        state = torch.load(path, weights_only=True)
+        self._step = state["step"]
+        self._credit_time_total, self._step_time_total = state["credit_time_total"], state["step_time_total"]
+        if state["buffered_inputs"] is not None:
+            device = self.accelerator.device
+            self._buffered_inputs = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+                                     for b in state["buffered_inputs"]]
+
+    def _issue_warnings_after_load(self, load_result):
+        # A checkpoint stores a tied weight (lm_head = input embeddings) once, under the embeddings' name, and
+        # loading them restores both. The Trainer still reports the tied name as missing (it looks for
+        # _keys_to_ignore_on_save, which transformers 5 models leave empty): tie again, report only real losses.
+        tied = getattr(self.model, "_tied_weights_keys", None)
+        tied = tied if isinstance(tied, dict) else {}  # transformers 5: {tied name: source name}
+        missing = [k for k in load_result.missing_keys if k not in tied or tied[k] in load_result.missing_keys]
+        if len(missing) < len(load_result.missing_keys):
+            self.model.tie_weights()
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
+    # -------------------------------------------------------------------------------- credit
 
     def _check_compatible(self) -> None:
         args, estimator = self.args, self.credit_config.estimator

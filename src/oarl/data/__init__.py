@@ -5,17 +5,20 @@
     "gsm-symbolic"   reasoning-gym's procedural GSM-style word problems (oarl.data.gsm), offline
     "gsm8k"          openai/gsm8k ("main") from the Hugging Face hub; gold = the number after ``####``
     "math"           DigitalLearningGmbH/MATH-lighteval from the hub; gold = the last ``\\boxed{}`` of the solution
-    a .jsonl file    one problem per line, the problem and gold answer in fields named by the caller
+    a .jsonl file    one problem per line, its fields detected as ``oarl eval`` does (or named by the caller)
 
 ``prompt`` is one user message (conversational, for chat models: ``[{"role": "user", "content": ...}]``) or
-plain text; ``answer`` is the gold answer as a string, ready for the verifiable reward.
+plain text; ``answer`` is the gold answer as a string (or a list of acceptable answers), ready for the
+verifiable reward.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import os
+import random
 import re
 from pathlib import Path
 
@@ -41,7 +44,7 @@ DEFAULT_INSTRUCTIONS = {
     "jsonl": BOXED_INSTRUCTION,
 }
 _NUMBER_WITH_COMMAS = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")  # "1,003" -> "1003" (GSM8K style)
-_MAX_LISTED_ROWS = 10  # malformed JSONL rows listed in an error message
+HOLDOUT_SEED = 0  # the shuffle that picks the held-out rows of a JSONL file (independent of the training seed)
 # procedural datasets need a size (word-problems: the SmolLM2 regime's n_rl_prompts); the others default to all rows
 DEFAULT_SIZES = {"gsm-symbolic": 2000}
 
@@ -50,19 +53,37 @@ def _valid_choices_text() -> str:
     return f"valid choices: {', '.join(repr(c) for c in DATASET_CHOICES)}, or the path of a local .jsonl file"
 
 
-def _prompt(problem: str, instruction: str, conversational: bool):
-    content = f"{problem.strip()}\n{instruction}" if instruction else problem.strip()
-    return [{"role": "user", "content": content}] if conversational else content
+def _dataset(rows: list[dict], instruction: str, conversational: bool, template: str | None, source: str):
+    """A Dataset of ``prompt`` and ``answer`` from rows ``{"problem", "answer", "fields"?}``: the prompt is the
+    template filled from the row's fields and ``problem`` (``oarl.data.template``) if one is given, else the
+    problem followed by the instruction; one user message if conversational, else plain text."""
+    fill = None
+    if template is not None:
+        from oarl.data.template import PromptTemplate
+
+        fill = PromptTemplate(template, _fields(rows[0]) if rows else None, source=source).fill
+    prompts = []
+    for row in rows:
+        problem = row["problem"].strip()
+        content = fill(_fields(row), source) if fill else f"{problem}\n{instruction}" if instruction else problem
+        prompts.append([{"role": "user", "content": content}] if conversational else content)
+    return _as_dataset(prompts, [r["answer"] for r in rows])
 
 
-def _dataset(problems: list[str], answers: list[str], instruction: str, conversational: bool):
-    return _as_dataset([_prompt(p, instruction, conversational) for p in problems], answers)
+def _fields(row: dict) -> dict:
+    return {**(row.get("fields") or {}), "problem": row["problem"]}
 
 
-def _as_dataset(prompts: list, answers: list[str]):
+def _as_dataset(prompts: list, answers: list):
+    """``answer`` holds strings, or lists of acceptable answers in every row when some row has several (a
+    column has one type); ``oarl.rewards.accuracy`` takes both."""
     from datasets import Dataset
 
-    return Dataset.from_dict({"prompt": prompts, "answer": [str(a) for a in answers]})
+    if any(isinstance(a, list) for a in answers):
+        answers = [a if isinstance(a, list) else [str(a)] for a in answers]
+    else:
+        answers = [str(a) for a in answers]
+    return Dataset.from_dict({"prompt": prompts, "answer": answers})
 
 
 def _subsample(dataset, size: int | None, seed: int):
@@ -75,33 +96,39 @@ def _subsample(dataset, size: int | None, seed: int):
 # ------------------------------------------------------------------------------------------------ sources
 
 
-def _arithmetic(split: str, size: int | None, seed: int, instruction: str | None, conversational: bool):
+def _arithmetic(split: str, size: int | None, seed: int, instruction: str | None, conversational: bool,
+                template: str | None):
     from oarl.data import arithmetic
 
     n = size if size is not None else arithmetic.DEFAULT_REGIME.n_rl_prompts
     rows = arithmetic.problems(split, n, seed=seed)
-    if not conversational:  # the task's own format, "Q: (6+2)-(1+4)=?\nA: ", which the tiny model was warm-started on
+    if not conversational and template is None:  # the task's own "Q: (6+2)-(1+4)=?\nA: " of the tiny model
         return _as_dataset([r["prompt"] for r in rows], [r["answer"] for r in rows])
-    problems = [f"What is {r['expression']}?" for r in rows]
-    return _dataset(problems, [r["answer"] for r in rows], instruction, True)
+    rows = [{"problem": f"What is {r['expression']}?", "answer": r["answer"], "fields": r} for r in rows]
+    return _dataset(rows, instruction, conversational, template, "arithmetic")
 
 
-def _gsm_symbolic(split: str, size: int | None, seed: int, instruction: str, conversational: bool):
-    from oarl.data.gsm import gsm_symbolic
+def _gsm_symbolic(split: str, size: int | None, seed: int, instruction: str, conversational: bool, template: str | None):
+    from oarl.data.gsm import gsm_symbolic_rows
 
     n = size if size is not None else DEFAULT_SIZES["gsm-symbolic"]
-    return gsm_symbolic(n, seed, split, conversational=conversational, instruction=instruction)
+    rows = [{"problem": r["question"], "answer": r["answer"], "fields": r} for r in gsm_symbolic_rows(n, seed, split)]
+    return _dataset(rows, instruction, conversational, template, "gsm-symbolic")
 
 
-def _word_problems(split: str, size: int | None, seed: int, instruction: str, conversational: bool):
+def _word_problems(split: str, size: int | None, seed: int, instruction: str, conversational: bool,
+                   template: str | None):
     from oarl.data.word_problems import SMOLLM2_REGIME as regime
-    from oarl.data.word_problems import dataset
+    from oarl.data.word_problems import problems
 
     n = size if size is not None else regime.n_rl_prompts
-    return dataset(split, n, seed, conversational=conversational, instruction=instruction, **regime.task_kwargs())
+    rows = [{"problem": r["question"], "answer": r["answer"], "fields": r}
+            for r in problems(split, n, seed, **regime.task_kwargs())]
+    return _dataset(rows, instruction, conversational, template, "word-problems")
 
 
-def _hub(name: str, split: str, size: int | None, seed: int, instruction: str, conversational: bool):
+def _hub(name: str, split: str, size: int | None, seed: int, instruction: str, conversational: bool,
+         template: str | None):
     from datasets import load_dataset
 
     from oarl.data.benchmarks import gold_answer
@@ -116,38 +143,43 @@ def _hub(name: str, split: str, size: int | None, seed: int, instruction: str, c
             "network access or the hub cache; 'arithmetic', 'gsm-symbolic' and local .jsonl files work offline."
         ) from exc
     dataset = _subsample(dataset, size, seed)
-    problems, answers, skipped = [], [], 0
+    rows, skipped = [], 0
     for row in dataset:
         try:
             gold = gold_answer(row, schema)
         except ValueError:  # a handful of MATH solutions have no \boxed answer: not trainable, skip them
             skipped += 1
             continue
-        problems.append(row[schema.problem])
-        answers.append(gold.replace(",", "") if _NUMBER_WITH_COMMAS.fullmatch(gold) else gold)
+        gold = gold.replace(",", "") if isinstance(gold, str) and _NUMBER_WITH_COMMAS.fullmatch(gold) else gold
+        rows.append({"problem": row[schema.problem], "answer": gold, "fields": row})
     if skipped:
         logger.warning("%s: skipped %d row(s) without a gold answer", name, skipped)
-    return _dataset(problems, answers, instruction, conversational)
+    return _dataset(rows, instruction, conversational, template, name)
 
 
-def _jsonl(path: Path, size: int | None, seed: int, problem_field: str, answer_field: str, instruction: str,
-           conversational: bool):
-    """Rows of a local JSONL file, read by oarl.data.benchmarks: every malformed row is reported as
-    file:line with its reason (strict: a training set with broken rows is an error, not a warning)."""
+@functools.lru_cache(maxsize=4)
+def _read_jsonl(path: Path, mtime_ns: int, problem_field: str | None, answer_field: str | None):
+    """Rows of a local JSONL file, read (and its fields detected and reported) once per file version; strict:
+    a training set with broken rows is an error naming file:line, not a warning."""
     from oarl.data.benchmarks import load_jsonl
 
+    return tuple(load_jsonl(path, problem_field=problem_field, answer_field=answer_field, strict=True))
+
+
+def _jsonl(path: Path, split: str, size: int | None, seed: int, problem_field: str | None, answer_field: str | None,
+           instruction: str, conversational: bool, template: str | None, holdout: int | float | None):
     if not path.is_file():
         raise ValueError(f"dataset file {str(path)!r} does not exist. {_valid_choices_text()}.")
-    try:
-        rows = load_jsonl(path, problem_field=problem_field, answer_field=answer_field, strict=True)
-    except ValueError as exc:  # one line per malformed row: keep the first few
-        lines = str(exc).splitlines()
-        if len(lines) > 1 + _MAX_LISTED_ROWS:
-            lines = lines[: 1 + _MAX_LISTED_ROWS] + [f"  ... and {len(lines) - 1 - _MAX_LISTED_ROWS} more"]
-        raise ValueError("\n".join(lines)) from None
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    dataset = _dataset([r["problem"] for r in rows], [r["answer"] for r in rows], instruction, conversational)
+    rows = list(_read_jsonl(path.resolve(), path.stat().st_mtime_ns, problem_field, answer_field))
+    if holdout:  # a held-out part, the same for every training seed, so that runs compare on the same problems
+        n_held = holdout if isinstance(holdout, int) else round(holdout * len(rows))
+        if not 1 <= n_held < len(rows):
+            raise ValueError(f"{path}: cannot hold out {holdout} of its {len(rows)} row(s) for evaluation and train "
+                             "on the rest; give --eval_size N (problems) or --eval_fraction F with something left")
+        order = random.Random(HOLDOUT_SEED).sample(range(len(rows)), len(rows))
+        held = set(order[:n_held])
+        rows = [r for i, r in enumerate(rows) if (i in held) == (split == "test")]
+    dataset = _dataset(rows, instruction, conversational, template, path.name)
     return _subsample(dataset, size, seed)
 
 
@@ -160,24 +192,34 @@ def load_train_dataset(
     split: str = "train",
     size: int | None = None,
     seed: int = 0,
-    problem_field: str = "problem",
-    answer_field: str = "answer",
+    problem_field: str | None = None,
+    answer_field: str | None = None,
     conversational: bool = True,
     instruction: str | None = None,
+    prompt_template: str | None = None,
+    holdout: int | float | None = None,
 ):
-    """A ``datasets.Dataset`` with columns ``prompt`` and ``answer`` (gold, str).
+    """A ``datasets.Dataset`` with columns ``prompt`` and ``answer`` (gold: a string, or a list of acceptable
+    answers in every row when some row of the source has several).
 
     name_or_path:   one of DATASET_CHOICES, or a local ``.jsonl`` file.
-    split:          "train" or "test" ("hard" too for arithmetic; ignored for a JSONL file).
+    split:          "train" or "test" ("hard" too for arithmetic). A JSONL file is one split unless
+                    ``holdout`` splits it.
     size:           number of rows; None = all rows (hub, JSONL), the default size of a procedural task
                     (arithmetic: the embedded regime's RL prompts; gsm-symbolic: 2000). Hub and JSONL rows
                     are subsampled after a shuffle with ``seed``; procedural tasks are generated from ``seed``.
-    problem_field, answer_field: field names of a JSONL file.
+    problem_field, answer_field: fields of a JSONL file; None = detected as ``oarl eval`` does
+                    (``oarl.data.benchmarks``: a context field such as ``Body`` is kept before the question).
     conversational: prompts as one user message (chat models) rather than plain text.
     instruction:    text appended to each problem; None = the dataset's default (DEFAULT_INSTRUCTIONS),
                     "" = nothing. Non-conversational arithmetic keeps the task's own "Q: ...=?\\nA: " format.
-    Raises ValueError (listing the valid choices) for an unknown name, and naming file:line for a
-    malformed JSONL row.
+    prompt_template: the whole prompt from the row's fields instead (``"{Body} {Question}"``; ``{problem}`` is
+                    the detected problem; see ``oarl.data.template``); no instruction is appended.
+    holdout:        JSONL only: hold out this many rows (int) or this fraction of them (float in (0, 1)) for
+                    evaluation, picked by a fixed-seed shuffle (HOLDOUT_SEED): split "test" is the held-out
+                    rows, "train" the others (disjoint).
+    Raises ValueError (listing the valid choices) for an unknown name, naming file:line for a malformed JSONL
+    row, and listing the fields for a template that names an unknown one.
     """
     name = os.fspath(name_or_path)
     if size is not None and size < 0:
@@ -185,16 +227,17 @@ def load_train_dataset(
     key = name if name in DATASET_CHOICES else "jsonl"
     instruction = DEFAULT_INSTRUCTIONS[key] if instruction is None else instruction
     if name == "arithmetic":
-        return _arithmetic(split, size, seed, instruction, conversational)
+        return _arithmetic(split, size, seed, instruction, conversational, prompt_template)
     if name == "word-problems":
-        return _word_problems(split, size, seed, instruction, conversational)
+        return _word_problems(split, size, seed, instruction, conversational, prompt_template)
     if name == "gsm-symbolic":
-        return _gsm_symbolic(split, size, seed, instruction, conversational)
+        return _gsm_symbolic(split, size, seed, instruction, conversational, prompt_template)
     if name in HUB_DATASETS:
-        return _hub(name, split, size, seed, instruction, conversational)
+        return _hub(name, split, size, seed, instruction, conversational, prompt_template)
     path = Path(name).expanduser()
     if name.endswith(".jsonl") or path.is_file():
-        return _jsonl(path, size, seed, problem_field, answer_field, instruction, conversational)
+        return _jsonl(path, split, size, seed, problem_field, answer_field, instruction, conversational, prompt_template,
+                      holdout)
     close = difflib.get_close_matches(name.lower(), DATASET_CHOICES, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"unknown dataset {name!r}: {_valid_choices_text()}.{hint}")

@@ -16,10 +16,20 @@ Known names and where their gold answer is (see ``../shared/data/benchmarks/READ
 Data directory: the ``data_dir`` argument, else the ``OARL_DATA_DIR`` environment variable, else
 ``../shared/data/benchmarks`` relative to the current directory if it exists.
 
+Fields of a file with another schema are detected from its first row: the problem is the first of
+``PROBLEM_FIELDS`` present, preceded by a context field (``CONTEXT_FIELDS``: ``Body``, ``context``, ``passage``,
+...) when there is one, so that a word problem split into a story and a question keeps both
+(``Body`` then ``Question``); the gold is the first of ``ANSWER_FIELDS``. What was chosen, and every field left
+out, is logged once per file. Each row keeps its raw record under ``fields``, so that a prompt template can
+name any of them (``oarl.data.template``).
+
+A gold answer may be a list (olympiad-style sets): a one-element list is that answer, a longer one a set of
+acceptable answers (any match scores, ``oarl.rewards.gold_answers``); ``answer`` is then a list of strings.
+
 Malformed rows (invalid JSON, no problem, no gold answer that can be extracted) are never scored as wrong:
 with ``strict=False`` (the default) each is skipped, logged as a warning and listed in the returned list's
 ``skipped`` attribute as ``(source, reason)`` with source ``file:line``; with ``strict=True`` the load
-raises ``ValueError`` listing them all.
+raises ``ValueError`` listing them. A file whose every row is malformed is an error either way.
 """
 
 from __future__ import annotations
@@ -27,27 +37,34 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from oarl.credit.answer import find_final_answer
-from oarl.rewards import normalize_gold
+from oarl.rewards import gold_answers
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_FIELDS = ("problem", "question", "Problem", "Question", "prompt")  # auto-detected, in this order
+# A story or context that comes before the question in word-problem sets (SVAMP's Body, reading sets' passage).
+CONTEXT_FIELDS = ("Body", "body", "context", "Context", "passage", "Passage", "story", "Story", "background",
+                  "Background")
 ANSWER_FIELDS = ("answer", "Answer", "final_answer", "solution", "Solution")
 SOLUTION_FIELDS = ("solution", "Solution")  # a gold taken from these is the last \boxed{} in the text
 ID_FIELDS = ("unique_id", "id", "idx", "ID")
+MAX_LISTED_ROWS = 10  # malformed rows listed in a warning or an error; the others are counted
 
 
 @dataclass(frozen=True)
 class Schema:
     """Where a benchmark file keeps its problem and its gold answer.
 
-    gold: "field" (the answer field, normalised: numbers to strings, text after ``####`` if present),
-    "after_hash" (the text after ``####``, which must be there), "boxed" (last ``\\boxed{}`` of the field).
+    gold: "field" (the answer field, normalised: numbers to strings, text after ``####`` if present; a list
+    is a set of acceptable answers), "after_hash" (the text after ``####``, which must be there), "boxed" (last
+    ``\\boxed{}`` of the field). context: a field whose text comes before the problem's (a word problem's
+    story, ``Body`` before ``Question``); a row with an empty context is the problem alone.
     """
 
     problem: str
@@ -56,6 +73,7 @@ class Schema:
     id: str | None = None
     file: str | None = None  # file name in the data directory, for known benchmarks
     hub: tuple[str, str | None, str] | None = None  # (dataset, config, split) on the Hugging Face hub
+    context: str | None = None
 
 
 BENCHMARKS: dict[str, Schema] = {
@@ -86,24 +104,45 @@ def default_data_dir() -> Path | None:
     return candidate if candidate.is_dir() else None
 
 
-def gold_answer(row: dict, schema: Schema) -> str:
-    """The gold answer of a raw row as a string; raises ValueError with the reason when there is none."""
+def gold_answer(row: dict, schema: Schema) -> str | list[str]:
+    """The gold answer of a raw row as a string, or a list of acceptable answers (a field holding a list of
+    more than one); raises ValueError with the reason when there is none."""
     if schema.answer not in row or row[schema.answer] is None:
         raise ValueError(f"no {schema.answer!r} field")
     value = row[schema.answer]
-    if schema.gold == "boxed":
-        if not isinstance(value, str):
-            raise ValueError(f"{schema.answer!r} is not text")
-        final = find_final_answer(value)
-        if final is None or final.style != "boxed":
-            raise ValueError(f"no closed \\boxed{{}} at the end of {schema.answer!r}")
-        value = final.text
-    elif schema.gold == "after_hash" and (not isinstance(value, str) or "####" not in value):
-        raise ValueError(f"no '####' in {schema.answer!r}")
-    gold = normalize_gold(value)
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{schema.answer!r} is an empty list")
+        items = [_one_gold(v, schema, f"{schema.answer!r}[{i}]") for i, v in enumerate(value)]
+        golds = [g for g in items if g is not None]
+        if not golds:
+            raise ValueError(f"no answer in the list {schema.answer!r}: {_short(value)}")
+        return golds[0] if len(golds) == 1 else golds
+    gold = _one_gold(value, schema, repr(schema.answer))
     if gold is None:
         raise ValueError(f"empty gold answer in {schema.answer!r}")
     return gold
+
+
+def _one_gold(value: Any, schema: Schema, where: str) -> str | None:
+    if isinstance(value, (dict, list, tuple)):
+        raise ValueError(f"{where} is a {type(value).__name__}, not an answer: {_short(value)}")
+    if schema.gold == "boxed":
+        if not isinstance(value, str):
+            raise ValueError(f"{where} is not text")
+        final = find_final_answer(value)
+        if final is None or final.style != "boxed":
+            raise ValueError(f"no closed \\boxed{{}} at the end of {where}")
+        value = final.text
+    elif schema.gold == "after_hash" and (not isinstance(value, str) or "####" not in value):
+        raise ValueError(f"no '####' in {where}")
+    golds = gold_answers(value)
+    return golds[0] if golds else None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _row(raw: Any, schema: Schema, name: str, index: int, source: str) -> dict:
@@ -113,19 +152,34 @@ def _row(raw: Any, schema: Schema, name: str, index: int, source: str) -> dict:
     problem = raw.get(schema.problem)
     if not isinstance(problem, str) or not problem.strip():
         raise ValueError(f"no {schema.problem!r} text")
+    context = raw.get(schema.context) if schema.context else None
+    if isinstance(context, str) and context.strip():
+        problem = f"{context.strip()} {problem.strip()}"
     raw_id = raw.get(schema.id) if schema.id else None
     return {
         "problem": problem,
         "answer": gold_answer(raw, schema),
         "id": f"{name}/{raw_id if raw_id is not None else index}",
         "source": source,
+        "fields": raw,
     }
 
 
 def _detect_schema(first: dict, problem_field: str | None, answer_field: str | None) -> Schema:
     problem = problem_field or next((f for f in PROBLEM_FIELDS if f in first), PROBLEM_FIELDS[0])
     answer = answer_field or next((f for f in ANSWER_FIELDS if f in first), ANSWER_FIELDS[0])
-    return Schema(problem, answer, "boxed" if answer in SOLUTION_FIELDS else "field", next((f for f in ID_FIELDS if f in first), None))
+    context = None if problem_field else next((f for f in CONTEXT_FIELDS if f in first and f != problem), None)
+    return Schema(problem, answer, "boxed" if answer in SOLUTION_FIELDS else "field", next((f for f in ID_FIELDS if f in first), None),
+                  context=context)
+
+
+def _report_schema(name: str, schema: Schema, first: dict) -> None:
+    """Say once which fields make the problem and the gold, and which fields are left out."""
+    problem = [schema.context, schema.problem] if schema.context else [schema.problem]
+    left = [f for f in first if f not in {*problem, schema.answer, schema.id}]
+    logger.info("%s: problem = %s, gold answer = %s%s%s", name, " + ".join(problem), schema.answer,
+                " (its last \\boxed{})" if schema.gold == "boxed" else "",
+                f"; not used: {', '.join(left)} (a prompt template can name any field)" if left else "")
 
 
 def _collect(records, schema: Schema | None, problem_field: str | None, answer_field: str | None, name: str,
@@ -137,6 +191,7 @@ def _collect(records, schema: Schema | None, problem_field: str | None, answer_f
     for index, source, raw in records:
         if schema is None and isinstance(raw, dict):
             schema = _detect_schema(raw, problem_field, answer_field)
+            _report_schema(name, schema, raw)
         try:
             if isinstance(raw, ValueError):
                 raise raw
@@ -155,8 +210,17 @@ def _finish(rows: list[dict], skipped: list[tuple[str, str]], name: str, strict:
         if row["id"] in seen:
             row["id"] = f"{row['id']}#{i}"
         seen.add(row["id"])
+    if not rows and not skipped:
+        raise ValueError(f"{name}: no rows")
     if skipped:
-        listing = "\n".join(f"  {src}: {reason}" for src, reason in skipped)
+        listing = "\n".join(f"  {src}: {reason}" for src, reason in skipped[:MAX_LISTED_ROWS])
+        if len(skipped) > MAX_LISTED_ROWS:
+            listing += f"\n  ... and {len(skipped) - MAX_LISTED_ROWS} more"
+        if not rows:  # one line: the commonest reason, with the first row that has it
+            reason, count = Counter(why for _, why in skipped).most_common(1)[0]
+            first = next(src for src, why in skipped if why == reason)
+            raise ValueError(f"{name}: none of its {len(skipped)} row(s) can be used; {count} of them: {reason} "
+                             f"(first: {first})")
         if strict:
             raise ValueError(f"{name}: {len(skipped)} malformed row(s):\n{listing}")
         logger.warning("%s: skipped %d malformed row(s):\n%s", name, len(skipped), listing)
@@ -232,7 +296,11 @@ def load_benchmark(
         return load_jsonl(path, **fields)
     if key in BENCHMARKS:
         schema = BENCHMARKS[key]
-        directory = Path(data_dir) if data_dir is not None else default_data_dir()
+        directory = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+        if directory is not None and not directory.is_dir():  # named by the user: a typo, not a reason to go online
+            origin = "--data-dir" if data_dir is not None else "OARL_DATA_DIR"
+            raise FileNotFoundError(f"benchmark data dir {directory} ({origin}) does not exist: give the folder that "
+                                    f"holds {schema.file}, or leave {origin} unset to fetch {key} from the hub")
         if directory is not None and (directory / schema.file).is_file():
             return load_jsonl(directory / schema.file, name=key, schema=schema, limit=limit, strict=strict)
         hub_name, hub_config, hub_split = schema.hub

@@ -11,6 +11,9 @@ Accepted names, in the order they are tried:
     a directory      any Hugging Face model directory (``config.json`` + weights + tokenizer files)
     anything else    a Hugging Face hub name such as ``Qwen/Qwen2.5-Math-1.5B`` (needs network or the hub cache)
 
+A name that can only be a local path (``./x``, ``/x``, ``~/x``, ``a/b/c``, ``runs/x``, or ``org/x`` when ``org/`` is a
+local folder) and does not exist is an error at once, naming what is there, instead of a slow failed hub download.
+
 Every model comes back as a plain trainable float model on ``device`` (CPU if None), in ``dtype``
 (float32 if None, as TRL does), in eval mode. Every tokenizer comes back with a pad token (the eos token
 when it has none, as TRL does) and left padding, which is what batched generation needs.
@@ -335,6 +338,34 @@ def load_tokenizer(name_or_path: str):
     return prepare_tokenizer(AutoTokenizer.from_pretrained(str(name_or_path)))
 
 
+LOCAL_FOLDERS = ("runs", "reports")  # where oarl writes run and report directories: never a hub organisation here
+
+
+def looks_like_path(name: str) -> bool:
+    """Can ``name`` only be a local path? ``./x``, ``../x``, ``/x``, ``~/x``, a backslash, a trailing slash, more than
+    one ``/`` (hub names are ``org/name``), or ``org/name`` whose ``org`` is a folder here or one of oarl's output
+    folders (``runs/<name>``)."""
+    if name.startswith((".", "/", "~")) or "\\" in name or name.endswith("/") or name.count("/") > 1:
+        return True
+    org = name.split("/", 1)[0]
+    return "/" in name and (org in LOCAL_FOLDERS or Path(org).is_dir())
+
+
+def check_model_name(name_or_path: str) -> None:
+    """Raise ValueError at once for a path-like model name (``looks_like_path``) that does not exist, listing
+    the close names in its folder; other names are left to ``load_model``."""
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    if name in MODEL_CHOICES or path.exists() or not looks_like_path(name):
+        return
+    parent = path.parent
+    near = [p.name for p in parent.iterdir() if p.is_dir()] if parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, near, n=3, cutoff=0.5)
+    hint = (f" Did you mean {', '.join(str(parent / c) for c in close)}?" if close
+            else "" if parent.is_dir() else f" ({parent} does not exist either.)")
+    raise ValueError(f"model {name!r}: no such directory.{hint}")
+
+
 def load_model(name_or_path: str, *, dtype=None, device=None):
     """Load ``(model, tokenizer)`` from ``"tiny"``, ``"smollm2-135m"``, a model directory or a hub name.
 
@@ -347,6 +378,7 @@ def load_model(name_or_path: str, *, dtype=None, device=None):
         return _load_tiny(dtype, device)
     if name == "smollm2-135m":
         return _load_smollm2(dtype, device)
+    check_model_name(name)
     path = Path(name).expanduser()
     if path.is_dir():
         return _load_directory(path, dtype, device)

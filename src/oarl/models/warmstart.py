@@ -14,13 +14,16 @@ sibling directory and renames it when done, so an interrupted run leaves no half
 Training is TRL's ``SFTTrainer`` on prompt-completion pairs (loss on the completion tokens only, EOS
 appended by TRL), on CPU: bf16 off, gradient checkpointing off. For SmolLM2 (``cfg["base"]``) the pairs are
 conversational (the user message of ``oarl.data.word_problems.make_prompt``, the worked solution as the
-assistant's reply), so that the chat template is what the model learns under, as RL and evaluation ask.
+assistant's reply), so that the chat template is what the model learns under, as RL and evaluation ask. Both
+show a progress bar over their steps (with the loss), after a line saying that the warm start runs once and
+where it is cached.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +33,8 @@ from pathlib import Path
 # Bump when the training code changes what a config produces. 2: the tokenizer is saved as a Qwen2Tokenizer
 # (AutoTokenizer loads it with the ids it was trained with).
 CACHE_VERSION = 2
+
+logger = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -57,20 +62,22 @@ def default_config() -> dict:
     return DEFAULT_REGIME.warmstart_config()
 
 
-def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int = 50) -> str:
+def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int = 50, progress: bool = True) -> str:
     """Path of the warm-started model directory for ``cfg`` (see ``Regime.warmstart_config``): trained
     on first use, loaded from the cache afterwards. ``cfg`` keys: ``task`` (ArithmeticTask fields),
     ``model`` (TinyConfig fields), ``steps``, ``batch_size``, ``learning_rate``, ``seed``; optional
-    ``warmup_steps``, ``weight_decay``, ``num_threads``."""
+    ``warmup_steps``, ``weight_decay``, ``num_threads``. ``progress``: a bar over the steps."""
     cfg = default_config() if cfg is None else cfg
     out = cache_path(cfg)
     if is_cached(cfg) and not force:
         return str(out)
+    logger.info("warm start of %s: %d supervised steps; this runs once, later runs load it from %s",
+                cfg.get("base", "the tiny model"), int(cfg["steps"]), out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
         train = _train_smollm2 if cfg.get("base") == "smollm2-135m" else _train
-        info = train(cfg, tmp, log_every=log_every)
+        info = train(cfg, tmp, log_every=log_every, progress=progress)
         with open(tmp / "warmstart.json", "w") as f:
             json.dump({"config": cfg, "hash": out.name, **info}, f, indent=2, default=list)
         if out.exists():
@@ -82,7 +89,7 @@ def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int =
     return str(out)
 
 
-def _sft_config(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int, disable_tqdm: bool):
+def _sft_config(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int):
     """The SFTConfig of a warm start: cosine lr with warm-up, on CPU in float32, no checkpoints."""
     from trl import SFTConfig
 
@@ -109,13 +116,38 @@ def _sft_config(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, 
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
-        disable_tqdm=disable_tqdm,
+        disable_tqdm=True,  # _sft_trainer's bar instead
     )
 
 
-def _train(cfg: dict, out_dir: Path, log_every: int) -> dict:
-    import torch
+def _sft_trainer(model, args, train, tokenizer, progress: bool):
+    """TRL's SFTTrainer with one progress bar over the steps, the loss on it (instead of printed log lines)."""
+    from tqdm.auto import tqdm
+    from transformers import PrinterCallback, TrainerCallback
     from trl import SFTTrainer
+
+    class Bar(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=state.max_steps, desc="warm start (once, then cached)", dynamic_ncols=True,
+                            disable=not progress)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.bar.set_postfix(loss=f"{logs['loss']:.3f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer, callbacks=[Bar()])
+    trainer.remove_callback(PrinterCallback)  # the bar shows the loss
+    return trainer
+
+
+def _train(cfg: dict, out_dir: Path, log_every: int, progress: bool) -> dict:
+    import torch
 
     from oarl.data.arithmetic import ArithmeticTask, as_dataset, demos
     from oarl.models.tiny import build_tiny, save_tiny
@@ -134,8 +166,8 @@ def _train(cfg: dict, out_dir: Path, log_every: int) -> dict:
     rows = demos(steps * batch, seed=seed, task=task)
     train = as_dataset([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 
-    args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 20), max_length=256, disable_tqdm=True)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 20), max_length=256)
+    trainer = _sft_trainer(model, args, train, tokenizer, progress)
     t0 = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - t0
@@ -151,12 +183,11 @@ def _train(cfg: dict, out_dir: Path, log_every: int) -> dict:
     }
 
 
-def _train_smollm2(cfg: dict, out_dir: Path, log_every: int) -> dict:
+def _train_smollm2(cfg: dict, out_dir: Path, log_every: int, progress: bool) -> dict:
     """SmolLM2-135M-Instruct fine-tuned on ``steps x batch_size`` worked solutions of word problems (``task``:
     :func:`oarl.data.word_problems.problems` keyword arguments), with a progress bar from the first step."""
     import torch
     from datasets import Dataset
-    from trl import SFTTrainer
 
     from oarl.data.word_problems import make_prompt, problems
     from oarl.models.loading import load_model
@@ -171,8 +202,8 @@ def _train_smollm2(cfg: dict, out_dir: Path, log_every: int) -> dict:
     rows = problems("train", steps * batch, seed=seed + 1_000_003, **task)  # not the RL stream (seed + 0)
     train = Dataset.from_list([{"prompt": make_prompt(r["question"]),
                                 "completion": [{"role": "assistant", "content": r["solution"]}]} for r in rows])
-    args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 10), max_length=512, disable_tqdm=False)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 10), max_length=512)
+    trainer = _sft_trainer(model, args, train, tokenizer, progress)
     t0 = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - t0

@@ -1,0 +1,78 @@
+"""Errors a user can fix, and the helpers that keep a failed command from leaving anything behind.
+
+``oarl`` prints an expected error (bad flag or value, bad file, missing path, unknown name) as one or two
+lines without a traceback; ``--debug`` or ``OARL_DEBUG=1`` shows it (see ``oarl.cli``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import difflib
+import re
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+
+class UsageError(ValueError):
+    """A command line that cannot run as given (unknown flag, invalid value): the message says what to change."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C: the message is the one line to print (what was kept, and the command that continues)."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:
+    """``" Did you mean --learning_rate?"`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean {prefix}{close[0]}?" if close else ""
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: Path, keep: Callable[[], bool] = lambda: False) -> Iterator[None]:
+    """Create the folder ``path`` (and its missing parents); if the block fails, remove what was created, unless
+    ``keep()`` says it holds work worth keeping (samples or checkpoints to resume from)."""
+    path = Path(path)
+    top = path  # the outermost folder this creates
+    while not top.parent.exists():
+        top = top.parent
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        if created and not keep():
+            shutil.rmtree(top, ignore_errors=True)
+        raise
+
+
+class RaisingParserMixin:
+    """For argparse parsers: an error raises UsageError with argparse's message, a "did you mean" for an invalid
+    choice or an unknown flag and where to find the flags, instead of printing the whole usage and exiting."""
+
+    def error(self, message):  # argparse.ArgumentParser.error
+        raise UsageError(explain(self, message))
+
+
+def explain(parser: argparse.ArgumentParser, message: str) -> str:
+    """argparse's message plus a suggestion: the closest choice of an invalid value, the closest flag of an
+    unrecognized one."""
+    hint = ""
+    choice = re.match(r"argument (\S+?)(?:/\S+)?: invalid choice: '(.*?)'", message)
+    if choice:
+        action = next((a for a in parser._actions if choice.group(1) in a.option_strings), None)
+        if action is not None and action.choices:
+            hint = did_you_mean(choice.group(2), [str(c) for c in action.choices])
+    elif message.startswith("unrecognized arguments:"):
+        hint = unknown_flags_hint(parser, message.split(":", 1)[1].split())
+    return f"{message}{'.' if hint else ''}{hint} (see `{parser.prog} --help`)"
+
+
+def unknown_flags_hint(parser: argparse.ArgumentParser, tokens: list[str]) -> str:
+    """"Did you mean" for the first token of ``tokens`` that looks like a flag, from ``parser``'s flags."""
+    flag = next((t.split("=", 1)[0] for t in tokens if t.startswith("-")), None)
+    if flag is None:
+        return ""
+    flags = [s for a in parser._actions for s in a.option_strings]
+    return did_you_mean(flag, flags) or did_you_mean(flag.replace("-", "_"), flags)
