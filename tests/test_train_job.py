@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import addition_prompts
 from oarl.train import parse_args, resolved_config
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
@@ -86,13 +88,18 @@ def test_default_job_writes_the_run_directory(tmp_path, env):
     assert resolved_config(train_args, config, tuple(saved)) == saved
 
 
-def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, env):
+def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, env, tiny_lm_dir):
     """Ctrl-C stops the run at once with the command that continues it; the resumed run ends with the same
     parameters and metrics as a run that was never interrupted. The checkpoint it resumes from (step 5) falls
     inside a generation batch (2 steps each) and in the second epoch (4 steps each), the two places where TRL's
-    own resume diverged; OAR-G noise, sampling and generation random states all take part."""
-    args = [*SHORT, "--max_steps", "8", "--train_size", "8", "--per_device_train_batch_size", "8",
-            "--generation_batch_size", "16", "--save_steps", "5", "--eval_size", "8"]
+    own resume diverged; OAR-G noise, sampling and generation random states all take part (the fixture model
+    samples right and wrong sums, so every step learns)."""
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in addition_prompts(16)))
+    args = ["--model", str(tiny_lm_dir), "--dataset", str(data), "--prompt_template", "{problem}", "--max_steps", "8",
+            "--eval_size", "8", "--eval_samples", "2", "--learning_rate", "1e-4", "--per_device_train_batch_size", "8",
+            "--generation_batch_size", "16", "--num_generations", "4", "--max_completion_length", "32",
+            "--save_steps", "5"]
     full, cut = tmp_path / "full", tmp_path / "cut"
     proc = oarl([*args, "--output_dir", str(full)], env)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -125,9 +132,12 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, env):
     rows = {d: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (full, cut)}
     train_rows = {d: [r for r in rows[d] if "loss" in r] for d in rows}
     assert [r["step"] for r in train_rows[cut]] == list(range(1, 9))  # none lost, none repeated
+    assert any(r["loss"] != 0 for r in train_rows[full]) and any(0 < r.get("reward", 0) < 2 for r in train_rows[full])
     for x, y in zip(train_rows[full], train_rows[cut], strict=True):
+        assert x.keys() == y.keys(), x["step"]  # generation batches at the same steps
         for key in ("loss", "reward", "credit/weight_std", "completions/mean_length"):
-            assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (x["step"], key)
+            if key in x:
+                assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (x["step"], key)
     summaries = [json.loads((d / "summary.json").read_text()) for d in (full, cut)]
     assert summaries[0]["heldout_after"] == summaries[1]["heldout_after"]
     assert summaries[1]["sessions"] == 2  # the wall time is the whole run's: both sessions
@@ -209,36 +219,35 @@ def test_task_form_reaches_training_and_heldout_problems(task, env, monkeypatch)
     assert len(prompts) == 20 + 6 + 6 and all(("(" in p) == (task == "tree") for p in prompts)
 
 
-def test_train_on_a_jsonl_file_with_a_held_out_part(tmp_path, env, monkeypatch):
+def test_train_on_a_jsonl_file_with_a_held_out_part(tmp_path, env, tiny_lm_dir):
     """`oarl train --dataset file.jsonl` detects the fields as `oarl eval` does (a story field kept before the
     question, a list gold), holds out a disjoint part for evaluation before and after, and shows a bar whose total
     is epochs x batches; the template names any field, for training and held-out prompts alike."""
     from oarl.data import load_train_dataset
-    from oarl.data.arithmetic import DEFAULT_REGIME, problems
-    from oarl.models.warmstart import warm_start
     from oarl.train import TrainArgs, _dataset_and_heldout
 
-    monkeypatch.setenv("OARL_CACHE", env["OARL_CACHE"])
-    model = warm_start({**DEFAULT_REGIME.warmstart_config(), "steps": 30}, progress=False)  # the other tests' warm start
     data = tmp_path / "arith.jsonl"
-    data.write_text("".join(json.dumps({"Body": "Work it out.", "Question": r["prompt"], "Answer": [r["answer"]]}) + "\n"
-                            for r in problems("train", 20, seed=1)))
-    args = ["--model", model, "--dataset", str(data), "--prompt_template", "{Question}", "--eval_fraction", "0.2",
-            "--num_train_epochs", "1", "--per_device_train_batch_size", "8", "--num_generations", "4",
-            "--generation_batch_size", "8", "--max_completion_length", "40", "--eval_samples", "2",
-            "--save_strategy", "no", "--output_dir", str(tmp_path / "run")]
+    pairs = [divmod(i, 10) for i in random.Random(0).sample(range(100), 20)]  # 20 different sums
+    data.write_text("".join(json.dumps({"Body": "Add them.", "Question": f"Q: {a}+{b}=?\nA: ", "Answer": [str(a + b)]})
+                            + "\n" for a, b in pairs))
+    args = ["--model", str(tiny_lm_dir), "--dataset", str(data), "--prompt_template", "{Question}",
+            "--eval_fraction", "0.2", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
+            "--num_generations", "4", "--generation_batch_size", "8", "--max_completion_length", "32",
+            "--eval_samples", "2", "--save_strategy", "no", "--output_dir", str(tmp_path / "run")]
     proc = oarl(args, env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stderr.count("arith: problem = Body + Question, gold answer = Answer") == 1
     assert "| 8/8 [" in proc.stderr.replace("\r", "\n")  # 16 training prompts, 2 per step, one epoch
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["heldout_after"]["test"]["n_problems"] == 4
+    assert summary["heldout_before"]["test"]["avg"] > 0  # the prompts are the ones the model knows
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "heldout/test" in r] == [0, 8] and "rewards/accuracy/mean" in rows[1]
 
     # the held-out part: disjoint from training, the same rows whatever the training seed
     def prompts(split, seed):
-        return set(load_train_dataset(str(data), split=split, seed=seed, holdout=0.2, prompt_template="{Question}")["prompt"])
+        return set(load_train_dataset(str(data), split=split, seed=seed, holdout=0.2, prompt_template="{Question}",
+                                      conversational=False)["prompt"])
 
     assert len(prompts("test", 0)) == 4 and prompts("test", 0) == prompts("test", 3)
     assert not prompts("test", 0) & prompts("train", 0) and len(prompts("train", 0)) == 16

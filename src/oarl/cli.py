@@ -53,11 +53,14 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                         "build) or auto (vLLM if installed and a GPU is present, else HF)")
     p.add_argument("--dtype", help="model dtype (default float32 for HF; 'auto' = the checkpoint's)")
     p.add_argument("--device", help="device for the HF backend (default: cuda if available, else cpu)")
-    p.add_argument("--prompt-template", help="prompt (plain) or user message (chat) with a literal {problem} placeholder")
+    p.add_argument("--prompt-template", help="prompt (plain) or user message (chat) made of the row's fields: {problem} "
+                                             "(the detected problem) or any field, e.g. '{Body} {Question}'; LaTeX "
+                                             "braces stay as they are, {{ and }} are literal braces")
     p.add_argument("--chat-template", choices=("auto", "on", "off"), default=d.chat_template,
                    help="use the tokenizer's chat template (auto: when it has one)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); completions are cut there")
-    p.add_argument("--output-dir", help="report directory (default: <run>/eval for a train run, else reports/eval-<model>)")
+    p.add_argument("--output-dir", help="report directory (default: <run>/eval-<hash> for a train run, else "
+                                        "reports/eval-<model>-<hash>, the hash of the sampling settings)")
     p.add_argument("--overwrite", action="store_true", help="discard samples of an earlier run instead of resuming")
     p.add_argument("--problem-field", help="problem field of a .jsonl benchmark (default: auto-detected)")
     p.add_argument("--answer-field", help="gold answer field of a .jsonl benchmark (default: auto-detected)")
@@ -381,17 +384,26 @@ def main(argv: list[str] | None = None) -> int:
     prefix = f"oarl {command}" if command in (*PASSTHROUGH, *COMMANDS) else "oarl"
     try:
         return _dispatch(argv)
-    except Interrupted as exc:
-        print(f"{chr(10) if sys.stderr.isatty() else ''}{prefix}: {exc}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(f"{chr(10) if sys.stderr.isatty() else ''}{prefix}: interrupted", file=sys.stderr)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        _close_progress_bars()
+        print(f"{prefix}: {exc if isinstance(exc, Interrupted) else 'interrupted'}", file=sys.stderr)
         return 130
     except EXPECTED_ERRORS as exc:
         if debug:
             raise
+        _close_progress_bars()
         print(f"{prefix}: error: {str(exc).strip() or type(exc).__name__}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
+
+
+def _close_progress_bars() -> None:
+    """Close the bars a failed phase left open, so that the message is the last line (an open bar would be drawn
+    again after it, when the interpreter exits)."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
 
 
 def _dispatch(argv: list[str]) -> int:
