@@ -257,3 +257,12 @@ def test_train_on_a_jsonl_file_with_a_held_out_part(tmp_path, env, tiny_lm_dir):
     train, heldout = _dataset_and_heldout(TrainArgs(dataset=str(data), eval_dataset=str(other)), config=SimpleNamespace(seed=0),
                                           conversational=False)
     assert len(train) == 20 and [r["answer"] for r in heldout["test"]] == ["1", "2", "3"]
+
+
+def test_no_empty_plots(tmp_path):
+    """A run without held-out evaluation or credit pass gets no empty figure for them."""
+    from oarl.report.plots import make_plots
+
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": 0.5, "reward_std": 0.1}) + "\n"
+                                                    for s in (1, 2)))
+    assert [p.name for p in make_plots(tmp_path)] == ["reward.png"]

@@ -44,7 +44,8 @@ def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
 
 
 def make_plots(run_dir: str | Path) -> list[Path]:
-    """Write the PNG plots of ``run_dir/metrics.jsonl`` into ``run_dir/plots/``; returns their paths."""
+    """Write the PNG plots of ``run_dir/metrics.jsonl`` into ``run_dir/plots/``; returns their paths. A plot with
+    nothing to show (no held-out evaluation, no credit pass) is not written."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     heldout = sorted({k for row in rows for k in row if k.startswith("heldout/")})
@@ -61,10 +62,10 @@ def make_plots(run_dir: str | Path) -> list[Path]:
             if xs:
                 ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, label=label)
                 drawn = True
-        if drawn:
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "no data logged", ha="center", va="center", transform=ax.transAxes)
+        if not drawn:  # nothing was logged (no held-out evaluation, no credit pass): no empty figure
+            plt.close(fig)
+            continue
+        ax.legend(fontsize=8)
         ax.set(title=title, xlabel="step", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
