@@ -192,8 +192,10 @@ def test_compare_command(tmp_path, env):
     assert set(table) == {"test", "hard"} and set(table["test"]) == {"none", "entropy"}
     assert "vs none" in (out / "compare.md").read_text()
     assert yaml.safe_load((out / "none-seed0" / "config.yaml").read_text())["task"] == "chain"
-    with pytest.raises(SystemExit):  # an unknown form is refused by the parser, with the choices
-        parse_args(["--task", "graph"])
+    from oarl.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"invalid choice: 'graph' \(choose from 'tree', 'chain'\)"):
+        parse_args(["--task", "graph"])  # an unknown form is refused by the parser, with the choices
 
 
 def test_resume_skips_a_half_written_checkpoint(tmp_path):

@@ -112,7 +112,8 @@ def test_smollm2_job_end_to_end(tmp_path):
                           timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert gguf.is_file()
-    for phase in ("warm start:", "held-out test:", "oarl train:"):
+    for phase in ("runs once", "warm start (once, then cached): 100%", "held-out test (before): 100%",
+                  "held-out test (after): 100%", "oarl train:"):
         assert phase in proc.stdout + proc.stderr, phase
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 1 and summary["credit"] == "gradient"
