@@ -239,16 +239,28 @@ class OARTrainer(GRPOTrainer):
     def _reload_vllm_weights(self) -> None:
         """Send the policy's weights to the colocated engine on vLLM's CPU backend.
 
-        That backend repacks each linear layer's weight into its matmul kernel's layout when it loads a model and
-        drops the original parameter, so TRL's sync (``load_weights`` of one tensor at a time into the layers'
-        original parameters) fails there ("'Parameter' object has no attribute 'weight_loader'"). vLLM's in-place
-        reload (``reload_weights``: restore each layer's parameters, load its tensors, repack it) is made for this.
+        That backend packs each matmul's weight into its kernel's layout (a oneDNN copy) when it loads a model and
+        drops the original parameter of linear layers, so TRL's sync (``load_weights`` of one tensor at a time into
+        the layers' original parameters) fails there ("'Parameter' object has no attribute 'weight_loader'"). vLLM's
+        in-place reload (``reload_weights``: restore each layer's parameters, load its tensors, repack it) is made for
+        this, with one gap (vLLM 0.32): a layer whose weight is another layer's (the output projection of a model
+        with tied embeddings, ``lm_head.weight is embed_tokens.weight``) loads nothing, so it is not repacked, and its
+        packed copy keeps the weights it was first packed from. The logits then come from the old embedding matrix
+        and the rest of the model from the new weights: log-probabilities that match neither. Such layers are
+        repacked here from their (reloaded) shared weight.
         """
         generation = self.vllm_generation
         runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
         # Copies: the reload must never write into (or alias) the policy's own tensors.
         weights = ((name, tensor.detach().clone()) for name, tensor in generation._iter_named_params())
         runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
+        sharing = defaultdict(list)  # id of a weight -> the layers that hold it
+        for module in runner.model.modules():
+            if isinstance(module._parameters.get("weight"), torch.Tensor):
+                sharing[id(module.weight)].append(module)
+        for module in (m for layers in sharing.values() if len(layers) > 1 for m in layers):
+            if hasattr(module, "cpu_linear"):  # a CPU matmul packed from module.weight
+                module.quant_method.process_weights_after_loading(module)
         generation.llm.reset_prefix_cache()
 
     def generation_backend(self, add_special_tokens: bool = True):
