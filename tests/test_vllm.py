@@ -47,7 +47,10 @@ def engine():
     path = model_directory("tiny")
     tokenizer = load_tokenizer(path)
     model, _ = load_model(path)
-    return VLLMBackend.start(path, tokenizer, seed=0), HFBackend(model, tokenizer, batch_size=16), tokenizer
+    backend = VLLMBackend.start(path, tokenizer, seed=0)
+    yield backend, HFBackend(model, tokenizer, batch_size=16), tokenizer
+    # Stop the engine's process now, not at interpreter exit (where vLLM kills it and logs to closed streams).
+    backend.llm.llm_engine.engine_core.shutdown()
 
 
 def cfg(tmp_path, name, **kw) -> EvalConfig:
