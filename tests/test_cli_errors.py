@@ -2,6 +2,8 @@
 "did you mean" for misspelt names, and nothing left behind."""
 
 import json
+import os
+import sys
 
 import pytest
 
@@ -67,3 +69,18 @@ def test_debug_shows_the_traceback(monkeypatch):
     monkeypatch.setenv("OARL_DEBUG", "1")
     with pytest.raises(ValueError, match="no such directory"):
         main(["eval", "--model", "./no/such/model", "--benchmarks", "arithmetic"])
+
+
+@pytest.mark.parametrize("preset, from_python, expected", [(None, False, "PASSIVE"), ("ACTIVE", False, "ACTIVE"),
+                                                           (None, True, "unset")])
+def test_the_oarl_command_makes_openmp_wait_passively(preset, from_python, expected):
+    """The `oarl` command (not a call of main() from Python) sets OMP_WAIT_POLICY=PASSIVE unless the user set it."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    call = "cli.main(['no-such-command'])" if from_python else "sys.argv = ['oarl', 'no-such-command']; cli.main()"
+    code = f"import os, sys; from oarl import cli; {call}; print(os.environ.get('OMP_WAIT_POLICY', 'unset'))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == expected, out.stderr

@@ -376,8 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
 EXPECTED_ERRORS = (ValueError, OSError, ImportError)
 
 
+def shared_cpu_defaults(environ=os.environ) -> None:
+    """OpenMP's passive wait for the ``oarl`` command unless ``OMP_WAIT_POLICY`` is set: with torch's default,
+    libgomp spins at every barrier, and beside one busy process a 2-thread step on 2 cores ran 2.0x slower than
+    on one thread; with PASSIVE, 1.1x (``benchmarks/bench_threads.py``, docs/performance.md). Set
+    ``OMP_WAIT_POLICY=ACTIVE`` on an otherwise idle machine for the spinning default. Must run before torch loads."""
+    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def main(argv: list[str] | None = None) -> int:
     command_line = argv is None  # this process is the `oarl` command (not a call from Python)
+    if command_line:
+        shared_cpu_defaults()
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("OARL_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
