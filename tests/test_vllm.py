@@ -121,6 +121,22 @@ def test_sampling_is_seeded_per_prompt_so_resume_is_exact(engine, tmp_path):
     assert [s["completion"] for s in other.values()] != [s["completion"] for s in whole.values()]
 
 
+def test_a_batch_larger_than_one_prefill_step_samples_seeded(engine):
+    """More prompt tokens than vLLM prefills in one step (its default budget is 4,096 tokens per step): on the
+    CPU build, a prompt prefilled in chunks used to kill the engine (its per-request generator cannot be
+    rewound). Every prompt is sampled, and each with its own seed whatever the batch around it."""
+    from oarl.evaluate import Sampling
+
+    vllm_backend, _, tokenizer = engine
+    prompts = [f"Q: ({a}+{b})-({b}+{a})=? " * 10 + f"Q: ({a}+{b})-(1+{a})=?" for a in range(1, 9) for b in range(1, 9)]
+    assert sum(len(tokenizer(p)["input_ids"]) for p in prompts) * 2 > 4096
+    sampling = Sampling(temperature=1.0, top_p=1.0, max_new_tokens=8, seed=0)
+    every = vllm_backend.generate(prompts, 2, sampling)
+    assert [len(g) for g in every] == [2] * len(prompts)
+    some = vllm_backend.generate(prompts[::-5], 2, sampling)
+    assert [[x["text"] for x in g] for g in some] == [[x["text"] for x in g] for g in every[::-5]]
+
+
 def test_cli_backend_vllm(tmp_path, capsys):
     from oarl.cli import main
 

@@ -286,7 +286,8 @@ class VLLMBackend:
               **engine_kwargs) -> "VLLMBackend":
         """Start an engine on the model directory (or hub name) ``model_path``; ``tokenizer`` is the one the HF
         backend would use (its ids must be AutoTokenizer's, see ``oarl.models.loading.auto_tokenizer_problem``).
-        ``engine_kwargs`` go to ``vllm.LLM``; on vLLM's CPU backend the key/value cache defaults to
+        ``engine_kwargs`` go to ``vllm.LLM``; on vLLM's CPU backend chunked prefill is off (per-prompt seeds
+        need it), the key/value cache defaults to
         :data:`CPU_KV_CACHE_GIB` GiB (or ``$VLLM_CPU_KVCACHE_SPACE``) and ``dtype`` to float32 (the HF backend's; vLLM's "auto" would run a float32
         checkpoint in bfloat16)."""
         from vllm import LLM
@@ -294,6 +295,11 @@ class VLLMBackend:
         on_cpu = vllm_on_cpu()
         if on_cpu and not {"gpu_memory_utilization", "kv_cache_memory_bytes"} & set(engine_kwargs):
             engine_kwargs["kv_cache_memory_bytes"] = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB) << 30
+        if on_cpu:
+            # A prompt prefilled in chunks has its sampled token discarded and its per-request generator rewound,
+            # which CPU generators cannot do (vLLM 0.32: "CPU Generator does not use offset", the engine dies);
+            # without chunked prefill every prompt is prefilled whole.
+            engine_kwargs.setdefault("enable_chunked_prefill", False)
         # vLLM's "auto" runs a float32 checkpoint in bfloat16; on a CPU, keep the HF backend's float32 by default
         llm = LLM(model=model_path, dtype=dtype or ("float32" if on_cpu else "auto"), seed=seed, **engine_kwargs)
         return cls(llm, tokenizer, add_special_tokens)
