@@ -69,10 +69,24 @@ def explain(parser: argparse.ArgumentParser, message: str) -> str:
     return f"{message}{'.' if hint else ''}{hint} (see `{parser.prog} --help`)"
 
 
+# Flags users bring from the other command, and what this one calls the same thing (used when the parser has
+# the flag on the right): `oarl train` takes data as --dataset and held-out settings as --eval_*; `oarl eval`
+# takes --benchmarks, --limit, --n, --max-new-tokens.
+FLAG_ALIASES = {
+    "--dataset": "--benchmarks", "--eval_dataset": "--benchmarks", "--eval_size": "--limit", "--eval_samples": "--n",
+    "--num_generations": "--n", "--max_completion_length": "--max-new-tokens", "--output_dir": "--output-dir",
+    "--benchmarks": "--eval_dataset", "--limit": "--eval_size", "--max-new-tokens": "--max_completion_length",
+}
+
+
 def unknown_flags_hint(parser: argparse.ArgumentParser, tokens: list[str]) -> str:
-    """"Did you mean" for the first token of ``tokens`` that looks like a flag, from ``parser``'s flags."""
+    """"Did you mean" for the first token of ``tokens`` that looks like a flag: this parser's name for a flag of
+    the other command (FLAG_ALIASES), else the closest of ``parser``'s flags."""
     flag = next((t.split("=", 1)[0] for t in tokens if t.startswith("-")), None)
     if flag is None:
         return ""
     flags = [s for a in parser._actions for s in a.option_strings]
+    alias = FLAG_ALIASES.get(flag.replace("-", "_").replace("__", "--", 1)) or FLAG_ALIASES.get(flag)
+    if alias in flags:
+        return f" Did you mean {alias}?"
     return did_you_mean(flag, flags) or did_you_mean(flag.replace("-", "_"), flags)

@@ -136,7 +136,7 @@ def _embedded_defaults(regime) -> dict:
 def parse_args(argv: list[str] | None = None):
     """(TrainArgs, OARConfig) from flags and an optional ``--config`` YAML (flags win over YAML, YAML over the
     embedded defaults). ``--resume RUN`` re-reads ``RUN/config.yaml``. Raises UsageError (one line, with a "did
-    you mean") for an unknown flag or YAML key, an invalid value or choice, and ``--max_steps 0``."""
+    you mean") for an unknown flag or YAML key, an invalid value or choice, and ``--max_steps`` 0 or below -1."""
     from trl import TrlParser
 
     from .errors import RaisingParserMixin, UsageError, did_you_mean, unknown_flags_hint
@@ -198,6 +198,9 @@ def _check(train_args: TrainArgs, config) -> None:
     if config.max_steps == 0:
         raise UsageError("--max_steps 0 would still train one step: give the number of steps (>= 1), or -1 to train "
                          "num_train_epochs; to evaluate a model without training, use `oarl eval --model ...`")
+    if config.max_steps < -1:
+        raise UsageError(f"--max_steps {config.max_steps} would train num_train_epochs: give the number of steps "
+                         "(>= 1), or -1 to train num_train_epochs")
     if train_args.eval_size is not None and train_args.eval_size < 0:
         raise UsageError(f"--eval_size must be >= 0 (0: no held-out evaluation), got {train_args.eval_size}")
     if not 0 < train_args.eval_fraction < 1:
