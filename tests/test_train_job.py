@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,7 +120,7 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, env, tiny
     assert stderr.splitlines()[-1] == f"oarl train: interrupted; continue with: oarl train --resume {cut}"
     assert "Traceback" not in stderr
     assert stopped_after < 5, f"took {stopped_after:.1f}s to stop"  # about 0.1 s on an idle machine
-    first_session = json.loads((cut / "wall_time.json").read_text())["seconds"]
+    first_session = json.loads((cut / "wall_time.json").read_text())
 
     resumed = oarl(["--resume", str(cut)], env)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -140,8 +141,87 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, env, tiny
                 assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (x["step"], key)
     summaries = [json.loads((d / "summary.json").read_text()) for d in (full, cut)]
     assert summaries[0]["heldout_after"] == summaries[1]["heldout_after"]
-    assert summaries[1]["sessions"] == 2  # the wall time is the whole run's: both sessions
-    assert summaries[1]["wall_time_s"] > first_session + summaries[1]["train_time_s"]
+    assert summaries[1]["sessions"] == 2  # the wall and training times are the whole run's: both sessions
+    train_seconds = json.loads((cut / "wall_time.json").read_text())["train_seconds"]
+    assert len(train_seconds) == 2 and 0 < first_session["train_seconds"][0] <= train_seconds[0]
+    assert summaries[1]["train_time_s"] == pytest.approx(sum(train_seconds))
+    assert summaries[1]["wall_time_s"] > first_session["seconds"] + train_seconds[1]
+    assert "resuming" not in proc.stdout and f"resuming {cut} from checkpoint-5 (step 5) to step 8" in resumed.stdout
+
+
+def test_resume_of_a_finished_run(tmp_path, env, tiny_lm_dir):
+    """`--resume` of a finished run trains and overwrites nothing (one line: complete, and how to train further);
+    a --max_steps the run has reached is refused; a larger one continues from the last checkpoint; a run killed
+    after its last checkpoint is finished without training (the same held-out numbers and weights). The training
+    time in summary.json is every session's, as the wall time."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "sums.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in addition_prompts(16)))
+    run = tmp_path / "run"
+    proc = oarl(["--model", str(tiny_lm_dir), "--dataset", str(data), "--prompt_template", "{problem}", "--max_steps", "2",
+                 "--eval_size", "4", "--eval_samples", "2", "--per_device_train_batch_size", "8",
+                 "--generation_batch_size", "8", "--num_generations", "4", "--max_completion_length", "24",
+                 "--save_steps", "1", "--output_dir", str(run)], env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    def files():
+        return {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+
+    finished = files()
+    again = oarl(["--resume", str(run)], env)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert again.stdout.splitlines() == [f"{run} is complete (2 steps; nothing trained or overwritten); to train "
+                                         f"further: oarl train --resume {run} --max_steps N with N > 2"]
+    assert files() == finished
+    refused = oarl(["--resume", str(run), "--max_steps", "1"], env)
+    assert refused.returncode == 2 and refused.stderr.splitlines()[-1] == (
+        f"oarl train: error: --max_steps 1: {run} has already trained 2 steps; give more to train further "
+        f"(oarl train --resume {run} --max_steps 3 or more)")
+    assert files() == finished
+
+    more = oarl(["--resume", str(run), "--max_steps", "3"], env)
+    assert more.returncode == 0, more.stderr[-4000:]
+    assert f"resuming {run} from checkpoint-2 (step 2) to step 3" in more.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["sessions"] == 2 and (run / "checkpoint-3").is_dir()
+    assert yaml.safe_load((run / "config.yaml").read_text())["max_steps"] == 3  # a later --resume goes on to 3
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
+    assert [r["step"] for r in rows if "heldout/test" in r] == [0, 2, 3]
+
+    # killed after its last checkpoint, before the end: finished without training
+    weights = load_file(run / "final_model" / "model.safetensors")
+    (run / "summary.json").unlink()
+    shutil.rmtree(run / "final_model")
+    end = oarl(["--resume", str(run)], env)
+    assert end.returncode == 0, end.stderr[-4000:]
+    assert f"resuming {run}: checkpoint-3 reached step 3; finishing without training" in end.stdout
+    assert "oarl train:" not in end.stderr  # no training bar
+    ended = json.loads((run / "summary.json").read_text())
+    assert ended["steps"] == 3 and ended["heldout_after"] == summary["heldout_after"]
+    assert not (run / "checkpoint-4").exists()
+    again = load_file(run / "final_model" / "model.safetensors")
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "heldout/test" in r] == [0, 2, 3]
+    train_seconds = json.loads((run / "wall_time.json").read_text())["train_seconds"]
+    assert len(train_seconds) == 3 and train_seconds[2] == 0 and all(t > 0 for t in train_seconds[:2])
+    assert ended["train_time_s"] == pytest.approx(sum(train_seconds)) and ended["sessions"] == 3
+
+
+def test_summary_counts_the_problems_of_each_split():
+    from oarl.train import format_summary
+
+    def numbers(n):
+        return {"avg": 0.5, "se": 0.01, "n_problems": n, "n_samples": 4}
+
+    summary = {"heldout_before": {"test": numbers(256), "hard": numbers(128)}, "steps": 3, "wall_time_s": 9.0,
+               "credit": "gradient", "credit_overhead": 0.1, "run_dir": "runs/x",
+               "heldout_after": {"test": numbers(256), "hard": numbers(128)}}
+    assert "(avg@4 over 256 test, 128 hard problems, ± one standard error)" in format_summary(summary)
+    summary["heldout_after"]["hard"] = numbers(256)
+    assert "(avg@4 over 256 problems per split, ± one standard error)" in format_summary(summary)
 
 
 def test_existing_run_is_not_overwritten(tmp_path, env):

@@ -428,14 +428,58 @@ def run_train(train_args: TrainArgs, config) -> dict:
         run_dir = Path(train_args.runs_dir) / f"{config.credit}-{Path(train_args.model).name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not resume and (run_dir / "config.yaml").exists():
         raise UsageError(f"{run_dir} already holds a run: pick another --output_dir, or --resume {run_dir}")
+    checkpoint, to_train = _resume_point(run_dir, config) if resume else (None, True)
+    if to_train is None:
+        return json.loads((run_dir / "summary.json").read_text())
     worth_keeping = lambda: (run_dir / HELDOUT_BEFORE).exists() or any(run_dir.glob("checkpoint-*"))  # noqa: E731
     try:
         with removed_on_failure(run_dir, keep=worth_keeping):
-            return _train(train_args, config, run_dir)
+            return _train(train_args, config, run_dir, checkpoint, to_train)
     except KeyboardInterrupt:
         if not run_dir.is_dir():
             raise Interrupted("interrupted before training began; nothing to resume") from None
         raise Interrupted(f"interrupted; continue with: oarl train --resume {shlex.quote(str(run_dir))}") from None
+
+
+def _resume_point(run_dir: Path, config) -> tuple[Path | None, bool | None]:
+    """Where ``--resume RUN`` continues: (the last complete checkpoint or None, whether steps remain to train;
+    None: the run is complete, nothing to do). Prints one line: the run is complete (and how to train further),
+    or from which step to which step it continues. The target is ``config.max_steps`` (the run's own, unless a
+    new ``--max_steps`` is given); with -1 (epochs) and the run's num_train_epochs, the one TRL recorded in the
+    checkpoint. Raises UsageError for a new max_steps the run has already reached, and for a finished run that
+    saved no checkpoint to continue from."""
+    from .errors import UsageError
+
+    checkpoint = _last_complete_checkpoint(run_dir)
+    state = json.loads((checkpoint / "trainer_state.json").read_text()) if checkpoint else {}
+    done = state.get("global_step", 0)
+    summary = run_dir / "summary.json"
+    finished = json.loads(summary.read_text())["steps"] if summary.is_file() else None
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    epochs = type(config).__dataclass_fields__["num_train_epochs"].default
+    same_target = config.max_steps == saved.get("max_steps", -1) and (
+        config.max_steps > 0 or config.num_train_epochs == saved.get("num_train_epochs", epochs))
+    target = config.max_steps if config.max_steps > 0 else (state.get("max_steps") or finished) if same_target else None
+    reached = max(done, finished or 0)
+    quoted = shlex.quote(str(run_dir))
+    if target is not None and reached >= target:
+        if not same_target:
+            raise UsageError(f"--max_steps {config.max_steps}: {run_dir} has already trained {reached} steps; give "
+                             f"more to train further (oarl train --resume {quoted} --max_steps {reached + 1} or more)")
+        if finished is not None and finished >= target:  # else a summary of an earlier, shorter target
+            print(f"{run_dir} is complete ({finished} steps; nothing trained or overwritten); to train further: "
+                  f"oarl train --resume {quoted} --max_steps N with N > {finished}")
+            return checkpoint, None
+        print(f"resuming {run_dir}: {checkpoint.name} reached step {target}; finishing without training (held-out "
+              "evaluation, final_model, summary.json)")
+        return checkpoint, False
+    if finished is not None and checkpoint is None:
+        raise UsageError(f"{run_dir} finished without saving a checkpoint (save_strategy no): nothing to continue "
+                         "from; start a new run with more steps")
+    start = f"{checkpoint.name} (step {done})" if checkpoint else "step 0 (no checkpoint was saved)"
+    goal = f"to step {target}" if target is not None else f"for num_train_epochs {config.num_train_epochs:g}"
+    print(f"resuming {run_dir} from {start} {goal}")
+    return checkpoint, True
 
 
 def _check_sources(train_args: TrainArgs) -> None:
@@ -450,7 +494,9 @@ def _check_sources(train_args: TrainArgs) -> None:
                                answer_field=train_args.answer_field, prompt_template=train_args.prompt_template)
 
 
-def _train(train_args: TrainArgs, config, run_dir: Path) -> dict:
+def _train(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | None = None, to_train: bool = True) -> dict:
+    """The run in ``run_dir``, from ``checkpoint`` if given; ``to_train=False``: only the end of a run whose
+    checkpoint reached max_steps (the weights of the checkpoint, held-out evaluation, final_model, summary)."""
     from .evaluate import evaluate_model
     from .report.plots import make_plots
     from .trainer import OARTrainer
@@ -495,13 +541,9 @@ def _train(train_args: TrainArgs, config, run_dir: Path) -> dict:
         m.train(was_training)
         return out
 
-    start_step = 0
-    checkpoint = None
-    if train_args.resume:
-        checkpoint = _last_complete_checkpoint(run_dir)
-        if checkpoint is not None:
-            start_step = int(checkpoint.name.split("-")[-1])
-        _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+    start_step = 0 if checkpoint is None else int(checkpoint.name.split("-")[-1])
+    if train_args.resume:  # finishing without training logs the "after" row of the last step again
+        _truncate_metrics(run_dir / "metrics.jsonl", start_step, heldout_at_last=to_train)
 
     if config.use_vllm and config.use_cpu:  # a fixed key/value cache for vLLM's CPU backend (see oarl.evaluate)
         from .evaluate import CPU_KV_CACHE_GIB
@@ -525,9 +567,15 @@ def _train(train_args: TrainArgs, config, run_dir: Path) -> dict:
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # our bar shows the live numbers; metrics.jsonl keeps them all
-    t_train = time.perf_counter()
-    trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
-    train_time = time.perf_counter() - t_train
+    if to_train:
+        clock.start_training()
+        trainer.train(resume_from_checkpoint=None if checkpoint is None else str(checkpoint))
+        clock.stop_training()
+    else:  # what Trainer.train loads before its first step (it would then train one more)
+        from transformers import TrainerState
+
+        trainer._load_from_checkpoint(str(checkpoint))
+        trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
 
     after = evaluate_heldout(trainer.model, "after") if trainer.accelerator.is_main_process else {}
     summary = {}
@@ -546,7 +594,7 @@ def _train(train_args: TrainArgs, config, run_dir: Path) -> dict:
             "steps": trainer.state.global_step,
             "wall_time_s": clock.seconds(),  # every session of the run, if it was resumed
             "sessions": clock.sessions,
-            "train_time_s": train_time,  # this session's
+            "train_time_s": sum(clock.train_seconds),  # trainer.train() of every session, as wall_time_s
             "credit_overhead": trainer.credit_overhead,
             "heldout_before": before,
             "heldout_after": after,
@@ -558,19 +606,36 @@ def _train(train_args: TrainArgs, config, run_dir: Path) -> dict:
 
 
 class WallClock:
-    """Wall time of a run over all its sessions, kept in ``path`` and updated as the run goes (``save``): a resumed
-    run adds its time to that of the sessions before it; a killed session counts up to its last update."""
+    """Wall time of a run over all its sessions, and the training time (``trainer.train``) of each session, kept in
+    ``path`` and updated as the run goes (``save``): a resumed run adds its time to that of the sessions before it;
+    a killed session counts up to its last update."""
 
     def __init__(self, path: Path, resumed: bool):
         self.path, self.started = path, time.perf_counter()
         previous = json.loads(path.read_text()) if resumed and path.is_file() else {}
         self.before, self.sessions = previous.get("seconds", 0.0), previous.get("sessions", 0) + 1
+        self.train_before = previous.get("train_seconds", [])  # one number per earlier session
+        self.train_started, self.trained = None, 0.0
 
     def seconds(self) -> float:
         return self.before + time.perf_counter() - self.started
 
+    @property
+    def train_seconds(self) -> list[float]:
+        """Seconds in ``trainer.train`` of each session, this one last."""
+        running = 0.0 if self.train_started is None else time.perf_counter() - self.train_started
+        return [*self.train_before, self.trained + running]
+
+    def start_training(self) -> None:
+        self.train_started = time.perf_counter()
+
+    def stop_training(self) -> None:
+        self.trained += time.perf_counter() - self.train_started
+        self.train_started = None
+
     def save(self) -> None:
-        self.path.write_text(json.dumps({"seconds": self.seconds(), "sessions": self.sessions}))
+        self.path.write_text(json.dumps({"seconds": self.seconds(), "sessions": self.sessions,
+                                         "train_seconds": self.train_seconds}))
 
 
 def _last_complete_checkpoint(run_dir: Path) -> Path | None:
@@ -584,12 +649,15 @@ def _last_complete_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
-def _truncate_metrics(path: Path, last_step: int) -> None:
-    """Drop rows logged after the checkpoint we resume from: they will be logged again."""
+def _truncate_metrics(path: Path, last_step: int, heldout_at_last: bool = True) -> None:
+    """Drop rows logged after the checkpoint we resume from: they will be logged again; with
+    ``heldout_at_last=False`` also the held-out rows of ``last_step`` (a finished run's "after" row)."""
     if not path.exists():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(r + "\n" for r in rows))
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in rows if r["step"] < last_step or r["step"] == last_step and (
+        heldout_at_last or not any(k.startswith("heldout/") for k in r))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 def format_summary(summary: dict) -> str:
@@ -599,8 +667,11 @@ def format_summary(summary: dict) -> str:
         fmt = lambda r: f"{r['avg']:.3f} ± {r['se']:.3f}" if r else "-"  # noqa: E731
         lines.append(f"{split:<8} {fmt(b):>16} {fmt(after):>16}")
     if summary["heldout_after"]:
-        first = next(iter(summary["heldout_after"].values()))
-        lines.append(f"(avg@{first['n_samples']} over {first['n_problems']} problems per split, ± one standard error)")
+        counts = {split: r["n_problems"] for split, r in summary["heldout_after"].items()}
+        over = (f"{next(iter(counts.values()))} problems per split" if len(set(counts.values())) == 1
+                else ", ".join(f"{n} {split}" for split, n in counts.items()) + " problems")
+        n_samples = next(iter(summary["heldout_after"].values()))["n_samples"]
+        lines.append(f"(avg@{n_samples} over {over}, ± one standard error)")
     overhead = summary["credit_overhead"]
     lines += [
         f"steps: {summary['steps']}   wall time: {summary['wall_time_s']:.0f} s   "
