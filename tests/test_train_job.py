@@ -146,7 +146,7 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, env, tiny
     assert len(train_seconds) == 2 and 0 < first_session["train_seconds"][0] <= train_seconds[0]
     assert summaries[1]["train_time_s"] == pytest.approx(sum(train_seconds))
     assert summaries[1]["wall_time_s"] > first_session["seconds"] + train_seconds[1]
-    assert "resuming" not in proc.stdout and f"resuming {cut} from checkpoint-5 (step 5) to step 8" in resumed.stdout
+    assert f"resuming {cut} from checkpoint-5 (step 5) to step 8" in resumed.stdout
 
 
 def test_resume_of_a_finished_run(tmp_path, env, tiny_lm_dir):
