@@ -272,6 +272,20 @@ def test_compare_command(tmp_path, env):
     assert set(table) == {"test", "hard"} and set(table["test"]) == {"none", "entropy"}
     assert "vs none" in (out / "compare.md").read_text()
     assert yaml.safe_load((out / "none-seed0" / "config.yaml").read_text())["task"] == "chain"
+
+    # called again on the same folder: the finished run is reused (not retrained), only the new seed trains
+    summary = out / "none-seed0" / "summary.json"
+    stamp = summary.stat().st_mtime_ns
+    flags = [*SHORT, "--max_steps", "1", "--eval_size", "2", "--save_strategy", "no", "--task", "chain"]
+    proc = subprocess.run([sys.executable, "-m", "oarl.cli", "compare", "--credits", "none", "--seeds", "0,1",
+                           "--output_dir", str(out), *flags], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert summary.stat().st_mtime_ns == stamp and "is complete" in proc.stdout
+    assert json.loads((out / "compare.json").read_text())["seeds"] == [0, 1] and (out / "none-seed1").is_dir()
+    # other settings on the same folder are refused before anything trains
+    proc = subprocess.run([sys.executable, "-m", "oarl.cli", "compare", "--credits", "none", "--output_dir", str(out),
+                           *flags, "--learning_rate", "0.5"], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 2 and "holds a run with other settings (learning_rate:" in proc.stderr, proc.stderr
     from oarl.errors import UsageError
 
     with pytest.raises(UsageError, match=r"invalid choice: 'graph' \(choose from 'tree', 'chain'\)"):

@@ -65,7 +65,13 @@ def main():
                          seed=args.seed, batch_size=args.batch_size, progress=True, return_samples=True)
     seconds = time.perf_counter() - t0
     samples = res.pop("samples")
-    record = {**vars(args), "avg": res["avg@n"], "se": res["avg@n_se"], "no_answer": res["no_answer_frac"],
+    by_problem: dict = {}
+    for s in samples:
+        by_problem.setdefault(s["id"], []).append(bool(s["correct"]))
+    # share of problems whose n samples disagree: the groups that carry a GRPO signal (the others' advantages are 0)
+    spread = sum(0 < sum(c) < len(c) for c in by_problem.values()) / max(len(by_problem), 1)
+    record = {**vars(args), "avg": res["avg@n"], "se": res["avg@n_se"], "spread": round(spread, 3),
+              "no_answer": res["no_answer_frac"],
               "truncated": res["truncated_frac"], "mean_tokens": res["mean_length"], "seconds": round(seconds, 1),
               "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
     print(json.dumps(record))

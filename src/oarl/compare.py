@@ -3,7 +3,9 @@
     oarl compare --credits none,gradient,perturbation,entropy --seeds 0,1 [any `oarl train` flag]
 
 Each (credit, seed) is an ordinary run directory under ``<runs_dir>/compare-<time>/``; the comparison goes
-to ``compare.md`` and ``compare.json`` beside them. The difference of each estimator against ``none``
+to ``compare.md`` and ``compare.json`` beside them. Called again with the same ``--output_dir`` (and the same
+flags), it reuses the runs already there, finishes interrupted ones and trains only the new (credit, seed)
+pairs: seeds can be added to a comparison. The difference of each estimator against ``none``
 (plain GRPO) is given with its standard error, so a reader can tell a gain from noise.
 """
 
@@ -70,6 +72,20 @@ class _Parser(RaisingParserMixin, argparse.ArgumentParser):
     pass
 
 
+def _check_same_settings(run_dir: Path, flags: list[str]) -> None:
+    """A run directory an earlier ``oarl compare`` left (complete or interrupted) is reused only if it was
+    trained with the settings asked now; else UsageError naming the first differing settings."""
+    from .train import parse_args, resolved_config
+
+    saved = resolved_config(*parse_args(["--resume", str(run_dir)]))
+    asked = resolved_config(*parse_args(flags))
+    differ = [k for k in sorted(saved.keys() | asked.keys()) if saved.get(k) != asked.get(k)]
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} there, {asked.get(k)!r} now" for k in differ[:3])
+        raise UsageError(f"{run_dir} holds a run with other settings ({shown}); give another --output_dir, or the "
+                         "same flags as that comparison")
+
+
 def main(argv: list[str] | None = None) -> dict:
     from .credit import ESTIMATORS
     from .train import parse_args, run_train
@@ -101,9 +117,11 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in seeds:
             for credit in credits:
                 run_dir = out / f"{credit}-seed{seed}"
-                train_args, config = parse_args([*rest, "--credit", credit, "--seed", str(seed),
-                                                 "--output_dir", str(run_dir)])
-                summaries[credit].append(run_train(train_args, config))
+                flags = [*rest, "--credit", credit, "--seed", str(seed), "--output_dir", str(run_dir)]
+                if (run_dir / "config.yaml").exists():  # a run of an earlier call: reuse or finish it
+                    _check_same_settings(run_dir, flags)
+                    flags = ["--resume", str(run_dir)]
+                summaries[credit].append(run_train(*parse_args(flags)))
     table = summarize(summaries)
     markdown = to_markdown(table, len(seeds))
     (out / "compare.md").write_text(markdown)
