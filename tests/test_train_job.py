@@ -259,6 +259,24 @@ def test_compare_summary_by_hand():
     assert "| gradient | 0.400 | 0.800 ± 0.030 | +0.400 ± 0.042 | +0.200 ± 0.039 |" in to_markdown(table, 2)
 
 
+def test_heldout_gain_paired_by_hand():
+    from oarl.compare import summarize
+    from oarl.train import heldout_gain
+
+    before = {"avg": 0.5, "se": 0.2, "per_problem": [0.0, 0.5, 1.0, 0.5]}
+    after = {"avg": 0.75, "se": 0.14, "per_problem": [0.5, 0.5, 1.0, 1.0]}
+    # differences 0.5, 0, 0, 0.5: mean 0.25, stdev sqrt(4 x 0.25² / 3), SE that / sqrt(4)
+    gain, se = heldout_gain(before, after)
+    assert gain == pytest.approx(0.25) and se == pytest.approx((0.25 / 3) ** 0.5 / 2)
+    assert se < (0.2**2 + 0.14**2) ** 0.5  # the problems' spread cancels
+    # without per-problem numbers, or on other problems: the unpaired SE
+    assert heldout_gain({"avg": 0.5, "se": 0.03}, {"avg": 0.6, "se": 0.04})[1] == pytest.approx(0.05)
+    assert heldout_gain(before, {**after, "per_problem": [1.0] * 3})[1] == pytest.approx((0.2**2 + 0.14**2) ** 0.5)
+    runs = [{"heldout_before": {"test": before}, "heldout_after": {"test": after}, "credit_overhead": None,
+             "wall_time_s": 1.0}] * 2
+    assert summarize({"none": runs})["test"]["none"]["gain_se"] == pytest.approx(se / 2**0.5)
+
+
 def test_compare_command(tmp_path, env):
     """Also the chain form of the task (the default job's test covers the tree form)."""
     out = tmp_path / "cmp"

@@ -28,16 +28,21 @@ def _mean_se(results: list[dict]) -> tuple[float, float]:
 
 
 def summarize(summaries: dict[str, list[dict]]) -> dict:
-    """{credit: [summary per seed]} -> {split: {credit: {before, after, gain, gain_se, vs_none, vs_none_se}}}."""
+    """{credit: [summary per seed]} -> {split: {credit: {before, after, gain, gain_se, vs_none, vs_none_se}}}.
+    ``gain_se``: the seeds' own gain SEs combined (each paired over problems when the run kept per-problem
+    numbers, ``oarl.train.heldout_gain``)."""
+    from .train import heldout_gain
+
     splits = sorted({s for runs in summaries.values() for r in runs for s in r["heldout_after"]})
     table: dict = {}
     for split in splits:
         row = {}
         for credit, runs in summaries.items():
             after, after_se = _mean_se([r["heldout_after"][split] for r in runs])
-            before, before_se = _mean_se([r["heldout_before"][split] for r in runs])
-            row[credit] = {"before": before, "after": after, "after_se": after_se,
-                           "gain": after - before, "gain_se": math.hypot(after_se, before_se),
+            before, _ = _mean_se([r["heldout_before"][split] for r in runs])
+            gains = [heldout_gain(r["heldout_before"][split], r["heldout_after"][split]) for r in runs]
+            row[credit] = {"before": before, "after": after, "after_se": after_se, "gain": after - before,
+                           "gain_se": math.sqrt(sum(se**2 for _, se in gains)) / len(gains),
                            "overhead": _mean([r["credit_overhead"] for r in runs]),
                            "wall_time_s": _mean([r["wall_time_s"] for r in runs])}
         if "none" in row:
@@ -56,7 +61,7 @@ def _mean(values):
 def to_markdown(table: dict, n_seeds: int) -> str:
     lines = []
     for split, row in table.items():
-        lines += [f"### {split} (mean of {n_seeds} seed(s), ± one standard error)", "",
+        lines += [f"### {split} (mean of {n_seeds} seed(s), ± one standard error; gain: paired over problems)", "",
                   "| credit | before | after | gain | vs none | credit overhead | wall time |",
                   "|---|---|---|---|---|---|---|"]
         for credit, r in row.items():

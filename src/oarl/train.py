@@ -18,6 +18,7 @@ import math
 import os
 import shlex
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -536,8 +537,13 @@ def _train(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | None
             heldout_backend = "vllm" if backend is not None else "hf"
             res = evaluate_model(m, tokenizer, rows, n=n_samples, k_list=[1], prompt_template="{problem}", chat=chat,
                                  temperature=config.temperature, max_new_tokens=max_new_tokens, seed=config.seed,
-                                 backend=backend, progress=True, progress_desc=f"held-out {split} ({when})")
-            out[split] = {"avg": res["avg@n"], "se": res["avg@n_se"], "n_problems": len(rows), "n_samples": n_samples}
+                                 backend=backend, progress=True, progress_desc=f"held-out {split} ({when})",
+                                 return_samples=True)
+            by_problem: dict = {}
+            for sample in res["samples"]:
+                by_problem.setdefault(sample["id"], []).append(float(sample["correct"]))
+            out[split] = {"avg": res["avg@n"], "se": res["avg@n_se"], "n_problems": len(rows), "n_samples": n_samples,
+                          "per_problem": [round(sum(c) / len(c), 4) for c in by_problem.values()]}
         m.train(was_training)
         return out
 
@@ -660,12 +666,25 @@ def _truncate_metrics(path: Path, last_step: int, heldout_at_last: bool = True) 
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
+def heldout_gain(before: dict, after: dict) -> tuple[float, float]:
+    """(after - before, its standard error) of one held-out split ({avg, se, per_problem} each). On the same
+    problems the SE is the paired one, stdev over problems of the per-problem accuracy differences / sqrt(n):
+    a problem's difficulty is in both numbers and cancels, so a real gain is not hidden under the spread of
+    problem difficulty. Without per-problem numbers (runs written before they were kept), sqrt(se_before² + se_after²)."""
+    gain = after["avg"] - before["avg"]
+    b, a = before.get("per_problem"), after.get("per_problem")
+    if not b or not a or len(a) != len(b) or len(a) < 2:
+        return gain, math.hypot(before["se"], after["se"])
+    return gain, statistics.stdev(y - x for x, y in zip(b, a, strict=True)) / math.sqrt(len(a))
+
+
 def format_summary(summary: dict) -> str:
-    lines = ["", f"{'split':<8} {'before':>16} {'after':>16}"]
+    lines = ["", f"{'split':<8} {'before':>16} {'after':>16} {'gain (paired SE)':>18}"]
     for split, after in summary["heldout_after"].items():
         b = summary["heldout_before"].get(split)
         fmt = lambda r: f"{r['avg']:.3f} ± {r['se']:.3f}" if r else "-"  # noqa: E731
-        lines.append(f"{split:<8} {fmt(b):>16} {fmt(after):>16}")
+        gain = "{:+.3f} ± {:.3f}".format(*heldout_gain(b, after)) if b else "-"
+        lines.append(f"{split:<8} {fmt(b):>16} {fmt(after):>16} {gain:>18}")
     if summary["heldout_after"]:
         counts = {split: r["n_problems"] for split, r in summary["heldout_after"].items()}
         over = (f"{next(iter(counts.values()))} problems per split" if len(set(counts.values())) == 1

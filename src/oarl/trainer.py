@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -48,6 +49,10 @@ from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler
 
 from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
+
+# TRL 1.16 reads transformers 5's deprecated `is_gradient_checkpointing` at every generation (trl/models/utils.py);
+# the warning is TRL's to fix, not the user's, and it repeated in every run's log.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 from .credit.config import APPLY_TO, SPANS
 from .credit.core import STAT_KEYS as CREDIT_STATS
 
