@@ -232,6 +232,21 @@ def test_evaluate_model_in_memory(tiny_dir):
     assert [s["completion"] for s in again["samples"]] == [s["completion"] for s in out["samples"]]  # seeded
 
 
+def test_hf_backend_stops_at_the_models_context(tiny_dir):
+    """A max_new_tokens past the model's context is cut to the room left after the prompt (as vLLM does)."""
+    from oarl.evaluate import Sampling
+    from oarl.models.loading import load_model
+
+    model, tokenizer = load_model(str(tiny_dir))
+    model.config.max_position_embeddings = 24
+    model.generation_config.eos_token_id = None  # no end token: generation runs to its limit
+    tokenizer.eos_token = "<unk>"
+    prompt = "What is 12+7?"
+    room = 24 - len(tokenizer(prompt)["input_ids"])
+    [[gen]] = HFBackend(model, tokenizer).generate([prompt], 1, Sampling(0.0, 1.0, 1000, 0, []))
+    assert gen["finish_reason"] == "length" and gen["num_tokens"] == room
+
+
 def test_evaluate_model_on_the_arithmetic_task(tiny_dir):
     from oarl.data import arithmetic
     from oarl.models.loading import load_model

@@ -186,6 +186,7 @@ class HFBackend:
     def __init__(self, model, tokenizer, batch_size: int = 8, add_special_tokens: bool = True):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.add_special_tokens = add_special_tokens
+        self.context = getattr(getattr(model, "config", None), "max_position_embeddings", None)  # tokens, or None
 
     def _eos_ids(self) -> set[int]:
         ids = self.model.generation_config.eos_token_id if self.model.generation_config is not None else None
@@ -211,7 +212,11 @@ class HFBackend:
                 enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=self.add_special_tokens).to(model.device)
                 do_sample = sampling.temperature > 0
                 k = n if do_sample else 1  # greedy: one completion, repeated n times below
-                kwargs = dict(do_sample=do_sample, max_new_tokens=sampling.max_new_tokens, num_return_sequences=k,
+                # as the vLLM backend: no completion runs past the model's context (a 1024-token budget on a
+                # 256-position model would generate garbage, or fail, beyond position 256)
+                room = self.context - enc["input_ids"].shape[1] if self.context else sampling.max_new_tokens
+                kwargs = dict(do_sample=do_sample, max_new_tokens=max(1, min(sampling.max_new_tokens, room)),
+                              num_return_sequences=k,
                               pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None)
                 if do_sample:
                     kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
