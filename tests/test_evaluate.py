@@ -297,7 +297,7 @@ def test_default_report_folder_is_unique_to_the_settings(tmp_path, monkeypatch):
     assert not Path("elsewhere").exists()
 
 
-def test_list_golds_and_templates_naming_fields(tmp_path):
+def test_list_golds_and_templates_naming_fields(tmp_path, capsys):
     """A word problem split over two fields reaches the prompt whole (auto-detected, or by a template naming the
     fields); a list gold is a set of acceptable answers in the scoring."""
     path = tmp_path / "word.jsonl"
@@ -320,6 +320,10 @@ def test_list_golds_and_templates_naming_fields(tmp_path):
     samples = read_samples(tmp_path / "templated" / "samples.jsonl")
     assert [s["prompt"] for s in samples] == ["How much cake? Context: Dan has \\frac{1}{2} cake.",
                                               "What is x? Context: x^2 = 1."]
+    assert "replaces the whole default prompt, its answer instruction included" in capsys.readouterr().err
+    run_eval(EvalConfig(**{**templated.__dict__, "prompt_template": "{Question} {Body} The answer is",
+                           "output_dir": str(tmp_path / "asks")}), backend=oracle)
+    assert "answer instruction" not in capsys.readouterr().err  # a template that asks for the answer: no note
     with pytest.raises(ValueError, match=r"\{Qestion\}.*Body, Question, Answer, problem.*Did you mean \{Question\}"):
         run_eval(EvalConfig(**{**templated.__dict__, "prompt_template": "{Qestion}", "output_dir": str(tmp_path / "x")}),
                  backend=oracle)

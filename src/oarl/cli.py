@@ -53,8 +53,9 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                         "build) or auto (vLLM if installed and a GPU is present, else HF)")
     p.add_argument("--dtype", help="model dtype (default float32 for HF; 'auto' = the checkpoint's)")
     p.add_argument("--device", help="device for the HF backend (default: cuda if available, else cpu)")
-    p.add_argument("--prompt-template", help="prompt (plain) or user message (chat) made of the row's fields: {problem} "
-                                             "(the detected problem) or any field, e.g. '{Body} {Question}'; LaTeX "
+    p.add_argument("--prompt-template", help="prompt (plain) or user message (chat) made of the row's fields, in place "
+                                             "of the default prompt and its answer instruction: {problem} (the "
+                                             "detected problem) or any field, e.g. '{Body} {Question}'; LaTeX "
                                              "braces stay as they are, {{ and }} are literal braces")
     p.add_argument("--chat-template", choices=("auto", "on", "off"), default=d.chat_template,
                    help="use the tokenizer's chat template (auto: when it has one)")

@@ -47,7 +47,9 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
+import sys
 import time
 import zlib
 from collections import Counter
@@ -558,6 +560,11 @@ def run_eval(cfg: EvalConfig, backend=None, tokenizer=None) -> dict:
     if cfg.prompt_template:
         for name, rows in benchmarks:
             PromptTemplate(cfg.prompt_template, template_fields(rows[0]), source=name)
+        if not re.search(r"answer|boxed", cfg.prompt_template, re.IGNORECASE):
+            print("note: --prompt-template replaces the whole default prompt, its answer instruction included "
+                  f"({CHAT_TEMPLATE.split(chr(10))[-1]!r} with a chat template, else "
+                  f"{PLAIN_TEMPLATE.split(chr(10))[1]!r}); yours asks for no final answer, and a completion without "
+                  "one scores 0", file=sys.stderr)
 
     # resume: same settings, then the problems already complete in samples.jsonl
     settings = {"model": model_path, "n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p,
