@@ -256,7 +256,12 @@ def test_compare_summary_by_hand():
     assert none["after"] == pytest.approx(0.6) and none["after_se"] == pytest.approx(0.025)  # sqrt(.03²+.04²)/2
     assert grad["vs_none"] == pytest.approx(0.2) and grad["vs_none_se"] == pytest.approx((0.03**2 + 0.025**2) ** 0.5)
     assert grad["gain"] == pytest.approx(0.4) and grad["gain_se"] == pytest.approx(0.03 * 2**0.5)
-    assert "| gradient | 0.400 | 0.800 ± 0.030 | +0.400 ± 0.042 | +0.200 ± 0.039 |" in to_markdown(table, 2)
+    assert "| gradient | 0.400 | 0.800 ± 0.030 | 0.800 | +0.400 ± 0.042 | +0.200 ± 0.039 |" in to_markdown(table, 2)
+    assert "vs_none_seeds_se" not in grad  # one seed against two: no per-seed differences
+    # per-seed differences 0.3 - 0.1 and 0.8 - 0.7 (0.2, 0.1): stdev 0.0707, over sqrt(2) seeds 0.05
+    two = summarize({"none": [run(0.4, 0.1, 0.03), run(0.4, 0.7, 0.03)], "gradient": [run(0.4, 0.3, 0.03), run(0.4, 0.8, 0.03)]})
+    assert two["test"]["gradient"]["vs_none_seeds_se"] == pytest.approx(0.05)
+    assert "| +0.150 ± 0.030 (± 0.050) |" in to_markdown(two, 2)
 
 
 def test_heldout_gain_paired_by_hand():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -43,12 +44,18 @@ def summarize(summaries: dict[str, list[dict]]) -> dict:
             gains = [heldout_gain(r["heldout_before"][split], r["heldout_after"][split]) for r in runs]
             row[credit] = {"before": before, "after": after, "after_se": after_se, "gain": after - before,
                            "gain_se": math.sqrt(sum(se**2 for _, se in gains)) / len(gains),
+                           "after_per_seed": [r["heldout_after"][split]["avg"] for r in runs],
                            "overhead": _mean([r["credit_overhead"] for r in runs]),
                            "wall_time_s": _mean([r["wall_time_s"] for r in runs])}
         if "none" in row:
             for credit, r in row.items():
                 r["vs_none"] = r["after"] - row["none"]["after"]
                 r["vs_none_se"] = math.hypot(r["after_se"], row["none"]["after_se"])
+                # seed s of every credit starts from the same warm start and is scored on the same problems:
+                # the spread of the per-seed differences includes what training's randomness adds
+                diffs = [a - b for a, b in zip(r["after_per_seed"], row["none"]["after_per_seed"])]
+                if len(diffs) >= 2 and len(r["after_per_seed"]) == len(row["none"]["after_per_seed"]):
+                    r["vs_none_seeds_se"] = statistics.stdev(diffs) / math.sqrt(len(diffs))
         table[split] = row
     return table
 
@@ -61,13 +68,17 @@ def _mean(values):
 def to_markdown(table: dict, n_seeds: int) -> str:
     lines = []
     for split, row in table.items():
-        lines += [f"### {split} (mean of {n_seeds} seed(s), ± one standard error; gain: paired over problems)", "",
-                  "| credit | before | after | gain | vs none | credit overhead | wall time |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"### {split} (mean of {n_seeds} seed(s), ± one standard error over problems; gain: paired over "
+                  "problems; vs none: ± over problems, then over seeds)", "",
+                  "| credit | before | after | after per seed | gain | vs none | credit overhead | wall time |",
+                  "|---|---|---|---|---|---|---|---|"]
         for credit, r in row.items():
             vs = f"{r['vs_none']:+.3f} ± {r['vs_none_se']:.3f}" if "vs_none" in r and credit != "none" else "-"
+            if "vs_none_seeds_se" in r and credit != "none":
+                vs += f" (± {r['vs_none_seeds_se']:.3f})"
             overhead = "-" if r["overhead"] is None else f"{r['overhead']:.1%}"
-            lines.append(f"| {credit} | {r['before']:.3f} | {r['after']:.3f} ± {r['after_se']:.3f} | "
+            per_seed = ", ".join(f"{a:.3f}" for a in r["after_per_seed"])
+            lines.append(f"| {credit} | {r['before']:.3f} | {r['after']:.3f} ± {r['after_se']:.3f} | {per_seed} | "
                          f"{r['gain']:+.3f} ± {r['gain_se']:.3f} | {vs} | {overhead} | {r['wall_time_s']:.0f} s |")
         lines.append("")
     return "\n".join(lines)
