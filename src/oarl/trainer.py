@@ -49,12 +49,13 @@ from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler
 
 from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
+from .credit.config import APPLY_TO, SPANS
+from .credit.core import STAT_KEYS as CREDIT_STATS
+
 
 # TRL 1.16 reads transformers 5's deprecated `is_gradient_checkpointing` at every generation (trl/models/utils.py);
 # the warning is TRL's to fix, not the user's, and it repeated in every run's log.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-from .credit.config import APPLY_TO, SPANS
-from .credit.core import STAT_KEYS as CREDIT_STATS
 
 # transformers 5.20 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing (the old name is a
 # deprecated alias); vLLM's CPU build needs transformers < 5.20, which knows only the old name.
