@@ -245,6 +245,12 @@ def test_hf_backend_stops_at_the_models_context(tiny_dir):
     room = 24 - len(tokenizer(prompt)["input_ids"])
     [[gen]] = HFBackend(model, tokenizer).generate([prompt], 1, Sampling(0.0, 1.0, 1000, 0, []))
     assert gen["finish_reason"] == "length" and gen["num_tokens"] == room
+    # in one batch, each prompt keeps the room its own length leaves (not the longest prompt's)
+    long_prompt = "What is 12+7? " * 2
+    long_room = 24 - len(tokenizer(long_prompt)["input_ids"])
+    assert 0 < long_room < room
+    gens = HFBackend(model, tokenizer, batch_size=2).generate([long_prompt, prompt], 1, Sampling(0.0, 1.0, 20, 0, []))
+    assert [g[0]["num_tokens"] for g in gens] == [long_room, min(room, 20)]
 
 
 def test_evaluate_model_on_the_arithmetic_task(tiny_dir):

@@ -280,6 +280,25 @@ def test_heldout_gain_paired_by_hand():
     runs = [{"heldout_before": {"test": before}, "heldout_after": {"test": after}, "credit_overhead": None,
              "wall_time_s": 1.0}] * 2
     assert summarize({"none": runs})["test"]["none"]["gain_se"] == pytest.approx(se / 2**0.5)
+    # against GRPO: seed against seed, paired over problems (here: the 'after' above against the 'before' one)
+    grpo = [{**runs[0], "heldout_after": {"test": before}}] * 2
+    table = summarize({"none": grpo, "gradient": runs})["test"]
+    assert table["gradient"]["vs_none"] == pytest.approx(0.25) and table["gradient"]["vs_none_se"] == pytest.approx(se / 2**0.5)
+    assert "vs_none" not in table["none"]
+
+
+def test_compare_interrupted_says_how_to_continue(tmp_path, monkeypatch):
+    """Ctrl-C inside one of the runs: the message names the compare command's folder, not the one run."""
+    import oarl.train
+    from oarl.compare import main as compare_main
+    from oarl.errors import Interrupted
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted("interrupted; continue with: oarl train --resume <one run>")
+
+    monkeypatch.setattr(oarl.train, "run_train", interrupted)
+    with pytest.raises(Interrupted, match=r"same command with --output_dir \S*cmp: finished runs are reused"):
+        compare_main(["--credits", "none", "--output_dir", str(tmp_path / "cmp"), "--max_steps", "1"])
 
 
 def test_compare_command(tmp_path, env):

@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 import time
 from pathlib import Path
 
-from .errors import RaisingParserMixin, UsageError, did_you_mean, removed_on_failure
+from .errors import Interrupted, RaisingParserMixin, UsageError, did_you_mean, removed_on_failure
 
 
 def _mean_se(results: list[dict]) -> tuple[float, float]:
@@ -29,9 +30,10 @@ def _mean_se(results: list[dict]) -> tuple[float, float]:
 
 
 def summarize(summaries: dict[str, list[dict]]) -> dict:
-    """{credit: [summary per seed]} -> {split: {credit: {before, after, gain, gain_se, vs_none, vs_none_se}}}.
-    ``gain_se``: the seeds' own gain SEs combined (each paired over problems when the run kept per-problem
-    numbers, ``oarl.train.heldout_gain``)."""
+    """{credit: [summary per seed]} -> {split: {credit: {before, after, gain, gain_se, vs_none, vs_none_se,
+    vs_none_seeds_se}}}. ``gain_se`` and ``vs_none_se``: the seeds' own SEs combined, each paired over problems
+    when the runs kept per-problem numbers (``oarl.train.heldout_gain``; seed s against seed s for vs_none);
+    ``vs_none_seeds_se``: over seeds (the spread of the per-seed differences), from 2 seeds on."""
     from .train import heldout_gain
 
     splits = sorted({s for runs in summaries.values() for r in runs for s in r["heldout_after"]})
@@ -49,8 +51,16 @@ def summarize(summaries: dict[str, list[dict]]) -> dict:
                            "wall_time_s": _mean([r["wall_time_s"] for r in runs])}
         if "none" in row:
             for credit, r in row.items():
+                if credit == "none":
+                    continue
                 r["vs_none"] = r["after"] - row["none"]["after"]
-                r["vs_none_se"] = math.hypot(r["after_se"], row["none"]["after_se"])
+                mine, grpo = summaries[credit], summaries["none"]
+                if len(mine) == len(grpo):  # seed s against seed s, paired over the problems both scored
+                    ses = [heldout_gain(g["heldout_after"][split], c["heldout_after"][split])[1]
+                           for c, g in zip(mine, grpo)]
+                    r["vs_none_se"] = math.sqrt(sum(se**2 for se in ses)) / len(ses)
+                else:
+                    r["vs_none_se"] = math.hypot(r["after_se"], row["none"]["after_se"])
                 # seed s of every credit starts from the same warm start and is scored on the same problems:
                 # the spread of the per-seed differences includes what training's randomness adds
                 diffs = [a - b for a, b in zip(r["after_per_seed"], row["none"]["after_per_seed"])]
@@ -69,7 +79,7 @@ def to_markdown(table: dict, n_seeds: int) -> str:
     lines = []
     for split, row in table.items():
         lines += [f"### {split} (mean of {n_seeds} seed(s), ± one standard error over problems; gain: paired over "
-                  "problems; vs none: ± over problems, then over seeds)", "",
+                  "problems; vs none: ± paired over problems, then (in brackets) over seeds)", "",
                   "| credit | before | after | after per seed | gain | vs none | credit overhead | wall time |",
                   "|---|---|---|---|---|---|---|---|"]
         for credit, r in row.items():
@@ -104,7 +114,7 @@ def _check_same_settings(run_dir: Path, flags: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     from .credit import ESTIMATORS
-    from .train import parse_args, run_train
+    from .train import parse_args
 
     pre = _Parser(prog="oarl compare", add_help=False)
     pre.add_argument("--credits", default="none,gradient,perturbation,entropy",
@@ -129,6 +139,25 @@ def main(argv: list[str] | None = None) -> dict:
     train_args, _ = parse_args(rest)  # validates the shared flags once, before any run starts
     out = Path(known.output_dir or Path(train_args.runs_dir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     summaries: dict[str, list[dict]] = {c: [] for c in credits}
+    try:
+        _run_all(out, seeds, credits, rest, summaries)
+    except Interrupted:
+        raise Interrupted(f"interrupted; to continue, run the same command with --output_dir {shlex.quote(str(out))}: "
+                          "finished runs are reused and the interrupted one resumes") from None
+    table = summarize(summaries)
+    markdown = to_markdown(table, len(seeds))
+    (out / "compare.md").write_text(markdown)
+    (out / "compare.json").write_text(json.dumps({"credits": credits, "seeds": seeds, "table": table,
+                                                  "runs": summaries}, indent=2))
+    print(markdown)
+    print(f"comparison: {out / 'compare.md'}")
+    return table
+
+
+def _run_all(out: Path, seeds: list[int], credits: list[str], rest: list[str], summaries: dict) -> None:
+    """Train (or reuse) every (credit, seed) run under ``out``, appending each summary to ``summaries``."""
+    from .train import parse_args, run_train
+
     with removed_on_failure(out, keep=lambda: any(p.is_dir() for p in out.iterdir())):
         for seed in seeds:
             for credit in credits:
@@ -138,11 +167,3 @@ def main(argv: list[str] | None = None) -> dict:
                     _check_same_settings(run_dir, flags)
                     flags = ["--resume", str(run_dir)]
                 summaries[credit].append(run_train(*parse_args(flags)))
-    table = summarize(summaries)
-    markdown = to_markdown(table, len(seeds))
-    (out / "compare.md").write_text(markdown)
-    (out / "compare.json").write_text(json.dumps({"credits": credits, "seeds": seeds, "table": table,
-                                                  "runs": summaries}, indent=2))
-    print(markdown)
-    print(f"comparison: {out / 'compare.md'}")
-    return table

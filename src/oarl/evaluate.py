@@ -189,6 +189,7 @@ class HFBackend:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.add_special_tokens = add_special_tokens
         self.context = getattr(getattr(model, "config", None), "max_position_embeddings", None)  # tokens, or None
+        self._warned = False  # the context-cut warning, once
 
     def _eos_ids(self) -> set[int]:
         ids = self.model.generation_config.eos_token_id if self.model.generation_config is not None else None
@@ -212,11 +213,21 @@ class HFBackend:
             for start in range(0, len(prompts), self.batch_size):
                 chunk = prompts[start : start + self.batch_size]
                 enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=self.add_special_tokens).to(model.device)
+                if self.context and len(chunk) > 1 and self.context - enc["input_ids"].shape[1] < sampling.max_new_tokens:
+                    # the longest prompt would cut every completion of the batch: each prompt alone, with its room
+                    for prompt in chunk:
+                        out += self.generate([prompt], n, sampling)
+                    continue
                 do_sample = sampling.temperature > 0
                 k = n if do_sample else 1  # greedy: one completion, repeated n times below
                 # as the vLLM backend: no completion runs past the model's context (a 1024-token budget on a
                 # 256-position model would generate garbage, or fail, beyond position 256)
                 room = self.context - enc["input_ids"].shape[1] if self.context else sampling.max_new_tokens
+                if room < sampling.max_new_tokens and not self._warned:
+                    self._warned = True
+                    logger.warning("a prompt of %d tokens leaves %d of max_new_tokens=%d in the model's %d-token "
+                                   "context: completions are cut there (finish_reason 'length')",
+                                   enc["input_ids"].shape[1], max(room, 0), sampling.max_new_tokens, self.context)
                 kwargs = dict(do_sample=do_sample, max_new_tokens=max(1, min(sampling.max_new_tokens, room)),
                               num_return_sequences=k,
                               pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None)
@@ -562,9 +573,9 @@ def run_eval(cfg: EvalConfig, backend=None, tokenizer=None) -> dict:
             PromptTemplate(cfg.prompt_template, template_fields(rows[0]), source=name)
         if not re.search(r"answer|boxed", cfg.prompt_template, re.IGNORECASE):
             print("note: --prompt-template replaces the whole default prompt, its answer instruction included "
-                  f"({CHAT_TEMPLATE.split(chr(10))[-1]!r} with a chat template, else "
-                  f"{PLAIN_TEMPLATE.split(chr(10))[1]!r}); yours asks for no final answer, and a completion without "
-                  "one scores 0", file=sys.stderr)
+                  f"(\"{CHAT_TEMPLATE.split(chr(10))[-1]}\" with a chat template, else "
+                  f"\"{PLAIN_TEMPLATE.split(chr(10))[1]}\"); yours asks for no final answer, and a completion "
+                  "without one scores 0", file=sys.stderr)
 
     # resume: same settings, then the problems already complete in samples.jsonl
     settings = {"model": model_path, "n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p,
