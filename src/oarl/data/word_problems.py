@@ -176,8 +176,9 @@ class Regime:
     sft_steps: int = 50
     sft_batch_size: int = 8
     sft_lr: float = 1e-4
-    # RL: 8 problems x 4 samples at T=1.0 and lr 1e-5 (the first setting that raised held-out accuracy; at
-    # 4 x 8, T=0.7 the warm start's groups mostly agree, and lr 2e-5 lowered it: experiments/SMOLLM2.md §3)
+    # RL: 8 problems x 4 samples at T=1.0 and lr 1e-5 (at 4 x 8, T=0.7 the warm start's groups mostly agree;
+    # lr 2e-5 lowered accuracy, 5e-6 left it flat). GRPO seed 0 gained +0.053 ± 0.021, seed 1 lost 0.092:
+    # not yet a regime where RL reliably helps (experiments/SMOLLM2.md §3d-3e)
     rl_steps: int = 20
     rl_lr: float = 1e-5
     num_generations: int = 4
