@@ -53,9 +53,10 @@ from .credit.config import APPLY_TO, SPANS
 from .credit.core import STAT_KEYS as CREDIT_STATS
 
 
-# TRL 1.16 reads transformers 5's deprecated `is_gradient_checkpointing` at every generation (trl/models/utils.py);
-# the warning is TRL's to fix, not the user's, and it repeated in every run's log.
-warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+# TRL 1.16 calls transformers 5's deprecated `is_gradient_checkpointing`, `gradient_checkpointing_enable` and
+# `..._disable` around every generation (trl/models/utils.py): TRL's to fix, not the user's; they filled run logs.
+warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated",
+                        category=FutureWarning)
 
 # transformers 5.20 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing (the old name is a
 # deprecated alias); vLLM's CPU build needs transformers < 5.20, which knows only the old name.
