@@ -113,7 +113,7 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, env, tiny
         assert time.time() < deadline, "no checkpoint-5 within 10 minutes"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
-    sent = time.perf_counter()
+    sent, sent_at = time.perf_counter(), time.time()
     stderr = proc.communicate(timeout=60)[1]
     stopped_after = time.perf_counter() - sent
     assert proc.returncode == 130, stderr[-3000:]
@@ -121,6 +121,7 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, env, tiny
     assert "Traceback" not in stderr
     assert stopped_after < 5, f"took {stopped_after:.1f}s to stop"  # about 0.1 s on an idle machine
     first_session = json.loads((cut / "wall_time.json").read_text())
+    assert first_session["saved_at"] >= sent_at  # the interrupted session is counted up to the Ctrl-C
 
     resumed = oarl(["--resume", str(cut)], env)
     assert resumed.returncode == 0, resumed.stderr[-4000:]

@@ -439,6 +439,7 @@ def run_train(train_args: TrainArgs, config) -> dict:
     except KeyboardInterrupt:
         if not run_dir.is_dir():
             raise Interrupted("interrupted before training began; nothing to resume") from None
+        WallClock.count_until_now(run_dir / "wall_time.json")
         raise Interrupted(f"interrupted; continue with: oarl train --resume {shlex.quote(str(run_dir))}") from None
 
 
@@ -503,6 +504,7 @@ def _train(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | None
     from .trainer import OARTrainer
 
     clock = WallClock(run_dir / "wall_time.json", resumed=bool(train_args.resume))
+    clock.save()  # from now on a Ctrl-C is counted (WallClock.count_until_now)
     config.output_dir = str(run_dir)
     config.run_name = run_dir.name
     with open(run_dir / "config.yaml", "w") as f:
@@ -641,7 +643,21 @@ class WallClock:
 
     def save(self) -> None:
         self.path.write_text(json.dumps({"seconds": self.seconds(), "sessions": self.sessions,
-                                         "train_seconds": self.train_seconds}))
+                                         "train_seconds": self.train_seconds, "saved_at": time.time(),
+                                         "training": self.train_started is not None}))
+
+    @staticmethod
+    def count_until_now(path: Path) -> None:
+        """After Ctrl-C: add the time since the last ``save`` (the interrupted session's last moments, up to a
+        step plus any evaluation) to the file, so that a resumed run's wall and training times include it."""
+        if not path.is_file():
+            return
+        saved = json.loads(path.read_text())
+        elapsed = max(time.time() - saved.pop("saved_at", time.time()), 0.0)
+        saved["seconds"] += elapsed
+        if saved.pop("training", False) and saved["train_seconds"]:
+            saved["train_seconds"][-1] += elapsed
+        path.write_text(json.dumps({**saved, "saved_at": time.time(), "training": False}))
 
 
 def _last_complete_checkpoint(run_dir: Path) -> Path | None:
