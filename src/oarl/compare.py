@@ -55,16 +55,15 @@ def summarize(summaries: dict[str, list[dict]]) -> dict:
                     continue
                 r["vs_none"] = r["after"] - row["none"]["after"]
                 mine, grpo = summaries[credit], summaries["none"]
-                if len(mine) == len(grpo):  # seed s against seed s, paired over the problems both scored
-                    ses = [heldout_gain(g["heldout_after"][split], c["heldout_after"][split])[1]
-                           for c, g in zip(mine, grpo)]
-                    r["vs_none_se"] = math.sqrt(sum(se**2 for se in ses)) / len(ses)
-                else:
+                if len(mine) != len(grpo):
                     r["vs_none_se"] = math.hypot(r["after_se"], row["none"]["after_se"])
-                # seed s of every credit starts from the same warm start and is scored on the same problems:
-                # the spread of the per-seed differences includes what training's randomness adds
-                diffs = [a - b for a, b in zip(r["after_per_seed"], row["none"]["after_per_seed"])]
-                if len(diffs) >= 2 and len(r["after_per_seed"]) == len(row["none"]["after_per_seed"]):
+                    continue
+                # seed s against seed s: the same warm start, scored on the same problems
+                ses = [heldout_gain(g["heldout_after"][split], c["heldout_after"][split])[1]
+                       for c, g in zip(mine, grpo)]
+                r["vs_none_se"] = math.sqrt(sum(se**2 for se in ses)) / len(ses)  # paired over problems
+                if len(mine) >= 2:  # the spread of the per-seed differences includes training's randomness
+                    diffs = [a - b for a, b in zip(r["after_per_seed"], row["none"]["after_per_seed"])]
                     r["vs_none_seeds_se"] = statistics.stdev(diffs) / math.sqrt(len(diffs))
         table[split] = row
     return table
@@ -98,18 +97,20 @@ class _Parser(RaisingParserMixin, argparse.ArgumentParser):
     pass
 
 
-def _check_same_settings(run_dir: Path, flags: list[str]) -> None:
-    """A run directory an earlier ``oarl compare`` left (complete or interrupted) is reused only if it was
-    trained with the settings asked now; else UsageError naming the first differing settings."""
+def _resumed_args(run_dir: Path, flags: list[str]):
+    """(TrainArgs, OARConfig) that resume a run directory an earlier ``oarl compare`` left (complete or
+    interrupted), if it was trained with the settings ``flags`` ask for; else UsageError naming the first
+    differing settings."""
     from .train import parse_args, resolved_config
 
-    saved = resolved_config(*parse_args(["--resume", str(run_dir)]))
-    asked = resolved_config(*parse_args(flags))
+    resumed = parse_args(["--resume", str(run_dir)])
+    saved, asked = resolved_config(*resumed), resolved_config(*parse_args(flags))
     differ = [k for k in sorted(saved.keys() | asked.keys()) if saved.get(k) != asked.get(k)]
     if differ:
         shown = ", ".join(f"{k}: {saved.get(k)!r} there, {asked.get(k)!r} now" for k in differ[:3])
         raise UsageError(f"{run_dir} holds a run with other settings ({shown}); give another --output_dir, or the "
                          "same flags as that comparison")
+    return resumed
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -163,7 +164,6 @@ def _run_all(out: Path, seeds: list[int], credits: list[str], rest: list[str], s
             for credit in credits:
                 run_dir = out / f"{credit}-seed{seed}"
                 flags = [*rest, "--credit", credit, "--seed", str(seed), "--output_dir", str(run_dir)]
-                if (run_dir / "config.yaml").exists():  # a run of an earlier call: reuse or finish it
-                    _check_same_settings(run_dir, flags)
-                    flags = ["--resume", str(run_dir)]
-                summaries[credit].append(run_train(*parse_args(flags)))
+                # a run of an earlier call is reused or finished
+                resumed = (run_dir / "config.yaml").exists() and _resumed_args(run_dir, flags)
+                summaries[credit].append(run_train(*(resumed or parse_args(flags))))
