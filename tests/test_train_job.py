@@ -81,6 +81,8 @@ def test_default_job_writes_the_run_directory(tmp_path, env):
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and set(summary["heldout_after"]) == {"test", "hard"}
+    assert summary["heldout_curve"]["test"] == [[0, summary["heldout_before"]["test"]["avg"]],
+                                                [3, summary["heldout_after"]["test"]["avg"]]]
 
     # The resolved config re-loads into the same settings.
     train_args, config = parse_args(["--config", str(run / "config.yaml")])
@@ -263,6 +265,20 @@ def test_compare_summary_by_hand():
     two = summarize({"none": [run(0.4, 0.1, 0.03), run(0.4, 0.7, 0.03)], "gradient": [run(0.4, 0.3, 0.03), run(0.4, 0.8, 0.03)]})
     assert two["test"]["gradient"]["vs_none_seeds_se"] == pytest.approx(0.05)
     assert "| +0.150 ± 0.030 (± 0.050) |" in to_markdown(two, 2)
+    # steps to GRPO's final accuracy (0.55 here), from the mean curve over the steps every seed evaluated
+    curve = lambda *points: {"heldout_curve": {"test": [list(p) for p in points]}}  # noqa: E731
+    runs = {"none": [{**run(0.4, 0.5, 0.03), **curve((0, 0.4), (10, 0.5), (20, 0.5))},
+                     {**run(0.4, 0.6, 0.03), **curve((0, 0.4), (5, 0.9), (10, 0.4), (20, 0.6))}],
+            "gradient": [{**run(0.4, 0.7, 0.03), **curve((0, 0.4), (10, 0.7), (20, 0.7))},
+                         {**run(0.4, 0.5, 0.03), **curve((0, 0.4), (10, 0.5), (20, 0.5))}],
+            "entropy": [{**run(0.4, 0.5, 0.03), **curve((0, 0.4), (20, 0.5))}] * 2}
+    table = summarize(runs)["test"]
+    assert table["none"]["steps_to_none_final"] == (20, 20)  # step 5: one seed only
+    assert table["gradient"]["steps_to_none_final"] == (10, 20)  # (0.7 + 0.5) / 2 = 0.6 >= 0.55 at step 10
+    assert table["entropy"]["steps_to_none_final"] == (None, 20)
+    markdown = to_markdown(table and {"test": table}, 2)
+    assert "| 10 of 20 |" in markdown and "| not in 20 |" in markdown
+    assert summarize({"none": [run(0.4, 0.5, 0.03)]})["test"]["none"]["steps_to_none_final"] is None  # no curve
 
 
 def test_heldout_gain_paired_by_hand():

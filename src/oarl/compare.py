@@ -6,7 +6,9 @@ Each (credit, seed) is an ordinary run directory under ``<runs_dir>/compare-<tim
 to ``compare.md`` and ``compare.json`` beside them. Called again with the same ``--output_dir`` (and the same
 flags), it reuses the runs already there, finishes interrupted ones and trains only the new (credit, seed)
 pairs: seeds can be added to a comparison. The difference of each estimator against ``none``
-(plain GRPO) is given with its standard error, so a reader can tell a gain from noise.
+(plain GRPO) is given with its standard error, so a reader can tell a gain from noise, and so are the steps each
+estimator needs to reach plain GRPO's final accuracy (mean over seeds, at the held-out evaluations of
+``--eval_every``).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def _mean_se(results: list[dict]) -> tuple[float, float]:
 
 def summarize(summaries: dict[str, list[dict]]) -> dict:
     """{credit: [summary per seed]} -> {split: {credit: {before, after, gain, gain_se, vs_none, vs_none_se,
-    vs_none_seeds_se}}}. ``gain_se`` and ``vs_none_se``: the seeds' own SEs combined, each paired over problems
+    vs_none_seeds_se, steps_to_none_final}}}. ``gain_se`` and ``vs_none_se``: the seeds' own SEs combined, each paired over problems
     when the runs kept per-problem numbers (``oarl.train.heldout_gain``; seed s against seed s for vs_none);
     ``vs_none_seeds_se``: over seeds (the spread of the per-seed differences), from 2 seeds on."""
     from .train import heldout_gain
@@ -51,6 +53,7 @@ def summarize(summaries: dict[str, list[dict]]) -> dict:
                            "wall_time_s": _mean([r["wall_time_s"] for r in runs])}
         if "none" in row:
             for credit, r in row.items():
+                r["steps_to_none_final"] = _steps_to(summaries[credit], split, row["none"]["after"])
                 if credit == "none":
                     continue
                 r["vs_none"] = r["after"] - row["none"]["after"]
@@ -69,6 +72,18 @@ def summarize(summaries: dict[str, list[dict]]) -> dict:
     return table
 
 
+def _steps_to(runs: list[dict], split: str, target: float) -> tuple[int | None, int] | None:
+    """(first evaluated step at which the mean held-out accuracy over seeds reaches ``target``, or None if none
+    does; the last step), over the steps every seed evaluated (``heldout_curve``, every ``--eval_every`` steps);
+    None without curves."""
+    curves = [dict(map(tuple, r.get("heldout_curve", {}).get(split, []))) for r in runs]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    if not steps:
+        return None
+    reached = [s for s in steps if sum(c[s] for c in curves) / len(curves) >= target - 1e-9]
+    return (reached[0] if reached else None), steps[-1]
+
+
 def _mean(values):
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
@@ -79,16 +94,19 @@ def to_markdown(table: dict, n_seeds: int) -> str:
     for split, row in table.items():
         lines += [f"### {split} (mean of {n_seeds} seed(s), ± one standard error over problems; gain: paired over "
                   "problems; vs none: ± paired over problems, then (in brackets) over seeds)", "",
-                  "| credit | before | after | after per seed | gain | vs none | credit overhead | wall time |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| credit | before | after | after per seed | gain | vs none | steps to none's final | credit overhead "
+                  "| wall time |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for credit, r in row.items():
             vs = f"{r['vs_none']:+.3f} ± {r['vs_none_se']:.3f}" if "vs_none" in r and credit != "none" else "-"
             if "vs_none_seeds_se" in r and credit != "none":
                 vs += f" (± {r['vs_none_seeds_se']:.3f})"
             overhead = "-" if r["overhead"] is None else f"{r['overhead']:.1%}"
             per_seed = ", ".join(f"{a:.3f}" for a in r["after_per_seed"])
+            steps = r.get("steps_to_none_final")
+            steps = "-" if steps is None else f"{steps[0]} of {steps[1]}" if steps[0] is not None else f"not in {steps[1]}"
             lines.append(f"| {credit} | {r['before']:.3f} | {r['after']:.3f} ± {r['after_se']:.3f} | {per_seed} | "
-                         f"{r['gain']:+.3f} ± {r['gain_se']:.3f} | {vs} | {overhead} | {r['wall_time_s']:.0f} s |")
+                         f"{r['gain']:+.3f} ± {r['gain_se']:.3f} | {vs} | {steps} | {overhead} | {r['wall_time_s']:.0f} s |")
         lines.append("")
     return "\n".join(lines)
 
@@ -157,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def _run_all(out: Path, seeds: list[int], credits: list[str], rest: list[str], summaries: dict) -> None:
     """Train (or reuse) every (credit, seed) run under ``out``, appending each summary to ``summaries``."""
-    from .train import parse_args, run_train
+    from .train import heldout_curve, parse_args, run_train
 
     with removed_on_failure(out, keep=lambda: any(p.is_dir() for p in out.iterdir())):
         for seed in seeds:
@@ -166,4 +184,6 @@ def _run_all(out: Path, seeds: list[int], credits: list[str], rest: list[str], s
                 flags = [*rest, "--credit", credit, "--seed", str(seed), "--output_dir", str(run_dir)]
                 # a run of an earlier call is reused or finished
                 resumed = (run_dir / "config.yaml").exists() and _resumed_args(run_dir, flags)
-                summaries[credit].append(run_train(*(resumed or parse_args(flags))))
+                summary = run_train(*(resumed or parse_args(flags)))
+                summary.setdefault("heldout_curve", heldout_curve(run_dir))  # runs written before summaries kept it
+                summaries[credit].append(summary)

@@ -606,6 +606,7 @@ def _train(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | None
             "credit_overhead": trainer.credit_overhead,
             "heldout_before": before,
             "heldout_after": after,
+            "heldout_curve": heldout_curve(run_dir),
             "heldout_backend": heldout_backend,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -680,6 +681,19 @@ def _truncate_metrics(path: Path, last_step: int, heldout_at_last: bool = True) 
     kept = [r for r in rows if r["step"] < last_step or r["step"] == last_step and (
         heldout_at_last or not any(k.startswith("heldout/") for k in r))]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def heldout_curve(run_dir: Path) -> dict[str, list[list]]:
+    """{split: [[step, held-out avg], ...]} of a run, step 0 (before RL) to the last, from its metrics.jsonl: every
+    held-out evaluation (``--eval_every``), as ``oarl compare`` needs for the steps to reach an accuracy."""
+    curve: dict[str, dict[int, float]] = {}
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        row = json.loads(line) if line.strip() else {}
+        for key, value in row.items():
+            if key.startswith("heldout/"):
+                curve.setdefault(key.removeprefix("heldout/"), {})[row["step"]] = value
+    return {split: [[step, avg] for step, avg in sorted(points.items())] for split, points in curve.items()}
 
 
 def heldout_gain(before: dict, after: dict) -> tuple[float, float]:
