@@ -276,7 +276,7 @@ def test_compare_summary_by_hand():
     assert table["none"]["steps_to_none_final"] == (20, 20)  # step 5: one seed only
     assert table["gradient"]["steps_to_none_final"] == (10, 20)  # (0.7 + 0.5) / 2 = 0.6 >= 0.55 at step 10
     assert table["entropy"]["steps_to_none_final"] == (None, 20)
-    markdown = to_markdown(table and {"test": table}, 2)
+    markdown = to_markdown({"test": table}, 2)
     assert "| 10 of 20 |" in markdown and "| not in 20 |" in markdown
     assert summarize({"none": [run(0.4, 0.5, 0.03)]})["test"]["none"]["steps_to_none_final"] is None  # no curve
 
