@@ -78,6 +78,7 @@ def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int =
     try:
         train = _train_smollm2 if cfg.get("base") == "smollm2-135m" else _train
         info = train(cfg, tmp, log_every=log_every, progress=progress)
+        _release_accelerator_state()
         with open(tmp / "warmstart.json", "w") as f:
             json.dump({"config": cfg, "hash": out.name, **info}, f, indent=2, default=list)
         if out.exists():
@@ -87,6 +88,16 @@ def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int =
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return str(out)
+
+
+def _release_accelerator_state() -> None:
+    """Forget the SFT trainer's accelerate state (no mixed precision), as transformers' Trainer does between
+    hyperparameter trials: the RL trainer that follows in the same process, in bf16, then sets up its own instead
+    of failing with "AcceleratorState has already been initialized". The process's device and distributed
+    setup (PartialState) stay."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
 
 
 def _sft_config(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int):
