@@ -77,6 +77,10 @@ def test_smollm2_picks_its_regime_and_flags_win():
         got = getattr(config, key)
         assert (got.value if hasattr(got, "value") else got) == value, key
     assert config.max_completion_length <= 256  # a laptop CPU budget, not a GPU one
+    from oarl.train import _cpu_has_bf16
+
+    assert config.bf16 == _cpu_has_bf16() and not config.fp16  # bf16 autocast only where the CPU runs it natively
+    assert not parse_args(["--model", "smollm2-135m", "--bf16", "false"])[1].bf16
     _, config = parse_args(["--model", "smollm2-135m", "--learning_rate", "3e-6", "--max_steps", "2"])
     assert config.learning_rate == 3e-6 and config.max_steps == 2
     train_args, config = parse_args(["--model", "smollm2-135m", "--dataset", "gsm-symbolic"])
@@ -86,7 +90,8 @@ def test_smollm2_picks_its_regime_and_flags_win():
 @pytest.mark.slow
 def test_smollm2_job_end_to_end(tmp_path):
     """`oarl train --model smollm2-135m`, shortened by flags: the warm start (one SFT step, cached), one RL
-    step with OAR-G, held-out accuracy before and after, every phase with a progress line."""
+    step with OAR-G in bf16 (autocast; the SFT before it in fp32, in the same process), held-out accuracy before
+    and after, every phase with a progress line."""
     import json
     import os
     import subprocess
@@ -107,7 +112,7 @@ def test_smollm2_job_end_to_end(tmp_path):
     run = tmp_path / "run"
     args = ["--model", "smollm2-135m", "--sft_steps", "1", "--max_steps", "1", "--num_generations", "2",
             "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--max_completion_length", "24",
-            "--eval_size", "2", "--eval_samples", "1", "--output_dir", str(run)]
+            "--eval_size", "2", "--eval_samples", "1", "--bf16", "true", "--output_dir", str(run)]
     proc = subprocess.run([sys.executable, "-m", "oarl.cli", "train", *args], env=env, capture_output=True, text=True,
                           timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -120,5 +125,5 @@ def test_smollm2_job_end_to_end(tmp_path):
     for when in ("heldout_before", "heldout_after"):
         assert summary[when]["test"]["n_problems"] == 2 and 0.0 <= summary[when]["test"]["avg"] <= 1.0
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["dataset"] == "word-problems" and config["sft_steps"] == 1
+    assert config["dataset"] == "word-problems" and config["sft_steps"] == 1 and config["bf16"] is True
     assert len(list((cache / "warmstart").iterdir())) == 1  # the warm start is cached
