@@ -283,6 +283,8 @@ def test_compare_summary_by_hand():
     markdown = to_markdown({"test": table}, 2)
     assert "| 10 of 20 |" in markdown and "| not in 20 |" in markdown
     assert summarize({"none": [run(0.4, 0.5, 0.03)]})["test"]["none"]["steps_to_none_final"] is None  # no curve
+    fell = {"none": [{**run(0.4, 0.3, 0.03), **curve((0, 0.4), (20, 0.3))}]}  # GRPO lost: reached at step 0, shown "-"
+    assert summarize(fell)["test"]["none"]["steps_to_none_final"] is None
 
 
 def test_heldout_gain_paired_by_hand():

@@ -53,7 +53,9 @@ def summarize(summaries: dict[str, list[dict]]) -> dict:
                            "wall_time_s": _mean([r["wall_time_s"] for r in runs])}
         if "none" in row:
             for credit, r in row.items():
-                r["steps_to_none_final"] = _steps_to(summaries[credit], split, row["none"]["after"])
+                # only where GRPO gained: a final below the start would be "reached" before any training
+                gained = row["none"]["after"] > row["none"]["before"]
+                r["steps_to_none_final"] = _steps_to(summaries[credit], split, row["none"]["after"]) if gained else None
                 if credit == "none":
                     continue
                 r["vs_none"] = r["after"] - row["none"]["after"]
@@ -107,6 +109,10 @@ def to_markdown(table: dict, n_seeds: int) -> str:
             steps = "-" if steps is None else f"{steps[0]} of {steps[1]}" if steps[0] is not None else f"not in {steps[1]}"
             lines.append(f"| {credit} | {r['before']:.3f} | {r['after']:.3f} ± {r['after_se']:.3f} | {per_seed} | "
                          f"{r['gain']:+.3f} ± {r['gain_se']:.3f} | {vs} | {steps} | {overhead} | {r['wall_time_s']:.0f} s |")
+        if any("steps_to_none_final" in r for r in row.values()):
+            lines += ["", "steps to none's final: the first held-out evaluation (every --eval_every steps; with 0, only "
+                      "before and after training) at which the mean over seeds reaches none's final accuracy; - where "
+                      "none did not gain."]
         lines.append("")
     return "\n".join(lines)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import shlex
@@ -519,6 +520,9 @@ def _train(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | None
     from .report.plots import make_plots
     from .trainer import OARTrainer
 
+    if config.use_cpu:  # the SmolLM2 job picks bf16 by the CPU: say which
+        logging.getLogger(__name__).info(
+            "training on CPU in %s", "bf16 autocast (--bf16 false: float32)" if config.bf16 else "float32")
     clock = WallClock(run_dir / "wall_time.json", resumed=bool(train_args.resume))
     clock.save()  # from now on a Ctrl-C is counted (WallClock.count_until_now)
     config.output_dir = str(run_dir)
