@@ -33,9 +33,10 @@ def _mean_se(results: list[dict]) -> tuple[float, float]:
 
 def summarize(summaries: dict[str, list[dict]]) -> dict:
     """{credit: [summary per seed]} -> {split: {credit: {before, after, gain, gain_se, vs_none, vs_none_se,
-    vs_none_seeds_se, steps_to_none_final}}}. ``gain_se`` and ``vs_none_se``: the seeds' own SEs combined, each paired over problems
-    when the runs kept per-problem numbers (``oarl.train.heldout_gain``; seed s against seed s for vs_none);
-    ``vs_none_seeds_se``: over seeds (the spread of the per-seed differences), from 2 seeds on."""
+    vs_none_seeds_se, steps_to_none_final}}}. ``gain_se`` and ``vs_none_se``: the seeds' own SEs combined, each
+    paired over problems when the runs kept per-problem numbers (``oarl.train.heldout_gain``; seed s against seed
+    s for vs_none); ``vs_none_seeds_se``: over seeds (the spread of the per-seed differences), from 2 seeds on;
+    ``steps_to_none_final``: (first step, last step) as ``_steps_to``, None where GRPO did not gain."""
     from .train import heldout_gain
 
     splits = sorted({s for runs in summaries.values() for r in runs for s in r["heldout_after"]})
