@@ -53,9 +53,9 @@ def summarize(summaries: dict[str, list[dict]]) -> dict:
                            "overhead": _mean([r["credit_overhead"] for r in runs]),
                            "wall_time_s": _mean([r["wall_time_s"] for r in runs])}
         if "none" in row:
+            # only where GRPO gained: a final below the start would be "reached" before any training
+            gained = row["none"]["after"] > row["none"]["before"]
             for credit, r in row.items():
-                # only where GRPO gained: a final below the start would be "reached" before any training
-                gained = row["none"]["after"] > row["none"]["before"]
                 r["steps_to_none_final"] = _steps_to(summaries[credit], split, row["none"]["after"]) if gained else None
                 if credit == "none":
                     continue
@@ -192,5 +192,6 @@ def _run_all(out: Path, seeds: list[int], credits: list[str], rest: list[str], s
                 # a run of an earlier call is reused or finished
                 resumed = (run_dir / "config.yaml").exists() and _resumed_args(run_dir, flags)
                 summary = run_train(*(resumed or parse_args(flags)))
-                summary.setdefault("heldout_curve", heldout_curve(run_dir))  # runs written before summaries kept it
+                if "heldout_curve" not in summary:  # runs written before summaries kept it
+                    summary["heldout_curve"] = heldout_curve(run_dir)
                 summaries[credit].append(summary)
