@@ -356,6 +356,28 @@ def test_compare_command(tmp_path, env):
         parse_args(["--task", "graph"])  # an unknown form is refused by the parser, with the choices
 
 
+def test_compare_trains_further_with_a_larger_max_steps(tmp_path, env):
+    """A larger --max_steps on a finished comparison continues each run from its checkpoint (not from step 0);
+    a smaller one is refused, naming the setting."""
+    out = tmp_path / "cmp"
+
+    def compare(steps):
+        return subprocess.run([sys.executable, "-m", "oarl.cli", "compare", "--credits", "none", "--output_dir",
+                               str(out), *SHORT, "--eval_size", "2", "--save_steps", "1", "--max_steps", str(steps)],
+                              env=env, capture_output=True, text=True, timeout=900)
+
+    assert compare(1).returncode == 0
+    proc = compare(2)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "from checkpoint-1 (step 1) to step 2" in proc.stdout, proc.stdout
+    run = out / "none-seed0"
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["max_steps"] == 2
+    assert json.loads((out / "compare.json").read_text())["runs"]["none"][0]["steps"] == 2
+    proc = compare(1)
+    assert proc.returncode == 2 and "(max_steps: 2 there, 1 now)" in proc.stderr, proc.stderr
+
+
 def test_resume_skips_a_half_written_checkpoint(tmp_path):
     from oarl.train import _last_complete_checkpoint
 

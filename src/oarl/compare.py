@@ -5,7 +5,8 @@
 Each (credit, seed) is an ordinary run directory under ``<runs_dir>/compare-<time>/``; the comparison goes
 to ``compare.md`` and ``compare.json`` beside them. Called again with the same ``--output_dir`` (and the same
 flags), it reuses the runs already there, finishes interrupted ones and trains only the new (credit, seed)
-pairs: seeds can be added to a comparison. The difference of each estimator against ``none``
+pairs: seeds can be added to a comparison, and a larger ``--max_steps`` (the only flag changed) trains every run
+further from its last checkpoint, as ``oarl train --resume RUN --max_steps N`` does. The difference of each estimator against ``none``
 (plain GRPO) is given with its standard error, so a reader can tell a gain from noise, and so are the steps each
 estimator needs to reach plain GRPO's final accuracy (mean over seeds, at the held-out evaluations of
 ``--eval_every``).
@@ -124,13 +125,16 @@ class _Parser(RaisingParserMixin, argparse.ArgumentParser):
 
 def _resumed_args(run_dir: Path, flags: list[str]):
     """(TrainArgs, OARConfig) that resume a run directory an earlier ``oarl compare`` left (complete or
-    interrupted), if it was trained with the settings ``flags`` ask for; else UsageError naming the first
-    differing settings."""
+    interrupted), if it was trained with the settings ``flags`` ask for, or with fewer ``max_steps`` and otherwise
+    the same (then it trains further to the new ``max_steps``); else UsageError naming the first differing
+    settings."""
     from .train import parse_args, resolved_config
 
     resumed = parse_args(["--resume", str(run_dir)])
     saved, asked = resolved_config(*resumed), resolved_config(*parse_args(flags))
     differ = [k for k in sorted(saved.keys() | asked.keys()) if saved.get(k) != asked.get(k)]
+    if differ == ["max_steps"] and 0 < saved["max_steps"] < asked["max_steps"]:
+        return parse_args(["--resume", str(run_dir), "--max_steps", str(asked["max_steps"])])
     if differ:
         shown = ", ".join(f"{k}: {saved.get(k)!r} there, {asked.get(k)!r} now" for k in differ[:3])
         raise UsageError(f"{run_dir} holds a run with other settings ({shown}); give another --output_dir, or the "
