@@ -378,6 +378,20 @@ def test_compare_trains_further_with_a_larger_max_steps(tmp_path, env):
     assert proc.returncode == 2 and "(max_steps: 2 there, 1 now)" in proc.stderr, proc.stderr
 
 
+def test_help_gives_the_jobs_defaults(capsys):
+    """Flags whose default depends on the job say it in numbers (the regimes' own), with no "(default: None)"."""
+    from oarl.data.arithmetic import DEFAULT_REGIME as tiny
+    from oarl.data.word_problems import SMOLLM2_REGIME as smol
+
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "smollm2-135m", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: the regime's, {tiny.sft_steps} for tiny, {smol.sft_steps} for smollm2-135m)" in text
+    assert tiny.eval_problems == smol.eval_problems and f"(default: {smol.eval_problems} for the embedded" in text
+    assert f"(default: {smol.eval_samples} on word problems, else {tiny.eval_samples})" in text
+    assert "held-out evaluation. (default: None)" not in text and "(default: 0.1)" in text
+
+
 def test_resume_skips_a_half_written_checkpoint(tmp_path):
     from oarl.train import _last_complete_checkpoint
 

@@ -65,9 +65,10 @@ class TrainArgs:
     resume: str | None = field(default=None, metadata={"help": "A run directory to continue from its last checkpoint."})
     sft_steps: int | None = field(default=None, metadata={"help": "Supervised warm-start steps of the tiny model, "
                                                              "or of smollm2-135m on word problems (0: none) "
-                                                             "(default: the regime's). Cached by config."})
-    eval_size: int | None = field(default=None, metadata={"help": "Held-out problems per split (default: the "
-                                                          "regime's for the embedded and SmolLM2 jobs; gsm-symbolic "
+                                                             "(default: the regime's, 600 for tiny, 50 for "
+                                                             "smollm2-135m). Cached by config."})
+    eval_size: int | None = field(default=None, metadata={"help": "Held-out problems per split (default: 256 "
+                                                          "for the embedded and SmolLM2 jobs; gsm-symbolic "
                                                           f"and hub datasets: {DEFAULT_EVAL_SIZE} of their test split; "
                                                           "a .jsonl file: --eval_fraction of it). 0 disables held-out "
                                                           "evaluation."})
@@ -76,7 +77,8 @@ class TrainArgs:
                                                         "training; the same rows for every seed)."})
     eval_dataset: str | None = field(default=None, metadata={"help": "A .jsonl file (or dataset name) of held-out "
                                                              "problems, instead of a part of the training file."})
-    eval_samples: int | None = field(default=None, metadata={"help": "Samples per held-out problem for avg@n."})
+    eval_samples: int | None = field(default=None, metadata={"help": "Samples per held-out problem for avg@n "
+                                                              "(default: 2 on word problems, else 4)."})
     eval_every: int = field(default=0, metadata={"help": "Also evaluate held-out accuracy every N steps (0: only "
                                                  "before and after training)."})
 
@@ -163,6 +165,12 @@ def parse_args(argv: list[str] | None = None):
     class Parser(RaisingParserMixin, TrlParser):
         pass
 
+    class Formatter(argparse.ArgumentDefaultsHelpFormatter):  # HfArgumentParser's, less a "(default: None)"
+        def _get_help_string(self, action):  # after a help that gives the default in words
+            if action.default is None and "default:" in (action.help or ""):
+                return action.help
+            return super()._get_help_string(action)
+
     class PreParser(RaisingParserMixin, argparse.ArgumentParser):
         pass
 
@@ -188,7 +196,7 @@ def parse_args(argv: list[str] | None = None):
     model = known.model or from_yaml.get("model", "tiny")
     dataset = known.dataset or from_yaml.get("dataset", SMOLLM2[1] if model == SMOLLM2[0] else EMBEDDED[1])
 
-    parser = Parser((TrainArgs, OARConfig), prog="oarl train")
+    parser = Parser((TrainArgs, OARConfig), prog="oarl train", formatter_class=Formatter)
     defaults = {"output_dir": AUTO_DIR, **_cpu_defaults(), "report_to": "none", "logging_steps": 1}
     if (model, dataset) == EMBEDDED:
         defaults.update(_embedded_defaults(_regime()))
