@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from conftest import addition_prompts
-from oarl.train import parse_args, resolved_config
+from oarl.train import heldout_curve, parse_args, resolved_config
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -336,6 +336,11 @@ def test_compare_command(tmp_path, env):
     assert set(table) == {"test", "hard"} and set(table["test"]) == {"none", "entropy"}
     assert "vs none" in (out / "compare.md").read_text()
     assert yaml.safe_load((out / "none-seed0" / "config.yaml").read_text())["task"] == "chain"
+    # the second estimator's held-out accuracy before training is the first one's, not evaluated again
+    assert "entropy-seed0: held-out accuracy before training taken from none-seed0" in proc.stdout
+    before = [(out / f"{c}-seed0" / "heldout_before.json").read_text() for c in ("none", "entropy")]
+    assert before[0] == before[1] and json.loads(before[0])["test"]["n_problems"] == 2
+    assert heldout_curve(out / "entropy-seed0")["test"][0] == [0, json.loads(before[0])["test"]["avg"]]
 
     # called again on the same folder: the finished run is reused (not retrained), only the new seed trains
     summary = out / "none-seed0" / "summary.json"

@@ -142,6 +142,28 @@ def _resumed_args(run_dir: Path, flags: list[str]):
     return resumed
 
 
+def _share_heldout_before(run_dir: Path, flags: list[str]) -> None:
+    """Held-out accuracy before training depends on the warm start, the held-out problems and the seed, not on the
+    credit estimator: a new run takes it from a run of the same seed in the same folder whose settings differ in
+    credit settings only (the numbers recomputing would give, to the bit), instead of evaluating again."""
+    from .train import HELDOUT_BEFORE, parse_args, resolved_config, save_heldout_before
+
+    if (run_dir / HELDOUT_BEFORE).exists():
+        return
+    seed = run_dir.name.rsplit("-seed", 1)[1]
+    asked = resolved_config(*parse_args(flags))
+    for sibling in sorted(run_dir.parent.glob(f"*-seed{seed}")):
+        if not (sibling / HELDOUT_BEFORE).is_file() or not (sibling / "config.yaml").is_file():
+            continue
+        saved = resolved_config(*parse_args(["--resume", str(sibling)]))
+        if all(saved.get(k) == asked.get(k) for k in saved.keys() | asked.keys() if not k.startswith("credit")):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_heldout_before(run_dir, json.loads((sibling / HELDOUT_BEFORE).read_text()))
+            print(f"{run_dir.name}: held-out accuracy before training taken from {sibling.name} (same warm start, "
+                  "problems and seed)")
+            return
+
+
 def main(argv: list[str] | None = None) -> dict:
     from .credit import ESTIMATORS
     from .train import parse_args
@@ -195,6 +217,8 @@ def _run_all(out: Path, seeds: list[int], credits: list[str], rest: list[str], s
                 flags = [*rest, "--credit", credit, "--seed", str(seed), "--output_dir", str(run_dir)]
                 # a run of an earlier call is reused or finished
                 resumed = (run_dir / "config.yaml").exists() and _resumed_args(run_dir, flags)
+                if not resumed:
+                    _share_heldout_before(run_dir, flags)
                 summary = run_train(*(resumed or parse_args(flags)))
                 if "heldout_curve" not in summary:  # runs written before summaries kept it
                     summary["heldout_curve"] = heldout_curve(run_dir)

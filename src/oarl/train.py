@@ -342,6 +342,15 @@ def _jsonable(v) -> bool:
     return isinstance(v, (str, int, bool, type(None))) or (isinstance(v, float) and math.isfinite(v))
 
 
+def save_heldout_before(run_dir: Path, before: dict) -> None:
+    """The held-out numbers before training ({split: {avg, se, ...}}) into ``HELDOUT_BEFORE``, which a resumed
+    run reuses, and as the step-0 row of metrics.jsonl."""
+    (run_dir / HELDOUT_BEFORE).write_text(json.dumps(before, indent=2))
+    if before:
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": 0, **_heldout_row(before)}) + "\n")
+
+
 def _heldout_row(numbers: dict) -> dict:
     return {f"heldout/{split}": r["avg"] for split, r in numbers.items()}
 
@@ -595,10 +604,7 @@ def _train(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | None
         before = json.loads(before_file.read_text())
     else:
         before = evaluate_heldout(model, "before")
-        before_file.write_text(json.dumps(before, indent=2))
-        if before:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": 0, **_heldout_row(before)}) + "\n")
+        save_heldout_before(run_dir, before)
 
     from transformers import PrinterCallback
 
