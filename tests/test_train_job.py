@@ -355,6 +355,12 @@ def test_compare_command(tmp_path, env):
     proc = subprocess.run([sys.executable, "-m", "oarl.cli", "compare", "--credits", "none", "--output_dir", str(out),
                            *flags, "--learning_rate", "0.5"], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 2 and "holds a run with other settings (learning_rate:" in proc.stderr, proc.stderr
+    # ... and so is a new estimator with other settings: it would not join a like-for-like table
+    proc = subprocess.run([sys.executable, "-m", "oarl.cli", "compare", "--credits", "gradient", "--output_dir",
+                           str(out), *flags, "--learning_rate", "0.5"], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 2 and "-seed0 holds a run with other settings (learning_rate:" in proc.stderr
+    assert not (out / "gradient-seed0").exists()
     from oarl.errors import UsageError
 
     with pytest.raises(UsageError, match=r"invalid choice: 'graph' \(choose from 'tree', 'chain'\)"):
@@ -385,16 +391,23 @@ def test_compare_trains_further_with_a_larger_max_steps(tmp_path, env):
 
 def test_help_gives_the_jobs_defaults(capsys):
     """Flags whose default depends on the job say it in numbers (the regimes' own), with no "(default: None)"."""
-    from oarl.data.arithmetic import DEFAULT_REGIME as tiny
+    from oarl.data.arithmetic import REGIMES
     from oarl.data.word_problems import SMOLLM2_REGIME as smol
 
+    tiny = REGIMES["tree"]
     with pytest.raises(SystemExit):
         parse_args(["--model", "smollm2-135m", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert f"(default: the regime's, {tiny.sft_steps} for tiny, {smol.sft_steps} for smollm2-135m)" in text
-    assert tiny.eval_problems == smol.eval_problems and f"(default: {smol.eval_problems} for the embedded" in text
-    assert f"(default: {smol.eval_samples} on word problems, else {tiny.eval_samples})" in text
+    assert (f"(default: the regime's, {tiny.sft_steps} for tiny, {REGIMES['chain'].sft_steps} with --task chain, "
+            f"{smol.sft_steps} for smollm2-135m)") in text
+    assert tiny.eval_problems == smol.eval_problems and (
+        f"(default: {smol.eval_problems} for the embedded job ({tiny.hard_eval_problems} hard ones)") in text
+    assert f"(default: {smol.eval_samples} on --dataset word-problems, else {tiny.eval_samples})" in text
     assert "held-out evaluation. (default: None)" not in text and "(default: 0.1)" in text
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # --credit_span's help gives its default ("Default: ...")
+    assert "'sentence' for rollout." in text and "'sentence' for rollout. (default: None)" not in text
 
 
 def test_resume_skips_a_half_written_checkpoint(tmp_path):

@@ -52,7 +52,7 @@ def summarize(summaries: dict[str, list[dict]]) -> dict:
                            "gain_se": math.sqrt(sum(se**2 for _, se in gains)) / len(gains),
                            "after_per_seed": [r["heldout_after"][split]["avg"] for r in runs],
                            "overhead": _mean([r["credit_overhead"] for r in runs]),
-                           "wall_time_s": _mean([r["wall_time_s"] for r in runs])}
+                           "train_time_s": _mean([r.get("train_time_s", r["wall_time_s"]) for r in runs])}
         if "none" in row:
             # only where GRPO gained: a final below the start would be "reached" before any training
             gained = row["none"]["after"] > row["none"]["before"]
@@ -99,7 +99,7 @@ def to_markdown(table: dict, n_seeds: int) -> str:
         lines += [f"### {split} (mean of {n_seeds} seed(s), ± one standard error over problems; gain: paired over "
                   "problems; vs none: ± paired over problems, then (in brackets) over seeds)", "",
                   "| credit | before | after | after per seed | gain | vs none | steps to none's final | credit overhead "
-                  "| wall time |",
+                  "| training time |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for credit, r in row.items():
             vs = f"{r['vs_none']:+.3f} ± {r['vs_none_se']:.3f}" if "vs_none" in r and credit != "none" else "-"
@@ -110,11 +110,12 @@ def to_markdown(table: dict, n_seeds: int) -> str:
             steps = r.get("steps_to_none_final")
             steps = "-" if steps is None else f"{steps[0]} of {steps[1]}" if steps[0] is not None else f"not in {steps[1]}"
             lines.append(f"| {credit} | {r['before']:.3f} | {r['after']:.3f} ± {r['after_se']:.3f} | {per_seed} | "
-                         f"{r['gain']:+.3f} ± {r['gain_se']:.3f} | {vs} | {steps} | {overhead} | {r['wall_time_s']:.0f} s |")
+                         f"{r['gain']:+.3f} ± {r['gain_se']:.3f} | {vs} | {steps} | {overhead} | {r['train_time_s']:.0f} s |")
         if any("steps_to_none_final" in r for r in row.values()):
             lines += ["", "steps to none's final: the first held-out evaluation (every --eval_every steps; with 0, only "
                       "before and after training) at which the mean over seeds reaches none's final accuracy; - where "
-                      "none did not gain."]
+                      "none did not gain. training time: RL steps and the held-out evaluations during training "
+                      "(not the warm start, nor the evaluations before and after)."]
         lines.append("")
     return "\n".join(lines)
 
@@ -140,6 +141,19 @@ def _resumed_args(run_dir: Path, flags: list[str]):
         raise UsageError(f"{run_dir} holds a run with other settings ({shown}); give another --output_dir, or the "
                          "same flags as that comparison")
     return resumed
+
+
+def _check_folder(out: Path, rest: list[str]) -> None:
+    """Every run already in a comparison folder, asked for now or not, was trained with the flags ``rest`` (its
+    own credit and seed aside; a larger ``max_steps`` trains it further), so that new runs join a like-for-like
+    table; else UsageError before anything trains."""
+    import yaml
+
+    for run_dir in sorted(out.glob("*-seed*")) if out.is_dir() else ():
+        if (run_dir / "config.yaml").is_file():
+            saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+            _resumed_args(run_dir, [*rest, "--credit", saved["credit"], "--seed", str(saved["seed"]),
+                                    "--output_dir", str(run_dir)])
 
 
 def _share_heldout_before(run_dir: Path, flags: list[str]) -> None:
@@ -191,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_args, _ = parse_args(rest)  # validates the shared flags once, before any run starts
     out = Path(known.output_dir or Path(train_args.runs_dir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     summaries: dict[str, list[dict]] = {c: [] for c in credits}
+    _check_folder(out, rest)
     try:
         _run_all(out, seeds, credits, rest, summaries)
     except Interrupted:

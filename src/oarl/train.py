@@ -65,10 +65,10 @@ class TrainArgs:
     resume: str | None = field(default=None, metadata={"help": "A run directory to continue from its last checkpoint."})
     sft_steps: int | None = field(default=None, metadata={"help": "Supervised warm-start steps of the tiny model, "
                                                              "or of smollm2-135m on word problems (0: none) "
-                                                             "(default: the regime's, 600 for tiny, 50 for "
-                                                             "smollm2-135m). Cached by config."})
+                                                             "(default: the regime's, 600 for tiny, 300 with "
+                                                             "--task chain, 50 for smollm2-135m). Cached by config."})
     eval_size: int | None = field(default=None, metadata={"help": "Held-out problems per split (default: 256 "
-                                                          "for the embedded and SmolLM2 jobs; gsm-symbolic "
+                                                          "for the embedded job (128 hard ones) and the SmolLM2 job; gsm-symbolic "
                                                           f"and hub datasets: {DEFAULT_EVAL_SIZE} of their test split; "
                                                           "a .jsonl file: --eval_fraction of it). 0 disables held-out "
                                                           "evaluation."})
@@ -78,7 +78,7 @@ class TrainArgs:
     eval_dataset: str | None = field(default=None, metadata={"help": "A .jsonl file (or dataset name) of held-out "
                                                              "problems, instead of a part of the training file."})
     eval_samples: int | None = field(default=None, metadata={"help": "Samples per held-out problem for avg@n "
-                                                              "(default: 2 on word problems, else 4)."})
+                                                              "(default: 2 on --dataset word-problems, else 4)."})
     eval_every: int = field(default=0, metadata={"help": "Also evaluate held-out accuracy every N steps (0: only "
                                                  "before and after training)."})
 
@@ -167,7 +167,7 @@ def parse_args(argv: list[str] | None = None):
 
     class Formatter(argparse.ArgumentDefaultsHelpFormatter):  # HfArgumentParser's, less a "(default: None)"
         def _get_help_string(self, action):  # after a help that gives the default in words
-            if action.default is None and "default:" in (action.help or ""):
+            if action.default is None and "default:" in (action.help or "").lower():
                 return action.help
             return super()._get_help_string(action)
 
@@ -504,7 +504,8 @@ def _resume_point(run_dir: Path, config) -> tuple[Path | None, bool | None]:
                              f"more to train further (oarl train --resume {quoted} --max_steps {reached + 1} or more)")
         if finished is not None and finished >= target:  # else a summary of an earlier, shorter target
             print(f"{run_dir} is complete ({finished} steps; nothing trained or overwritten); to train further: "
-                  f"oarl train --resume {quoted} --max_steps N with N > {finished}")
+                  f"oarl train --resume {quoted} --max_steps N with N > {finished} (in an `oarl compare` folder: "
+                  "the same compare command with --max_steps N, for every run)")
             return checkpoint, None
         print(f"resuming {run_dir}: {checkpoint.name} reached step {target}; finishing without training (held-out "
               "evaluation, final_model, summary.json)")
