@@ -6,7 +6,8 @@ Each (credit, seed) is an ordinary run directory under ``<runs_dir>/compare-<tim
 to ``compare.md`` and ``compare.json`` beside them. Called again with the same ``--output_dir`` (and the same
 flags), it reuses the runs already there, finishes interrupted ones and trains only the new (credit, seed)
 pairs: seeds can be added to a comparison, and a larger ``--max_steps`` (the only flag changed) trains every run
-further from its last checkpoint, as ``oarl train --resume RUN --max_steps N`` does. The difference of each estimator against ``none``
+further from its last checkpoint, as ``oarl train --resume RUN --max_steps N`` does. A new run takes the held-out
+accuracy before training from a run of the same seed. The difference of each estimator against ``none``
 (plain GRPO) is given with its standard error, so a reader can tell a gain from noise, and so are the steps each
 estimator needs to reach plain GRPO's final accuracy (mean over seeds, at the held-out evaluations of
 ``--eval_every``).

@@ -68,7 +68,8 @@ class TrainArgs:
                                                              "(default: the regime's, 600 for tiny, 300 with "
                                                              "--task chain, 50 for smollm2-135m). Cached by config."})
     eval_size: int | None = field(default=None, metadata={"help": "Held-out problems per split (default: 256 "
-                                                          "for the embedded job (128 hard ones) and the SmolLM2 job; gsm-symbolic "
+                                                          "for the embedded job (128 hard ones) and the SmolLM2 "
+                                                          "job; gsm-symbolic "
                                                           f"and hub datasets: {DEFAULT_EVAL_SIZE} of their test split; "
                                                           "a .jsonl file: --eval_fraction of it). 0 disables held-out "
                                                           "evaluation."})
