@@ -178,7 +178,9 @@ def test_resume_of_a_finished_run(tmp_path, env, tiny_lm_dir):
     again = oarl(["--resume", str(run)], env)
     assert again.returncode == 0, again.stderr[-4000:]
     assert again.stdout.splitlines() == [f"{run} is complete (2 steps; nothing trained or overwritten); to train "
-                                         f"further: oarl train --resume {run} --max_steps N with N > 2"]
+                                         f"further: oarl train --resume {run} --max_steps N with N > 2 (in an "
+                                         "`oarl compare` folder: the same compare command with --max_steps N, for "
+                                         "every run)"]
     assert files() == finished
     refused = oarl(["--resume", str(run), "--max_steps", "1"], env)
     assert refused.returncode == 2 and refused.stderr.splitlines()[-1] == (
