@@ -1,24 +1,33 @@
-# Per-run table of an `oarl compare` SmolLM2 study folder (experiments/SMOLLM2.md 3h):
-#   python experiments/smollm2/per_run_table.py runs/smol-p16
-import json, math, statistics, sys
+"""Per-run table of an `oarl compare` SmolLM2 study folder (experiments/SMOLLM2.md 3h):
+
+    PYTHONPATH=src python experiments/smollm2/per_run_table.py runs/smol-p16
+"""
+
+import json
+import statistics
+import sys
 from pathlib import Path
+
+from oarl.train import heldout_curve, heldout_gain
+
+NAMES = {"none": "GRPO", "gradient": "OAR-G", "perturbation": "OAR-P (sentence spans)", "entropy": "entropy"}
+
 root = Path(sys.argv[1])
-names = {"none": "GRPO", "gradient": "OAR-G", "perturbation": "OAR-P (sentence spans)", "entropy": "entropy"}
 print("| run | before | step 10 | step 20 | gain (paired SE) | step time mean (min-max) | credit share | whole run |")
 print("|---|---|---|---|---|---|---|---|")
-for credit in names:
+for credit, name in NAMES.items():
     for seed in (0, 1, 2):
-        d = root / f"{credit}-seed{seed}"
-        if not (d / "summary.json").is_file():
-            print(f"| {names[credit]}, seed {seed} | missing |"); continue
-        s = json.loads((d / "summary.json").read_text())
-        rows = [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines() if l.strip()]
-        curve = {r["step"]: r["heldout/test"] for r in rows if "heldout/test" in r}
+        run = root / f"{credit}-seed{seed}"
+        if not (run / "summary.json").is_file():
+            print(f"| {name}, seed {seed} | missing |")
+            continue
+        s = json.loads((run / "summary.json").read_text())
+        curve = dict(map(tuple, heldout_curve(run)["test"]))
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         times = [r["step_time"] for r in rows if "step_time" in r]
-        b, a = s["heldout_before"]["test"], s["heldout_after"]["test"]
-        diffs = [y - x for x, y in zip(b["per_problem"], a["per_problem"])]
-        se = statistics.stdev(diffs) / math.sqrt(len(diffs))
-        ov = s.get("credit_overhead")
-        print(f"| {names[credit]}, seed {seed} | {b['avg']:.3f} | {curve.get(10, float('nan')):.3f} | {a['avg']:.3f} | "
-              f"{a['avg'] - b['avg']:+.3f} ± {se:.3f} | {statistics.fmean(times):.0f} s ({min(times):.0f}-{max(times):.0f}) | "
-              f"{'-' if ov is None else f'{100*ov:.1f}%'} | {s['wall_time_s']:.0f} s ({s.get('sessions',1)} sessions) |")
+        before, after = s["heldout_before"]["test"], s["heldout_after"]["test"]
+        gain, se = heldout_gain(before, after)
+        share = "-" if s["credit_overhead"] is None else f"{s['credit_overhead']:.1%}"
+        print(f"| {name}, seed {seed} | {before['avg']:.3f} | {curve.get(10, float('nan')):.3f} | {after['avg']:.3f} | "
+              f"{gain:+.3f} ± {se:.3f} | {statistics.fmean(times):.0f} s ({min(times):.0f}-{max(times):.0f}) | "
+              f"{share} | {s['wall_time_s']:.0f} s ({s.get('sessions', 1)} sessions) |")

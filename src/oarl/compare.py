@@ -144,34 +144,32 @@ def _resumed_args(run_dir: Path, flags: list[str]):
     return resumed
 
 
-def _check_folder(out: Path, rest: list[str]) -> None:
+def _check_folder(out: Path, rest: list[str]) -> dict[Path, tuple]:
     """Every run already in a comparison folder, asked for now or not, was trained with the flags ``rest`` (its
     own credit and seed aside; a larger ``max_steps`` trains it further), so that new runs join a like-for-like
-    table; else UsageError before anything trains."""
+    table; else UsageError before anything trains. Returns {run directory: its ``_resumed_args``}."""
     import yaml
 
+    checked = {}
     for run_dir in sorted(out.glob("*-seed*")) if out.is_dir() else ():
         if (run_dir / "config.yaml").is_file():
             saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-            _resumed_args(run_dir, [*rest, "--credit", saved["credit"], "--seed", str(saved["seed"]),
-                                    "--output_dir", str(run_dir)])
+            checked[run_dir] = _resumed_args(run_dir, [*rest, "--credit", saved["credit"], "--seed",
+                                                       str(saved["seed"]), "--output_dir", str(run_dir)])
+    return checked
 
 
-def _share_heldout_before(run_dir: Path, flags: list[str]) -> None:
+def _share_heldout_before(run_dir: Path, seed: int) -> None:
     """Held-out accuracy before training depends on the warm start, the held-out problems and the seed, not on the
-    credit estimator: a new run takes it from a run of the same seed in the same folder whose settings differ in
-    credit settings only (the numbers recomputing would give, to the bit), instead of evaluating again."""
-    from .train import HELDOUT_BEFORE, parse_args, resolved_config, save_heldout_before
+    credit estimator: a new run takes it from a run of the same seed in the same folder (whose settings differ in
+    credit settings and max_steps at most: ``_check_folder``), the numbers recomputing would give to the bit,
+    instead of evaluating again."""
+    from .train import HELDOUT_BEFORE, save_heldout_before
 
     if (run_dir / HELDOUT_BEFORE).exists():
         return
-    seed = run_dir.name.rsplit("-seed", 1)[1]
-    asked = resolved_config(*parse_args(flags))
     for sibling in sorted(run_dir.parent.glob(f"*-seed{seed}")):
-        if not (sibling / HELDOUT_BEFORE).is_file() or not (sibling / "config.yaml").is_file():
-            continue
-        saved = resolved_config(*parse_args(["--resume", str(sibling)]))
-        if all(saved.get(k) == asked.get(k) for k in saved.keys() | asked.keys() if not k.startswith("credit")):
+        if (sibling / HELDOUT_BEFORE).is_file() and (sibling / "config.yaml").is_file():
             run_dir.mkdir(parents=True, exist_ok=True)
             save_heldout_before(run_dir, json.loads((sibling / HELDOUT_BEFORE).read_text()))
             print(f"{run_dir.name}: held-out accuracy before training taken from {sibling.name} (same warm start, "
@@ -206,9 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
     train_args, _ = parse_args(rest)  # validates the shared flags once, before any run starts
     out = Path(known.output_dir or Path(train_args.runs_dir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     summaries: dict[str, list[dict]] = {c: [] for c in credits}
-    _check_folder(out, rest)
+    checked = _check_folder(out, rest)
     try:
-        _run_all(out, seeds, credits, rest, summaries)
+        _run_all(out, seeds, credits, rest, summaries, checked)
     except Interrupted:
         raise Interrupted(f"interrupted; to continue, run the same command with --output_dir {shlex.quote(str(out))}: "
                           "finished runs are reused and the interrupted one resumes") from None
@@ -222,8 +220,10 @@ def main(argv: list[str] | None = None) -> dict:
     return table
 
 
-def _run_all(out: Path, seeds: list[int], credits: list[str], rest: list[str], summaries: dict) -> None:
-    """Train (or reuse) every (credit, seed) run under ``out``, appending each summary to ``summaries``."""
+def _run_all(out: Path, seeds: list[int], credits: list[str], rest: list[str], summaries: dict,
+             checked: dict[Path, tuple]) -> None:
+    """Train (or reuse) every (credit, seed) run under ``out``, appending each summary to ``summaries``;
+    ``checked``: the runs already there, as ``_check_folder`` returns them."""
     from .train import heldout_curve, parse_args, run_train
 
     with removed_on_failure(out, keep=lambda: any(p.is_dir() for p in out.iterdir())):
@@ -231,10 +231,9 @@ def _run_all(out: Path, seeds: list[int], credits: list[str], rest: list[str], s
             for credit in credits:
                 run_dir = out / f"{credit}-seed{seed}"
                 flags = [*rest, "--credit", credit, "--seed", str(seed), "--output_dir", str(run_dir)]
-                # a run of an earlier call is reused or finished
-                resumed = (run_dir / "config.yaml").exists() and _resumed_args(run_dir, flags)
+                resumed = checked.get(run_dir)  # a run of an earlier call is reused or finished
                 if not resumed:
-                    _share_heldout_before(run_dir, flags)
+                    _share_heldout_before(run_dir, seed)
                 summary = run_train(*(resumed or parse_args(flags)))
                 if "heldout_curve" not in summary:  # runs written before summaries kept it
                     summary["heldout_curve"] = heldout_curve(run_dir)
