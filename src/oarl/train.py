@@ -698,13 +698,16 @@ class WallClock:
 
 
 def _last_complete_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint that was written to the end (TRL writes trainer_state.json last); a checkpoint that
-    a killed run left half-written is removed, so that nothing picks it up later."""
+    """The newest checkpoint that was written to the end (TRL writes trainer_state.json last, so a complete one has
+    that file, whole); a checkpoint that a killed run left half-written is removed, so that nothing picks it up
+    later."""
     checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for path in checkpoints:
-        if (path / "trainer_state.json").is_file():
+        try:
+            json.loads((path / "trainer_state.json").read_text())
             return path
-        shutil.rmtree(path)
+        except (OSError, ValueError):  # missing, or cut while being written (a Ctrl-C at that instant)
+            shutil.rmtree(path)
     return None
 
 
