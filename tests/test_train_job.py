@@ -113,7 +113,13 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, env, tiny
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 600
-    while not (cut / "checkpoint-5" / "trainer_state.json").exists():
+    def checkpoint_written(path):  # trainer_state.json is written last, and whole (a Ctrl-C while it is being
+        try:  # written leaves a checkpoint that resume rightly drops: test_resume_skips_a_half_written_checkpoint)
+            return bool(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return False
+
+    while not checkpoint_written(cut / "checkpoint-5" / "trainer_state.json"):
         assert proc.poll() is None, f"run ended before it could be interrupted: {proc.stderr.read()[-3000:]}"
         assert time.time() < deadline, "no checkpoint-5 within 10 minutes"
         time.sleep(0.05)
@@ -374,10 +380,12 @@ def test_compare_trains_further_with_a_larger_max_steps(tmp_path, env):
     a smaller one is refused, naming the setting."""
     out = tmp_path / "cmp"
 
-    def compare(steps):
+    def compare(steps):  # None: no --max_steps, the job's default
+        i = SHORT.index("--max_steps")
+        steps_flags = [] if steps is None else ["--max_steps", str(steps)]
         return subprocess.run([sys.executable, "-m", "oarl.cli", "compare", "--credits", "none", "--output_dir",
-                               str(out), *SHORT, "--eval_size", "2", "--save_steps", "1", "--max_steps", str(steps)],
-                              env=env, capture_output=True, text=True, timeout=900)
+                               str(out), *SHORT[:i], *SHORT[i + 2:], "--eval_size", "2", "--save_steps", "1",
+                               *steps_flags], env=env, capture_output=True, text=True, timeout=900)
 
     assert compare(1).returncode == 0
     proc = compare(2)
@@ -389,6 +397,9 @@ def test_compare_trains_further_with_a_larger_max_steps(tmp_path, env):
     assert json.loads((out / "compare.json").read_text())["runs"]["none"][0]["steps"] == 2
     proc = compare(1)
     assert proc.returncode == 2 and "(max_steps: 2 there, 1 now)" in proc.stderr, proc.stderr
+    # leaving --max_steps out asks for the job's default (40 here): refused, not a silent extension
+    proc = compare(None)
+    assert proc.returncode == 2 and "(max_steps: 2 there, 40 now)" in proc.stderr, proc.stderr
 
 
 def test_help_gives_the_jobs_defaults(capsys):
@@ -415,12 +426,12 @@ def test_help_gives_the_jobs_defaults(capsys):
 def test_resume_skips_a_half_written_checkpoint(tmp_path):
     from oarl.train import _last_complete_checkpoint
 
-    for step, complete in ((2, True), (10, True), (11, False)):
+    for step, state in ((2, "{}"), (10, "{}"), (11, None), (12, ""), (13, '{"global_step": 1')):
         (tmp_path / f"checkpoint-{step}").mkdir()
-        if complete:
-            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+        if state is not None:  # "" and a cut JSON: interrupted while trainer_state.json was being written
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
     assert _last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
-    assert not (tmp_path / "checkpoint-11").exists()
+    assert not any((tmp_path / f"checkpoint-{step}").exists() for step in (11, 12, 13))
     assert _last_complete_checkpoint(tmp_path / "nothing-here") is None
 
 

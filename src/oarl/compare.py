@@ -127,15 +127,17 @@ class _Parser(RaisingParserMixin, argparse.ArgumentParser):
 
 def _resumed_args(run_dir: Path, flags: list[str]):
     """(TrainArgs, OARConfig) that resume a run directory an earlier ``oarl compare`` left (complete or
-    interrupted), if it was trained with the settings ``flags`` ask for, or with fewer ``max_steps`` and otherwise
-    the same (then it trains further to the new ``max_steps``); else UsageError naming the first differing
+    interrupted), if it was trained with the settings ``flags`` ask for, or with fewer ``max_steps`` than a
+    ``--max_steps`` in ``flags`` and otherwise the same (then it trains further to that); else UsageError naming the first differing
     settings."""
     from .train import parse_args, resolved_config
 
     resumed = parse_args(["--resume", str(run_dir)])
     saved, asked = resolved_config(*resumed), resolved_config(*parse_args(flags))
     differ = [k for k in sorted(saved.keys() | asked.keys()) if saved.get(k) != asked.get(k)]
-    if differ == ["max_steps"] and 0 < saved["max_steps"] < asked["max_steps"]:
+    # only a --max_steps given now extends a run (not the job's default when a comparison set its own)
+    asked_steps = any(f.split("=")[0] in ("--max_steps", "--max-steps") for f in flags)
+    if differ == ["max_steps"] and asked_steps and 0 < saved["max_steps"] < asked["max_steps"]:
         return parse_args(["--resume", str(run_dir), "--max_steps", str(asked["max_steps"])])
     if differ:
         shown = ", ".join(f"{k}: {saved.get(k)!r} there, {asked.get(k)!r} now" for k in differ[:3])
