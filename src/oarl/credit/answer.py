@@ -1,35 +1,63 @@
 """Find a completion's own final answer in its text.
 
 Pure string code (no torch): shared by the credit segmentation (which maps the character spans to token
-masks) and by the rewards and the evaluation (which verify the answer text). The rules are those of the
-graders of MATH (last boxed answer) and GSM8K (``####``), extended to how chat models end a solution:
+masks) and by the rewards, the evaluation and maj@n voting (which verify the answer text). The rules are
+those of the graders of MATH (last boxed answer) and GSM8K (``####``), extended to how chat and reasoning
+models end a solution:
 
-1. **A boxed answer decides.** When the text holds a boxed answer, the last one is the final answer:
-   ``\\boxed{ANSWER}`` or ``\\fbox{ANSWER}`` (nested braces), or ``\\boxed ANSWER`` without braces (read as
-   MATH's graders read it: the expression after it). A sentence after the box ("This answer is consistent
-   with ...") changes nothing. An empty ``\\boxed{}`` (an echoed instruction) is no answer statement; a
-   last ``\\boxed{`` that is never closed (a cut completion) gives no answer.
+0. **An ``<answer>...</answer>`` tag decides** (R1-Zero, TinyZero, open-r1: ``<think> ... </think>
+   <answer> 3720 </answer>``): the last one holds the final answer, read by the rules below inside it (a
+   box, a phrase, else its expression or sentence, else its whole text: ``<answer>Tuesday</answer>``). A
+   last ``<answer>`` never closed (a cut completion) gives no answer; an empty one is no statement.
+1. **Otherwise a boxed answer decides.** When the text holds a boxed answer, the last one is the final
+   answer: ``\\boxed{ANSWER}`` or ``\\fbox{ANSWER}`` (nested braces), or ``\\boxed ANSWER`` without braces
+   (read as MATH's graders read it: the expression after it). A sentence after the box ("This answer is
+   consistent with ...") changes nothing. An empty ``\\boxed{}`` (an echoed instruction) is no answer
+   statement; a last ``\\boxed{`` that is never closed (a cut completion) gives no answer.
+   *One answer in several boxes*: boxes separated only by a comma, a semicolon, "and" or "or" (with math
+   delimiters, spaces and the next part's ``x =`` around them) are one answer, a list of their contents:
+   ``The roots are \\(\\boxed{2}\\), \\(\\boxed{4}\\), and \\(\\boxed{9}\\).`` -> ``2, 4, 9``;
+   ``$x = \\boxed{2}$ or $x = \\boxed{4}$`` -> ``2, 4``. Any other text between two boxes (a word, a sentence
+   end: ``\\boxed{5}. Wait, ... \\boxed{7}``, ``... is \\boxed{12} and the perimeter is \\boxed{14}``) makes the
+   later box replace the earlier one.
+   *An option letter after the box*: a phrase statement after the last box whose answer is a lone option
+   letter (``... = \\boxed{12}, which is choice (B).\\n\\nAnswer: B``) is the final answer, the box having
+   held the value the letter was chosen by.
 2. **Otherwise the last phrase statement decides:**
 
        #### ANSWER                          GSM8K
        The (final) answer is ANSWER         also "The correct answer is", "My answer is", "Final answer:",
        Answer: ANSWER                       and "Answer:" at the start of a line or sentence
+       The answers are ANSWER               also "The solutions / roots / zeros are"
 
    A phrase must start a sentence's subject ("This answer is ..." is not a statement).
-3. **The answer is the mathematical expression that starts the statement**, not the rest of the sentence:
-   ``The answer is 72 clips, altogether.`` -> ``72``; ``#### 72, since 48+24=72`` -> ``72``. Markdown
-   emphasis (``**73**``, ``**The answer is 18.**``), a currency sign and filler words ("therefore") before
-   it are skipped. The expression is a ``$...$`` / ``\\(...\\)`` / ``\\[...\\]`` / ``$$...$$`` formula, or
-   plain text made of numbers (``1,000``, ``3.5``, ``1.5e3``), operators, brackets (``(1, 2]``), LaTeX
-   commands with their arguments, single-letter variables, and expressions joined by commas, "and" or "or"
-   (``2, 3 and 5``: a list stays a list, a hedge ``5 or 6`` is not read as ``5``). It ends at a word, a
-   clause, a sentence end or the line end; an ``x`` between numbers is "times" (``25 x 4``). An answer on
-   the lines after the lead-in ("The answer is:\\n\\n72") is a display formula or stands alone on its line
-   (not the "1." of a list). A phrase whose text is not mathematical ("The answer is reasonable") is not a
-   statement; a ``####`` line that holds no expression is taken whole.
+3. **The answer is the mathematical expression that starts the statement** (``oarl.credit.expression``),
+   not the rest of the sentence: ``The answer is 72 clips, altogether.`` -> ``72``; ``#### 72, since
+   48+24=72`` -> ``72``. Markdown emphasis (``**73**``, ``**The answer is 18.**``), a currency sign and
+   filler words ("therefore") before it are skipped. The expression is a ``$...$`` / ``\\(...\\)`` /
+   ``\\[...\\]`` / ``$$...$$`` formula, or plain text made of numbers (``1,000``, ``2 500 000``, ``3.5``,
+   ``1.5e3``, ``3.2 million``), operators, brackets (``(1, 2]``), LaTeX commands with their arguments,
+   single-letter variables, and expressions joined by commas, "and" or "or" (``2, 3 and 5``: a list stays a
+   list, a hedge ``5 or 6`` is not read as ``5``; an open list keeps its ellipsis: ``2, 4, 6, ...``), or a
+   small number in words that ends the sentence (``The answer is seven.``). It ends at a word, a clause, a
+   sentence end or the line end; an ``x`` between numbers is "times" (``25 x 4``). An answer on the lines
+   after the lead-in ("The answer is:\\n\\n72") is a display formula or stands alone on its line (not the
+   "1." of a list). A phrase whose text is not mathematical ("The answer is reasonable") is not a statement;
+   a ``####`` line that holds no expression is taken whole.
+4. **Formulas joined by commas, "and" or "or" are one answer**: ``The answer is $x=-1$ or $x=4$.`` ->
+   ``x=-1, x=4`` (not ``x=-1``); ``The solutions are $y = 1$ and $y = 5$.`` -> ``y = 1, y = 5``.
+5. **A sentence after "Answer:"**: when the text after a lead-in that ends with a colon (``Final Answer:``,
+   ``Answer:``), after ``####`` or inside ``<answer>`` starts with words, the answer is the expression after
+   the first "is" / "are" / "was" / "equals" / "=" of that sentence: ``Final Answer: The smallest $k$ is
+   12.`` -> ``12``; ``Final Answer: The area of $PQRS$ is 48. I hope it is correct.`` -> ``48``.
 
-Each scan is bounded (``MAX_EXPRESSION_CHARS``, ``MAX_FORMULA_CHARS``) and the statements are tried from the
-end, so a degenerate completion (a repetition loop) costs about as much as a normal one.
+A multi-part answer's text is its parts joined by ", " (a list, as the verifier reads it), and its span
+[answer_start, answer_end) runs from the first part to the last, the joiners between them included: the
+credit's answer mask is one run of tokens that covers every part.
+
+Each scan is bounded (``MAX_EXPRESSION_CHARS``, ``MAX_FORMULA_CHARS``, ``MAX_SENTENCE_CHARS``, ``MAX_PARTS``)
+and the statements are tried from the end, so a degenerate completion (a repetition loop) costs about as
+much as a normal one.
 
 ``find_final_answer`` returns the spans of the statement (for the credit's masks) or None; a completion
 without a statement is unparsable for its caller.
@@ -40,360 +68,187 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .expression import formula_at, leading_expression, line_end, match_brace, skip_spaces, strip_span
+
 
 @dataclass(frozen=True)
 class FinalAnswer:
     """Character spans in the completion text: [statement_start, answer_start) is the conclusion
-    (lead-in such as ``The answer is `` or ``\\boxed{``), [answer_start, answer_end) the answer itself."""
+    (lead-in such as ``The answer is `` or ``\\boxed{``), [answer_start, answer_end) the answer itself (for a
+    multi-part answer, from its first part to its last; ``text`` is then the parts joined by ", ")."""
 
     text: str
     statement_start: int
     answer_start: int
     answer_end: int
-    style: str  # "boxed" | "hash" | "phrase"
+    style: str  # "tag" | "boxed" | "hash" | "phrase"
 
 
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _HASH = re.compile(r"####[ \t]*")
+_TAG_OPEN, _TAG_CLOSE = "<answer>", "</answer>"
 # "The answer is", "the final answer:", "My answer is", "**Final Answer**:", "Answer:" at a line or sentence
-# start; not "This answer is" nor "I answered:".
+# start, "The answers are", "The solutions are"; not "This answer is" nor "I answered:".
+_LEAD_WORDS = ("answer", "solution", "root", "zero")
 _PHRASE = re.compile(
-    r"(?:(?<![A-Za-z])(?:the|my|our)\s+(?:(?:final|correct)\s+)?answer"
-    r"|(?<![A-Za-z])final\s+answer"
-    r"|(?:^|(?<=[\n#*>_])|(?<=[.!?:;] ))[ \t]*answer)"
-    r"(?:\*\*|__)?[ \t]*(?:is\b[ \t]*[:=]?|[:=])",
+    r"(?:(?<![A-Za-z])(?:the|my|our)\s+(?:(?:final|correct)\s+)?(?:answers?|solutions|roots|zeros)"
+    r"|(?<![A-Za-z])final\s+answers?"
+    r"|(?:^|(?<=[\n#*>_])|(?<=[.!?:;] ))[ \t]*answers?)"
+    r"(?:\*\*|__)?[ \t]*(?:(?:is|are)\b[ \t]*[:=]?|[:=])",
     re.IGNORECASE,
 )
 # A phrase lead-in right before a box belongs to the boxed statement ("The answer is $\boxed{5}$").
 _PHRASE_BEFORE_BOX = re.compile(
-    r"(?:(?:the|my|our)\s+)?(?:(?:final|correct)\s+)?answer(?:\*\*|__)?\s*(?:is\s*[:=]?|[:=])?[ \t]*(?:\*\*|__)?"
-    r"[ \t]*(?:\$\$?|\\\[|\\\()?\s*$",
+    r"(?:(?:the|my|our)\s+)?(?:(?:final|correct)\s+)?(?:answers?|solutions|roots|zeros)(?:\*\*|__)?\s*"
+    r"(?:(?:is|are)\s*[:=]?|[:=])?[ \t]*(?:\*\*|__)?[ \t]*(?:\$\$?|\\\[|\\\()?\s*$",
     re.IGNORECASE,
 )
-_BOX_LEAD_WINDOW = 80  # characters before a box searched for its phrase lead-in
-MAX_EXPRESSION_CHARS = 400  # a plain-text answer is never longer; bounds the cost of degenerate completions
-MAX_FORMULA_CHARS = 4000  # nor is a $...$ / \[...\] answer
-
-# --- the leading mathematical expression of a statement ---------------------------------------------------
-_SKIP = re.compile(r"(?:[ \t]+|\n|\*\*?|__|(?:therefore|thus|hence|simply|just|exactly|clearly)\b,?|[:=](?!=))",
-                   re.IGNORECASE)
-_LINE_TAIL = re.compile(r"[\s.*_$]*")  # what may follow an answer on its own line: a period, emphasis, a "$"
-_CURRENCY = re.compile(r"(?:\\\$|\$)(?=[ \t]*[-+]?[\d.])")  # "$18", "\$1,000": a currency sign, not a formula
-_FORMULAS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
-_NUMBER = re.compile(r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?|\.\d+")
-_EXPONENT = re.compile(r"[eE][-+]?\d+(?![A-Za-z\d])")
-_MIXED_FRACTION = re.compile(r"\d+/\d+(?!\d|\.\d)")  # "1/4" of the mixed number "1 1/4"
-_COMMAND = re.compile(r"\\(?:[A-Za-z]+|[,;:! ])")
-_WORD = re.compile(r"[A-Za-z]+")
-_MATH_WORDS = {"pi", "sqrt", "infinity", "inf", "infty", "mod"}
-_JOINERS = {"and", "or"}
-# LaTeX commands after which an operand is expected (an operator or spacing), and spacing that changes nothing
-_LATEX_OPERATORS = {
-    "\\times", "\\cdot", "\\div", "\\pm", "\\mp", "\\le", "\\leq", "\\ge", "\\geq", "\\ne", "\\neq", "\\approx",
-    "\\to", "\\in", "\\cup", "\\cap", "\\setminus", "\\left", "\\right", "\\quad", "\\qquad", "\\,", "\\;",
-    "\\:", "\\!", "\\ ", "\\frac", "\\dfrac", "\\tfrac", "\\sqrt",
-}
-_OPERATORS = set("+-*/^_=<>|×÷·±∓−≤≥≠≈√")
-_POSTFIX = set("!%°'′")
-_CONSTANTS = set("π∞")
-_OPEN, _CLOSE = "([{", ")]}"
-
-
-def match_brace(text: str, open_idx: int, end: int | None = None) -> int | None:
-    """Index of the '}' closing the '{' at open_idx, or None if it is not closed before ``end``."""
-    depth = 0
-    i = open_idx
-    n = len(text) if end is None else end
-    while i < n:
-        c = text[i]
-        if c == "\\" and i + 1 < n:  # an escaped brace \{ or \} does not count
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return None
-
-
-def _strip_span(text: str, start: int, end: int, chars: str = "") -> tuple[int, int]:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and (text[end - 1].isspace() or text[end - 1] in chars):
-        end -= 1
-    return start, end
-
-
-def _skip_spaces(text: str, i: int, end: int) -> int:
-    while i < end and text[i] in " \t":
-        i += 1
-    return i
-
-
-def _starts_expression(text: str, i: int, end: int, look_past_joiner: bool = True) -> bool:
-    """Does an operand start at i (a number, a command, a bracket, a formula, a variable that is no word)?"""
-    if i >= end:
-        return False
-    c = text[i]
-    if c.isdigit() or c in "\\$(['" or c in _CONSTANTS or c == "√":
-        return True
-    if c in "+-−" and i + 1 < end and (text[i + 1].isdigit() or text[i + 1] == "\\"):
-        return True
-    word = _WORD.match(text, i, end)
-    if word is None:
-        return c == "." and i + 1 < end and text[i + 1].isdigit()
-    if word.group(0).lower() in _MATH_WORDS:
-        return True
-    return len(word.group(0)) == 1 and not _word_follows(text, word.end(), end, look_past_joiner)
-
-
-def _word_follows(text: str, i: int, end: int, look_past_joiner: bool = True) -> bool:
-    """Is the next thing after i (past spaces) an English word, i.e. was the letter before it a word too?"""
-    j = _skip_spaces(text, i, end)
-    if j == i or j >= end:
-        return False
-    word = _WORD.match(text, j, end)
-    if word is None:
-        return False
-    if word.group(0).lower() in _JOINERS:  # "x and y": look one word further, no more (a loop of "a and a
-        # and ..." in a degenerate completion must not recurse)
-        return not (look_past_joiner and _starts_expression(text, _skip_spaces(text, word.end(), end), end, False))
-    return word.group(0).lower() not in _MATH_WORDS
-
-
-def _formula(text: str, i: int, end: int) -> tuple[int, int] | None:
-    """(content start, closing position) of a formula opening at i, the closing -1 if it is never closed;
-    None if no formula opens at i."""
-    for opening, closing in _FORMULAS:
-        if text.startswith(opening, i):
-            start = i + len(opening)
-            # an inline formula ends on its line; a display one may span lines
-            stop = text.find("\n", start, end) if opening in ("$", "\\(") else -1
-            close = start
-            while True:
-                close = text.find(closing, close, end if stop < 0 else stop)
-                if close < 0 or text[close - 1] != "\\":
-                    return start, close
-                close += 1  # an escaped \$ inside the formula
-    return None
-
-
-def _plain_expression_end(text: str, i: int, end: int) -> int:
-    """End of the expression that starts at i (i itself if none): see rule 3 of the module docstring."""
-    j = last = i
-    depth = 0
-    prev = None  # kind of the last token: "operand" | "operator" | None (start)
-    integer_operand = False  # the last operand is a bare integer (the whole part of a mixed number)
-    while j < end:
-        if depth > 0:  # inside brackets everything belongs to the expression, up to the line end
-            c = text[j]
-            if c == "\n":
-                return last
-            if c == "\\":  # \{ and \} count as brackets, any other escaped character does not
-                depth += text.startswith("\\{", j)
-                depth -= text.startswith("\\}", j)
-                j += 2
-                if depth == 0:
-                    last, prev, integer_operand = j, "operand", False
-                continue
-            depth += c in _OPEN
-            depth -= c in _CLOSE
-            j += 1
-            if depth == 0:
-                last, prev, integer_operand = j, "operand", False
-            continue
-        k = _skip_spaces(text, j, end)
-        spaced = k > j
-        if k >= end:
+_BOX_LEAD_WINDOW = 80  # characters before a box searched for its phrase lead-in; the longest gap between joined boxes
+# What may stand between two boxes of one answer (rule 1): closing and opening delimiters, a comma, semicolon,
+# "and" or "or" (at least one of them), and the next part's "x =": "$\boxed{2}$, and $x = \boxed{4}$".
+_DELIMITERS = r"(?:\s|\$|\\[()\[\]]|\\q?quad(?![A-Za-z])|\\[,;: ]|\*\*)*"
+_JOIN_WORD = r"(?:\\text\{\s*(?:and|or)\s*\}|(?:and|or)(?![A-Za-z]))"
+_BOX_JOINER = re.compile(
+    _DELIMITERS + r"(?:[,;]" + _DELIMITERS + r"(?:" + _JOIN_WORD + _DELIMITERS + r")?|" + _JOIN_WORD + _DELIMITERS + r")"
+    + r"(?:[A-Za-z](?:_\{?\w{1,3}\}?)?\s*=" + _DELIMITERS + r")?",
+    re.IGNORECASE,
+)
+_FORMULA_JOINER = re.compile(r"[ \t]*(?:,[ \t]*(?:(?:and|or)[ \t]+)?|(?:and|or)[ \t]+)", re.IGNORECASE)
+_VERB = re.compile(r"[ \t](?:is|are|was|were|equals)(?=[ \t])|[ \t]*=(?!=)", re.IGNORECASE)
+_OPTION_LETTER = re.compile(r"\(?[A-J]\)?")  # "B", "(B)": the letter of a multiple-choice option
+MAX_PARTS = 16  # parts of one answer (boxes or formulas joined by "and", "or", commas)
+MAX_SENTENCE_CHARS = 200  # the sentence searched for "... is ANSWER" (rule 5)
+def _answer_parts(text: str, start: int, end: int, sentence: bool = False) -> list[tuple[int, int]] | None:
+    """The spans of the answer that starts text[start:end]: its leading expression, then every formula joined to
+    it by commas, "and" or "or" (``$x=-1$ or $x=4$``: rule 4); with ``sentence``, the expression after the
+    verb of a short sentence when none starts it (``The smallest $k$ is 12.``: rule 5). None if there is none."""
+    span = leading_expression(text, start, end)
+    if span is None:
+        return _sentence_answer(text, start, end) if sentence else None
+    parts, after = [span[:2]], span[2]
+    while span[2] > span[1] and len(parts) < MAX_PARTS:  # the last part was a formula: another may follow
+        joiner = _FORMULA_JOINER.match(text, after, end)
+        formula = formula_at(text, joiner.end(), end) if joiner and joiner.end() > after else None
+        if formula is None or formula[1] < 0:
             break
+        span = leading_expression(text, joiner.end(), end)
+        if span is None:
+            break
+        parts.append(span[:2])
+        after = span[2]
+    return parts
+
+
+def _sentence_answer(text: str, start: int, end: int) -> list[tuple[int, int]] | None:
+    """The answer after the first "is" / "are" / "equals" / "=" of the sentence text[start:...] (rule 5)."""
+    stop = min(line_end(text, start, end), start + MAX_SENTENCE_CHARS)
+    k = start
+    while k < stop:
+        formula = formula_at(text, k, stop)
+        if formula is not None:  # "$k$" in the subject: skipped whole
+            if formula[2] < 0:
+                return None
+            k = formula[2]
+            continue
         c = text[k]
-        number = _NUMBER.match(text, k, end)
-        if number:
-            if spaced and prev == "operand":
-                # only the fraction of a mixed number ("1 1/4") may follow an operand after a space
-                if not (integer_operand and _MIXED_FRACTION.match(text, k, end)):
-                    break
-                j = last = _MIXED_FRACTION.match(text, k, end).end()
-                prev, integer_operand = "operand", False
-                continue
-            j = number.end()
-            exponent = _EXPONENT.match(text, j, end)
-            if exponent:
-                j = exponent.end()
-            integer_operand = exponent is None and prev != "operand" and number.group(0).replace(",", "").isdigit()
-            last, prev = j, "operand"
+        if c in "!?" or c == "." and (k + 1 >= stop or text[k + 1].isspace()):
+            return None  # the sentence ended without an answer
+        verb = _VERB.match(text, k, stop)
+        if verb is not None:
+            parts = _answer_parts(text, verb.end(), end)
+            if parts is not None:
+                return parts
+            k = verb.end()
             continue
-        integer_operand = False
-        if prev == "operator" and (currency := _CURRENCY.match(text, k, end)):  # "2 * $800 = $1600"
-            j = currency.end()
-            continue
-        if text.startswith("\\{", k):  # a set \{1, 2\}
-            if spaced and prev == "operand":
-                break
-            depth, j = 1, k + 2
-            continue
-        if text.startswith("\\begin{", k):  # an environment (matrix): up to its \end
-            close = match_brace(text, k + 6, end)
-            stop = -1 if close is None else text.find("\\end" + text[k + 6 : close + 1], close, end)
-            if stop < 0 or (spaced and prev == "operand"):
-                break
-            j = last = stop + len("\\end") + close + 1 - (k + 6)
-            prev = "operand"
-            continue
-        if c == "\\":
-            command = _COMMAND.match(text, k, end)
-            if command is None:
-                break
-            name = command.group(0)
-            if name in ("\\boxed", "\\fbox", "\\end") and prev is not None:
-                break
-            j = command.end()
-            while j < end and text[j] == "{":  # the command's arguments
-                close = match_brace(text, j, end)
-                if close is None:
-                    return last
-                j = close + 1
-            if name in _LATEX_OPERATORS and j == command.end():
-                prev = "operator" if name not in ("\\,", "\\;", "\\:", "\\!", "\\ ", "\\quad", "\\qquad") else prev
-            else:
-                last, prev = j, "operand"
-            continue
-        if c in _OPEN:
-            if spaced and prev == "operand":
-                break  # "42 (in dollars)"
-            depth, j = 1, k + 1
-            continue
-        word = _WORD.match(text, k, end)
-        if word:
-            lower = word.group(0).lower()
-            if lower in _JOINERS and spaced and prev == "operand":
-                nxt = _skip_spaces(text, word.end(), end)
-                if _starts_expression(text, nxt, end):
-                    j, prev = nxt, "operator"
-                    continue
-                break
-            if lower == "x" and spaced and prev == "operand" and _NUMBER.match(text, _skip_spaces(text, word.end(), end), end):
-                j, prev = word.end(), "operator"  # "25 x 100": times
-                continue
-            attached = not spaced and prev == "operand"  # "2x", "5cm", "12th"
-            variable = len(lower) == 1 and prev != "operand" and not _word_follows(text, word.end(), end)
-            if attached or variable or lower in _MATH_WORDS:
-                j = last = word.end()
-                prev = "operand"
-                continue
-            break
-        if c in ",;":
-            nxt = _skip_spaces(text, k + 1, end)
-            joiner = _WORD.match(text, nxt, end)
-            if joiner and joiner.group(0).lower() in _JOINERS:  # "2, 3, and 5"
-                nxt = _skip_spaces(text, joiner.end(), end)
-            if prev == "operand" and _starts_expression(text, nxt, end):
-                j, prev = nxt, "operator"
-                continue
-            break
-        if c == "*":
-            if text.startswith("**", k) or prev != "operand":
-                break  # emphasis
-            nxt = _skip_spaces(text, k + 1, end)
-            if not _starts_expression(text, nxt, end):
-                break
-            j, prev = nxt, "operator"
-            continue
-        if c == "!" and (k + 1 >= end or text[k + 1].isspace() or text[k + 1] in "*_\"'"):
-            break  # "The answer is 72!" is an exclamation, "5!/3!" a factorial
-        if c in _POSTFIX and prev == "operand" and not spaced or c == "%" and prev == "operand":
-            j = last = k + 1
-            continue
-        if c in _CONSTANTS:
-            j = last = k + 1
-            prev = "operand"
-            continue
-        if c == ":" and prev == "operand" and not spaced and k + 1 < end and text[k + 1].isdigit():  # a ratio 3:2
-            j, prev = k + 1, "operator"
-            continue
-        if c in _OPERATORS:
-            j, prev = k + 1, "operator"
-            continue
-        break  # ".", "?", "$", "\n", a closing bracket with no opening one, ...
-    return last
+        k += 1
+    return None
 
 
-def leading_expression(text: str, start: int, end: int | None = None) -> tuple[int, int] | None:
-    """Span [a, b) of the mathematical expression that starts the statement text[start:end] (rule 3 of the
-    module docstring), or None when the statement does not start with one."""
-    end = min(len(text) if end is None else end, start + MAX_FORMULA_CHARS)
-    i = start
-    while True:  # skip emphasis, spaces, a colon, filler words
-        m = _SKIP.match(text, i, end)
-        if m is None or m.end() == i:
-            break
-        i = m.end()
-    if "\n" in text[start:i]:  # "The answer is:\n\n72": a display formula, or alone on its line (not a list's "1.")
-        if text.startswith(("$$", "\\["), i):
-            return leading_expression(text, i, end)
-        line_end = _line_end(text, i)
-        span = leading_expression(text, i, line_end)
-        return span if span is not None and _LINE_TAIL.fullmatch(text, span[1], line_end) else None
-    currency = _CURRENCY.match(text, i, end)
-    if currency:
-        i = _skip_spaces(text, currency.end(), end)
-    elif (formula := _formula(text, i, end)) is not None:
-        start, close = formula
-        if close >= 0:
-            a, b = _strip_span(text, start, close, ".,;")
-            return (a, b) if b > a else None
-        i = start  # never closed: read on as plain text
-    b = _plain_expression_end(text, i, min(end, i + MAX_EXPRESSION_CHARS))
-    return (i, b) if b > i else None
+def _statement(text: str, stmt: int, parts: list[tuple[int, int]], style: str) -> FinalAnswer:
+    return FinalAnswer(", ".join(text[a:b] for a, b in parts), stmt, parts[0][0], parts[-1][1], style)
 
 
-def _line_end(text: str, i: int) -> int:
-    nl = text.find("\n", i)
-    return len(text) if nl < 0 else nl
+def _box_at(text: str, m: re.Match, end: int) -> tuple[int, int, int] | None:
+    """(a, b, after) of the answer in the box at m (a == b for an empty one); None if it was cut."""
+    i = skip_spaces(text, m.end(), end)
+    if i < end and text[i] == "{":
+        close = match_brace(text, i, end)
+        if close is None:
+            return None  # cut inside the box
+        return (*strip_span(text, i + 1, close), close + 1)
+    if not text[i:end].strip():
+        return None  # cut right after "\boxed"
+    span = leading_expression(text, i, line_end(text, i, end))  # "\boxed 5": the expression after it
+    return span if span else (i, i, i)
 
 
-def _last_box(text: str) -> FinalAnswer | None | bool:
-    """The last non-empty boxed answer; None if the last box is never closed; False if there is no box."""
-    for m in reversed(list(_BOX.finditer(text))):
-        i = _skip_spaces(text, m.end(), len(text))
-        stmt = m.start()
-        lead = _PHRASE_BEFORE_BOX.search(text, max(0, stmt - _BOX_LEAD_WINDOW), stmt)
+def _last_box(text: str, start: int = 0, end: int | None = None) -> FinalAnswer | None | bool:
+    """The last non-empty boxed answer in text[start:end] with the boxes joined to it (rule 1); None if the last
+    box is never closed; False if there is no box."""
+    end = len(text) if end is None else end
+    boxes = list(_BOX.finditer(text, start, end))
+    for n in range(len(boxes) - 1, -1, -1):
+        box = _box_at(text, boxes[n], end)
+        if box is None:
+            return None
+        if box[1] == box[0]:
+            continue  # an empty \boxed{} (an echoed instruction)
+        parts, first = [box[:2]], n
+        while first > 0 and len(parts) < MAX_PARTS:  # earlier boxes joined to it: one answer in several boxes
+            earlier = _box_at(text, boxes[first - 1], end)
+            gap = (earlier[2], boxes[first].start()) if earlier and earlier[1] > earlier[0] else None
+            if gap is None or gap[1] - gap[0] > _BOX_LEAD_WINDOW or not _BOX_JOINER.fullmatch(text, *gap):
+                break
+            parts.insert(0, earlier[:2])
+            first -= 1
+        stmt = boxes[first].start()
+        lead = _PHRASE_BEFORE_BOX.search(text, max(start, stmt - _BOX_LEAD_WINDOW), stmt)
         if lead is not None and lead.group(0).strip():
             stmt = lead.start()
-        if i < len(text) and text[i] == "{":
-            close = match_brace(text, i)
-            if close is None:
-                return None  # cut inside the box
-            a, b = _strip_span(text, i + 1, close)
-        elif not text[i:].strip():
-            return None  # cut right after "\boxed"
-        else:  # "\boxed 5": the expression after it
-            span = leading_expression(text, i, _line_end(text, i))
-            a, b = span if span else (i, i)
-        if b > a:
-            return FinalAnswer(text[a:b], stmt, a, b, "boxed")
+        return _statement(text, stmt, parts, "boxed")
     return False
 
 
-def _last_statement(text: str) -> FinalAnswer | None:
-    """The last #### or phrase statement (None if there is none or the last one is an empty ####). Tried from
-    the end, so that a long completion costs one or two scans, not one per statement."""
-    phrases = _PHRASE.finditer(text) if "answer" in text.lower() else ()  # the regex is the costly part
-    starts = [(m.start(), m, "hash") for m in _HASH.finditer(text)] + [(m.start(), m, "phrase") for m in phrases]
+def _last_statement(text: str, start: int = 0, end: int | None = None) -> FinalAnswer | None:
+    """The last #### or phrase statement in text[start:end] (None if there is none or the last one is an empty
+    ####). Tried from the end, so that a long completion costs one or two scans, not one per statement."""
+    end = len(text) if end is None else end
+    lower = text[start:end].lower()
+    phrases = _PHRASE.finditer(text, start, end) if any(w in lower for w in _LEAD_WORDS) else ()  # the costly part
+    starts = [(m.start(), m, "hash") for m in _HASH.finditer(text, start, end)] + [(m.start(), m, "phrase") for m in phrases]
     for _, m, style in sorted(starts, key=lambda x: x[0], reverse=True):
         if style == "hash":
-            line_end = _line_end(text, m.end())
-            a, b = leading_expression(text, m.end(), line_end) or _strip_span(text, m.end(), line_end, ".")
-            return FinalAnswer(text[a:b], m.start(), a, b, "hash") if b > a else None
+            eol = line_end(text, m.end(), end)
+            parts = _answer_parts(text, m.end(), eol, sentence=True) or [strip_span(text, m.end(), eol, ".")]
+            return _statement(text, m.start(), parts, "hash") if parts[0][1] > parts[0][0] else None
         stmt = m.start() + len(m.group(0)) - len(m.group(0).lstrip())
         # the statement runs to the line end, or beyond it when the answer starts on a following line
-        span = leading_expression(text, m.end(), len(text))
-        if span is not None and _BOX.match(text, span[0]) is None:
-            return FinalAnswer(text[span[0] : span[1]], stmt, span[0], span[1], "phrase")
+        parts = _answer_parts(text, m.end(), end, sentence=m.group(0).rstrip().endswith(":"))
+        if parts is not None and _BOX.match(text, parts[0][0]) is None:
+            return _statement(text, stmt, parts, "phrase")
     return None
+
+
+def _last_tag(text: str) -> FinalAnswer | None | bool:
+    """The answer in the last ``<answer>...</answer>`` (rule 0); None if that tag is never closed; False if there
+    is no tag or it is empty."""
+    opening = text.rfind(_TAG_OPEN)
+    if opening < 0:
+        return False
+    a = opening + len(_TAG_OPEN)
+    b = text.find(_TAG_CLOSE, a)
+    if b < 0:
+        return None  # cut inside the answer
+    inner = _last_box(text, a, b)
+    if inner is None:
+        return None  # a box cut inside the tag
+    if inner is False:
+        inner = _last_statement(text, a, b)
+    if inner is not None:
+        return FinalAnswer(inner.text, opening, inner.answer_start, inner.answer_end, "tag")
+    # the content itself: its expression (or sentence), else the whole content ("Tuesday")
+    parts = _answer_parts(text, a, b, sentence=True) or [strip_span(text, a, b, ".")]
+    return False if parts[0][1] == parts[0][0] else _statement(text, opening, parts, "tag")
 
 
 def find_final_answer(text: str) -> FinalAnswer | None:
@@ -401,8 +256,17 @@ def find_final_answer(text: str) -> FinalAnswer | None:
     it was cut."""
     if not text:
         return None
+    tagged = _last_tag(text)
+    if tagged is not False:
+        return tagged
     boxed = _last_box(text)
-    return _last_statement(text) if boxed is False else boxed
+    if boxed is False:
+        return _last_statement(text)
+    if boxed is not None:  # "... \boxed{12} ... Answer: B": an option letter stated after the box names the choice
+        later = _last_statement(text, boxed.answer_end)
+        if later is not None and _OPTION_LETTER.fullmatch(later.text):
+            return later
+    return boxed
 
 
 def extract_answer(text: str) -> str | None:
