@@ -1,21 +1,32 @@
 """Verifiable rewards for math: is the completion's own final answer equal to the gold answer?
 
-Two reward functions with TRL's signature (``f(completions, **columns) -> list[float | None]``):
+Reward functions with TRL's signature (``f(completions, **columns) -> list[float | None]``):
 
     accuracy(completions, answer)   1.0 if the final answer verifies against the gold ``answer`` column,
                                     0.0 if not (or if the completion has no final answer),
                                     None if the gold answer is missing (TRL treats None as unscorable)
     format(completions)             1.0 if the completion states a parsable final answer, else 0.0
+    think_format(completions)       1.0 if it is ``<think>...</think><answer>...</answer>`` (R1-Zero, TinyZero,
+                                    open-r1 recipes), else 0.0
 
 The final answer is found by ``oarl.credit.answer.extract_answer`` (the same parser the credit segmentation
-uses). Both it and the gold go through ``normalize_answer`` (one spelling for degrees, ordinals, scientific
-notation, mixed numbers, unicode operators), then are checked in two steps:
+uses). Both it and the gold go through ``oarl.notation.normalize_answer`` (one spelling for degrees,
+ordinals, scientific notation, mixed numbers, unicode operators, number words, ``-1i``, a qualifier after
+the answer), then are checked in steps:
 
-1. fast path, in this process: equal strings (up to spaces, ``$``, ``\\left``/``\\right``), or numbers
-   written as integers, decimals, fractions, mixed numbers or percentages (``1,000`` = ``1000.0``,
-   ``\\frac12`` = ``0.5``), decided exactly in rationals;
-2. math-verify ``parse`` + ``verify`` for everything else (LaTeX expressions, sets, intervals, matrices,
-   ...), with math-verify's number comparison replaced by an exact one (``oarl.mathverify_worker``).
+1. fast path, in this process (``oarl.notation.fast_verdict``): equal strings (up to spaces, ``$``,
+   ``\\left``/``\\right``), or numbers written as integers, decimals, fractions, mixed numbers, percentages
+   or with a scale word (``1,000`` = ``1000.0``, ``\\frac12`` = ``0.5``), decided exactly in rationals; and
+   the forms that must not be confused: an open list (``2, 4, 6, ...``) is not its first items, a list
+   (``45, 210``) is not a number, numbers with base subscripts compare by value (``1011_3`` is not
+   ``1011_2``);
+2. a multiple-choice option (``(B) 2,025``, ``C: The enzyme is inhibited``): against a gold letter the
+   letters decide, against another gold the option's text;
+3. math-verify ``parse`` + ``verify`` for everything else (LaTeX expressions, sets, intervals, matrices,
+   ...), with math-verify's number comparison replaced by an exact one (``oarl.mathverify_worker``);
+4. when math-verify says no and one side is a list while the other is one answer: the list is right only if
+   every item is that answer, restated (MATH's ``\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}``
+   against ``\\frac{639}{40}``); ``2, 4`` against ``2`` stays wrong.
 
 **Numbers.** Integers and rationals compare exactly (``10000000001`` is not ``10000000000``, ``2^{-98}``
 is not ``2^{-99}``). A tolerance applies only where a side is written as a decimal, which may be an
@@ -37,18 +48,15 @@ import json
 import logging
 import os
 import queue
-import re
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from oarl.credit.answer import extract_answer, match_brace
-from oarl.mathverify_worker import approximately_equal
+from oarl.credit.answer import extract_answer
+from oarl.notation import answer_key, as_number, canonical, fast_verdict, list_items, normalize_answer, option
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +65,7 @@ WORKER_START_TIMEOUT_S = 120.0  # importing sympy on a busy machine can take a w
 WORKER_RETRY_AFTER_S = 60.0  # after a failed worker start, use the fast path only for this long
 WORKER_MEMORY_LIMIT_BYTES = 4 * 1024**3  # address-space cap of the worker (POSIX), against runaway sympy
 
-__all__ = ["accuracy", "format", "verify", "is_correct", "normalize_gold", "normalize_answer", "gold_answers", "matches_gold",
+__all__ = ["accuracy", "format", "think_format", "verify", "is_correct", "normalize_gold", "normalize_answer", "gold_answers", "matches_gold",
            "completion_text", "answer_key", "group_by_value", "value_key", "shutdown_verifier"]
 
 
@@ -123,155 +131,6 @@ def completion_text(completion: Any) -> str:
         elif isinstance(content, list):
             parts.extend(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type", "text") == "text")
     return "".join(parts)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# notation: what both sides go through before any comparison
-
-_DEGREES = re.compile(r"(?<=[\d})])\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree\b)")
-_ORDINAL = re.compile(
-    r"(?<=\d)\s*(?:\^\s*\{?\s*(?:\\(?:text|mathrm|textrm)\s*\{\s*)?(?:st|nd|rd|th)\s*\}?\s*\}?"
-    r"|\\(?:text|mathrm|textsuperscript)\s*\{\s*(?:st|nd|rd|th)\s*\}|(?:st|nd|rd|th))\s*\.?\s*$"
-)
-_TIMES_X = re.compile(r"(?<=\d)\s+[xX]\s+(?=\d)")  # "25 x 4": times, as GSM8K-style text writes it
-_SCIENTIFIC = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([-+]?\d+)(?![\w.])")
-_MIXED = re.compile(r"^\s*([-+]?)(\d+)\s+(\d+)\s*/\s*(\d+)\s*$")  # "1 1/4", not "1/4"
-_BOLD = re.compile(r"\\(?:textbf|mathbf|boldsymbol|bm)\s*(?=\{)")
-_TEXT_NUMBER = re.compile(r"\\(?:text|textrm|mathrm)\s*\{\s*(\(?\s*[-+]?\d+(?:\.\d+)?\s*\)?)\s*\}")
-_PARENTHESISED_NUMBER = re.compile(r"^\(\s*([-+]?\d+(?:\.\d+)?)\s*\)$")  # AMC/AIME's "(073)"; not "(1,2)"
-_PLAIN_NUMBER = re.compile(r"\s*[-+]?\d[\d,]*(?:\.\d+)?\s*")  # nothing to normalise
-_SYMBOLS = {"−": "-", "×": "\\times ", "÷": "\\div ", "·": "\\cdot ", "π": "\\pi ", "∞": "\\infty ", "{,}": ","}
-
-
-def normalize_answer(text: str) -> str:
-    """One spelling for notations that mean the same number; both the answer and the gold go through it.
-
-    Unicode operators (``−``, ``×``, ``π``) become LaTeX; ``1{,}000`` becomes ``1,000``; bold is dropped
-    and a number in text or in parentheses is that number (AIME's ``\\textbf{(073)}`` -> ``073``); degree
-    marks (``30°``, ``30^\\circ``) and an ordinal suffix at the end (``12^{\\text{th}}``, ``12th``) are
-    dropped; scientific notation ``1.5e3`` becomes ``1.5\\times10^{3}``, and ``25 x 4`` ``25 \\times 4``;
-    a plain mixed number ``1 1/4`` becomes ``\\frac{5}{4}`` (as MATH reads ``1\\frac{1}{4}``).
-    """
-    if _PLAIN_NUMBER.fullmatch(text):
-        return text.strip()
-    for symbol, latex in _SYMBOLS.items():
-        text = text.replace(symbol, latex)
-    while (bold := _BOLD.search(text)) is not None:  # bold is formatting: \textbf{(073)} -> (073)
-        close = match_brace(text, bold.end())
-        if close is None:
-            break
-        text = text[: bold.start()] + text[bold.end() + 1 : close] + text[close + 1 :]
-    text = _TEXT_NUMBER.sub(r"\1", text).strip()
-    text = _PARENTHESISED_NUMBER.sub(r"\1", text)
-    text = _DEGREES.sub("", text)
-    text = _ORDINAL.sub("", text)
-    text = _SCIENTIFIC.sub(r"\1\\times10^{\2}", text)
-    text = _TIMES_X.sub(r" \\times ", text)
-    mixed = _MIXED.match(text)
-    if mixed and int(mixed[3]) < int(mixed[4]):
-        sign, whole, num, den = mixed[1], int(mixed[2]), int(mixed[3]), int(mixed[4])
-        text = f"{sign}\\frac{{{whole * den + num}}}{{{den}}}"
-    return text.strip()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# fast path: equal strings, and numbers that are integers, decimals or fractions, decided in this process
-
-_SPACES = re.compile(r"\s+|\\[,!;: ]")
-_FRAC = re.compile(r"\\[dt]frac")
-_EXACT = re.compile(
-    r"(?P<sign>[-+]?)(?:"
-    r"(?P<whole>\d+)?\\frac(?:\{(?P<fn>[-+]?\d+)\}\{(?P<fd>[-+]?\d+)\}|(?P<sn>\d)(?P<sd>\d))"  # \frac{1}{2}, 1\frac{1}{4}, \frac12
-    r"|(?P<an>\d+)/(?P<ad>\d+)"  # 3/4
-    r"|(?P<dec>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)"  # 1,000  3.5  .5
-    r"(?:(?:\\times|\\cdot|\*)10\^(?:\{(?P<e1>[-+]?\d{1,4})\}|(?P<e2>[-+]?\d)))?"  # 1.5\times10^{3}
-    r")(?P<pct>\\?%)?"
-)
-
-
-def _canonical(text: str) -> str:
-    text = _SPACES.sub("", text)
-    text = text.replace("\\$", "").replace("$", "").replace("\\left", "").replace("\\right", "")
-    return _FRAC.sub(r"\\frac", text).rstrip(".")
-
-
-@dataclass(frozen=True)
-class _Number:
-    value: Fraction
-    decimal: bool  # written with a decimal point or a power of ten: may be an approximation
-    percent: bool
-
-
-def _as_number(text: str) -> _Number | None:
-    """An integer, decimal, fraction, mixed number or percentage, exactly (``canonical`` input), else None."""
-    m = _EXACT.fullmatch(text)
-    if m is None:
-        return None
-    if m["dec"] is not None:
-        digits = m["dec"].replace(",", "")
-        exponent = int(m["e1"] or m["e2"] or 0)
-        value = Fraction(digits) * Fraction(10) ** exponent
-        decimal = "." in digits or m["e1"] is not None or m["e2"] is not None
-    else:
-        num, den = (m["an"], m["ad"]) if m["an"] is not None else (m["fn"] or m["sn"], m["fd"] or m["sd"])
-        if int(den) == 0 or (m["whole"] is not None and (num.startswith(("-", "+")) or den.startswith(("-", "+")))):
-            return None
-        value = int(m["whole"] or 0) + Fraction(int(num), int(den))
-        decimal = False
-    return _Number(-value if m["sign"] == "-" else value, decimal, m["pct"] is not None)
-
-
-def _numbers_equal(a: _Number, b: _Number) -> bool:
-    """Exact, unless a side is a decimal (then ``approximately_equal``); a percentage on one side only
-    matches either its number or its number / 100 (``50\\%`` = ``50`` = ``0.5``, as math-verify has it)."""
-    values_a = [a.value, a.value / 100] if a.percent and not b.percent else [a.value]
-    values_b = [b.value, b.value / 100] if b.percent and not a.percent else [b.value]
-    pairs = [(x, y) for x in values_a for y in values_b]
-    if any(x == y for x, y in pairs):
-        return True
-    return (a.decimal or b.decimal) and any(approximately_equal(x, y) for x, y in pairs)
-
-
-# a number followed by a unit in words ("1,000 dollars", "18 eggs per day", "72\text{ clips}"): the number
-_NUMBER_WITH_UNIT = re.compile(
-    r"\s*(?:\\\$|\$)?\s*([+-]?[\d,]*\.?\d+)\s*(?:\\(?:text|mbox|mathrm)\s*\{\s*((?:[A-Za-z]+\.?\s*){1,4})\}"
-    r"|((?:[A-Za-z]{2,}\.?\s*){1,4}))"
-)
-_NOT_UNITS = {"pi", "sqrt", "frac", "i", "e", "and", "or", "times", "cdot"}
-
-
-def _strip_unit(text: str) -> str:
-    m = _NUMBER_WITH_UNIT.fullmatch(text)
-    if m is None or any(w.lower().rstrip(".") in _NOT_UNITS for w in (m[2] or m[3]).split()):
-        return text
-    return m[1]
-
-
-def _fast_verdict(pred: str, gold: str) -> bool | None:
-    """True/False when the fast path can decide (normalised input), None to ask math-verify."""
-    p, g = _canonical(pred), _canonical(gold)
-    if p == g:
-        return True
-    pn, gn = _as_number(p), _as_number(g)
-    if pn is None and gn is not None:
-        pn = _as_number(_canonical(_strip_unit(pred)))
-    elif gn is None and pn is not None:
-        gn = _as_number(_canonical(_strip_unit(gold)))
-    if pn is None or gn is None:
-        return None
-    return _numbers_equal(pn, gn)
-
-
-def answer_key(answer: str) -> str:
-    """A canonical form of an answer for majority voting: equal keys verify as equal (not the converse).
-    Spaces, ``$``, ``\\left``/``\\right`` and a final period are dropped, ``\\dfrac`` is ``\\frac``; numbers
-    are keyed by their exact value (``1,000.0`` and ``1000`` -> ``1000``; ``0.5``, ``1/2``, ``\\frac12`` ->
-    ``1/2``)."""
-    text = _canonical(normalize_answer(answer))
-    number = _as_number(text)
-    if number is None:
-        return text
-    return str(number.value) + ("%" if number.percent else "")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -396,9 +255,9 @@ def value_key(answer: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
     of their value (``r:...``). None for decimals (approximations), percentages, expressions with variables,
     sets, text, or when the worker gives no answer.
     """
-    number = _as_number(_canonical(normalize_answer(answer)))
+    number = as_number(canonical(normalize_answer(answer)))
     if number is not None:
-        return None if number.decimal or number.percent else f"q:{number.value}"
+        return None if number.decimal or number.percent or number.scale != 1 else f"q:{number.value}"
     response = _ask_worker({"value": normalize_answer(answer)}, timeout_s)
     return None if response is None else response.get("value")
 
@@ -410,8 +269,10 @@ def value_key(answer: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
 def verify(pred_text: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S, use_fast_path: bool = True) -> bool:
     """Is the answer ``pred_text`` (an extracted final answer, not a whole completion) equal to ``gold``?
 
-    Safe from any thread; takes at most about ``timeout_s`` per call (a timeout counts as False).
-    ``use_fast_path=False`` sends every pair to math-verify (used to test that math-verify parses the gold).
+    Safe from any thread; takes at most about ``timeout_s`` per call (a timeout counts as False; the items
+    of a list share what is left of it). The steps are those of the module docstring. ``use_fast_path=False``
+    sends every pair to math-verify alone, without oarl's steps 1, 2 and 4 (used to test that math-verify
+    parses the gold).
     """
     if pred_text is None or gold is None:
         return False
@@ -422,12 +283,27 @@ def verify(pred_text: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S, use_
         stats["fast"] += 1
         return True
     pred_text, gold = normalize_answer(pred_text), normalize_answer(gold)
-    if use_fast_path:
-        verdict = _fast_verdict(pred_text, gold)
-        if verdict is not None:
-            stats["fast"] += 1
-            return verdict
-    return _math_verify(pred_text, gold, timeout_s)
+    if not use_fast_path:
+        return _math_verify(pred_text, gold, timeout_s)
+    verdict = fast_verdict(pred_text, gold)
+    if verdict is not None:
+        stats["fast"] += 1
+        return verdict
+    pred_option, gold_option = option(pred_text), option(gold)
+    if pred_option is not None and gold_option is not None:  # "(B) 2,025" against "B": the letters decide
+        return pred_option[0] == gold_option[0]
+    chosen = pred_option or gold_option  # "(B) 2,025" against "2025": the option's text decides
+    if chosen is not None and chosen[1]:
+        return verify(chosen[1], gold if pred_option else pred_text, timeout_s)
+    started = time.monotonic()
+    if _math_verify(pred_text, gold, timeout_s):
+        return True
+    # a list against one answer is right when every item is that answer, restated ("15\frac{39}{40}, \frac{639}{40}")
+    pred_items, gold_items = list_items(pred_text), list_items(gold)
+    if (pred_items is None) == (gold_items is None):
+        return False
+    items, single = (pred_items, gold) if pred_items is not None else (gold_items, pred_text)
+    return all((left := timeout_s - (time.monotonic() - started)) > 0 and verify(item, single, left) for item in items)
 
 
 def group_by_value(answers: list[str | None], timeout_s: float = DEFAULT_TIMEOUT_S) -> list[int | None]:
@@ -494,3 +370,27 @@ def accuracy(completions: list, answer: list, **kwargs) -> list[float | None]:
 def format(completions: list, **kwargs) -> list[float]:  # noqa: A001 - the reward's name in TRL's logs
     """TRL reward: 1.0 if the completion states a parsable final answer, else 0.0."""
     return [0.0 if extract_answer(completion_text(c)) is None else 1.0 for c in completions]
+
+
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+
+
+def _think_then_answer(text: str) -> bool:
+    text = text.strip()
+    if text.startswith("<think>"):  # else the prompt opened it (DeepSeek-R1's chat template, TinyZero's prompt)
+        text = text[len("<think>") :]
+    think, closed, rest = text.partition("</think>")
+    rest = rest.strip()
+    if not closed or any(tag in think for tag in _TAGS) or not (rest.startswith("<answer>") and rest.endswith("</answer>")):
+        return False
+    answer = rest[len("<answer>") : -len("</answer>")]
+    return bool(answer.strip()) and not any(tag in answer for tag in _TAGS)
+
+
+def think_format(completions: list, **kwargs) -> list[float]:
+    """TRL reward of the R1-Zero recipes: 1.0 if the completion is ``<think> ... </think>`` then ``<answer> ...
+    </answer>`` and nothing else, else 0.0. The opening ``<think>`` may be in the prompt; spaces and newlines
+    around the tags are free, the answer must not be empty, and no tag may repeat. As open-r1's ``format_reward``
+    (``^<think>\\n.*?\\n</think>\\n<answer>\\n.*?\\n</answer>$``) and DeepSeek-R1-Zero's format reward, with the
+    newlines not required; ``accuracy`` reads the answer inside ``<answer>`` (``oarl.credit.answer``)."""
+    return [1.0 if _think_then_answer(completion_text(c)) else 0.0 for c in completions]
