@@ -2,8 +2,8 @@
 
 Each row goes through the whole path that rewards and evaluation use: ``find_final_answer`` on the
 completion, then ``verify`` against the gold (fast path or math-verify worker). The classes are those of
-issue 9; every class has right answers that must be scored right and wrong ones that must stay wrong, in
-the styles of GSM8K, MATH, AIME and chat / reasoning models.
+issues 9 (1-7) and 24 (8-13); every class has right answers that must be scored right and wrong ones that
+must stay wrong, in the styles of GSM8K, MATH, AIME, Minerva, AMC and chat / reasoning models.
 """
 
 import pytest
@@ -147,6 +147,112 @@ CASES = {
         ("The answer is \\boxed{\\text{(C)}}.", "\\text{(C)}", R),
         ("The answer is $-7$, since the sum is negative.", "7", W),
     ],
+    # Issue 24 -------------------------------------------------------------------------------------------
+    # 8. One answer in several boxes: boxes joined by commas, "and", "or" are one list; a later box after any other
+    #    text replaces the earlier one (a correction).
+    "several_boxes": [
+        ("The roots are \\(\\boxed{2}\\), \\(\\boxed{4}\\), and \\(\\boxed{9}\\).", "2, 4, 9", R),
+        ("The values are $\\boxed{-5}$ and $\\boxed{3}$.", "-5, 3", R),
+        ("Therefore, the solutions are $x = \\boxed{-2}$ or $x = \\boxed{3}$.", "3, -2", R),
+        ("So the real roots are\n\\[\n\\boxed{1}, \\quad \\boxed{-1}, \\quad \\boxed{2}\n\\]", "\\{-1, 1, 2\\}", R),
+        ("Hence the ordered pairs are $\\boxed{(1, 2)}$ and $\\boxed{(2, 1)}$.", "(1, 2), (2, 1)", R),
+        ("So $x = \\boxed{5}$. Wait, I made an arithmetic error: 3 + 4 = 7, so $x = \\boxed{7}$.", "7", R),
+        ("I got \\boxed{12}.\n\nLet me double-check... Actually the area is \\boxed{16}.", "16", R),
+        ("$d = \\boxed{15\\frac{39}{40}}$, or $\\boxed{\\frac{639}{40}}$ inches.", "\\frac{639}{40}", R),  # MATH
+        ("The roots are \\(\\boxed{2}\\), \\(\\boxed{4}\\), and \\(\\boxed{9}\\).", "9", W),
+        ("The values are $\\boxed{-5}$ and $\\boxed{3}$.", "-5, 3, 7", W),
+        ("So $x = \\boxed{2}$ or $x = \\boxed{5}$.", "2", W),  # a hedge over two boxes
+        ("So $x = \\boxed{5}$. Wait, I made an arithmetic error: so $x = \\boxed{7}$.", "5", W),
+        ("The area is \\boxed{12} and the perimeter is \\boxed{14}.", "12", W),
+        ("\\boxed{A} or \\boxed{C}", "A", W),
+    ],
+    # 9. An answer stated as a sentence.
+    "sentences": [
+        ("Final Answer: The smallest $k$ is 12.", "12", R),
+        ("Final Answer: The area of $PQRS$ is 48. I hope it is correct.", "48", R),  # Minerva's few-shot format
+        ("Final Answer: The final answer is $\\frac{3}{4}$. I hope it is correct.", "0.75", R),
+        ("The answers are 4 and 6.", "4, 6", R),
+        ("So the solutions are $y = 1$ and $y = 5$.", "1, 5", R),
+        ("The answer is $x=-1$ or $x=4$.", "\\{-1, 4\\}", R),
+        ("**Final Answer:** There are 15 ways to seat them.", "15", R),
+        ("She pays 3 * 12 = 36 dollars.\n#### The total cost is $36.", "36", R),
+        ("The answer is $x=-1$ or $x=4$.", "-1", W),  # not its first formula
+        ("Final Answer: The smallest $k$ is 12.", "13", W),
+        ("The answers are 4 and 6.", "4", W),
+        ("So the solutions are $y = 1$ and $y = 5$.", "1, 6", W),
+        ("Final Answer: The final answer is 7. I hope it is correct.", "8", W),
+        ("Final Answer: I could not find the smallest $k$.", "12", W),
+    ],
+    # 10. Words inside the box: a trailing qualifier, an option letter with its text, a letter after the box.
+    "words_in_box": [
+        ("Therefore $\\boxed{g(x) = kx^2 \\text{ for every real } k}$.", "kx^2", R),
+        ("\\boxed{x = \\frac{\\pi}{2} + k\\pi \\text{ where } k \\text{ is an integer}}", "\\frac{\\pi}{2} + k\\pi", R),
+        ("The correct option is \\boxed{C: The enzyme is inhibited}.", "C", R),
+        ("$\\boxed{\\textbf{(B) }2,025}$", "B", R),  # AMC
+        ("$\\boxed{\\textbf{(B) }2,025}$", "2025", R),
+        ("So $x = \\boxed{12}$, which matches choice (B).\n\nAnswer: B", "B", R),
+        ("The answer is \\boxed{(D) \\ 3\\sqrt{2}}.", "D", R),
+        ("\\boxed{\\text{(E) } 17}", "\\text{(E)}", R),
+        ("Therefore $\\boxed{g(x) = kx^2 \\text{ for every real } k}$.", "kx^3", W),
+        ("The correct option is \\boxed{C: The enzyme is inhibited}.", "B", W),
+        ("$\\boxed{\\textbf{(B) }2,025}$", "C", W),
+        ("$\\boxed{\\textbf{(B) }2,025}$", "2024", W),
+        ("So $x = \\boxed{12}$, which matches choice (B).\n\nAnswer: B", "A", W),
+        ("\\boxed{(A) and (C)}", "A", W),  # two options are not one
+        ("So $x = \\boxed{12}$.\n\nAnswer: A is wrong, since it gives 13.", "A", W),
+    ],
+    # 11. R1-Zero / TinyZero / open-r1 formats: <answer> tags decide.
+    "answer_tags": [
+        ("<think>\nLet me compute 60 * 62 = 3720.\n</think>\n<answer> 3720 </answer>", "3720", R),
+        ("<think>19 + 36 = 55, 55 + 55 = 110, 110 - 7 = 103</think> <answer>(19 + 36) + 55 - 7</answer>", "103", R),
+        ("<think>\nThe box would be \\boxed{5}, but wait: 2 + 4 = 6.\n</think>\n<answer>6</answer>", "6", R),
+        ("<think>\n...\n</think>\n<answer>\nThe answer is $\\frac{1}{2}$.\n</answer>", "0.5", R),
+        ("<think>sin 60 degrees</think><answer>\\boxed{\\frac{\\sqrt{3}}{2}}</answer>", "\\frac{\\sqrt3}{2}", R),
+        (" Let me solve this step by step.\n3 + 5 = 8</think>\n<answer>8</answer>", "8", R),  # the prompt opened <think>
+        ("<think>The roots are 2 and 3.</think><answer>x = 2, x = 3</answer>", "2, 3", R),
+        ("<think>\nLet me compute 60 * 62 = 3720.\n</think>\n<answer> 3720 </answer>", "3721", W),
+        ("<think>\nThe box would be \\boxed{6}.\n</think>\n<answer>5</answer>", "6", W),  # the tag decides
+        ("<think>\n60 * 62 = 3720\n</think>\n<answer> 3720", "3720", W),  # cut before </answer>
+        ("<think>Maybe 7.</think><answer>answer here</answer>", "7", W),
+        ("<think>\nI guess 12.\n</think>\n<answer>The number of apples is 13.</answer>", "12", W),
+    ],
+    # 12. Numbers as people write them.
+    "written_numbers": [
+        ("The city has 2 500 000 people, so the answer is 2 500 000.", "2500000", R),
+        ("The answer is 3.2 million.", "3200000", R),
+        ("The answer is 3.2 million.", "3.2", R),  # a scale word on one side only: with or without it
+        ("She has seven apples left. The answer is seven.", "7", R),
+        ("\\boxed{\\text{twenty-five}}", "25", R),
+        ("The probability is $\\boxed{315/1,000}$.", "\\frac{63}{200}", R),
+        ("Since $z^2 = -1$, $z = \\boxed{-1i}$.", "-i", R),
+        ("\\boxed{3 - 1i}", "3 - i", R),
+        ("The answer is 1 250 000 dollars.", "1,250,000", R),
+        ("The answer is 2 500 000.", "2", W),
+        ("The answer is 3.2 million.", "320000", W),
+        ("The answer is seven.", "8", W),
+        ("The answer is one of the two options above.", "1", W),  # a number word followed by words
+        ("\\boxed{315/1,000}", "315", W),
+        ("Since $z^2 = -1$, $z = \\boxed{-1i}$.", "i", W),
+        ("\\boxed{3.2 \\text{ million}}", "3200", W),
+    ],
+    # 13. The unsafe direction: a list stays a list, an open list is not its first items, bases count.
+    "not_the_same": [
+        ("The answer is 45, 210.", "45210", W),
+        ("\\boxed{3, 500}", "3500", W),
+        ("The first even numbers are \\boxed{2, 4, 6, \\ldots}", "2, 4, 6", W),
+        ("The sequence is 2, 4, 6, ...\nThe answer is 2, 4, 6, ...", "2, 4, 6", W),
+        ("\\boxed{1011_3}", "1011_2", W),
+        ("\\boxed{3421_{10}}", "3421_7", W),
+        ("\\boxed{1021_2}", "1021_3", W),  # 2 is no digit of base 2
+        ("The answer is 45, 210.", "45, 211", W),
+        ("The answer is 45,210.", "45210", R),
+        ("\\boxed{45, 210}", "210, 45", R),
+        ("\\boxed{2, 4, 6, \\ldots}", "2, 4, 6, \\dots", R),
+        ("\\boxed{1011_2}", "11_{10}", R),
+        ("\\boxed{1011_2}", "1011_{2}", R),
+        ("The answer is $1011_2$.", "1011", R),  # plain digits against a base: the base is the question's
+        ("\\boxed{3,500}", "3500", R),
+    ],
 }
 
 ROWS = [(cls, *row) for cls, rows in CASES.items() for row in rows]
@@ -159,7 +265,7 @@ def test_verdict(cls, text, gold, right):
 
 
 def test_the_table_is_large_and_covers_every_class_both_ways():
-    assert len(ROWS) + len(VOTES) >= 80
+    assert len(ROWS) + len(VOTES) >= 170
     for cls, rows in CASES.items():
         assert len(rows) >= 6 and {r[2] for r in rows} == {R, W}, cls
 
@@ -176,6 +282,8 @@ VOTES = [
     (["5", "\\frac{10}{2}", "6", "6", "6"], [R, R, W, W, W], W),
     ([None, None, None], [W, W, W], W),  # no answer at all
     (["7", None, None], [R, W, W], R),
+    (["2, 4", "\\{4, 2\\}", "4", "2", "2"], [R, R, W, W, W], R),  # a list pools with its reordered set (tie: first)
+    (["45, 210", "45210", "45210", "45, 210", "45,210"], [R, W, W, R, W], W),  # a list is not the number
 ]
 
 

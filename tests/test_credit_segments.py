@@ -227,3 +227,36 @@ def test_answer_mask_is_the_answer_expression(make_tokenizer):
         assert rest == after[extra:], text
         if make_tokenizer is _char_tokenizer:
             assert answer_tokens == answer
+
+
+MULTI_PART = [
+    # text, the parts of its answer (in order); the answer mask is one run of tokens covering all of them
+    ("So the roots are \\(\\boxed{2}\\), \\(\\boxed{4}\\), and \\(\\boxed{9}\\).", ["2", "4", "9"]),
+    ("Solving, $x = \\boxed{-5}$ or $x = \\boxed{3}$. Done.", ["-5", "3"]),
+    ("The answer is $x=-1$ or $x=4$.", ["x=-1", "x=4"]),
+    ("<think>\n2 * 3 = 6\n</think>\n<answer> 6 </answer>", ["6"]),
+    ("Final Answer: The smallest $k$ is 12. I hope it is correct.", ["12"]),
+]
+
+
+@pytest.mark.parametrize("make_tokenizer", [_char_tokenizer, _smollm2_tokenizer, bpe_tokenizer], ids=["char", "smollm2", "bpe"])
+def test_the_answer_mask_covers_every_part_of_a_multi_part_answer(make_tokenizer):
+    tok = make_tokenizer()
+    ids, mask, seg = segment(tok, [encode(tok, text) for text, _ in MULTI_PART])
+    assert seg.has_answer.all()
+    for b, (text, parts) in enumerate(MULTI_PART):
+        final = find_final_answer(text)
+        assert final.text == ", ".join(parts), text
+        reasoning, conclusion, answer_tokens, rest = pieces(tok, ids, seg, b)
+        assert reasoning + conclusion + answer_tokens + rest == text, text
+        cols = seg.answer[b].nonzero().squeeze(1)
+        assert (cols.diff() == 1).all(), text  # contiguous: the probe's answer is the last run of its tokens
+        # the answer tokens cover [answer_start, answer_end), hence every part, in order
+        start = len(reasoning) + len(conclusion)
+        assert start <= final.answer_start and final.answer_end <= start + len(answer_tokens), text
+        at = 0
+        for part in parts:
+            at = answer_tokens.index(part, at) + len(part)
+        if make_tokenizer is _char_tokenizer:  # one token per character: the mask is exactly the answer span
+            assert answer_tokens == text[final.answer_start : final.answer_end]
+            assert conclusion == text[final.statement_start : final.answer_start]

@@ -147,3 +147,31 @@ def test_many_threads_at_once():
     for t in threads:
         t.join(timeout=60)
     assert results == [[1.0, 0.0]] * 4
+
+
+def test_think_format_is_the_r1_zero_structure():
+    """open-r1's format_reward / R1-Zero's: <think>...</think> then <answer>...</answer>, nothing else; the opening
+    <think> may be in the prompt (DeepSeek-R1's chat template, TinyZero's prompt)."""
+    right = ["<think>\n2 + 2 = 4\n</think>\n<answer>\n4\n</answer>", "<think>2+2=4</think><answer>4</answer>",
+             " Let me solve this step by step. 2 + 2 = 4 </think> <answer> 4 </answer>\n",
+             [{"role": "assistant", "content": "<think>x</think>\n<answer>\\boxed{4}</answer>"}]]
+    wrong = ["<think>2 + 2 = 4</think>", "<answer>4</answer>", "<think>a</think><answer>4</answer> and more text",
+             "<think>a</think><answer>4", "<think>a</think><answer> </answer>", "<think>a<think>b</think><answer>4</answer>",
+             "<think>a</think><answer>4</answer><answer>5</answer>", "The answer is 4.", "<think>a</think>text<answer>4</answer>"]
+    assert rewards.think_format(right) == [1.0] * len(right)
+    assert rewards.think_format(wrong) == [0.0] * len(wrong)
+    assert accuracy(right, ["4"] * len(right)) == [1.0] * len(right)  # the answer inside the tags is what is scored
+
+
+@pytest.mark.parametrize("pred, gold", [("5, 5", "5"), ("15\\frac{39}{40}, \\frac{639}{40}", "\\frac{639}{40}"),
+                                        ("x = 3, x = 3.0", "3")])
+def test_a_list_restating_one_answer_is_that_answer(pred, gold):
+    assert verify(pred, gold) and verify(gold, pred)
+    assert not verify(pred.replace("5", "6", 1) if "5" in pred else "x = 3, x = 4", gold)
+
+
+def test_a_list_shares_the_deadline_of_its_item():
+    """The items of a list are checked within what is left of timeout_s, so the item stays bounded."""
+    started = time.perf_counter()
+    assert not verify(f"{PATHOLOGICAL}, {PATHOLOGICAL}, {PATHOLOGICAL}", "5", timeout_s=1.0)
+    assert time.perf_counter() - started < 6  # about 1 s: one timeout, not one per item

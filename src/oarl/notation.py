@@ -103,7 +103,7 @@ def spelled_number(words: str) -> int | None:
 # ----------------------------------------------------------------------------------------------------------
 # forms that a plain comparison gets wrong
 
-_TEXT_WRAPPED = re.compile(r"\\(?:text|textrm|mathrm|mbox)\s*\{")
+_TEXT_WRAPPED = re.compile(r"\\(?:text|textrm|mathrm|mbox)\s*\{([^{}]*)\}")
 _OPTION = re.compile(r"\(([A-J])\)|([A-J])(?:[.:)]|$)")
 _ANOTHER_OPTION = re.compile(r"^(?:,|&|and\b|or\b)|\([A-J]\)")
 _BASED = re.compile(r"\(?([0-9A-Za-z]+)\)?_\{?\(?(\d{1,2})\)?\}?")
@@ -114,12 +114,9 @@ MAX_LIST_ITEMS = 8  # a list restating one answer is checked item by item up to 
 
 def option(text: str) -> tuple[str, str] | None:
     """(letter, text) of a multiple-choice option A-J: ``B``, ``(B)``, ``B.``, ``\\text{(C)}``, ``(B) 2,025``,
-    ``C: The enzyme is inhibited`` (bold already dropped by ``normalize_answer``); None for anything else,
-    and for several options (``(A) and (C)``)."""
-    text = text.strip()
-    wrapped = _TEXT_WRAPPED.match(text)
-    if wrapped is not None and match_brace(text, wrapped.end() - 1) == len(text) - 1:
-        text = text[wrapped.end() : -1].strip()
+    ``C: The enzyme is inhibited``, ``\\text{(E) } 17`` (bold already dropped by ``normalize_answer``); None for
+    anything else, and for several options (``(A) and (C)``)."""
+    text = _TEXT_WRAPPED.sub(r"\1", text).strip()
     m = _OPTION.match(text)
     if m is None:
         return None

@@ -300,9 +300,13 @@ def leading_expression(text: str, start: int, end: int | None = None) -> tuple[i
         span = leading_expression(text, i, eol)
         return span if span is not None and _LINE_TAIL.fullmatch(text, span[2], eol) else None
     currency = _CURRENCY.match(text, i, end)
+    formula = formula_at(text, i, end)
+    if currency and formula is not None and formula[1] >= 0:  # "$1$": a formula holding a number, no currency
+        content = strip_span(text, formula[0], formula[1])
+        currency = None if _plain_expression_end(text, *content) == content[1] else currency
     if currency:
         i = skip_spaces(text, currency.end(), end)
-    elif (formula := formula_at(text, i, end)) is not None:
+    elif formula is not None:
         start, close, after = formula
         if close >= 0:
             a, b = strip_span(text, start, close, ".,;")
