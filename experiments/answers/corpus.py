@@ -9,6 +9,12 @@ the commit before issue 9's rules) in child processes, so that one command print
 (b) SmolLM2-135M-Instruct completions saved by ``sample_smollm2.py`` (``smollm2_samples.jsonl``): verdict
     per completion; every verdict that differs between the baseline and the tree is listed for hand-checking.
 
+(c) Qwen2.5-Math-1.5B completions from a public write-up (``qwen_math_samples.jsonl``, made by
+    ``public_samples.py``): R1-Zero-format (``</think> <answer> ... </answer>``) and ``\\boxed{}`` text with
+    GSM8K golds; the same listing as (b).
+
+Every extracted answer that changed is listed too (in (a) with an unchanged verdict, in (b) and (c) all).
+
     PYTHONPATH=src python experiments/answers/corpus.py [--baseline REV] [--failures]
 """
 
@@ -25,7 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-SAMPLES = HERE / "smollm2_samples.jsonl"
+SAMPLES = {"smollm2": HERE / "smollm2_samples.jsonl", "qwen": HERE / "qwen_math_samples.jsonl"}
 BASELINE = "3d520c2"  # main before issue 9
 DATA = Path(os.environ.get("OARL_DATA_DIR") or ROOT.parent / "shared" / "data" / "benchmarks")  # as the tests
 SOLUTIONS = {"math500": ("math500.jsonl", "solution"), "aime24": ("aime24.jsonl", "solution"),
@@ -37,8 +43,8 @@ import json, sys
 from oarl.credit.answer import extract_answer
 from oarl.data.benchmarks import load_benchmark
 from oarl.rewards import normalize_gold, verify
-data, solutions, samples = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-out = {"solutions": {}, "samples": []}
+data, solutions, samples = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+out = {"solutions": {}, "samples": {}}
 for name, (file, field) in solutions.items():
     raw = [json.loads(l) for l in open(f"{data}/{file}") if l.strip()]
     golds = load_benchmark(name, data_dir=data)
@@ -47,19 +53,21 @@ for name, (file, field) in solutions.items():
         pred = extract_answer(r[field])
         rows.append({"id": g["id"], "pred": pred, "gold": g["answer"], "ok": pred is not None and verify(pred, g["answer"])})
     out["solutions"][name] = rows
-for line in open(samples) if samples else []:
-    s = json.loads(line)
-    pred = extract_answer(s["completion"])
-    gold = normalize_gold(s["gold"])
-    out["samples"].append({"pred": pred, "ok": bool(pred is not None and verify(pred, gold))})
+for name, path in samples.items():
+    out["samples"][name] = []
+    for line in open(path):
+        s = json.loads(line)
+        pred = extract_answer(s["completion"])
+        gold = normalize_gold(s["gold"])
+        out["samples"][name].append({"pred": pred, "ok": bool(pred is not None and verify(pred, gold))})
 print(json.dumps(out))
 """
 
 
 def score(src: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src))
-    samples = str(SAMPLES) if SAMPLES.exists() else ""
-    res = subprocess.run([sys.executable, "-c", _CHILD, str(DATA), json.dumps(SOLUTIONS), samples],
+    samples = {name: str(path) for name, path in SAMPLES.items() if path.exists()}
+    res = subprocess.run([sys.executable, "-c", _CHILD, str(DATA), json.dumps(SOLUTIONS), json.dumps(samples)],
                          env=env, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -93,32 +101,45 @@ def main() -> None:
         for x, y in changed:
             print(f"  changed {y['id']}: {x['pred']!r} {'right' if x['ok'] else 'wrong'} -> {y['pred']!r} "
                   f"{'right' if y['ok'] else 'wrong'} (gold {y['gold']!r})")
+        moved = [(x, y) for x, y in zip(before["solutions"][name], after["solutions"][name])
+                 if x["pred"] != y["pred"] and x["ok"] == y["ok"]]
+        print(f"  extracted answer changed, same verdict: {len(moved)}")
+        for x, y in moved:
+            print(f"    {y['id']}: {x['pred']!r} -> {y['pred']!r} ({'right' if y['ok'] else 'wrong'}, gold {y['gold']!r})")
         if args.failures:
             for r in fails:
                 why = "no final answer found" if r["pred"] is None else f"extracted {r['pred']!r} != gold {r['gold']!r}"
                 print(f"  FAIL {r['id']}: {why}")
 
-    if not SAMPLES.exists():
-        print(f"\n(b) no samples at {SAMPLES}: run sample_smollm2.py")
-        return
-    samples = [json.loads(line) for line in SAMPLES.open()]
-    print(f"\n(b) SmolLM2-135M-Instruct completions ({SAMPLES.name}): accuracy before -> after, answer found")
-    groups = Counter((s["benchmark"], s["style"]) for s in samples)
+    titles = {"smollm2": "(b) SmolLM2-135M-Instruct completions", "qwen": "(c) Qwen2.5-Math-1.5B completions (public)"}
+    for name, path in SAMPLES.items():
+        if name in after["samples"]:
+            compare_samples(titles[name], path, before["samples"][name], after["samples"][name])
+        else:
+            print(f"\n{titles[name]}: no samples at {path}")
+
+
+def compare_samples(title: str, path: Path, before: list[dict], after: list[dict]) -> None:
+    samples = [json.loads(line) for line in path.open()]
+    print(f"\n{title} ({path.name}): accuracy before -> after, answer found")
+    groups = Counter((s.get("benchmark", "gsm8k"), s.get("style", s.get("source", "").split("#")[0])) for s in samples)
     for key in sorted(groups):
-        idx = [i for i, s in enumerate(samples) if (s["benchmark"], s["style"]) == key]
-        acc = lambda res: sum(res["samples"][i]["ok"] for i in idx) / len(idx)
-        found = lambda res: sum(res["samples"][i]["pred"] is not None for i in idx) / len(idx)
+        idx = [i for i, s in enumerate(samples)
+               if (s.get("benchmark", "gsm8k"), s.get("style", s.get("source", "").split("#")[0])) == key]
+        acc = lambda res: sum(res[i]["ok"] for i in idx) / len(idx)
+        found = lambda res: sum(res[i]["pred"] is not None for i in idx) / len(idx)
         print(f"  {key[0]:<8} {key[1]:<7} n={len(idx):>3}  acc {acc(before):6.1%} -> {acc(after):6.1%}   "
               f"answer found {found(before):6.1%} -> {found(after):6.1%}")
-    changed = [i for i in range(len(samples)) if before["samples"][i]["ok"] != after["samples"][i]["ok"]]
-    moved = [i for i in range(len(samples)) if before["samples"][i]["pred"] != after["samples"][i]["pred"]]
-    print(f"  verdicts changed: {len(changed)} ({sum(after['samples'][i]['ok'] for i in changed)} wrong -> right, "
-          f"{sum(not after['samples'][i]['ok'] for i in changed)} right -> wrong); extracted answer changed: {len(moved)}")
+    changed = [i for i in range(len(samples)) if before[i]["ok"] != after[i]["ok"]]
+    moved = [i for i in range(len(samples)) if before[i]["pred"] != after[i]["pred"]]
+    print(f"  verdicts changed: {len(changed)} ({sum(after[i]['ok'] for i in changed)} wrong -> right, "
+          f"{sum(not after[i]['ok'] for i in changed)} right -> wrong); extracted answer changed: {len(moved)}")
     for i in moved:
-        s, b, a = samples[i], before["samples"][i], after["samples"][i]
+        s, b, a = samples[i], before[i], after[i]
         tail = s["completion"][-160:].replace("\n", "\\n")
         mark = "VERDICT" if b["ok"] != a["ok"] else "answer "
-        print(f"  {mark} #{i} {s['benchmark']}/{s['style']} gold {s['gold']!r}: {b['pred']!r} {'right' if b['ok'] else 'wrong'}"
+        where = s.get("id", s.get("source"))
+        print(f"  {mark} #{i} {where} gold {s['gold']!r}: {b['pred']!r} {'right' if b['ok'] else 'wrong'}"
               f" -> {a['pred']!r} {'right' if a['ok'] else 'wrong'}\n      ...{tail}")
 
 
