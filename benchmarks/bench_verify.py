@@ -9,6 +9,8 @@ Items, from the shared benchmark files (what a reward scores per completion):
     gsm8k wrong numbers   ``verify(gold + 1, gold)``: a wrong number, decided in-process
     gsm8k math-verify     the 1,319 golds against themselves with ``use_fast_path=False``: every pair through
                           the math-verify worker (the cost of an answer the fast path cannot decide)
+    gsm8k wrong lists     ``verify("gold, gold + 1", gold)``: a wrong list against one number (math-verify, then,
+                          since issue 24, its items one by one: a list restating one answer is that answer)
     math500 solutions     ``is_correct`` of the 500 MATH-500 worked solutions against their gold (LaTeX:
                           mostly the worker)
 
@@ -52,6 +54,7 @@ math_raw = [json.loads(l) for l in open(f"{data}/math500.jsonl") if l.strip()]
 out["gsm8k solutions"] = rate(is_correct, [(r["answer"], g["answer"]) for r, g in zip(gsm_raw, gsm)])
 out["gsm8k wrong numbers"] = rate(verify, [(str(int(g["answer"].replace(",", "")) + 1), g["answer"]) for g in gsm])
 out["gsm8k math-verify"] = rate(lambda a, b: verify(a, b, use_fast_path=False), [(g["answer"], g["answer"]) for g in gsm])
+out["gsm8k wrong lists"] = rate(verify, [(f"{g['answer']}, {int(g['answer'].replace(',', '')) + 1}", g["answer"]) for g in gsm])
 out["math500 solutions"] = rate(is_correct, [(r["solution"], g["answer"]) for r, g in zip(math_raw, math)])
 print(json.dumps(out))
 """

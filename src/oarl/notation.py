@@ -95,7 +95,9 @@ def normalize_answer(text: str) -> str:
 def spelled_number(words: str) -> int | None:
     """The value of a small number in words (``seven``, ``twenty-five``, ``Twenty five``: 0-99), else None."""
     tens, _, unit = words.lower().replace(" ", "-").partition("-")
-    if tens not in NUMBER_WORDS or (unit and (NUMBER_WORDS[tens] < 20 or NUMBER_WORDS.get(unit, 10) > 9 or unit == "zero")):
+    if tens not in NUMBER_WORDS:
+        return None
+    if unit and (NUMBER_WORDS[tens] < 20 or not 1 <= NUMBER_WORDS.get(unit, 0) <= 9):  # "twenty-five", not "five-two"
         return None
     return NUMBER_WORDS[tens] + (NUMBER_WORDS[unit] if unit else 0)
 
@@ -109,6 +111,7 @@ _ANOTHER_OPTION = re.compile(r"^(?:,|&|and\b|or\b)|\([A-J]\)")
 _BASED = re.compile(r"\(?([0-9A-Za-z]+)\)?_\{?\(?(\d{1,2})\)?\}?")
 _ELLIPSIS = re.compile(r"\.\.\.|…|\\[lcv]?dots(?![A-Za-z])")
 _OPEN, _CLOSE = "([{", ")]}"
+_THOUSANDS = re.compile(r"\d{3}(?!\d)")  # after a digit and a comma: a thousands separator
 MAX_LIST_ITEMS = 8  # a list restating one answer is checked item by item up to this length
 
 
@@ -154,7 +157,7 @@ def list_items(text: str) -> list[str] | None:
             depth += 1
         elif c in _CLOSE:
             depth -= 1
-        elif c == "," and depth == 0 and not (i > 0 and text[i - 1].isdigit() and re.match(r"\d{3}(?!\d)", text[i + 1 :])):
+        elif c == "," and depth == 0 and not (i > 0 and text[i - 1].isdigit() and _THOUSANDS.match(text, i + 1)):
             items.append(text[begin:i].strip())
             begin = i + 1
     items.append(text[begin:].strip())

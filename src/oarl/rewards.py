@@ -381,7 +381,9 @@ def _think_then_answer(text: str) -> bool:
         text = text[len("<think>") :]
     think, closed, rest = text.partition("</think>")
     rest = rest.strip()
-    if not closed or any(tag in think for tag in _TAGS) or not (rest.startswith("<answer>") and rest.endswith("</answer>")):
+    if not closed or any(tag in think for tag in _TAGS):
+        return False
+    if not (rest.startswith("<answer>") and rest.endswith("</answer>")):
         return False
     answer = rest[len("<answer>") : -len("</answer>")]
     return bool(answer.strip()) and not any(tag in answer for tag in _TAGS)

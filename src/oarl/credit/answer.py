@@ -109,7 +109,8 @@ _BOX_LEAD_WINDOW = 80  # characters before a box searched for its phrase lead-in
 _DELIMITERS = r"(?:\s|\$|\\[()\[\]]|\\q?quad(?![A-Za-z])|\\[,;: ]|\*\*)*"
 _JOIN_WORD = r"(?:\\text\{\s*(?:and|or)\s*\}|(?:and|or)(?![A-Za-z]))"
 _BOX_JOINER = re.compile(
-    _DELIMITERS + r"(?:[,;]" + _DELIMITERS + r"(?:" + _JOIN_WORD + _DELIMITERS + r")?|" + _JOIN_WORD + _DELIMITERS + r")"
+    _DELIMITERS
+    + r"(?:[,;]" + _DELIMITERS + r"(?:" + _JOIN_WORD + _DELIMITERS + r")?|" + _JOIN_WORD + _DELIMITERS + r")"
     + r"(?:[A-Za-z](?:_\{?\w{1,3}\}?)?\s*=" + _DELIMITERS + r")?",
     re.IGNORECASE,
 )
@@ -215,7 +216,8 @@ def _last_statement(text: str, start: int = 0, end: int | None = None) -> FinalA
     end = len(text) if end is None else end
     lower = text[start:end].lower()
     phrases = _PHRASE.finditer(text, start, end) if any(w in lower for w in _LEAD_WORDS) else ()  # the costly part
-    starts = [(m.start(), m, "hash") for m in _HASH.finditer(text, start, end)] + [(m.start(), m, "phrase") for m in phrases]
+    starts = [(m.start(), m, "hash") for m in _HASH.finditer(text, start, end)]
+    starts += [(m.start(), m, "phrase") for m in phrases]
     for _, m, style in sorted(starts, key=lambda x: x[0], reverse=True):
         if style == "hash":
             eol = line_end(text, m.end(), end)

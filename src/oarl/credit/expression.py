@@ -20,7 +20,9 @@ _LINE_TAIL = re.compile(r"[\s.*_$]*")  # what may follow an answer on its own li
 _CURRENCY = re.compile(r"(?:\\\$|\$)(?=[ \t]*[-+]?[\d.])")  # "$18", "\$1,000": a currency sign, not a formula
 _FORMULAS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
 # 1,000 and (in prose) 2 500 000 with spaces between groups of three; not the "1 1/4" of a mixed number
-_NUMBER = re.compile(r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d{1,3}(?:[ \u00a0\u2009\u202f]\d{3})+(?![\d/])|\d+)(?:\.\d+)?|\.\d+")
+_NUMBER = re.compile(
+    r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d{1,3}(?:[ \u00a0\u2009\u202f]\d{3})+(?![\d/])|\d+)(?:\.\d+)?|\.\d+"
+)
 _EXPONENT = re.compile(r"[eE][-+]?\d+(?![A-Za-z\d])")
 _MIXED_FRACTION = re.compile(r"\d+/\d+(?!\d|\.\d)")  # "1/4" of the mixed number "1 1/4"
 _COMMAND = re.compile(r"\\(?:[A-Za-z]+|[,;:! ])")

@@ -12,6 +12,10 @@ this order of precedence:
     reasoning:   a non-empty span that ends before the statement starts
     rest:        every other completion token (after the answer, special tokens, ...)
 
+An answer in several parts (``\\boxed{2}, \\boxed{4} and \\boxed{9}``, ``$x=-1$ or $x=4$``) is one character span
+from its first part to its last (``FinalAnswer``), so its answer tokens are one run that covers every part,
+the joiners between the parts included (the probe reads the answer as the last run of its tokens).
+
 No answer, an empty completion, a truncated ``\\boxed{``, or a completion marked `truncated` whose answer
 runs to the very end of its text (it may have been cut) -> has_answer False and all four masks False.
 """
