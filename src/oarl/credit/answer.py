@@ -115,10 +115,12 @@ _BOX_JOINER = re.compile(
     re.IGNORECASE,
 )
 _FORMULA_JOINER = re.compile(r"[ \t]*(?:,[ \t]*(?:(?:and|or)[ \t]+)?|(?:and|or)[ \t]+)", re.IGNORECASE)
-_VERB = re.compile(r"[ \t](?:is|are|was|were|equals)(?=[ \t])|[ \t]*=(?!=)", re.IGNORECASE)
+_VERB = re.compile(r"[ \t](?:is|are|was|were|equals)(?=[ \t])|[ \t]*(?<![<>!=])=(?!=)", re.IGNORECASE)
 _OPTION_LETTER = re.compile(r"\(?[A-J]\)?")  # "B", "(B)": the letter of a multiple-choice option
 MAX_PARTS = 16  # parts of one answer (boxes or formulas joined by "and", "or", commas)
 MAX_SENTENCE_CHARS = 200  # the sentence searched for "... is ANSWER" (rule 5)
+
+
 def _answer_parts(text: str, start: int, end: int, sentence: bool = False) -> list[tuple[int, int]] | None:
     """The spans of the answer that starts text[start:end]: its leading expression, then every formula joined to
     it by commas, "and" or "or" (``$x=-1$ or $x=4$``: rule 4); with ``sentence``, the expression after the
