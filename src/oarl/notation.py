@@ -182,7 +182,8 @@ SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10*
 
 
 def canonical(text: str) -> str:
-    text = _LIST_COMMA.sub(";", text)  # a list stays a list once spaces are gone (math-verify reads ";" as ",")
+    if "," in text:  # a list stays a list once spaces are gone (math-verify reads ";" as ",")
+        text = _LIST_COMMA.sub(";", text)
     text = _SPACES.sub("", text)
     text = text.replace("\\$", "").replace("$", "").replace("\\left", "").replace("\\right", "")
     return _FRAC.sub(r"\\frac", text).rstrip(".")
@@ -220,6 +221,9 @@ def _numbers_equal(a: Number, b: Number) -> bool:
     """Exact, unless a side is a decimal (then ``approximately_equal``); a percentage on one side only
     matches either its number or its number / 100 (``50\\%`` = ``50`` = ``0.5``, as math-verify has it), and
     a scale word on one side only its number or its value (``3.2 million`` = ``3200000`` = ``3.2``)."""
+    if not (a.percent or b.percent or a.scale != 1 or b.scale != 1):  # the common case
+        return a.value == b.value or (a.decimal or b.decimal) and approximately_equal(a.value, b.value)
+
     def values(x: Number, y: Number) -> list[Fraction]:
         if x.percent and not y.percent:
             return [x.value, x.value / 100]
@@ -252,6 +256,9 @@ def fast_verdict(pred: str, gold: str) -> bool | None:
     p, g = canonical(pred), canonical(gold)
     if p == g:
         return True
+    pn, gn = as_number(p), as_number(g)
+    if pn is not None and gn is not None:  # the common case, decided first
+        return _numbers_equal(pn, gn)
     if has_ellipsis(p) != has_ellipsis(g):
         return False  # "2, 4, 6, ..." is an open list, not its first items
     pb, gb = based_number(p), based_number(g)
@@ -260,7 +267,6 @@ def fast_verdict(pred: str, gold: str) -> bool | None:
     if pb is not None or gb is not None:  # "1011" for "1011_2": the same digits (the base is the question's)
         (digits, _, _), other = (pb, g) if pb is not None else (gb, p)
         return other.isalnum() and other.upper() == digits
-    pn, gn = as_number(p), as_number(g)
     if pn is None and gn is not None:
         pn = as_number(canonical(_strip_unit(pred)))
     elif gn is None and pn is not None:

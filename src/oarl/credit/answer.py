@@ -89,7 +89,6 @@ _HASH = re.compile(r"####[ \t]*")
 _TAG_OPEN, _TAG_CLOSE = "<answer>", "</answer>"
 # "The answer is", "the final answer:", "My answer is", "**Final Answer**:", "Answer:" at a line or sentence
 # start, "The answers are", "The solutions are"; not "This answer is" nor "I answered:".
-_LEAD_WORDS = ("answer", "solution", "root", "zero")
 _PHRASE = re.compile(
     r"(?:(?<![A-Za-z])(?:the|my|our)\s+(?:(?:final|correct)\s+)?(?:answers?|solutions|roots|zeros)"
     r"|(?<![A-Za-z])final\s+answers?"
@@ -167,6 +166,12 @@ def _sentence_answer(text: str, start: int, end: int) -> list[tuple[int, int]] |
     return None
 
 
+def _has_lead_word(text: str, start: int, end: int) -> bool:
+    """Does text[start:end] hold a word that every phrase lead-in holds (a cheap test before the regexes)?"""
+    lower = text[start:end].lower()
+    return "answer" in lower or "solution" in lower or "root" in lower or "zero" in lower
+
+
 def _statement(text: str, stmt: int, parts: list[tuple[int, int]], style: str) -> FinalAnswer:
     return FinalAnswer(", ".join(text[a:b] for a, b in parts), stmt, parts[0][0], parts[-1][1], style)
 
@@ -205,7 +210,8 @@ def _last_box(text: str, start: int = 0, end: int | None = None) -> FinalAnswer 
             parts.insert(0, earlier[:2])
             first -= 1
         stmt = boxes[first].start()
-        lead = _PHRASE_BEFORE_BOX.search(text, max(start, stmt - _BOX_LEAD_WINDOW), stmt)
+        window = max(start, stmt - _BOX_LEAD_WINDOW)
+        lead = _PHRASE_BEFORE_BOX.search(text, window, stmt) if _has_lead_word(text, window, stmt) else None
         if lead is not None and lead.group(0).strip():
             stmt = lead.start()
         return _statement(text, stmt, parts, "boxed")
@@ -216,8 +222,7 @@ def _last_statement(text: str, start: int = 0, end: int | None = None) -> FinalA
     """The last #### or phrase statement in text[start:end] (None if there is none or the last one is an empty
     ####). Tried from the end, so that a long completion costs one or two scans, not one per statement."""
     end = len(text) if end is None else end
-    lower = text[start:end].lower()
-    phrases = _PHRASE.finditer(text, start, end) if any(w in lower for w in _LEAD_WORDS) else ()  # the costly part
+    phrases = _PHRASE.finditer(text, start, end) if _has_lead_word(text, start, end) else ()  # the costly part
     starts = [(m.start(), m, "hash") for m in _HASH.finditer(text, start, end)]
     starts += [(m.start(), m, "phrase") for m in phrases]
     for _, m, style in sorted(starts, key=lambda x: x[0], reverse=True):

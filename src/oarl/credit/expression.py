@@ -217,12 +217,12 @@ def _plain_expression_end(text: str, i: int, end: int) -> int:
                 break  # "42 (in dollars)"
             depth, j = 1, k + 1
             continue
-        if prev is None and (spelled := _NUMBER_WORD.match(text, k, end)) is not None:
+        if prev is None and c.isalpha() and (spelled := _NUMBER_WORD.match(text, k, end)) is not None:
             if not _WORD.match(text, skip_spaces(text, spelled.end(), end), end):  # "seven.", not "one of them"
                 j = last = spelled.end()
                 prev = "operand"
                 continue
-        if prev == "operator" and text.startswith(_ELLIPSIS, k):  # "2, 4, 6, ...": an open list, kept whole
+        if prev == "operator" and c in ".…" and text.startswith(_ELLIPSIS, k):  # "2, 4, 6, ...": an open list
             j = last = k + (3 if c == "." else 1)
             prev = "operand"
             continue
