@@ -9,8 +9,8 @@ Items, from the shared benchmark files (what a reward scores per completion):
     gsm8k wrong numbers   ``verify(gold + 1, gold)``: a wrong number, decided in-process
     gsm8k math-verify     the 1,319 golds against themselves with ``use_fast_path=False``: every pair through
                           the math-verify worker (the cost of an answer the fast path cannot decide)
-    gsm8k wrong lists     ``verify("gold, gold + 1", gold)``: a wrong list against one number (math-verify, then,
-                          since issue 24, its items one by one: a list restating one answer is that answer)
+    gsm8k wrong lists     ``verify("gold, gold + 1", gold)``: a wrong list against one number (issue 24: the
+                          fast path no longer reads "18, 19" as the number 1819; math-verify decides)
     math500 solutions     ``is_correct`` of the 500 MATH-500 worked solutions against their gold (LaTeX:
                           mostly the worker)
 

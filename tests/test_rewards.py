@@ -163,15 +163,10 @@ def test_think_format_is_the_r1_zero_structure():
     assert accuracy(right, ["4"] * len(right)) == [1.0] * len(right)  # the answer inside the tags is what is scored
 
 
-@pytest.mark.parametrize("pred, gold", [("5, 5", "5"), ("15\\frac{39}{40}, \\frac{639}{40}", "\\frac{639}{40}"),
-                                        ("x = 3, x = 3.0", "3")])
-def test_a_list_restating_one_answer_is_that_answer(pred, gold):
+@pytest.mark.parametrize("pred, gold, other", [("5, 5", "5", "6, 5"), ("0.5, \\frac12", "\\frac{1}{2}", "0.5, \\frac13"),
+                                               ("15\\frac{39}{40}, \\frac{639}{40}", "\\frac{639}{40}", "15, \\frac{639}{40}")])
+def test_a_list_is_a_set_restating_one_answer_or_not(pred, gold, other):
+    """Two boxes joined by "or" that restate one answer (MATH's ``\\boxed{15\\frac{39}{40}}, or
+    \\boxed{\\frac{639}{40}}``) are that answer; a list with another item is not (math-verify's sets)."""
     assert verify(pred, gold) and verify(gold, pred)
-    assert not verify(pred.replace("5", "6", 1) if "5" in pred else "x = 3, x = 4", gold)
-
-
-def test_a_list_shares_the_deadline_of_its_item():
-    """The items of a list are checked within what is left of timeout_s, so the item stays bounded."""
-    started = time.perf_counter()
-    assert not verify(f"{PATHOLOGICAL}, {PATHOLOGICAL}, {PATHOLOGICAL}", "5", timeout_s=1.0)
-    assert time.perf_counter() - started < 6  # about 1 s: one timeout, not one per item
+    assert not verify(other, gold) and not verify(gold, other)

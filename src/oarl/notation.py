@@ -11,9 +11,9 @@ wrong, and the pairs decided in this process (the verifier's fast path).
                                                 plain digits by its digits (the base is the question's), a
                                                 digit outside its base or anything else is not equal
     has_ellipsis("2, 4, ...")  True             an open list equals only an open list (not ``2, 4``)
-    list_items("x=-1, x=4")    ["x=-1", "x=4"]  a top-level list; a comma and a space between digits separate
-                                                items (``45, 210`` is not ``45210``), a comma and three digits
-                                                group thousands (``1,000``, ``315/1,000``)
+
+A comma and a space between digits separate list items (``45, 210`` is not ``45210``), a comma and three
+digits group thousands (``1,000``, ``315/1,000``).
 
 Numbers are compared exactly in rationals (``as_number``: integers, decimals, fractions, mixed numbers,
 percentages, ``3.2 million``); a percentage or a scale word on one side only matches the number with or
@@ -110,9 +110,6 @@ _OPTION = re.compile(r"\(([A-J])\)|([A-J])(?:[.:)]|$)")
 _ANOTHER_OPTION = re.compile(r"^(?:,|&|and\b|or\b)|\([A-J]\)")
 _BASED = re.compile(r"\(?([0-9A-Za-z]+)\)?_\{?\(?(\d{1,2})\)?\}?")
 _ELLIPSIS = re.compile(r"\.\.\.|…|\\[lcv]?dots(?![A-Za-z])")
-_OPEN, _CLOSE = "([{", ")]}"
-_THOUSANDS = re.compile(r"\d{3}(?!\d)")  # after a digit and a comma: a thousands separator
-MAX_LIST_ITEMS = 8  # a list restating one answer is checked item by item up to this length
 
 
 def option(text: str) -> tuple[str, str] | None:
@@ -146,22 +143,6 @@ def based_number(text: str) -> tuple[str, int, int | None] | None:
 def has_ellipsis(text: str) -> bool:
     """Does the answer hold an ellipsis (``2, 4, 6, ...``, ``\\ldots``, ``\\cdots``)?"""
     return _ELLIPSIS.search(text) is not None
-
-
-def list_items(text: str) -> list[str] | None:
-    """The items of a list at the top level of ``text`` (``x=-1, x=4``; not ``(1, 2)`` nor the thousands
-    separator of ``1,000``), when it has 2 to ``MAX_LIST_ITEMS`` of them; else None."""
-    items, depth, begin = [], 0, 0
-    for i, c in enumerate(text):
-        if c in _OPEN:
-            depth += 1
-        elif c in _CLOSE:
-            depth -= 1
-        elif c == "," and depth == 0 and not (i > 0 and text[i - 1].isdigit() and _THOUSANDS.match(text, i + 1)):
-            items.append(text[begin:i].strip())
-            begin = i + 1
-    items.append(text[begin:].strip())
-    return items if 2 <= len(items) <= MAX_LIST_ITEMS and all(items) else None
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -23,10 +23,9 @@ the answer), then are checked in steps:
 2. a multiple-choice option (``(B) 2,025``, ``C: The enzyme is inhibited``): against a gold letter the
    letters decide, against another gold the option's text;
 3. math-verify ``parse`` + ``verify`` for everything else (LaTeX expressions, sets, intervals, matrices,
-   ...), with math-verify's number comparison replaced by an exact one (``oarl.mathverify_worker``);
-4. when math-verify says no and one side is a list while the other is one answer: the list is right only if
-   every item is that answer, restated (MATH's ``\\boxed{15\\frac{39}{40}}, or \\boxed{\\frac{639}{40}}``
-   against ``\\frac{639}{40}``); ``2, 4`` against ``2`` stays wrong.
+   ...), with math-verify's number comparison replaced by an exact one (``oarl.mathverify_worker``). A list
+   compares as a set: one that restates a single answer is that answer (MATH's ``\\boxed{15\\frac{39}{40}},
+   or \\boxed{\\frac{639}{40}}`` against ``\\frac{639}{40}``), ``2, 4`` against ``2`` is wrong.
 
 **Numbers.** Integers and rationals compare exactly (``10000000001`` is not ``10000000000``, ``2^{-98}``
 is not ``2^{-99}``). A tolerance applies only where a side is written as a decimal, which may be an
@@ -56,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from oarl.credit.answer import extract_answer
-from oarl.notation import answer_key, as_number, canonical, fast_verdict, list_items, normalize_answer, option
+from oarl.notation import answer_key, as_number, canonical, fast_verdict, normalize_answer, option
 
 logger = logging.getLogger(__name__)
 
@@ -269,10 +268,9 @@ def value_key(answer: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
 def verify(pred_text: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S, use_fast_path: bool = True) -> bool:
     """Is the answer ``pred_text`` (an extracted final answer, not a whole completion) equal to ``gold``?
 
-    Safe from any thread; takes at most about ``timeout_s`` per call (a timeout counts as False; the items
-    of a list share what is left of it). The steps are those of the module docstring. ``use_fast_path=False``
-    sends every pair to math-verify alone, without oarl's steps 1, 2 and 4 (used to test that math-verify
-    parses the gold).
+    Safe from any thread; takes at most about ``timeout_s`` per call (a timeout counts as False). The steps
+    are those of the module docstring. ``use_fast_path=False`` sends every pair to math-verify alone, without
+    oarl's steps 1 and 2 (used to test that math-verify parses the gold).
     """
     if pred_text is None or gold is None:
         return False
@@ -295,15 +293,7 @@ def verify(pred_text: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S, use_
     chosen = pred_option or gold_option  # "(B) 2,025" against "2025": the option's text decides
     if chosen is not None and chosen[1]:
         return verify(chosen[1], gold if pred_option else pred_text, timeout_s)
-    started = time.monotonic()
-    if _math_verify(pred_text, gold, timeout_s):
-        return True
-    # a list against one answer is right when every item is that answer, restated ("15\frac{39}{40}, \frac{639}{40}")
-    pred_items, gold_items = list_items(pred_text), list_items(gold)
-    if (pred_items is None) == (gold_items is None):
-        return False
-    items, single = (pred_items, gold) if pred_items is not None else (gold_items, pred_text)
-    return all((left := timeout_s - (time.monotonic() - started)) > 0 and verify(item, single, left) for item in items)
+    return _math_verify(pred_text, gold, timeout_s)
 
 
 def group_by_value(answers: list[str | None], timeout_s: float = DEFAULT_TIMEOUT_S) -> list[int | None]:
