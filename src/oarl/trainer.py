@@ -145,10 +145,12 @@ class OARConfig(GRPOConfig):
                   "token by token inside the steps whose importance reaches the Bi-Level threshold (the other "
                   "steps keep their step's importance); about (1 - credit_threshold) of token-level's cost."},
     )
-    credit_reuse_prefix: bool = field(
-        default=False,
+    credit_reuse_prefix: bool | None = field(
+        default=None,
         metadata={"help": "OAR-P: reuse the unperturbed forward's key/value cache before each variant's first "
-                  "replaced token (same importances; each variant recomputes only the tokens after it)."},
+                  "replaced token (same importances; each variant recomputes only the tokens after it). Default: "
+                  "auto, on wherever the model's cache keeps every column (not with sliding-window layers: they "
+                  "recompute, with a note); false: always recompute."},
     )
     credit_replace_with: int | None = field(
         default=None, metadata={"help": "OAR-P: token id that replaces a reasoning token (default: the pad id)."}
@@ -184,7 +186,7 @@ class OARConfig(GRPOConfig):
             chunk_size=self.credit_chunk_size,
             apply_to=self.credit_apply_to,
             replace_with=self.credit_replace_with,
-            reuse_prefix=self.credit_reuse_prefix,
+            reuse_prefix="auto" if self.credit_reuse_prefix is None else self.credit_reuse_prefix,
             span=self.credit_span,
             refine=self.credit_refine,
             batch_size=self.credit_batch_size or self.per_device_train_batch_size,

@@ -31,6 +31,11 @@ def check_chunk_size(chunk_size: int) -> None:
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
 
 
+def check_reuse_prefix(reuse_prefix) -> None:
+    if not (isinstance(reuse_prefix, bool) or reuse_prefix == "auto"):
+        raise ValueError(f"reuse_prefix must be 'auto', True or False, got {reuse_prefix!r}")
+
+
 def check_noise_std(noise_std: float) -> None:
     if not (isinstance(noise_std, (int, float)) and math.isfinite(noise_std) and noise_std > 0.0):
         raise ValueError(f"noise_std must be a finite number > 0, got {noise_std!r}")
@@ -76,8 +81,9 @@ class CreditConfig:
     apply_to:     reshape the completions with "all" advantages, only "positive" or only "negative" ones;
                   None: "negative" for grail (GRAIL's default, non-positive advantages only), else "all".
     replace_with: token id that replaces a reasoning token (perturbation); None -> the tokenizer's pad id.
-    reuse_prefix: perturbation: compute the shared prefix of a chunk's variants once and reuse its key/value
-                  cache (same result, less compute on long prompts; the model's forward must take a cache).
+    reuse_prefix: perturbation: "auto" (default) or True: each variant starts from the clean forward's key/value
+                  cache at its first replaced token, when the model's cache keeps every column (else every variant
+                  is recomputed, with a note logged once); False: always recompute. Same result.
     batch_size:   rows per model pass (None: all completions that need one, at once); bounds the memory of
                   the gradient and entropy passes on long completions. OAR-G with noise_samples K sends each
                   completion K times, so it takes batch_size // K completions per pass (at least one).
@@ -116,7 +122,7 @@ class CreditConfig:
     chunk_size: int = 32
     apply_to: str | None = None
     replace_with: int | None = None
-    reuse_prefix: bool = False
+    reuse_prefix: bool | str = "auto"
     span: str | None = None
     batch_size: int | None = None
     rollouts: int = 4
@@ -148,7 +154,8 @@ class CreditConfig:
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
         ):
             raise ValueError(f"batch_size must be None or an integer >= 1, got {self.batch_size!r}")
-        for name in ("reuse_prefix", "refine", "activation_checkpointing"):
+        check_reuse_prefix(self.reuse_prefix)
+        for name in ("refine", "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.refine and (self.estimator != "perturbation" or self.resolved_span() == "token"):

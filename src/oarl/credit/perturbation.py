@@ -10,11 +10,14 @@ forward computes logits only at the last K columns that the outcome reads ("last
 its probe stops before the answer).
 
 Three ways to pay less:
-- reuse_prefix (exact): a variant equals the original probe before its first replaced token, so the clean
-  forward keeps its key/value cache and each variant recomputes only from its first replaced column on.
+- reuse_prefix (exact, on by default wherever the model's cache allows it): a variant equals the original probe
+  before its first replaced token, so the clean forward keeps its key/value cache and each variant recomputes
+  only from its first replaced column on (in every mode: a step's variant from the step's first token).
   Variants are sorted by that column, so that a chunk (rows mixed) starts nearly where each variant does.
   Cost per token-variant: the tokens after it instead of the whole probe (about half the completion, none
-  of the prompt, instead of prompt + completion); memory: the cache of one pass's rows.
+  of the prompt, instead of prompt + completion); memory: the cache of the batch's rows (one clean forward)
+  and a copy of one chunk's prefixes. A model whose cache does not keep every column (sliding-window layers,
+  linear attention) recomputes every variant instead, with a note logged once per model class.
 - span_ids: replace a whole reasoning step (line, sentence) per variant: one pass per step, not per token;
   every token of the step gets the step's importance.
 - span_ids + refine (hierarchical): steps first; then token by token inside the steps whose normalised
@@ -25,15 +28,21 @@ Three ways to pay less:
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import Tensor
 
 from .bilevel import reaches_threshold
-from .config import OUTCOMES, check_choice, check_chunk_size
+from .config import OUTCOMES, check_choice, check_chunk_size, check_reuse_prefix
 from .outcome import final_outcome, outcome_divergence, outcome_keep
 from .probe import (
-    AlignedProbe, align_to_end, eval_mode, forward_logits, forward_logits_after_prefix, prefix_cache, trim_left,
+    AlignedProbe, align_to_end, eval_mode, forward_logits, forward_logits_after_prefix, keeps_every_column,
+    prefix_cache, trim_left,
 )
+
+logger = logging.getLogger(__name__)
+_NOTED: set[str] = set()  # model classes whose fallback to recomputation was logged
 
 
 @torch.no_grad()
@@ -47,7 +56,7 @@ def perturbation_importance(
     chunk_size: int = 32,
     replace_with: int | None = None,
     pad_token_id: int | None = None,
-    reuse_prefix: bool = False,
+    reuse_prefix: bool | str = "auto",
     span_ids: Tensor | None = None,
     refine: float | None = None,
 ) -> Tensor:
@@ -55,8 +64,10 @@ def perturbation_importance(
 
     Masks are [B, L] in the same layout as input_ids (any contiguous padding). The replacement token is
     `replace_with`, else `pad_token_id`, else the model config's pad_token_id.
-    reuse_prefix: reuse the clean forward's key/value cache before each variant's first replaced token
-    (needs a model whose forward takes and returns a full cache). The result is the same.
+    reuse_prefix: "auto" (default) or True: reuse the clean forward's key/value cache before each variant's first
+    replaced token when the model's cache keeps every column (transformers' DynamicCache without sliding-window
+    layers), else recompute every variant (logged once per model class); False: always recompute. The result is
+    the same either way (to float rounding).
     span_ids [B, L] long (optional): reasoning tokens of a row with the same id (a step: a line, a
     sentence) are replaced together, one variant per step, and each gets the step's importance.
     refine (with span_ids): a quantile q in (0, 1); the steps whose normalised importance reaches the q-quantile
@@ -64,6 +75,7 @@ def perturbation_importance(
     """
     check_choice("mode", mode, OUTCOMES)
     check_chunk_size(chunk_size)
+    check_reuse_prefix(reuse_prefix)
     if refine is not None and (span_ids is None or not 0.0 < refine < 1.0):
         raise ValueError(f"refine must be None or a quantile in (0, 1) used with span_ids, got {refine!r}"
                          + ("" if span_ids is not None else " without span_ids"))
@@ -80,8 +92,12 @@ def perturbation_importance(
 
     keep = outcome_keep(probe.n_answer[probe.reasoning.any(1)])
     with eval_mode(model):
-        out = forward_logits(model, probe.attention_mask, keep, input_ids=probe.input_ids, return_cache=reuse_prefix)
-        logits, cache = out if reuse_prefix else (out, None)
+        reuse = reuse_prefix is not False
+        out = forward_logits(model, probe.attention_mask, keep, input_ids=probe.input_ids, return_cache=reuse)
+        logits, cache = out if reuse else (out, None)
+        if reuse and not keeps_every_column(cache, probe.input_ids.shape[1]):
+            _note_recomputation(model)
+            cache = None
         clean = final_outcome(logits, probe.input_ids, probe.n_answer, mode)  # [B, V] or [B]
         variants = _Variants(model, probe, clean, keep, mode, replace_with, chunk_size, cache)
         if span_ids is None:
@@ -94,6 +110,15 @@ def perturbation_importance(
                 values[chosen] = variants.divergence(tokens[chosen], tokens[chosen, 1])
     importance[tokens[:, 0], tokens[:, 1]] = values
     return probe.to_original(importance)
+
+
+def _note_recomputation(model) -> None:
+    name = type(model).__name__
+    if name not in _NOTED:
+        _NOTED.add(name)
+        logger.warning("OAR-P recomputes every perturbed variant with %s: its key/value cache does not keep every "
+                       "column (sliding-window or linear-attention layers), which prefix reuse needs. Same "
+                       "importances, at the cost of whole forwards.", name)
 
 
 class _Variants:
@@ -117,7 +142,7 @@ class _Variants:
             0, variant_of, tokens[:, 1], "amin")  # [V]: first replaced column
         # variant order: by first replaced column when reusing the prefix (a chunk starts where its variants do),
         # else by row (a chunk trims the padding its rows share)
-        order = torch.argsort(first, stable=True) if self.cache is not None else torch.arange(len(first))
+        order = torch.argsort(first, stable=True) if self.cache is not None else torch.arange(len(first), device=first.device)
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order), device=order.device)
         variant_of, variant_row, first = rank[variant_of], variant_row[order], first[order]

@@ -132,6 +132,23 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def keeps_every_column(cache, length: int) -> bool:
+    """Whether a forward's key/value cache holds the keys and values of all `length` columns in every layer, as
+    ``prefix_cache`` needs: False for None, for sliding-window layers (they keep the last window only) and for
+    layers without key/value tensors (linear attention, state-space layers)."""
+    if cache is None:
+        return False
+    try:
+        layers = list(cache)  # (keys, values[, sliding window]) per layer; keys [N, heads, L, head_dim]
+    except TypeError:
+        return False
+    return bool(layers) and all(
+        len(layer) >= 2 and (len(layer) < 3 or layer[2] is None)
+        and all(isinstance(t, Tensor) and t.ndim == 4 and t.shape[2] == length for t in layer[:2])
+        for layer in layers
+    )
+
+
 def prefix_cache(cache, rows: Tensor, split: int):
     """A new cache of the same class holding columns [0, split) of the given rows [C] of a batch's cache.
 

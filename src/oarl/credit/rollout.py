@@ -116,12 +116,13 @@ def rollout_importance(
     rewards = scorer(score_rows, completions)
     if len(rewards) != len(completions):
         raise ValueError(f"the scorer must return one reward per completion ({len(completions)}), got {len(rewards)}")
-    rewards = torch.tensor([float("nan") if r is None else float(r) for r in rewards], dtype=torch.float64)
+    rewards = torch.tensor([float("nan") if r is None else float(r) for r in rewards], dtype=torch.float64,
+                           device=steps.device)
     values = rewards.view(len(prefixes), rollouts).nanmean(1)  # [U] V(h) of each distinct prefix (NaN: unscorable)
 
     signed = torch.zeros(batch, length, dtype=torch.float64, device=steps.device)
     for b, indices in zip(rows_list, boundaries):
-        v = values[indices].to(steps.device)  # [G + 1]
+        v = values[indices]  # [G + 1]
         delta = v[1:] - v[:-1]  # [G]
         group = groups[b]
         signed[b] = torch.where(group >= 0, delta[group.clamp_min(0)], torch.zeros_like(delta[:1]))

@@ -104,7 +104,7 @@ def _spans_by_prefix_decoding(tokenizer, ids: list[int], text: str) -> list[tupl
 def _token_spans(tokenizer, ids: Tensor) -> tuple[str, Tensor] | None:
     """Text of the non-special tokens of ids [n] and the [s, e) char spans [n, 2] of every token
     (a special token gets the empty span at the end of the text before it)."""
-    special = torch.tensor(sorted(tokenizer.all_special_ids), dtype=ids.dtype)
+    special = torch.tensor(sorted(tokenizer.all_special_ids), dtype=ids.dtype, device=ids.device)
     plain = ~torch.isin(ids, special)  # [n]
     plain_ids = ids[plain].tolist()
     text = _decode(tokenizer, plain_ids)
@@ -115,8 +115,8 @@ def _token_spans(tokenizer, ids: Tensor) -> tuple[str, Tensor] | None:
     )
     if spans is None:
         return None
-    out = torch.zeros(len(ids), 2, dtype=torch.long)
-    out[plain] = torch.tensor(spans, dtype=torch.long).reshape(-1, 2)
+    out = torch.zeros(len(ids), 2, dtype=torch.long, device=ids.device)
+    out[plain] = torch.tensor(spans, dtype=torch.long, device=ids.device).reshape(-1, 2)
     cursor = out[:, 1].cummax(0).values  # ends are non-decreasing: the text end so far
     out[~plain] = cursor[~plain, None]
     return text, out
@@ -133,10 +133,12 @@ def segment_completions(
     """
     check_choice("span", span, SPANS)
     batch, length = completion_ids.shape
-    starts = torch.zeros(batch, length, dtype=torch.long)  # token char spans, [B, T]
-    ends = torch.zeros(batch, length, dtype=torch.long)
-    step_of = torch.zeros(batch, length, dtype=torch.long)
-    bounds = torch.full((batch, 3), -1, dtype=torch.long)  # statement_start, answer_start, answer_end
+    # string work, on the CPU whatever the completions' device; the masks move to that device at the end
+    cpu = torch.device("cpu")
+    starts = torch.zeros(batch, length, dtype=torch.long, device=cpu)  # token char spans, [B, T]
+    ends = torch.zeros(batch, length, dtype=torch.long, device=cpu)
+    step_of = torch.zeros(batch, length, dtype=torch.long, device=cpu)
+    bounds = torch.full((batch, 3), -1, dtype=torch.long, device=cpu)  # statement_start, answer_start, answer_end
     valid = completion_mask.bool().cpu()
     ids_cpu = completion_ids.cpu()
     for b in range(batch):  # one pass per completion: string work
@@ -152,10 +154,10 @@ def segment_completions(
             continue  # the answer runs to the end of a cut completion: it may be cut too
         cols = valid[b].nonzero().squeeze(1)
         starts[b, cols], ends[b, cols] = span_tensor[:, 0], span_tensor[:, 1]
-        bounds[b] = torch.tensor([final.statement_start, final.answer_start, final.answer_end])
+        bounds[b] = torch.tensor([final.statement_start, final.answer_start, final.answer_end], device=cpu)
         if span != "token":
             breaks = torch.tensor([m.end() for m in STEP_BREAKS[span].finditer(text, 0, final.statement_start)],
-                                  dtype=torch.long)
+                                  dtype=torch.long, device=cpu)
             step_of[b, cols] = torch.searchsorted(breaks, span_tensor[:, 0].contiguous(), right=True)
 
     has_answer = bounds[:, 0] >= 0  # [B]

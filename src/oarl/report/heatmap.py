@@ -309,14 +309,15 @@ def encode_completion(tokenizer, text: str) -> tuple[list[int], list[str], list[
 
 
 def _pad(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, W] ids and mask on the CPU (the caller moves them to the model's device)."""
     width = max((len(r) for r in rows), default=0)
-    ids = torch.full((len(rows), max(width, 1)), pad_id, dtype=torch.long)
+    ids = torch.full((len(rows), max(width, 1)), pad_id, dtype=torch.long, device="cpu")
     mask = torch.zeros_like(ids)
     for b, r in enumerate(rows):
         if not r:
             continue
         cols = slice(width - len(r), width) if side == "left" else slice(0, len(r))
-        ids[b, cols] = torch.tensor(r, dtype=torch.long)
+        ids[b, cols] = torch.tensor(r, dtype=torch.long, device="cpu")
         mask[b, cols] = 1
     return ids, mask
 
