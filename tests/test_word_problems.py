@@ -77,9 +77,10 @@ def test_smollm2_picks_its_regime_and_flags_win():
         got = getattr(config, key)
         assert (got.value if hasattr(got, "value") else got) == value, key
     assert config.max_completion_length <= 256  # a laptop CPU budget, not a GPU one
-    from oarl.train import _cpu_has_bf16
+    from oarl.devices import cpu_has_bf16, mixed_precision
 
-    assert config.bf16 == _cpu_has_bf16() and not config.fp16  # bf16 autocast only where the CPU runs it natively
+    # on a CPU, bf16 autocast only where the CPU runs it natively; on a GPU, where the GPU has bf16
+    assert config.bf16 == mixed_precision(cpu_bf16=cpu_has_bf16())["bf16"] and not config.fp16
     assert not parse_args(["--model", "smollm2-135m", "--bf16", "false"])[1].bf16
     _, config = parse_args(["--model", "smollm2-135m", "--learning_rate", "3e-6", "--max_steps", "2"])
     assert config.learning_rate == 3e-6 and config.max_steps == 2

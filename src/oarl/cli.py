@@ -145,7 +145,8 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="problem / demo / sampling / noise seed (default: %(default)s)")
     p.add_argument("--advantage", type=float, default=1.0, help="the nonzero advantage each completion gets (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=8, help="completions per credit pass (default: %(default)s)")
-    p.add_argument("--device", help="device (default: cpu)")
+    p.add_argument("--device", help="device of the model and of rollout credit's sampling (default: cuda if available, "
+                                    "else cpu)")
     p.add_argument("--outcome", choices=("last", "answer_mean", "answer_joint"),
                    help="outcome distribution (default: last for perturbation, answer_mean otherwise)")
     p.add_argument("--rollouts", type=int, default=16,
@@ -244,17 +245,20 @@ def run_explain(args: argparse.Namespace) -> int:
             row["source"] = "file"
 
     from oarl.data.arithmetic import REGIMES
+    from oarl.devices import default_device
     from oarl.evaluate import resolve_model_path
     from oarl.models.loading import load_model
 
     regime = REGIMES[args.task]
+    device = args.device or default_device()
     try:
         if args.model == "tiny":  # the warm start of the chosen task form
             from oarl.models.warmstart import warm_start
 
-            model, tokenizer = load_model(warm_start(regime.warmstart_config()), device=args.device)
+            path = warm_start(regime.warmstart_config(), use_cpu=torch.device(device).type == "cpu")
+            model, tokenizer = load_model(path, device=device)
         else:
-            model, tokenizer = load_model(resolve_model_path(args.model), device=args.device)
+            model, tokenizer = load_model(resolve_model_path(args.model), device=device)
     except (ValueError, OSError) as exc:
         return fail(str(exc))
 

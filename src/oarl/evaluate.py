@@ -513,9 +513,9 @@ def use_vllm(backend: str) -> bool:
     if backend == "vllm" and not vllm_installed():
         raise ValueError(f"--backend vllm: vLLM is not installed; {VLLM_INSTALL_HINT}")
     if backend == "auto":
-        import torch
+        from oarl.devices import gpu_available
 
-        return vllm_installed() and torch.cuda.is_available()
+        return vllm_installed() and gpu_available()
     return backend == "vllm"
 
 
@@ -539,12 +539,9 @@ def _load_backend(cfg: EvalConfig, model_path: str, chat: bool | None):
         if cfg.backend == "vllm":
             raise ValueError(f"--backend vllm: {problem}, so vLLM would not generate from the ids the model knows; {fix}")
         logger.warning("%s; generating with HF instead of vLLM (%s)", problem, fix)
-    device = cfg.device
-    if device is None:
-        import torch
+    from oarl.devices import default_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model(model_path, dtype=cfg.dtype, device=device)
+    model, tokenizer = load_model(model_path, dtype=cfg.dtype, device=cfg.device or default_device())
     if chat is None:
         chat = getattr(tokenizer, "chat_template", None) is not None
     return HFBackend(model, tokenizer, batch_size=cfg.batch_size, add_special_tokens=not chat), tokenizer, chat

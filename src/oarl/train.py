@@ -87,14 +87,14 @@ class TrainArgs:
 # ------------------------------------------------------------------------------------------------ config
 
 
-def _cpu_defaults() -> dict:
-    import torch
-
-    if torch.cuda.is_available():
-        return {}
+def _device_defaults(use_cpu: bool = False, cpu_bf16: bool = False) -> dict:
+    """Device and precision (``oarl.devices``): the GPU when there is one, in bf16 where it has bf16 (GRPOConfig's
+    activation checkpointing stays on); else the CPU in float32 (bf16 autocast with cpu_bf16), no checkpointing."""
+    from .devices import mixed_precision
     from .trainer import ACTIVATION_CHECKPOINTING
 
-    return {"bf16": False, "fp16": False, ACTIVATION_CHECKPOINTING: False, "use_cpu": True}
+    settings = mixed_precision(use_cpu, cpu_bf16)
+    return {**settings, ACTIVATION_CHECKPOINTING: False} if settings["use_cpu"] else settings
 
 
 def _regime(task: str = "tree"):
@@ -106,16 +106,10 @@ def _regime(task: str = "tree"):
 def _smollm2_defaults() -> dict:
     """The SmolLM2 job's settings (oarl.data.word_problems.SMOLLM2_REGIME; they replace GRPOConfig's defaults,
     not the user's flags)."""
-    import torch
-
     from .data.word_problems import SMOLLM2_REGIME as regime
 
-    # bf16 autocast on a CPU with bf16 instructions (avx512_bf16, AMX): 1.8x faster steps on the one that measured
-    # the regime, the same losses to 1e-4 (experiments/SMOLLM2.md §3f); elsewhere it is emulated, slower than fp32
-    cpu = {} if torch.cuda.is_available() else {"bf16": _cpu_has_bf16()}
     return {
         **regime.grpo_kwargs(),
-        **cpu,
         "credit": "gradient",
         # a credit pass holds no more rows than a training micro-batch; OAR-P perturbs whole sentences (token
         # by token it costs ~50 training steps per 256-token completion on this model: experiments/SMOLLM2.md)
@@ -128,16 +122,6 @@ def _smollm2_defaults() -> dict:
         "report_to": "none",
         "dataloader_num_workers": 0,
     }
-
-
-def _cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (its own check: avx512_bf16 / AMX / avx_ne_convert)."""
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return False
 
 
 def _embedded_defaults(regime) -> dict:
@@ -158,8 +142,10 @@ def parse_args(argv: list[str] | None = None):
     """(TrainArgs, OARConfig) from flags and an optional ``--config`` YAML (flags win over YAML, YAML over the
     embedded defaults). ``--resume RUN`` re-reads ``RUN/config.yaml``. Raises UsageError (one line, with a "did
     you mean") for an unknown flag or YAML key, an invalid value or choice, and ``--max_steps`` 0 or below -1."""
+    from transformers.hf_argparser import string_to_bool
     from trl import TrlParser
 
+    from .devices import cpu_has_bf16
     from .errors import RaisingParserMixin, UsageError, did_you_mean, unknown_flags_hint
     from .trainer import OARConfig
 
@@ -179,6 +165,7 @@ def parse_args(argv: list[str] | None = None):
     pre = PreParser(prog="oarl train", add_help=False)
     for flag in ("--config", "--resume", "--model", "--dataset"):
         pre.add_argument(flag)
+    pre.add_argument("--use_cpu", nargs="?", const="true")  # the device decides the precision defaults
     known, _ = pre.parse_known_args(argv)
     if known.resume and not known.config:
         config = Path(known.resume) / "config.yaml"
@@ -197,8 +184,14 @@ def parse_args(argv: list[str] | None = None):
     model = known.model or from_yaml.get("model", "tiny")
     dataset = known.dataset or from_yaml.get("dataset", SMOLLM2[1] if model == SMOLLM2[0] else EMBEDDED[1])
 
+    use_cpu = from_yaml.get("use_cpu", False) if known.use_cpu is None else known.use_cpu
+    use_cpu = string_to_bool(use_cpu) if isinstance(use_cpu, str) else bool(use_cpu)
+    # bf16 autocast on a CPU with bf16 instructions (avx512_bf16, AMX) for the SmolLM2 job: 1.8x faster steps on the
+    # one that measured the regime, the same losses to 1e-4 (experiments/SMOLLM2.md §3f); elsewhere it is emulated
+    cpu_bf16 = (model, dataset) == SMOLLM2 and cpu_has_bf16()
+
     parser = Parser((TrainArgs, OARConfig), prog="oarl train", formatter_class=Formatter)
-    defaults = {"output_dir": AUTO_DIR, **_cpu_defaults(), "report_to": "none", "logging_steps": 1}
+    defaults = {"output_dir": AUTO_DIR, **_device_defaults(use_cpu, cpu_bf16), "report_to": "none", "logging_steps": 1}
     if (model, dataset) == EMBEDDED:
         defaults.update(_embedded_defaults(_regime()))
     elif (model, dataset) == SMOLLM2:
@@ -373,7 +366,7 @@ def _load_model_and_data(train_args: TrainArgs, config):
         ws = regime.warmstart_config()
         if train_args.sft_steps is not None:
             ws["steps"] = train_args.sft_steps
-        model, tokenizer = load_tiny(warm_start(ws))
+        model, tokenizer = load_tiny(warm_start(ws, use_cpu=config.use_cpu))
         n_train = train_args.train_size or regime.n_rl_prompts
         train = arithmetic.as_dataset(
             [{"prompt": r["prompt"], "answer": r["answer"]} for r in arithmetic.problems("train", n_train, seed=regime.seed,
@@ -393,7 +386,7 @@ def _load_model_and_data(train_args: TrainArgs, config):
     from .models.loading import load_model
 
     if (train_args.model, train_args.dataset) == SMOLLM2:
-        model, tokenizer = load_model(_smollm2_warm_start(train_args.sft_steps))
+        model, tokenizer = load_model(_smollm2_warm_start(train_args.sft_steps, config.use_cpu))
     else:
         model, tokenizer = load_model(train_args.model)
     train, heldout = _dataset_and_heldout(train_args, config, getattr(tokenizer, "chat_template", None) is not None)
@@ -403,7 +396,7 @@ def _load_model_and_data(train_args: TrainArgs, config):
     return model, tokenizer, train, heldout, None, reward_funcs
 
 
-def _smollm2_warm_start(sft_steps: int | None) -> str:
+def _smollm2_warm_start(sft_steps: int | None, use_cpu: bool = False) -> str:
     """The SmolLM2 job's model: the regime's supervised warm start on worked solutions (trained once, then
     cached; ``warm_start`` says so and shows a bar), or the plain model with ``--sft_steps 0``."""
     import dataclasses
@@ -414,7 +407,7 @@ def _smollm2_warm_start(sft_steps: int | None) -> str:
     regime = SMOLLM2_REGIME if sft_steps is None else dataclasses.replace(SMOLLM2_REGIME, sft_steps=sft_steps)
     if regime.sft_steps == 0:
         return SMOLLM2[0]
-    return warm_start(regime.warmstart_config(), log_every=max(1, regime.sft_steps // 10))
+    return warm_start(regime.warmstart_config(), log_every=max(1, regime.sft_steps // 10), use_cpu=use_cpu)
 
 
 def _dataset_and_heldout(train_args: TrainArgs, config, conversational: bool):
@@ -539,9 +532,9 @@ def _train(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | None
     from .report.plots import make_plots
     from .trainer import OARTrainer
 
-    if config.use_cpu:  # the SmolLM2 job picks bf16 by the CPU: say which
-        logging.getLogger(__name__).info(
-            "training on CPU in %s", "bf16 autocast (--bf16 false: float32)" if config.bf16 else "float32")
+    precision = "bf16 mixed precision (--bf16 false: float32)" if config.bf16 else "fp16 mixed precision" if config.fp16 \
+        else "float32"
+    logging.getLogger(__name__).info("training on %s in %s", config.device, precision)  # oarl.devices' choice, or flags
     clock = WallClock(run_dir / "wall_time.json", resumed=bool(train_args.resume))
     clock.save()  # from now on a Ctrl-C is counted (WallClock.count_until_now)
     config.output_dir = str(run_dir)

@@ -51,6 +51,7 @@ from trl.trainer.utils import RepeatSampler
 from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
 from .credit.config import APPLY_TO, SPANS
 from .credit.core import STAT_KEYS as CREDIT_STATS
+from .devices import mixed_precision
 
 
 # TRL 1.16 calls transformers 5's deprecated `is_gradient_checkpointing`, `gradient_checkpointing_enable` and
@@ -163,6 +164,9 @@ class OARConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        if self.bf16 is None and not self.fp16 and not self.use_cpu:
+            # GRPOConfig's bf16 default, where the device runs it (oarl.devices); float32 on an older GPU or without one
+            self.bf16 = mixed_precision()["bf16"]
         super().__post_init__()
         self.credit_config()  # validates every credit setting, naming it and its range
 

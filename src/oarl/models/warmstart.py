@@ -12,7 +12,11 @@ training time and the final loss) next to the Hugging Face model files. Training
 sibling directory and renames it when done, so an interrupted run leaves no half-written cache entry.
 
 Training is TRL's ``SFTTrainer`` on prompt-completion pairs (loss on the completion tokens only, EOS
-appended by TRL), on CPU: bf16 off, gradient checkpointing off. For SmolLM2 (``cfg["base"]``) the pairs are
+appended by TRL), gradient checkpointing off, on the device ``oarl.devices`` picks: a GPU when there is one (bf16
+mixed precision where it has bf16), else the CPU in float32; ``use_cpu=True`` forces the CPU. The model is saved
+the same way wherever it trained: float32 weights, written from the CPU, that load on any device. The trainer
+leaves the process's accelerate state as it found it (``oarl.devices.keep_process_state``), so that the RL trainer
+that follows in the same process runs where its own arguments say. For SmolLM2 (``cfg["base"]``) the pairs are
 conversational (the user message of ``oarl.data.word_problems.make_prompt``, the worked solution as the
 assistant's reply), so that the chat template is what the model learns under, as RL and evaluation ask. Both
 show a progress bar over their steps (with the loss), after a line saying that the warm start runs once and
@@ -62,23 +66,27 @@ def default_config() -> dict:
     return DEFAULT_REGIME.warmstart_config()
 
 
-def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int = 50, progress: bool = True) -> str:
+def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int = 50, progress: bool = True,
+               use_cpu: bool = False) -> str:
     """Path of the warm-started model directory for ``cfg`` (see ``Regime.warmstart_config``): trained
     on first use, loaded from the cache afterwards. ``cfg`` keys: ``task`` (ArithmeticTask fields),
     ``model`` (TinyConfig fields), ``steps``, ``batch_size``, ``learning_rate``, ``seed``; optional
-    ``warmup_steps``, ``weight_decay``, ``num_threads``. ``progress``: a bar over the steps."""
+    ``warmup_steps``, ``weight_decay``, ``num_threads``. ``progress``: a bar over the steps. ``use_cpu``: train on
+    the CPU even where there is a GPU (the cache entry is the same either way)."""
     cfg = default_config() if cfg is None else cfg
     out = cache_path(cfg)
     if is_cached(cfg) and not force:
         return str(out)
-    logger.info("warm start of %s: %d supervised steps; this runs once, later runs load it from %s",
-                cfg.get("base", "the tiny model"), int(cfg["steps"]), out)
+    from oarl.devices import default_device, keep_process_state
+
+    logger.info("warm start of %s: %d supervised steps on %s; this runs once, later runs load it from %s",
+                cfg.get("base", "the tiny model"), int(cfg["steps"]), default_device(use_cpu).type, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
         train = _train_smollm2 if cfg.get("base") == "smollm2-135m" else _train
-        info = train(cfg, tmp, log_every=log_every, progress=progress)
-        _release_accelerator_state()
+        with keep_process_state():
+            info = train(cfg, tmp, log_every=log_every, progress=progress, use_cpu=use_cpu)
         with open(tmp / "warmstart.json", "w") as f:
             json.dump({"config": cfg, "hash": out.name, **info}, f, indent=2, default=list)
         if out.exists():
@@ -90,24 +98,24 @@ def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int =
     return str(out)
 
 
-def _release_accelerator_state() -> None:
-    """Forget the SFT trainer's accelerate state (no mixed precision), as transformers' Trainer does between
-    hyperparameter trials: the RL trainer that follows in the same process, in bf16, then sets up its own instead
-    of failing with "AcceleratorState has already been initialized". The process's device and distributed
-    setup (PartialState) stay."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state()
-
-
-def _sft_config(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int):
-    """The SFTConfig of a warm start: cosine lr with warm-up, on CPU in float32, no checkpoints."""
+def _sft_config(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int, use_cpu: bool):
+    """The SFTConfig of a warm start (see ``sft_kwargs``)."""
     from trl import SFTConfig
 
+    return SFTConfig(**sft_kwargs(cfg, out_dir, log_every, warmup_steps=warmup_steps, max_length=max_length,
+                                  use_cpu=use_cpu))
+
+
+def sft_kwargs(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int,
+               use_cpu: bool = False) -> dict:
+    """SFTConfig's arguments for a warm start: cosine lr with warm-up, no checkpoints, no activation
+    checkpointing, on the GPU (bf16 where it has bf16) or the CPU (float32) as ``oarl.devices.mixed_precision``
+    decides."""
+    from oarl.devices import mixed_precision
     from oarl.trainer import ACTIVATION_CHECKPOINTING
 
     seed = int(cfg.get("seed", 0))
-    return SFTConfig(
+    return dict(
         output_dir=str(out_dir / "_trainer"),
         max_steps=int(cfg["steps"]),
         per_device_train_batch_size=int(cfg["batch_size"]),
@@ -117,9 +125,7 @@ def _sft_config(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, 
         weight_decay=float(cfg.get("weight_decay", 0.0)),
         max_length=max_length,
         packing=False,
-        bf16=False,
-        fp16=False,
-        use_cpu=True,
+        **mixed_precision(use_cpu),
         **{ACTIVATION_CHECKPOINTING: False},
         report_to="none",
         logging_steps=log_every,
@@ -157,7 +163,14 @@ def _sft_trainer(model, args, train, tokenizer, progress: bool):
     return trainer
 
 
-def _train(cfg: dict, out_dir: Path, log_every: int, progress: bool) -> dict:
+def _portable(model):
+    """The model as the cache keeps it wherever it trained: float32 weights on the CPU."""
+    import torch
+
+    return model.to(device="cpu", dtype=torch.float32)
+
+
+def _train(cfg: dict, out_dir: Path, log_every: int, progress: bool, use_cpu: bool = False) -> dict:
     import torch
 
     from oarl.data.arithmetic import ArithmeticTask, as_dataset, demos
@@ -177,12 +190,12 @@ def _train(cfg: dict, out_dir: Path, log_every: int, progress: bool) -> dict:
     rows = demos(steps * batch, seed=seed, task=task)
     train = as_dataset([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 
-    args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 20), max_length=256)
+    args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 20), max_length=256, use_cpu=use_cpu)
     trainer = _sft_trainer(model, args, train, tokenizer, progress)
     t0 = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - t0
-    save_tiny(trainer.model, tokenizer, out_dir)
+    save_tiny(_portable(trainer.model), tokenizer, out_dir)
     shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
@@ -194,7 +207,7 @@ def _train(cfg: dict, out_dir: Path, log_every: int, progress: bool) -> dict:
     }
 
 
-def _train_smollm2(cfg: dict, out_dir: Path, log_every: int, progress: bool) -> dict:
+def _train_smollm2(cfg: dict, out_dir: Path, log_every: int, progress: bool, use_cpu: bool = False) -> dict:
     """SmolLM2-135M-Instruct fine-tuned on ``steps x batch_size`` worked solutions of word problems (``task``:
     :func:`oarl.data.word_problems.problems` keyword arguments), with a progress bar from the first step."""
     import torch
@@ -213,12 +226,12 @@ def _train_smollm2(cfg: dict, out_dir: Path, log_every: int, progress: bool) -> 
     rows = problems("train", steps * batch, seed=seed + 1_000_003, **task)  # not the RL stream (seed + 0)
     train = Dataset.from_list([{"prompt": make_prompt(r["question"]),
                                 "completion": [{"role": "assistant", "content": r["solution"]}]} for r in rows])
-    args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 10), max_length=512)
+    args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 10), max_length=512, use_cpu=use_cpu)
     trainer = _sft_trainer(model, args, train, tokenizer, progress)
     t0 = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - t0
-    trainer.model.save_pretrained(out_dir)
+    _portable(trainer.model).save_pretrained(out_dir)
     tokenizer.padding_side = "left"
     tokenizer.save_pretrained(out_dir)
     shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
