@@ -107,7 +107,19 @@ def child(args) -> dict:
             with autocast:
                 entropy_importance(model, ids, attn, reasoning, answer)
 
-    cuda = args.device.startswith("cuda")
+    seconds, before, peak = measure_peak(run, args.device)
+    mib = 2**20
+    return {"pass": name, "checkpointing": checkpointing, "length": length, "before_mib": before / mib,
+            "peak_mib": peak / mib, "added_mib": (peak - before) / mib, "seconds": seconds}
+
+
+def measure_peak(run, device) -> tuple[float, int, int]:
+    """(seconds, bytes before, peak bytes) of one run(): on a GPU, torch.cuda.max_memory_allocated after
+    reset_peak_memory_stats; on the CPU the process's peak resident set (VmHWM, reset through /proc/self/clear_refs:
+    meaningful in a fresh process only)."""
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -118,15 +130,11 @@ def child(args) -> dict:
         before = _status_kib("VmRSS") * 1024
     started = time.perf_counter()
     run()
-    seconds = time.perf_counter() - started
     if cuda:
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        peak = _status_kib("VmHWM") * 1024
-    mib = 2**20
-    return {"pass": name, "checkpointing": checkpointing, "length": length, "before_mib": before / mib,
-            "peak_mib": peak / mib, "added_mib": (peak - before) / mib, "seconds": seconds}
+    seconds = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024
+    return seconds, before, peak
 
 
 def main(argv=None):
