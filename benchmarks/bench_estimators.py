@@ -17,7 +17,9 @@ the ratio to the float32 baseline: the median of --repeats runs after one warm-u
 process CPU time (the second is far less sensitive to other processes on a shared machine). The "-bf16"
 variants of OAR-G run under torch.autocast(bfloat16), as OARTrainer does with bf16=True; "-checkpointing"
 turns OAR-G's activation checkpointing on. For each OAR-G variant a profile splits its time into the clean
-forward, the noisy forward and the backward (torch.profiler, over one more run).
+forward, the noisy forward and the backward (torch.profiler, over one more run). OAR-P runs without prefix reuse
+unless its name ends in "-reuse" (OARTrainer's default, where the model's cache allows it); "-spans": --step-len-token
+steps; "-hierarchical": the steps, then token by token in those reaching the 0.4-quantile.
 
 Rollout credit samples --rollouts continuations at each boundary of STEP_LEN-token steps (at most --max-steps
 steps), each as long as the rest of its completion (what a continuation writes: the remaining steps and the
@@ -42,7 +44,8 @@ PAD_ID = 0
 CONCLUSION_LEN = 3  # e.g. "\boxed{"
 ANSWER_LEN = 2
 STEP_LEN = 12  # tokens per reasoning step (a line or a sentence) for the span mode
-ESTIMATORS = ("perturbation", "perturbation-reuse", "perturbation-spans", "perturbation-joint", "gradient",
+ESTIMATORS = ("perturbation", "perturbation-reuse", "perturbation-spans", "perturbation-spans-reuse",
+              "perturbation-hierarchical", "perturbation-hierarchical-reuse", "perturbation-joint", "gradient",
               "gradient-checkpointing", "gradient-bf16", "gradient-bf16-checkpointing", "entropy", "grail",
               "rollout")
 GRADIENT_PHASES = ("clean_forward", "noisy_forward", "backward")
@@ -178,6 +181,7 @@ def main():
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=32)
+    parser.add_argument("--step-len", type=int, default=STEP_LEN, help="tokens per step of OAR-P's span modes")
     parser.add_argument("--estimators", default=",".join(ESTIMATORS), help="comma-separated subset of "
                         + ",".join(ESTIMATORS))
     parser.add_argument("--repeats", type=int, default=3)
@@ -225,21 +229,24 @@ def main():
     for length in args.lengths:
         ids, attn, reasoning, answer = (t.to(args.device) for t in synthetic_batch(
             args.batch, args.prompt_len, length, vocab, seed=0))
-        steps = torch.arange(ids.shape[1], device=ids.device).expand_as(ids) // STEP_LEN  # [B, L]
+        steps = torch.arange(ids.shape[1], device=ids.device).expand_as(ids) // args.step_len  # [B, L]
         completion = attn.clone()
         completion[:, : ids.shape[1] - length] = False
         n_reasoning = int(reasoning.sum()) / args.batch
         *rollout_batch, lengths = split_prompts(ids, attn, reasoning, args.prompt_len)
         rollout_sampler = remaining_length_sampler(model, rollout_batch[0], lengths)
+        def oar_p(reuse: bool, mode: str = "last", **kwargs):
+            return lambda: perturbation_importance(model, ids, attn, reasoning, answer, mode=mode,
+                                                   chunk_size=args.chunk_size, reuse_prefix=reuse, **kwargs)
+
         estimators = {
-            "perturbation": ("OAR-P last", lambda: perturbation_importance(
-                model, ids, attn, reasoning, answer, mode="last", chunk_size=args.chunk_size)),
-            "perturbation-reuse": ("OAR-P last, prefix reuse", lambda: perturbation_importance(
-                model, ids, attn, reasoning, answer, mode="last", chunk_size=args.chunk_size, reuse_prefix=True)),
-            "perturbation-spans": (f"OAR-P last, {STEP_LEN}-token spans", lambda: perturbation_importance(
-                model, ids, attn, reasoning, answer, mode="last", chunk_size=args.chunk_size, span_ids=steps)),
-            "perturbation-joint": ("OAR-P answer_joint", lambda: perturbation_importance(
-                model, ids, attn, reasoning, answer, mode="answer_joint", chunk_size=args.chunk_size)),
+            "perturbation": ("OAR-P last", oar_p(reuse=False)),
+            "perturbation-reuse": ("OAR-P last, prefix reuse", oar_p(reuse=True)),
+            "perturbation-spans": (f"OAR-P last, {args.step_len}-token spans", oar_p(reuse=False, span_ids=steps)),
+            "perturbation-spans-reuse": ("  the same, prefix reuse", oar_p(reuse=True, span_ids=steps)),
+            "perturbation-hierarchical": ("OAR-P hierarchical (q = 0.4)", oar_p(reuse=False, span_ids=steps, refine=0.4)),
+            "perturbation-hierarchical-reuse": ("  the same, prefix reuse", oar_p(reuse=True, span_ids=steps, refine=0.4)),
+            "perturbation-joint": ("OAR-P answer_joint", oar_p(reuse=False, mode="answer_joint")),
             "gradient": ("OAR-G answer_mean", gradient(ids, attn, reasoning, answer, False, False)),
             "gradient-checkpointing": ("OAR-G, checkpointing", gradient(ids, attn, reasoning, answer, False, True)),
             "gradient-bf16": ("OAR-G, bf16 autocast", gradient(ids, attn, reasoning, answer, True, False)),

@@ -9,13 +9,14 @@ question and the instruction to end with "The answer is N."); kept are those tha
 parsable final answer and at least --min-reasoning reasoning tokens, until --n are kept. They are cached
 under ``$OARL_CACHE/bench/`` (the sampling takes minutes on a CPU; it shows its progress).
 
-Modes (OAR-P outcome "last", replacement = the pad id, as OARTrainer does):
+Modes (OAR-P outcome "last", replacement = the pad id, as OARTrainer does; "-reuse": with prefix reuse, the
+default of OARTrainer since it is exact, the others recompute every variant):
     token                token-level OAR-P, recomputing every variant (the reference)
     token-reuse          the same, reusing the clean forward's key/value cache before each replaced token
-    line, sentence       one variant per reasoning step (credit_span)
+    line, sentence       one variant per reasoning step (credit_span); + "-reuse"
     line-refine,
     sentence-refine      hierarchical: steps, then token by token inside the steps whose normalised importance
-                         reaches the Bi-Level threshold (credit_refine); + "-reuse" with prefix reuse
+                         reaches the Bi-Level threshold (credit_refine); + "-reuse"
     gradient, entropy    OAR-G (answer_mean, one noise draw) and policy entropy, for comparison
     gradient-bf16        OAR-G under torch.autocast(bfloat16) with the same noise draw, as with bf16=True;
                          gradient-seed1: another noise draw (float32); both also compared with OAR-G float32
@@ -28,7 +29,8 @@ here are composed from the token-level and step importances (what the hierarchic
 --part timing checks on its completions).
 --part timing: each mode once on the first --timing-n completions, against one plain forward+backward of the
 same rows in float32 (baseline, median of 3 after a warm-up), in the same process; wall and process CPU
-time per completion, and the largest difference of each exact mode from recomputation.
+time per completion, the positions (rows x columns) the mode sent through the model per completion (a cost that
+does not depend on the machine's load), and the largest difference of each exact mode from recomputation.
 """
 
 from __future__ import annotations
@@ -51,9 +53,11 @@ from oarl.report.agreement import spearman
 
 TOKEN_MODES = ("token", "token-reuse")
 STEP_MODES = ("line", "sentence")
-REFINE_MODES = ("line-refine", "sentence-refine", "line-refine-reuse")
+STEP_REUSE_MODES = ("line-reuse", "sentence-reuse")
+REFINE_MODES = ("line-refine", "sentence-refine", "line-refine-reuse", "sentence-refine-reuse")
 OTHER_MODES = ("gradient", "gradient-bf16", "gradient-seed1", "entropy")
-MODES = TOKEN_MODES + STEP_MODES + REFINE_MODES + OTHER_MODES
+MODES = TOKEN_MODES + STEP_MODES + STEP_REUSE_MODES + REFINE_MODES + OTHER_MODES
+EXACT = {m: m.removesuffix("-reuse") for m in MODES if m.endswith("-reuse")}  # the same importances, recomputed
 TOP_FRACTION = 0.1
 
 
@@ -162,7 +166,7 @@ def run_mode(model, tokenizer, probe: dict, mode: str, args) -> torch.Tensor:
     span = mode.split("-")[0]
     return perturbation_importance(
         *common, mode="last", chunk_size=args.chunk_size, pad_token_id=tokenizer.pad_token_id,
-        reuse_prefix=mode.endswith("reuse"), span_ids=probe[span] if span in STEP_MODES else None,
+        reuse_prefix="auto" if mode.endswith("reuse") else False, span_ids=probe[span] if span in STEP_MODES else None,
         refine=args.threshold if "refine" in mode else None)
 
 
@@ -211,8 +215,8 @@ def agreement(model, tokenizer, rows, args):
     print(f"token-level (prefix reuse): {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     results = {}
     for mode in args.modes:
-        if mode in TOKEN_MODES:
-            continue
+        if mode in TOKEN_MODES or mode in STEP_REUSE_MODES or mode.endswith("refine-reuse"):
+            continue  # the same importances as their recomputed mode
         if mode in REFINE_MODES:  # composed: the refined steps' tokens get their token-level importance
             span = mode.split("-")[0]
             steps = results.get(span, {}).get("importance")
@@ -266,22 +270,37 @@ def clock(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
+class TokenCounter:
+    """Positions sent through the model's forward (rows x input columns, summed over calls): a cost measure that,
+    unlike a time, does not depend on the machine's load (attention to a reused prefix is not in it)."""
+
+    def __init__(self, model):
+        self.positions = 0
+        model.register_forward_pre_hook(self.count, with_kwargs=True)
+
+    def count(self, module, args, kwargs):
+        x = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+        self.positions += x.shape[0] * x.shape[1]
+
+
 def timing(model, tokenizer, rows, args):
     probe = probe_batch(tokenizer, rows)
     n = len(rows)
+    counter = TokenCounter(model)
     forward_backward(model, probe)  # warm-up
     base = [clock(lambda: forward_backward(model, probe))[1:] for _ in range(3)]
     base_wall, base_cpu = statistics.median(b[0] for b in base), statistics.median(b[1] for b in base)
     print(f"{n} completions of {[len(r['completion_ids']) for r in rows]} tokens, "
           f"{probe['reasoning'].sum(1).tolist()} reasoning; prompts {[len(r['prompt_ids']) for r in rows]} tokens")
     print(f"{'mode':20s} {'s/compl. wall':>14s} {'x fwd+bwd':>10s} {'s/compl. CPU':>13s} {'x fwd+bwd':>10s} "
-          f"{'max |diff|':>11s}  load")
+          f"{'positions':>10s} {'max |diff|':>11s}  load")
     print(f"{'fwd+bwd (baseline)':20s} {base_wall / n:14.2f} {1.0:10.2f} {base_cpu / n:13.2f} {1.0:10.2f}", flush=True)
     done = {}
     for mode in args.modes:
+        counter.positions = 0
         importance, wall, cpu = clock(lambda: run_mode(model, tokenizer, probe, mode, args))
         done[mode] = importance
-        exact = {"token-reuse": "token", "line-refine-reuse": "line-refine"}.get(mode)
+        exact = EXACT.get(mode)
         if mode in ("line-refine", "sentence-refine") and "token" in done and mode.split("-")[0] in done:
             span = mode.split("-")[0]
             refined = reaches_threshold(done[span], probe["reasoning"], args.threshold)
@@ -290,7 +309,7 @@ def timing(model, tokenizer, rows, args):
             exact_value = done.get(exact)
         diff = "-" if exact_value is None else f"{float((importance - exact_value).abs().max()):.1e}"
         print(f"{mode:20s} {wall / n:14.2f} {wall / base_wall:10.2f} {cpu / n:13.2f} {cpu / base_cpu:10.2f} "
-              f"{diff:>11s}  {os.getloadavg()[0]:.1f}", flush=True)
+              f"{counter.positions / n:10.0f} {diff:>11s}  {os.getloadavg()[0]:.1f}", flush=True)
 
 
 def main(argv=None):

@@ -244,8 +244,8 @@ def random_model(shape: str, device: str, max_length: int):
 class Cell:
     """One (shape, completion length, rows) of (d): its probes and its measured passes."""
 
-    def __init__(self, check: Check, model, shape: str, length: int, rows: int, prompt_len: int):
-        self.check, self.model, self.device = check, model, check.device
+    def __init__(self, check: Check, model, shape: str, length: int, rows: int, prompt_len: int, skipped: list):
+        self.check, self.model, self.device, self.skipped = check, model, check.device, skipped
         self.shape, self.length, self.rows, self.passes = shape, length, rows, {}
         self.ids, self.attn, self.reasoning, self.answer = (t.to(self.device) for t in synthetic_batch(
             rows, prompt_len, length, model.config.vocab_size, seed=0))
@@ -255,25 +255,32 @@ class Cell:
 
     def measure(self, name: str, fn, rows: int | None = None, repeats: int = 2, base: str | None = None) -> None:
         """fn(ids, attn, reasoning, answer) on the first `rows` rows under bf16 autocast: the best of `repeats` runs
-        after a warm-up (one run, no warm-up, with repeats=1), the largest memory peak; ratios against `base`."""
+        after a warm-up (one run, no warm-up, with repeats=1), the largest memory peak; ratios against `base`.
+        Out of memory: noted among the skipped passes."""
         rows = rows or self.rows
         args = (self.ids[:rows], self.attn[:rows], self.reasoning[:rows], self.answer[:rows])
 
         def run():
             with torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16):
                 fn(*args)
-        if repeats > 1:
-            run()
-        runs = [measure_peak(run, self.device) for _ in range(repeats)]
+        try:
+            if repeats > 1:
+                run()
+            runs = [measure_peak(run, self.device) for _ in range(repeats)]
+        except torch.cuda.OutOfMemoryError as exc:
+            self.skipped.append(f"{self.shape}, {self.length}: {name}: out of memory ({str(exc).splitlines()[0][:160]})")
+            self.model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            return
         entry = {"seconds": min(r[0] for r in runs), "rows": rows,
                  "added_mib": max(peak - before for _, before, peak in runs) / 2**20}
-        if base is not None:
+        if base in self.passes:
             reference = self.passes[base]
             entry.update(vs=base, x_time=entry["seconds"] / reference["seconds"] * reference["rows"] / rows,
                          x_mem=entry["added_mib"] / max(reference["added_mib"], 1e-9) if self.device == "cuda" else None)
         self.passes[name] = entry
         say(f"(d) {self.shape}, {self.length}: {name}: {entry['seconds']:.3f} s"
-            + (f", {entry['x_time']:.2f}x time" if base else ""))
+            + (f", {entry['x_time']:.2f}x time" if "x_time" in entry else ""))
 
     def train_step(self, checkpointing: bool):
         def fn(ids, attn, reasoning, answer):
@@ -295,16 +302,20 @@ class Cell:
         self.measure("entropy", lambda *a: entropy_importance(model, *a), base="train")
         self.measure("GRAIL", lambda *a: grail_saliency(model, *a), base="train")
 
-    def oar_p(self, kind: str, reuse: bool, skipped: list) -> None:
+    def oar_p(self, kind: str, reuse: bool) -> None:
         """OAR-P "spans" (all rows), "hierarchical" or "token" (two rows), if its projected time fits."""
         from oarl.credit import perturbation_importance
 
         rows = self.rows if kind == "spans" else min(2, self.rows)
         name = f"OAR-P {kind}" + (", prefix reuse" if reuse else "")
-        row_step = self.passes["train"]["seconds"] / self.rows
-        projected = OAR_P_STEPS[kind + ("-reuse" if reuse else "")] * self.length / 1024 * row_step * rows
+        step = self.passes.get("train") or self.passes.get("train, two rows")
+        if step is None:
+            self.skipped.append(f"{self.shape}, {self.length}: {name}: no training step measured to compare with")
+            return
+        projected = OAR_P_STEPS[kind + ("-reuse" if reuse else "")] * self.length / 1024 * step["seconds"] / step["rows"]
+        projected *= rows
         if not self.check.args.smoke and projected > self.check.left() - 30:
-            skipped.append(f"{self.shape}, {self.length}: {name} on {rows} rows (projected {projected:.0f} s)")
+            self.skipped.append(f"{self.shape}, {self.length}: {name} on {rows} rows (projected {projected:.0f} s)")
             return
         spans = None if kind == "token" else self.spans[:rows]
         self.measure(name, lambda *a: perturbation_importance(
@@ -330,25 +341,24 @@ def credit_passes(check: Check) -> dict:
             return
         try:
             fn()
-        except torch.cuda.OutOfMemoryError as exc:
+        except torch.cuda.OutOfMemoryError as exc:  # building a model
             skipped.append(f"{what}: out of memory ({str(exc).splitlines()[0][:200]})")
-            if check.device == "cuda":
-                torch.cuda.empty_cache()
+            torch.cuda.empty_cache()
 
     for shape, length, rows in plan:
         def build(shape=shape, length=length, rows=rows):
             if shape not in models:
                 say(f"(d) building the {shape} model (random weights, bf16)")
                 models[shape] = random_model(shape, check.device, longest[shape])
-            cell = Cell(check, models[shape], shape, length, rows, prompt_len)
+            cell = Cell(check, models[shape], shape, length, rows, prompt_len, skipped)
             cells.append(cell)
             cell.cheap_passes()
         attempt(f"{shape}, {length}", build)
     for kinds in (("spans",), ("hierarchical", "token")):
-        for cell in [c for c in cells if "GRAIL" in c.passes]:
+        for cell in cells:
             for kind in kinds:
                 for reuse in (True, False):
-                    attempt(f"{cell.shape}, {cell.length}: OAR-P {kind}", lambda: cell.oar_p(kind, reuse, skipped))
+                    attempt(f"{cell.shape}, {cell.length}: OAR-P {kind}", lambda: cell.oar_p(kind, reuse))
     return {"cells": [c.result() for c in cells], "skipped": skipped}
 
 

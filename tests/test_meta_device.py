@@ -113,7 +113,7 @@ def probes(tok):
 
 
 @pytest.mark.parametrize("mode", OUTCOMES)
-@pytest.mark.parametrize("steps", ["token", "line", "sentence-refine"])
+@pytest.mark.parametrize("steps", ["token", "line", "sentence", "sentence-refine"])
 @pytest.mark.parametrize("reuse_prefix", [False, "auto"])
 def test_perturbation(model, tok, probes, mode, steps, reuse_prefix):
     span = steps.split("-")[0]

@@ -185,7 +185,10 @@ def parse_args(argv: list[str] | None = None):
     dataset = known.dataset or from_yaml.get("dataset", SMOLLM2[1] if model == SMOLLM2[0] else EMBEDDED[1])
 
     use_cpu = from_yaml.get("use_cpu", False) if known.use_cpu is None else known.use_cpu
-    use_cpu = string_to_bool(use_cpu) if isinstance(use_cpu, str) else bool(use_cpu)
+    try:
+        use_cpu = string_to_bool(use_cpu) if isinstance(use_cpu, str) else bool(use_cpu)
+    except argparse.ArgumentTypeError:
+        use_cpu = False  # the parser below reports the bad value
     # bf16 autocast on a CPU with bf16 instructions (avx512_bf16, AMX) for the SmolLM2 job: 1.8x faster steps on the
     # one that measured the regime, the same losses to 1e-4 (experiments/SMOLLM2.md §3f); elsewhere it is emulated
     cpu_bf16 = (model, dataset) == SMOLLM2 and cpu_has_bf16()

@@ -142,7 +142,8 @@ class _Variants:
             0, variant_of, tokens[:, 1], "amin")  # [V]: first replaced column
         # variant order: by first replaced column when reusing the prefix (a chunk starts where its variants do),
         # else by row (a chunk trims the padding its rows share)
-        order = torch.argsort(first, stable=True) if self.cache is not None else torch.arange(len(first), device=first.device)
+        by_row = torch.arange(len(first), device=first.device)
+        order = torch.argsort(first, stable=True) if self.cache is not None else by_row
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order), device=order.device)
         variant_of, variant_row, first = rank[variant_of], variant_row[order], first[order]
