@@ -8,6 +8,11 @@
     4. importances -> Bi-Level weights over the reasoning tokens (GRAIL: its own z-scored weights, and w_max
        on the answer tokens); weights are 1 everywhere else;
     5. per-token advantages = advantage * weight, 0 on padding.
+
+Tool calls and environments: with model_mask (TRL's tool_mask / env_mask), the tokens a tool or an environment
+inserted are neither reasoning nor answer (segments.py): no estimator perturbs, ranks or weighs them, the Bi-Level
+mass is kept over the model's own reasoning tokens, and their weight and advantage are 0 (a loss that masks them,
+as TRL's does, ignores them; one that does not gets no gradient from them).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ STAT_KEYS = (
 class CreditOutput:
     """advantages [B, T]: advantage * weight, 0 where completion_mask is 0.
     weights [B, T]: 1 outside reasoning tokens and for skipped / unparsable / non-finite rows (GRAIL: w_max on
-    the answer tokens of every completion with an answer).
+    the answer tokens of every completion with an answer); 0 on tool / environment tokens (segments.tool).
     importance [B, T]: raw importances (0 outside reasoning and for rows not computed; GRAIL: the saliency).
     signed [B, T] or None: rollout only, the signed step credit V(after step) - V(before step) of each reasoning
     token (importance is its absolute value).
@@ -87,20 +92,29 @@ def token_advantages(
     sampler: Sampler | None = None,
     scorer: Scorer | None = None,
     max_completion_length: int | None = None,
+    model_mask: Tensor | None = None,
 ) -> CreditOutput:
     """Per-token advantages [B, T] for prompts [B, P] (left padded) and completions [B, T] (right padded).
 
+    model_mask [B, T] (optional): 1 where the model wrote the completion token, 0 where a tool or an environment
+    inserted it (TRL's ``tool_mask`` / ``env_mask``); see the module doc. Rollout credit does not take it.
     Rollout credit (config.estimator "rollout") needs no model but a sampler and a scorer (rollout.py: each is
     called exactly once per call, batch_size does not split it) and, to keep continuations within the original
-    length limit, max_completion_length. Raises ValueError when they are missing.
+    length limit, max_completion_length. Raises ValueError when they are missing, or when rollout credit is given
+    a model_mask.
     """
     started = time.perf_counter()
     batch, length = completion_ids.shape
     device = completion_ids.device
     if config.estimator == "rollout" and (sampler is None or scorer is None):
         raise ValueError("estimator 'rollout' needs a sampler and a scorer (see oarl.credit.rollout)")
+    if config.estimator == "rollout" and model_mask is not None:
+        raise ValueError("rollout credit does not take a model_mask: its continuations are sampled as plain text, "
+                         "without the tool calls or environment turns that the masked tokens come from. Use another "
+                         "estimator for completions with tool or environment tokens.")
     span = config.resolved_span() if config.estimator in ("perturbation", "rollout") else "token"
-    segments = segment_completions(tokenizer, completion_ids, completion_mask, truncated, span=span)
+    segments = segment_completions(tokenizer, completion_ids, completion_mask, truncated, span=span,
+                                   model_mask=model_mask)
 
     eligible = advantages != 0  # [B]
     apply_to = config.resolved_apply_to()
@@ -149,6 +163,7 @@ def token_advantages(
         weights = grail_weights(importance, reshape, answer, config.grail_scale, config.grail_min, config.grail_max)
     else:
         weights = bilevel_weights(importance, reshape, config.threshold, config.beta, config.floor)  # [B, T]
+    weights = weights.masked_fill(segments.tool, 0.0)  # not the model's: never trained on
     importance = torch.where(reshape, importance, torch.zeros_like(importance))
     mask = completion_mask.bool()
     token_adv = advantages.float()[:, None] * weights * mask

@@ -12,6 +12,14 @@ this order of precedence:
     reasoning:   a non-empty span that ends before the statement starts
     rest:        every other completion token (after the answer, special tokens, ...)
 
+Tool calls and multi-turn environments (``model_mask``): a completion may hold tokens the model did not write,
+a tool's result or an environment's reply inserted between its turns (TRL's ``tool_mask`` / ``env_mask`` = 0,
+the template's turn markers around them included). Those tokens are ``tool``, never reasoning, conclusion,
+answer or rest, and the final answer is found in the model's own text only: the text with every character of a
+tool token replaced by a newline (a tool's output is a paragraph break the model did not write, so no statement
+runs across it and no number a tool printed can be read as the answer). An answer whose span would still cover
+a tool character (parts joined across a tool's output) is no answer. The newlines also end a reasoning step.
+
 An answer in several parts (``\\boxed{2}, \\boxed{4} and \\boxed{9}``, ``$x=-1$ or $x=4$``) is one character span
 from its first part to its last (``FinalAnswer``), so its answer tokens are one run that covers every part,
 the joiners between the parts included (the probe reads the answer as the last run of its tokens).
@@ -48,6 +56,7 @@ class Segments:
     rest: Tensor        # [B, T] bool
     has_answer: Tensor  # [B] bool
     steps: Tensor | None = None  # [B, T] long: reasoning step (line / sentence) of each reasoning token, else -1
+    tool: Tensor | None = None   # [B, T] bool: completion tokens the model did not write (model_mask 0); None: all False
 
 
 def _decode(tokenizer, ids: list[int]) -> str:
@@ -122,17 +131,32 @@ def _token_spans(tokenizer, ids: Tensor) -> tuple[str, Tensor] | None:
     return text, out
 
 
+def own_text(text: str, foreign: list[tuple[int, int]]) -> str:
+    """``text`` with the characters of the [start, end) spans in ``foreign`` (what a tool or an environment wrote)
+    replaced by newlines: the model's own text, at the same offsets."""
+    chars = list(text)
+    for start, end in foreign:
+        chars[start:end] = "\n" * len(chars[start:end])
+    return "".join(chars)
+
+
 def segment_completions(
-    tokenizer, completion_ids: Tensor, completion_mask: Tensor, truncated: Tensor | None = None, span: str = "token"
+    tokenizer, completion_ids: Tensor, completion_mask: Tensor, truncated: Tensor | None = None, span: str = "token",
+    model_mask: Tensor | None = None,
 ) -> Segments:
     """Segment right-padded completions completion_ids [B, T] (valid where completion_mask [B, T] is 1).
 
     truncated [B] bool (optional): completions cut by the length limit. span "line" or "sentence" also
     numbers the reasoning steps (Segments.steps): a token belongs to the step in which its first character
-    lies; "token" leaves steps None.
+    lies; "token" leaves steps None. model_mask [B, T] (optional, 1 = written by the model, 0 = by a tool or an
+    environment: TRL's tool_mask / env_mask): the 0 tokens are Segments.tool and the answer is read from the
+    model's own text (see the module doc). Raises ValueError if model_mask's shape is not completion_ids'.
     """
     check_choice("span", span, SPANS)
     batch, length = completion_ids.shape
+    if model_mask is not None and tuple(model_mask.shape) != (batch, length):
+        raise ValueError(f"model_mask must have the shape of completion_ids {(batch, length)}, got "
+                         f"{tuple(model_mask.shape)}")
     # string work, on the CPU whatever the completions' device; the masks move to that device at the end
     cpu = torch.device("cpu")
     starts = torch.zeros(batch, length, dtype=torch.long, device=cpu)  # token char spans, [B, T]
@@ -140,6 +164,7 @@ def segment_completions(
     step_of = torch.zeros(batch, length, dtype=torch.long, device=cpu)
     bounds = torch.full((batch, 3), -1, dtype=torch.long, device=cpu)  # statement_start, answer_start, answer_end
     valid = completion_mask.bool().cpu()
+    own = valid if model_mask is None else valid & model_mask.bool().cpu()  # [B, T] the model's own tokens
     ids_cpu = completion_ids.cpu()
     for b in range(batch):  # one pass per completion: string work
         ids = ids_cpu[b][valid[b]]
@@ -147,9 +172,14 @@ def segment_completions(
         if parsed is None:
             continue
         text, span_tensor = parsed
+        foreign = span_tensor[~own[b][valid[b]]]  # [n_tool, 2] char spans of the tool tokens
+        if len(foreign):
+            text = own_text(text, foreign.tolist())
         final = find_final_answer(text)
         if final is None:
             continue
+        if len(foreign) and bool(((foreign[:, 0] < final.answer_end) & (foreign[:, 1] > final.answer_start)).any()):
+            continue  # the answer's parts are joined across a tool's output
         if truncated is not None and bool(truncated[b]) and not text[final.answer_end :].strip():
             continue  # the answer runs to the end of a cut completion: it may be cut too
         cols = valid[b].nonzero().squeeze(1)
@@ -162,7 +192,7 @@ def segment_completions(
 
     has_answer = bounds[:, 0] >= 0  # [B]
     stmt, a0, a1 = (bounds[:, i : i + 1] for i in range(3))  # [B, 1] each
-    token = valid & has_answer[:, None] & (ends >= starts)
+    token = own & has_answer[:, None] & (ends >= starts)
     nonempty = ends > starts
     answer = token & nonempty & (starts < a1) & (ends > a0)
     conclusion = token & nonempty & ~answer & (starts < a0) & (ends > stmt)
@@ -172,5 +202,5 @@ def segment_completions(
     steps = None if span == "token" else torch.where(reasoning, step_of, -1).to(device)
     return Segments(
         reasoning=reasoning.to(device), conclusion=conclusion.to(device), answer=answer.to(device),
-        rest=rest.to(device), has_answer=has_answer.to(device), steps=steps,
+        rest=rest.to(device), has_answer=has_answer.to(device), steps=steps, tool=(valid & ~own).to(device),
     )
