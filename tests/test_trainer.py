@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -66,13 +67,13 @@ class RecordingOARTrainer(OARTrainer):
         return super()._compute_loss(model, inputs)
 
 
-def make_trainer(cls, lm_dir, out, reward_funcs=(addition_reward,), n_prompts=16, **kw):
+def make_trainer(cls, lm_dir, out, reward_funcs=(addition_reward,), n_prompts=16, trainer_kwargs=None, **kw):
     model, tokenizer = load_tiny_lm(lm_dir)
     dataset = Dataset.from_list(addition_prompts(n_prompts))
     args = cpu_args(OARConfig if issubclass(cls, OARTrainer) else GRPOConfig, out, **kw)
     rec = Recorder()
     trainer = cls(model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=dataset,
-                  processing_class=tokenizer, callbacks=[rec])
+                  processing_class=tokenizer, callbacks=[rec], **(trainer_kwargs or {}))
     return trainer, rec
 
 
@@ -92,24 +93,101 @@ def test_credit_none_reproduces_grpo(tiny_lm_dir, tmp_path):
     assert any(not torch.equal(p, q) for p, q in zip(ref.parameters(), oar.model.parameters()))
 
 
-@pytest.mark.parametrize("credit", ["perturbation", "gradient", "entropy"])
-@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
-def test_per_token_advantages_in_training(tiny_lm_dir, tmp_path, credit, loss_type):
-    RecordingOARTrainer.seen = None
-    trainer, rec = make_trainer(RecordingOARTrainer, tiny_lm_dir, tmp_path, credit=credit, loss_type=loss_type,
-                                credit_chunk_size=7)
+def test_arguments_as_grpo_trainer_takes_them(tiny_lm_dir, tmp_path, monkeypatch, caplog):
+    """No args: a default OARConfig named after the model, as GRPOTrainer names its default GRPOConfig; a GRPOConfig:
+    the same settings as an OARConfig with the default credit, and a one-line note; positional arguments too."""
+    monkeypatch.chdir(tmp_path)
+    model, tokenizer = load_tiny_lm(tiny_lm_dir)
+    dataset = Dataset.from_list(addition_prompts(8))
+    kwargs = dict(model=model, reward_funcs=addition_reward, train_dataset=dataset, processing_class=tokenizer)
+    # A default config asks for bf16, which transformers refuses on a machine without a bf16 GPU: for both trainers.
+    import transformers.training_args
+
+    if not transformers.training_args.is_torch_bf16_gpu_available():
+        for cls in (GRPOTrainer, OARTrainer):
+            with pytest.raises(ValueError, match="Your setup doesn't support bf16/gpu"):
+                cls(**kwargs)
+        monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
+    grpo, oar = GRPOTrainer(**kwargs), OARTrainer(**kwargs)
+    assert type(oar.args) is OARConfig and oar.credit_config == CreditConfig(
+        batch_size=oar.args.per_device_train_batch_size, activation_checkpointing=True)
+    assert oar.args.output_dir == grpo.args.output_dir.removesuffix("-GRPO") + "-OAR"
+    assert os.path.basename(oar.args.output_dir) == f"{os.path.basename(tiny_lm_dir)}-OAR"
+    monkeypatch.undo()
+
+    args = cpu_args(GRPOConfig, tmp_path / "out", max_steps=1, generation_batch_size=16, loss_type="dr_grpo")
+    with caplog.at_level("WARNING", logger="oarl.trainer"):
+        trainer = OARTrainer(load_tiny_lm(tiny_lm_dir)[0], [addition_reward], args, dataset, None, tokenizer)
+    assert [r.getMessage() for r in caplog.records if r.name == "oarl.trainer"] == [
+        "OARTrainer got a GRPOConfig: using it as an OARConfig with the default credit settings (credit='gradient'); "
+        "pass an OARConfig to choose them (credit='none' is plain GRPO)."]
+    assert type(trainer.args) is OARConfig and trainer.args.credit == "gradient"
+    for f in dataclasses.fields(GRPOConfig):  # every setting as given (and as GRPOConfig resolved it)
+        assert getattr(trainer.args, f.name) == getattr(args, f.name), f.name
+    assert (trainer.args.steps_per_generation, trainer.args.loss_type) == (2, "dr_grpo")
     trainer.train()
-    assert trainer.state.global_step == 3
+    assert trainer.last_credit is not None  # OAR-G ran
+    with pytest.raises(TypeError, match="OARTrainer needs an OARConfig \\(or a GRPOConfig\\), got TrainingArguments"):
+        from transformers import TrainingArguments
+
+        OARTrainer(model=model, reward_funcs=addition_reward, train_dataset=dataset, processing_class=tokenizer,
+                   args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
+
+
+# What OARTrainer supports of GRPOConfig, each case a real run of 2 steps (the README's list, "With TRL"). TRL's loss
+# takes (B, T) advantages whatever made them, so the estimators are spread over the cases, not crossed with them.
+SUPPORTED = {
+    "grpo": ("perturbation", dict(loss_type="grpo", scale_rewards="batch")),
+    "dapo": ("gradient", dict(loss_type="dapo", epsilon_high=0.28, mask_truncated_completions=True)),
+    "dr_grpo": ("entropy", dict(loss_type="dr_grpo", scale_rewards="none")),
+    "bnpo-num_iterations": ("gradient", dict(loss_type="bnpo", num_iterations=2)),
+    "cispo-steps_per_generation": ("perturbation", dict(loss_type="cispo", generation_batch_size=16)),
+    "sapo-top_entropy_quantile": ("entropy", dict(loss_type="sapo", top_entropy_quantile=0.5)),
+    "luspo-sequence": ("gradient", dict(loss_type="luspo", importance_sampling_level="sequence")),
+    "vespo": ("gradient", dict(loss_type="vespo")),
+    "gspo-kl-delta": ("gradient", dict(importance_sampling_level="sequence", beta=0.04, delta=1.5,
+                                       off_policy_mask_threshold=0.5)),
+    "peft-lora": ("gradient", dict()),
+}
+
+
+@pytest.mark.parametrize("case", list(SUPPORTED))
+def test_supported_grpo_options(tiny_lm_dir, tmp_path, case):
+    """Each option trains on OAR's per-token advantages: every row the loss sees is a row of a credit pass (the same
+    pass reused across num_iterations and steps_per_generation), and the completions with an answer and signal are
+    reshaped with their mass kept."""
+    credit, options = SUPPORTED[case]
+    extra = {}
+    if case == "peft-lora":
+        from peft import LoraConfig
+
+        extra["peft_config"] = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    RecordingOARTrainer.seen = None
+    trainer, rec = make_trainer(RecordingOARTrainer, tiny_lm_dir, tmp_path, credit=credit, credit_chunk_size=7,
+                                max_steps=2, trainer_kwargs=extra, **options)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.global_step == 2
+    assert all(math.isfinite(r["loss"]) for r in rec.logs if "loss" in r)
     for key in CREDIT_METRICS:
         assert any(key in r and r[key] is not None and math.isfinite(r[key]) for r in rec.logs), key
 
-    assert RecordingOARTrainer.seen, "the loss never ran"
-    for advantages, mask in RecordingOARTrainer.seen:
-        assert advantages.shape == mask.shape  # (B, T): per-token
-
-    assert len(trainer.credit_passes) == 3
-    reshaped = reshaped_completions(trainer.credit_passes)
-    assert reshaped >= 4, f"only {reshaped} completions with an answer and a non-zero advantage in 3 steps"
+    per_generation = trainer.args.steps_per_generation * trainer.args.num_iterations
+    assert len(trainer.credit_passes) == math.ceil(2 / per_generation)
+    assert len(RecordingOARTrainer.seen) == 2, "the loss runs once per step"
+    computed = [p.credit.advantages for p in trainer.credit_passes]  # [N, T] each
+    for advantages, mask in RecordingOARTrainer.seen:  # (B, T): rows of one credit pass, shuffled by TRL
+        assert advantages.shape == mask.shape
+        assert any(all((c == row).all(1).any() for row in advantages) for c in computed if c.shape[1] == advantages.shape[1]), \
+            "the loss saw advantages that no credit pass computed"
+    if case == "bnpo-num_iterations":  # both iterations train on the one generation batch's advantages
+        first, second = (torch.sort(a.flatten()).values for a, _ in RecordingOARTrainer.seen)
+        assert torch.equal(first, second)
+    assert reshaped_completions(trainer.credit_passes) >= 2
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed
+    if case == "peft-lora":  # only the adapters train
+        assert all("lora_" in n for n in changed)
 
 
 def reshaped_completions(credit_passes) -> int:

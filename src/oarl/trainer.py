@@ -35,24 +35,27 @@ go to the engine through vLLM's in-place reload instead. TRL's server mode needs
 
 from __future__ import annotations
 
+import inspect
+import logging
 import os
 import time
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from typing import NamedTuple
 
 import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.models import unwrap_model_for_generation
-from trl.trainer.utils import RepeatSampler
+from trl.trainer.utils import RepeatSampler, get_config_model_id
 
 from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
 from .credit.config import APPLY_TO, SPANS
 from .credit.core import STAT_KEYS as CREDIT_STATS
 from .devices import mixed_precision
 
+logger = logging.getLogger(__name__)
 
 # TRL 1.16 calls transformers 5's deprecated `is_gradient_checkpointing`, `gradient_checkpointing_enable` and
 # `..._disable` around every generation (trl/models/utils.py): TRL's to fix, not the user's; they filled run logs.
@@ -230,15 +233,44 @@ class EpochSeededRepeatSampler(RepeatSampler):
         return super().__iter__()
 
 
+def as_oar_config(args: GRPOConfig | None, model) -> OARConfig:
+    """The OARConfig of an OARTrainer given ``args`` and ``model`` as GRPOTrainer takes them.
+
+    None: a default OARConfig whose output_dir is ``<model name>-OAR``, as GRPOTrainer names its default
+    ``<model name>-GRPO`` (the last part of the model's hub name or path). A GRPOConfig: the same settings as an
+    OARConfig with the default credit settings, and a one-line note saying so. The conversion is lossless (OARConfig
+    only adds the credit fields) and keeps the resolved values of the GRPOConfig as they are (running
+    ``__post_init__`` again would not: it refuses generation_batch_size and steps_per_generation together).
+    Raises TypeError for anything else.
+    """
+    if isinstance(args, OARConfig):
+        return args
+    if args is None:
+        name = model if isinstance(model, str) else get_config_model_id(model.config)
+        return OARConfig(output_dir=f"{name.split('/')[-1]}-OAR")
+    if not isinstance(args, GRPOConfig):
+        raise TypeError(f"OARTrainer needs an OARConfig (or a GRPOConfig), got {type(args).__name__}")
+    converted = OARConfig.__new__(OARConfig)
+    converted.__dict__.update(vars(args))
+    for f in fields(OARConfig):
+        if f.name not in converted.__dict__:
+            setattr(converted, f.name, f.default if f.default is not MISSING else f.default_factory())
+    converted.credit_config()  # validates, as OARConfig.__post_init__ does
+    logger.warning("OARTrainer got a GRPOConfig: using it as an OARConfig with the default credit settings "
+                   "(credit=%r); pass an OARConfig to choose them (credit='none' is plain GRPO).", converted.credit)
+    return converted
+
+
 class OARTrainer(GRPOTrainer):
-    """GRPOTrainer whose advantages are reshaped per token by OAR. Takes exactly GRPOTrainer's arguments."""
+    """GRPOTrainer whose advantages are reshaped per token by OAR. Takes exactly GRPOTrainer's arguments; ``args``
+    may be an OARConfig, a GRPOConfig (converted, see :func:`as_oar_config`) or None (a default OARConfig)."""
 
     _tag_names = ["trl", "grpo", "oar"]
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if not isinstance(self.args, OARConfig):
-            raise TypeError(f"OARTrainer needs an OARConfig, got {type(self.args).__name__}")
+        bound = inspect.signature(GRPOTrainer.__init__).bind(self, *args, **kwargs)
+        bound.arguments["args"] = as_oar_config(bound.arguments.get("args"), bound.arguments["model"])
+        super().__init__(*bound.args[1:], **bound.kwargs)
         self.credit_config = self.args.credit_config()
         self._check_compatible()
         self.last_credit: CreditBatch | None = None
@@ -350,8 +382,9 @@ class OARTrainer(GRPOTrainer):
         if estimator == "rollout" and (self.tools or self.rollout_func is not None
                                        or getattr(self, "environment_factories", None) is not None):
             raise ValueError("Rollout credit samples plain continuations of each reasoning prefix and scores them with "
-                             "the reward functions: it does not support tools, environments or a rollout_func. Use "
-                             "another credit estimator.")
+                             "the reward functions; with tools, environments or a rollout_func the continuations "
+                             "would need the same tool / environment loop, which it does not run. Use another credit "
+                             "estimator (every other one takes TRL's tool_mask / env_mask).")
         plugin = getattr(args, "deepspeed_plugin", None)
         if plugin is not None and plugin.zero_stage == 3 and not args.ds3_gather_for_generation:
             raise ValueError("With DeepSpeed ZeRO-3, OAR runs the full policy on each process the way TRL's "
@@ -377,6 +410,9 @@ class OARTrainer(GRPOTrainer):
         generator.manual_seed(hash((self.args.seed, self.state.global_step, self.accelerator.process_index)) % 2**63)
         credit_args = (self._tokenizer, output["prompt_ids"], output["prompt_mask"], completion_ids, completion_mask,
                        advantages, self.credit_config)
+        # Tokens a tool or an environment inserted (TRL's tool_mask, or a rollout_func's env_mask) are not the model's:
+        # no credit, and the answer is read from the model's own text (oarl.credit.segments).
+        model_mask = output.get("tool_mask")
 
         # Unwrapping gathers the parameters under ZeRO-3 / FSDP, a collective step: every process takes the same
         # branch. When no completion anywhere has a non-zero advantage there is nothing to send through the model.
@@ -398,9 +434,10 @@ class OARTrainer(GRPOTrainer):
                 self._dist.summon_full_params(self.model_wrapped, recurse=False),
                 self.accelerator.autocast(),  # the training step's mixed precision (bf16 / fp16), if any
             ):
-                credit = token_advantages(policy, *credit_args, truncated=truncated, generator=generator)
+                credit = token_advantages(policy, *credit_args, truncated=truncated, generator=generator,
+                                          model_mask=model_mask)
         else:
-            credit = token_advantages(None, *credit_args, truncated=truncated)  # every row is skipped
+            credit = token_advantages(None, *credit_args, truncated=truncated, model_mask=model_mask)  # all skipped
         credit.stats["time_s"] = time.perf_counter() - started  # the parameter gathering included
         self.last_credit = CreditBatch(credit, advantages, completion_ids, completion_mask)
         output["advantages"] = credit.advantages  # (B, T)
