@@ -12,6 +12,15 @@ Qwen2 tokenizer it drops the bytes that are not in its vocabulary, i.e. characte
 is added. pad != eos on purpose: TRL pads completions with the pad id, and the credit core perturbs
 reasoning tokens by replacing them with the pad id.
 
+Tool calls (:func:`with_tool_calls`): a tokenizer of the tiny model can also carry a compact chat template with
+tool-call markup and the ``response_template`` that parses it (transformers' response parsing, which TRL's tool loop
+uses), so that TRL's ``tools=`` / ``environment_factory`` runs with this model (``oarl.data.calculator``)::
+
+    Q: (6+2)-(1+4)=?            user
+    A: 6+2=8. 1+4=5. [calc expr=8-5]<eos>      assistant: content, then its tool call(s)
+    T: 3                        tool result (TRL inserts it: tool_mask 0, as the next "A: ")
+    A: The answer is 3.<eos>    assistant
+
 Because the class is the one transformers registers for ``qwen2``, every loader gets the same ids:
 ``AutoTokenizer.from_pretrained(path)`` (what TRL, vLLM and other tools call), ``PreTrainedTokenizerFast``
 on the ``tokenizer.json`` and :func:`load_tiny`. (Directories saved by oarl before this class was used
@@ -55,6 +64,44 @@ def build_tokenizer():
         vocab[byte_symbol[ord(ch)]] = len(vocab)
     return Qwen2Tokenizer(vocab=vocab, merges=[], pad_token=PAD, eos_token=EOS, unk_token=UNK, bos_token=None,
                           padding_side="left", model_max_length=1024)
+
+
+# The chat format of :func:`with_tool_calls`. An assistant turn ends with EOS, also after a tool call (generation
+# stops there and TRL runs the tool); the {% generation %} markers let SFT train on the assistant's tokens only.
+TOOL_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{{ 'Q: ' + message['content'] + '\n' }}"
+    "{%- elif message['role'] == 'assistant' -%}{{ 'A: ' }}{% generation %}{{ message['content'] or '' }}"
+    "{%- for call in message.get('tool_calls') or [] -%}{{ '[' + call['function']['name'] }}"
+    "{%- for key, value in call['function']['arguments'].items() -%}{{ ' ' + key + '=' + value | string }}{%- endfor -%}"
+    "{{ ']' }}{%- endfor -%}{{ eos_token }}{% endgeneration %}"
+    "{%- elif message['role'] == 'tool' -%}{{ 'T: ' + message['content'] | string + '\n' }}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'A: ' }}{%- endif -%}"
+)
+# transformers' response parsing (TRL's parse_response) of one assistant turn: "[name key=value ...]" is a tool call.
+TOOL_RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": "A: ",
+    "fields": {
+        "tool_calls": {
+            "open_pattern": r"\[(?P<name>[A-Za-z_]\w*)",
+            "close": "]",
+            "repeats": True,
+            "content": "xml-inline",
+            "content_args": {"tag_pattern": r" (?P<key>\w+)=(?P<value>[^ \]]*)"},
+            "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
+        },
+        "content": {"close": EOS, "content": "text"},
+    },
+}
+
+
+def with_tool_calls(tokenizer):
+    """The tokenizer with :data:`TOOL_CHAT_TEMPLATE` and :data:`TOOL_RESPONSE_TEMPLATE` (both saved with it)."""
+    tokenizer.chat_template = TOOL_CHAT_TEMPLATE
+    tokenizer.response_template = TOOL_RESPONSE_TEMPLATE
+    return tokenizer
 
 
 def build_tiny(config: TinyConfig | dict | None = None):

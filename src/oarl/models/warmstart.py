@@ -71,9 +71,13 @@ def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int =
     """Path of the warm-started model directory for ``cfg`` (see ``Regime.warmstart_config``): trained
     on first use, loaded from the cache afterwards. ``cfg`` keys: ``task`` (ArithmeticTask fields),
     ``model`` (TinyConfig fields), ``steps``, ``batch_size``, ``learning_rate``, ``seed``; optional
-    ``warmup_steps``, ``weight_decay``, ``num_threads``. ``progress``: a bar over the steps. ``use_cpu``: train on
-    the CPU even where there is a GPU (the cache entry is the same either way)."""
+    ``warmup_steps``, ``weight_decay``, ``num_threads``, ``tools`` ("calculator": the calculator task's tool-calling
+    conversations, ``oarl.data.calculator``, in the tiny model's tool chat format, trained on the assistant's
+    tokens only). ``progress``: a bar over the steps. ``use_cpu``: train on the CPU even where there is a GPU (the
+    cache entry is the same either way)."""
     cfg = default_config() if cfg is None else cfg
+    if cfg.get("tools") not in (None, "calculator"):
+        raise ValueError(f"warm start: tools must be 'calculator' or absent, got {cfg['tools']!r}")
     out = cache_path(cfg)
     if is_cached(cfg) and not force:
         return str(out)
@@ -98,12 +102,13 @@ def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int =
     return str(out)
 
 
-def _sft_config(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int, use_cpu: bool):
-    """The SFTConfig of a warm start (see ``sft_kwargs``)."""
+def _sft_config(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int, use_cpu: bool,
+                **extra):
+    """The SFTConfig of a warm start (see ``sft_kwargs``); ``extra``: more SFTConfig arguments."""
     from trl import SFTConfig
 
     return SFTConfig(**sft_kwargs(cfg, out_dir, log_every, warmup_steps=warmup_steps, max_length=max_length,
-                                  use_cpu=use_cpu))
+                                  use_cpu=use_cpu), **extra)
 
 
 def sft_kwargs(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int,
@@ -134,6 +139,7 @@ def sft_kwargs(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, m
         data_seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=True,  # _sft_trainer's bar instead
+        **extra,
     )
 
 
@@ -187,10 +193,19 @@ def _train(cfg: dict, out_dir: Path, log_every: int, progress: bool, use_cpu: bo
     steps, batch = int(cfg["steps"]), int(cfg["batch_size"])
 
     model, tokenizer = build_tiny({**cfg.get("model", {}), "seed": seed})
-    rows = demos(steps * batch, seed=seed, task=task)
-    train = as_dataset([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+    if cfg.get("tools") == "calculator":  # conversations with a tool call: loss on the assistant's tokens only
+        from oarl.data.calculator import tool_conversations
+        from oarl.models.tiny import with_tool_calls
 
-    args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 20), max_length=256, use_cpu=use_cpu)
+        with_tool_calls(tokenizer)
+        rows = tool_conversations(steps * batch, seed=seed, task=task)
+        train, extra = as_dataset([{"messages": r["messages"]} for r in rows]), {"assistant_only_loss": True}
+    else:
+        rows = demos(steps * batch, seed=seed, task=task)
+        train, extra = as_dataset([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]), {}
+
+    args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 20), max_length=256, use_cpu=use_cpu,
+                       **extra)
     trainer = _sft_trainer(model, args, train, tokenizer, progress)
     t0 = time.perf_counter()
     result = trainer.train()
