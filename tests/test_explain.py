@@ -260,6 +260,37 @@ def test_explain_batch_all_estimators(tiny_lm_dir):
         explain_batch(model, tokenizer, prompts, completions, ["rollout"])
 
 
+def test_explain_batch_tool_spans(tiny_lm_dir):
+    """Characters a tool wrote: tool tokens (no importance, weight 0, a tool span on the page), and the answer is the
+    model's own even when the tool printed one after it."""
+    model, tokenizer = load_tiny_lm(tiny_lm_dir)
+    completion = "3+4=7. [calc 3+4] The answer is 7. The answer is 9."
+    tool = (completion.index("The answer is 9."), len(completion))  # what the tool printed
+    call = (completion.index(" ["), completion.index("] ") + 1)  # pretend the call's text was a tool's too
+    estimators = ("gradient", "perturbation", "entropy", "grail")
+    out = explain_batch(model, tokenizer, ["Q: 3+4=?\nA: "], [completion], estimators, tool_spans=[[call, tool]],
+                        span="token")
+    (row,) = out["completions"]
+    labels = row["segments"]
+    is_tool = [call[0] <= i < call[1] or i >= tool[0] for i in range(len(completion))]
+    assert [s == "tool" for s in labels] == is_tool
+    assert "".join(c for c, s in zip(completion, labels) if s == "answer") == "7" and labels.index("answer") < tool[0]
+    assert "".join(c for c, s in zip(completion, labels) if s == "reasoning") == "3+4=7. "
+    for name in estimators:
+        assert all(i == 0 and w == 0 for i, w, t in zip(row["importance"][name], row["weights"][name], is_tool) if t)
+        reasoning = [w for w, s in zip(row["weights"][name], labels) if s == "reasoning"]
+        if name != "grail":
+            assert sum(reasoning) == pytest.approx(len(reasoning), rel=1e-4)
+    spans = token_spans(out["html"])
+    assert sum("seg-tool" in s["attrs"]["class"].split() for s in spans) == len(estimators) * sum(is_tool)
+    assert "written by a tool or an environment" in out["html"] and "tool tokens 27" in out["html"]
+    with pytest.raises(ValueError, match="rollout credit cannot explain completions with tool spans"):
+        explain_batch(model, tokenizer, ["Q"], [completion], ["rollout"], tool_spans=[[tool]], sampler=object(),
+                      scorer=object())
+    with pytest.raises(ValueError, match="1 tool span lists but 2 completions"):
+        explain_batch(model, tokenizer, ["Q", "Q"], [completion] * 2, ["entropy"], tool_spans=[[tool]])
+
+
 # ------------------------------------------------------------------------------------------------ CLI
 
 
@@ -293,6 +324,8 @@ def test_cli_explain_on_jsonl(tiny_lm_dir, tmp_path, capsys):
     ("{not json}\n", "c.jsonl:1: not valid JSON"),
     ('{"prompt": "Q"}\n', "'completion' missing"),
     ('{"prompt": "Q", "completion": "ab", "error_span": [1, 9]}\n', "error_span"),
+    ('{"prompt": "Q", "completion": "ab", "tool_spans": [[1, 9]]}\n', "tool_spans must be a list of [start, end]"),
+    ('{"prompt": "Q", "completion": "ab", "tool_spans": [[0, 1]]}\n', "rollout credit cannot explain completions"),
     ("\n", "no rows"),
 ])
 def test_cli_explain_bad_inputs(tmp_path, capsys, content, message):

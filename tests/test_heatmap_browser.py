@@ -29,15 +29,16 @@ return Array.from(document.querySelectorAll('div.text > span.tok')).map(el => {
   const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
   const s = getComputedStyle(el);
   return {width: r.width, height: r.height, onTop: el.contains(top), visibility: s.visibility, display: s.display,
-          opacity: s.opacity, background: s.backgroundColor, color: s.color, text: el.textContent,
+          opacity: s.opacity, background: s.backgroundColor, color: s.color, outline: s.outlineStyle, text: el.textContent,
           inViewport: r.left >= 0 && r.right <= window.innerWidth};
 });
 """
 
 TOKENS = ["Let", " x", " =", " 12", ".", "\n", "Then", " <b>", "&amp;", "\t", "x", " +", " 30", " =", " 42", ".", " ",
-          "The answer is ", "42", "<eos>"]
-SEGMENTS = ["reasoning"] * 17 + ["conclusion", "answer", "rest"]
-WEIGHTS = [0.1, 0.3, 0.5, 4.0, 0.8, 1.0, 0.2, 2.5, 1.5, 0.6, 0.7, 1.2, 3.0, 0.9, 6.0, 1.0, 0.4, 1.0, 1.0, 1.0]
+          "T: 42", "\n", "The answer is ", "42", "<eos>"]
+SEGMENTS = ["reasoning"] * 17 + ["tool", "tool", "conclusion", "answer", "rest"]  # a tool's output before the answer
+WEIGHTS = [0.1, 0.3, 0.5, 4.0, 0.8, 1.0, 0.2, 2.5, 1.5, 0.6, 0.7, 1.2, 3.0, 0.9, 6.0, 1.0, 0.4, 0.0, 0.0, 1.0, 1.0, 1.0]
+TOOL_BACKGROUND = "rgb(255, 243, 207)"  # .seg-tool in oarl.report.heatmap.CSS
 SHOWN = {" ": "·", "\t": "→", "\n": "↵\n"}
 
 
@@ -60,6 +61,7 @@ def test_every_token_and_the_legend_render_visibly(page):
         legend = driver.find_element("css selector", ".legend")
         bar = driver.find_element("css selector", ".legend .bar")
         assert legend.is_displayed() and "Weight" in legend.text and "suppressed" in legend.text
+        assert "written by a tool or an environment" in legend.text
         assert bar.is_displayed() and bar.size["width"] > 50 and bar.size["height"] > 5
         overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
     assert [t["text"] for t in tokens] == [shown(t) for t in TOKENS]  # every token, in order, whitespace shown
@@ -70,6 +72,7 @@ def test_every_token_and_the_legend_render_visibly(page):
         assert token["color"] != token["background"], token  # the text shows against its colour
         if segment == "reasoning":
             assert token["background"] == "rgb({}, {}, {})".format(*weight_rgb(weight)), token
+        assert (token["background"] == TOOL_BACKGROUND and token["outline"] == "dashed") == (segment == "tool"), token
     assert overflow <= 0  # long lines wrap: no horizontal scrolling
 
 

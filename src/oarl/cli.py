@@ -122,7 +122,8 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
     source.add_argument("--completions", metavar="FILE.jsonl",
                         help="explain your own completions: JSONL rows with prompt and completion (optional: answer, the "
                              "gold answer rollout credit scores against; error_span = [start, end] characters of a "
-                             "known wrong result)")
+                             "known wrong result; tool_spans = [[start, end], ...] characters a tool or an environment "
+                             "wrote: no credit, shown as tool spans)")
     p.add_argument("--n", type=int, help="completions of each source (default: 32; with --completions: every row)")
     p.add_argument("--estimators", default=DEFAULT_EXPLAIN_ESTIMATORS,
                    help="comma-separated, among perturbation, gradient, entropy, grail, rollout; rollout credit is "
@@ -243,6 +244,9 @@ def run_explain(args: argparse.Namespace) -> int:
             return fail(str(exc))
         for row in rows:
             row["source"] = "file"
+        if "rollout" in estimators and any(row.get("tool_spans") for row in rows):
+            return fail("rollout credit cannot explain completions with tool_spans (its continuations are sampled "
+                        "without the tool loop): leave it out of --estimators")
 
     from oarl.data.arithmetic import REGIMES
     from oarl.devices import default_device
@@ -267,13 +271,14 @@ def run_explain(args: argparse.Namespace) -> int:
         rows = _explain_rows(args, regime, tokenizer, model, args.n or 32)
 
     from oarl.credit.answer import extract_answer
+    from oarl.credit.segments import own_text
     from oarl.report.sampling import gold_scorer, generate_sampler
 
     headings = []
     for i, row in enumerate(rows):
         heading = f"{row['source']} {i}"
         if row.get("answer") is not None:
-            stated = extract_answer(row["completion"])
+            stated = extract_answer(own_text(row["completion"], row.get("tool_spans") or []))
             verdict = "no answer" if stated is None else "correct" if stated.strip().rstrip(".") == str(row["answer"]) else "wrong"
             heading += f" - gold {row['answer']}, {verdict}"
         if row.get("error_span") is not None:
@@ -287,11 +292,12 @@ def run_explain(args: argparse.Namespace) -> int:
     explained = explain_batch(
         model, tokenizer, [r["prompt"] for r in rows], [r["completion"] for r in rows], estimators,
         advantage=args.advantage, batch_size=args.batch_size, seed=args.seed, headings=headings, pivots=pivots,
-        title=f"oarl credit: {args.model} ({source})", sampler=sampler, scorer=scorer,
+        tool_spans=[r.get("tool_spans") for r in rows], title=f"oarl credit: {args.model} ({source})", sampler=sampler, scorer=scorer,
         max_completion_length=args.max_new_tokens, **overrides,
     )
     for row, data in zip(explained["completions"], rows):
-        row.update(source=data["source"], error_span=data.get("error_span"), answer=data.get("answer"))
+        row.update(source=data["source"], error_span=data.get("error_span"), answer=data.get("answer"),
+                   tool_spans=data.get("tool_spans"))
     report = summarize(explained, estimators)
     report.update(model=args.model, source=source, credit_config=overrides, wall_time_s=time.perf_counter() - started,
                   stats=explained["stats"])

@@ -8,7 +8,8 @@
 Each completion token is one ``<span class="tok">`` (in order), coloured by its weight on a diverging scale
 with a log axis: suppressed (w < 1) blue, neutral (w = 1) white, boosted (w > 1) red, saturating at
 ``scale`` and ``1/scale``. Tokens outside the reasoning (conclusion, answer, rest) carry weight 1 and get a
-neutral style of their own. The tooltip (``title``) of a token shows its raw importance, the normalised
+neutral style of their own; tokens a tool or an environment wrote (``tool``: not the model's, weight 0, never
+trained on) are boxed with a dashed border. The tooltip (``title``) of a token shows its raw importance, the normalised
 importance (log1p then min-max over the reasoning tokens, as Bi-Level reshaping sees it) and its weight.
 Whitespace is made visible: a space shows as ``·``, a tab as ``→``, a newline as ``↵`` and a line break.
 
@@ -25,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-SEGMENT_KINDS = ("reasoning", "conclusion", "answer", "rest")
+SEGMENT_KINDS = ("reasoning", "conclusion", "answer", "rest", "tool")
 ESTIMATOR_LABELS = {"perturbation": "OAR-P", "gradient": "OAR-G", "entropy": "entropy", "none": "GRPO", "grail": "GRAIL",
                     "rollout": "rollout credit"}
 DEFAULT_SCALE = 4.0  # weights at or beyond 4x (or 1/4x) get the full colour
@@ -43,6 +44,7 @@ h1 { font-size: 1.3em; } h2 { font-size: 1.05em; margin: 1.6em 0 0.3em; } h3 { f
 .seg-conclusion { background: #ececec; font-style: italic; border-bottom: 2px dotted #666; }
 .seg-answer { background: #e4f4e4; font-weight: bold; border-bottom: 2px solid #2a8a2a; }
 .seg-rest { background: #f6f6f6; color: #999; }
+.seg-tool { background: #fff3cf; color: #6b5300; outline: 1px dashed #b08a1e; outline-offset: -1px; }
 .pivot { outline: 2px solid #000; outline-offset: 0; }
 .summary { font-size: 0.85em; color: #555; margin: 0.1em 0 0.3em; }
 .note { font-size: 0.85em; color: #a33; }
@@ -100,13 +102,14 @@ def _labels(segments, n: int) -> list[str]:
 
 
 def segment_labels(segments, row: int, length: int | None = None) -> list[str]:
-    """Per-token labels ("reasoning" / "conclusion" / "answer" / "rest") of row ``row`` of a
+    """Per-token labels ("reasoning" / "conclusion" / "answer" / "rest" / "tool") of row ``row`` of a
     ``oarl.credit.Segments``, over its first ``length`` tokens (all if None)."""
     reasoning, conclusion, answer = (m[row].bool().cpu() for m in (segments.reasoning, segments.conclusion, segments.answer))
+    tool = segments.tool[row].bool().cpu() if segments.tool is not None else torch.zeros_like(reasoning)
     n = reasoning.shape[0] if length is None else length
     return [
-        "reasoning" if reasoning[t] else "conclusion" if conclusion[t] else "answer" if answer[t] else "rest"
-        for t in range(n)
+        "tool" if tool[t] else "reasoning" if reasoning[t] else "conclusion" if conclusion[t] else "answer" if answer[t]
+        else "rest" for t in range(n)
     ]
 
 
@@ -182,6 +185,8 @@ def _summary_numbers(weights: list[float], importance: list[float], labels: list
     w = [x for x, s in zip(weights, labels) if s == "reasoning"]
     imp = [x for x, s in zip(importance, labels) if s == "reasoning"]
     out = {"reasoning tokens": len(w)}
+    if "tool" in labels:
+        out["tool tokens"] = labels.count("tool")
     if w:
         mean = sum(w) / len(w)
         out.update({
@@ -250,6 +255,8 @@ def _legend(scale: float) -> str:
         f'<span class="tok" style="background:{hi}">&nbsp;&ge;{_fmt(scale, 3)}&nbsp;</span>; white = 1.<br>'
         'Outside the reasoning (weight 1): <span class="tok seg-conclusion">conclusion</span> '
         '<span class="tok seg-answer">answer</span> <span class="tok seg-rest">rest</span>; '
+        '<span class="tok seg-tool">tool</span> = written by a tool or an environment, not the model (no credit, '
+        'weight 0, not trained on); '
         '<span class="tok pivot">pivot</span> = the known pivotal span (first wrong result of a flawed demo).<br>'
         "Hover a token: raw importance, normalised importance (log1p, min-max over the reasoning tokens), weight. "
         "Whitespace: <span class=\"ws\">·</span> space, <span class=\"ws\">↵</span> newline, "
@@ -335,6 +342,7 @@ def explain_batch(
     title: str = "oarl credit heat map",
     headings: Sequence[str] | None = None,
     pivots: Sequence[tuple[int, int] | None] | None = None,
+    tool_spans: Sequence[Sequence[tuple[int, int]] | None] | None = None,
     sampler=None,
     scorer=None,
     max_completion_length: int | None = None,
@@ -347,6 +355,9 @@ def explain_batch(
     importances on every completion (apply_to "all" unless config_overrides says otherwise: GRAIL's own default
     would skip positive advantages).
     pivots: optional (start, end) character span per completion (None = none) outlined on the page.
+    tool_spans: optional, per completion, the (start, end) character spans that a tool or an environment wrote (a
+    token overlapping one is a tool token: no credit, shown as such; the answer is read from the rest). Rollout
+    credit does not take them (its continuations would need the tool loop): ValueError.
     sampler / scorer / max_completion_length: rollout credit's (oarl.credit.rollout; the scorer's rows index
     `completions`), needed when "rollout" is among the estimators.
     config_overrides: CreditConfig fields (threshold, beta, floor, noise_std, outcome, chunk_size, rollouts, ...).
@@ -367,7 +378,13 @@ def explain_batch(
         raise ValueError("advantage must be nonzero (a zero advantage skips the credit computation)")
     if pivots is not None and len(pivots) != len(completions):
         raise ValueError(f"{len(pivots)} pivots but {len(completions)} completions")
+    if tool_spans is not None and len(tool_spans) != len(completions):
+        raise ValueError(f"{len(tool_spans)} tool span lists but {len(completions)} completions")
+    has_tools = tool_spans is not None and any(tool_spans)
     estimators = list(estimators)
+    if has_tools and "rollout" in estimators:
+        raise ValueError("rollout credit cannot explain completions with tool spans (its continuations are sampled "
+                         "without the tool loop): leave it out of the estimators")
     if "rollout" in estimators and (sampler is None or scorer is None):
         raise ValueError("rollout credit needs a sampler and a scorer")
     config_overrides = {"apply_to": "all", **config_overrides}
@@ -379,9 +396,12 @@ def explain_batch(
     rows = []
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
         ids, tokens, spans = encode_completion(tokenizer, completion)
+        foreign = (tool_spans[i] or []) if tool_spans is not None else []
+        own = [int(not any(s < b and e > a for a, b in foreign)) for s, e in spans]
         rows.append({"prompt": prompt, "completion": completion, "tokens": tokens, "spans": [list(s) for s in spans],
                      "_ids": ids, "_prompt_ids": list(tokenizer(prompt, add_special_tokens=False)["input_ids"]),
-                     "segments": None, "has_answer": False, "note": None, "importance": {}, "weights": {}})
+                     "_own": own, "segments": None, "has_answer": False, "note": None, "importance": {},
+                     "weights": {}})
     times = {name: 0.0 for name in estimators}
     stats: dict[str, dict[str, float]] = {name: {} for name in estimators}
 
@@ -391,7 +411,9 @@ def explain_batch(
         completion_ids, completion_mask = _pad([r["_ids"] for r in chunk], pad_id, "right")
         tensors = [t.to(device) for t in (prompt_ids, prompt_mask, completion_ids, completion_mask)]
         adv = torch.full((len(chunk),), float(advantage), device=device)
-        segments = segment_completions(tokenizer, tensors[2], tensors[3], span=steps_config.resolved_span())
+        model_mask = _pad([r["_own"] for r in chunk], 1, "right")[0].to(device) if has_tools else None
+        segments = segment_completions(tokenizer, tensors[2], tensors[3], span=steps_config.resolved_span(),
+                                       model_mask=model_mask)
         steps = segments.steps if segments.steps is not None else segments.reasoning.long().cumsum(1) - 1
         steps = step_groups(torch.where(segments.reasoning, steps, -1), steps_config.max_steps)
         chunk_scorer = None if scorer is None else (
@@ -400,7 +422,8 @@ def explain_batch(
             generator = torch.Generator(device=device).manual_seed(seed + start)
             began = time.perf_counter()
             out = token_advantages(model, tokenizer, *tensors, adv, configs[name], generator=generator, sampler=sampler,
-                                   scorer=chunk_scorer, max_completion_length=max_completion_length)
+                                   scorer=chunk_scorer, max_completion_length=max_completion_length,
+                                   model_mask=model_mask)
             times[name] += time.perf_counter() - began
             for key, value in out.stats.items():
                 stats[name][key] = stats[name].get(key, 0.0) + value * len(chunk) / len(rows)
@@ -436,7 +459,7 @@ def explain_batch(
         sections.append(own or [Section(row["tokens"], None, None, row["segments"], heading=heading,
                                         prompt=row["prompt"], note=row["note"], pivot=pivot)])
     for row in rows:
-        del row["_ids"], row["_prompt_ids"]
+        del row["_ids"], row["_prompt_ids"], row["_own"]
     page = render_page([s for own in sections for s in own], title=title)
     return {"completions": rows, "time_s": times, "stats": stats, "html": page, "sections": sections}
 
@@ -445,8 +468,9 @@ def explain_batch(
 
 
 def read_completions_jsonl(path) -> list[dict]:
-    """Rows of a JSONL file of {"prompt": str, "completion": str} (optional: "answer", the gold answer, and
-    "error_span", a [start, end) character span of the completion to outline as the known pivot).
+    """Rows of a JSONL file of {"prompt": str, "completion": str} (optional: "answer", the gold answer,
+    "error_span", a [start, end) character span of the completion to outline as the known pivot, and "tool_spans",
+    a list of [start, end) character spans of the completion that a tool or an environment wrote).
     Raises ValueError naming the file and line for anything else."""
     import json
     from pathlib import Path
@@ -475,6 +499,13 @@ def read_completions_jsonl(path) -> list[dict]:
                 and 0 <= span[0] < span[1] <= len(row["completion"])
             ):
                 raise ValueError(f"{where}: error_span must be [start, end] character offsets inside the completion")
+            tools = row.get("tool_spans")
+            if tools is not None and not (isinstance(tools, list) and all(
+                isinstance(t, list) and len(t) == 2 and all(isinstance(x, int) for x in t)
+                and 0 <= t[0] < t[1] <= len(row["completion"]) for t in tools
+            )):
+                raise ValueError(f"{where}: tool_spans must be a list of [start, end] character offsets inside the "
+                                 "completion")
             rows.append(row)
     if not rows:
         raise ValueError(f"completions file {str(path)!r} has no rows")
