@@ -139,7 +139,6 @@ def sft_kwargs(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, m
         data_seed=seed,
         dataloader_num_workers=0,
         disable_tqdm=True,  # _sft_trainer's bar instead
-        **extra,
     )
 
 
