@@ -1,4 +1,4 @@
-"""The GPU check: every path of oarl on one CUDA GPU, end to end, in about 6 minutes, with a markdown report.
+"""The GPU check: every path of oarl on one CUDA GPU, end to end, within a 6-minute budget, with a markdown report.
 
     python benchmarks/gpu_check.py [--output gpu_check.md] [--time-limit 330]
     python benchmarks/gpu_check.py --smoke      # the same code on tiny shapes on the CPU (tests/test_gpu_check.py)
@@ -33,6 +33,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,7 +85,9 @@ def parse_args(argv=None):
     parser.add_argument("--time-limit", type=float, default=330.0, help="seconds for the whole check; (d)'s "
                         "expensive passes run only while their projected time fits (default: %(default)s)")
     parser.add_argument("--parts", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
 
 
 class Check:
@@ -96,7 +99,8 @@ class Check:
         self.work = Path(tempfile.mkdtemp(prefix="oarl-gpu-check-"))
         self.env = {**os.environ, "OARL_CACHE": str(self.work / "cache"), "TOKENIZERS_PARALLELISM": "false",
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
-        self.results: dict = {"environment": environment(args.smoke), "parts": {}}
+        self.results: dict = {"environment": environment(args.smoke), "parts": {},
+                              "command": " ".join(["python benchmarks/gpu_check.py", *(args.argv or [])])}
 
     def left(self) -> float:
         return self.args.time_limit - (time.perf_counter() - self.started)
@@ -393,7 +397,7 @@ def render(results: dict) -> str:
              f"{env['date']}, {env['gpu'] or 'no GPU'}{memory}; "
              f"torch {env['torch']} (CUDA {env['cuda']}), transformers {env['transformers']}, TRL {env['trl']}, "
              f"Python {env['python']}; load {env['load']:.1f}; total {results.get('total_seconds', 0):.0f} s", "",
-             "Command: `python benchmarks/gpu_check.py" + (" --smoke" if env["smoke"] else "") + "`", ""]
+             f"Command: `{results['command']}`", ""]
     for key, part in parts.items():
         lines += [f"## ({key}) {part['title']}: {part['status']} ({part['seconds']:.0f} s)", ""]
         if part["status"] != "ok":
@@ -413,6 +417,8 @@ def render(results: dict) -> str:
             lines += [f"wall time {part['wall_s']:.0f} s", "", "```", json.dumps(part["results"], indent=1)[:1500],
                       "```", ""]
         elif key == "d":
+            if not any(cell["passes"] for cell in part["cells"]):
+                lines += ["**Nothing measured** (every pass was skipped: see below).", ""]
             for cell in part["cells"]:
                 lines += [f"### {cell['shape']}, {cell['length']}-token completions, {cell['rows']} rows", "",
                           "| pass | rows | seconds | x time | added memory MiB | x memory | against |",
@@ -434,7 +440,7 @@ def main(argv=None) -> int:
         print("gpu_check: no CUDA GPU here; run with --smoke for the check's code on tiny CPU shapes", file=sys.stderr)
         return 2
     check = Check(args)
-    say(f"report: {args.output}; work folder {check.work}; {check.results['environment']}")
+    say(f"report: {args.output}; work folder {check.work} (removed at the end); {check.results['environment']}")
     parts = {"a": ("default `oarl train` from an empty cache", default_train),
              "b": ("every estimator through OARTrainer, bf16 and activation checkpointing", estimators_through_the_trainer),
              "c": ("`oarl eval`, HF backend", hf_eval),
@@ -443,8 +449,12 @@ def main(argv=None) -> int:
         title, fn = parts[key]
         check.part(key, title, lambda: fn(check))
     check.write()
+    shutil.rmtree(check.work, ignore_errors=True)  # the cache and models of (a)-(c); the report stays
     failed = [k for k, p in check.results["parts"].items() if p["status"] != "ok"]
-    say(f"done in {check.results['total_seconds']:.0f} s; " + (f"FAILED: {failed}" if failed else "all parts ok"))
+    empty = [k for k, p in check.results["parts"].items()
+             if k == "d" and p["status"] == "ok" and not any(c["passes"] for c in p["cells"])]
+    say(f"done in {check.results['total_seconds']:.0f} s; " + (f"FAILED: {failed}" if failed else "all parts ran")
+        + (f"; nothing measured in ({', '.join(empty)}): every pass skipped" if empty else ""))
     return 1 if failed else 0
 
 

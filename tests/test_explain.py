@@ -325,7 +325,6 @@ def test_cli_explain_on_jsonl(tiny_lm_dir, tmp_path, capsys):
     ('{"prompt": "Q"}\n', "'completion' missing"),
     ('{"prompt": "Q", "completion": "ab", "error_span": [1, 9]}\n', "error_span"),
     ('{"prompt": "Q", "completion": "ab", "tool_spans": [[1, 9]]}\n', "tool_spans must be a list of [start, end]"),
-    ('{"prompt": "Q", "completion": "ab", "tool_spans": [[0, 1]]}\n', "rollout credit cannot explain completions"),
     ("\n", "no rows"),
 ])
 def test_cli_explain_bad_inputs(tmp_path, capsys, content, message):
@@ -335,6 +334,23 @@ def test_cli_explain_bad_inputs(tmp_path, capsys, content, message):
     assert main(["explain", "--completions", str(data), "--output", str(tmp_path / "o")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_explain_tool_spans_and_rollout(tiny_lm_dir, tmp_path, capsys):
+    """Rollout credit cannot take tool spans: named in --estimators, refused before any model loads; in the default
+    list, left out with a note."""
+    data = tmp_path / "c.jsonl"
+    row = {"prompt": "Q: 3+4=?\nA: ", "completion": "3+4= [calc] 7. The answer is 7.", "tool_spans": [[5, 11]]}
+    data.write_text(json.dumps(row) + "\n")
+    out = tmp_path / "o"
+    assert main(["explain", "--completions", str(data), "--estimators", "gradient,rollout", "--output", str(out)]) == 2
+    assert "rollout credit cannot explain completions with tool_spans" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["explain", "--model", str(tiny_lm_dir), "--completions", str(data), "--output", str(out)]) == 0
+    assert "rollout credit left out" in capsys.readouterr().err
+    records = [json.loads(line) for line in (out / "credit.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and set(records[0]["weights"]) == {"gradient", "perturbation", "entropy", "grail"}
+    assert "tool" in records[0]["segments"]
 
 
 def test_cli_explain_bad_flags(tmp_path, capsys):

@@ -125,9 +125,10 @@ def add_explain_args(p: argparse.ArgumentParser) -> None:
                              "known wrong result; tool_spans = [[start, end], ...] characters a tool or an environment "
                              "wrote: no credit, shown as tool spans)")
     p.add_argument("--n", type=int, help="completions of each source (default: 32; with --completions: every row)")
-    p.add_argument("--estimators", default=DEFAULT_EXPLAIN_ESTIMATORS,
+    p.add_argument("--estimators",
                    help="comma-separated, among perturbation, gradient, entropy, grail, rollout; rollout credit is "
-                        "the reference the others are scored against (default: %(default)s)")
+                        f"the reference the others are scored against (default: {DEFAULT_EXPLAIN_ESTIMATORS}; "
+                        "without rollout for completions with tool_spans)")
     p.add_argument("--output", default="runs/explain",
                    help="folder for heatmap.html, agreement.json, agreement.png, credit.jsonl (default: %(default)s)")
     p.add_argument("--png", type=int, nargs="?", const=4, metavar="N",
@@ -208,7 +209,7 @@ def run_explain(args: argparse.Namespace) -> int:
         print(f"oarl explain: {message}", file=sys.stderr)
         return 2
 
-    estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
+    estimators = [e.strip() for e in (args.estimators or DEFAULT_EXPLAIN_ESTIMATORS).split(",") if e.strip()]
     bad = [e for e in estimators if e not in ESTIMATORS or e == "none"]
     if not estimators or bad:
         return fail(f"--estimators must name some of {', '.join(e for e in ESTIMATORS if e != 'none')}; "
@@ -245,8 +246,13 @@ def run_explain(args: argparse.Namespace) -> int:
         for row in rows:
             row["source"] = "file"
         if "rollout" in estimators and any(row.get("tool_spans") for row in rows):
-            return fail("rollout credit cannot explain completions with tool_spans (its continuations are sampled "
-                        "without the tool loop): leave it out of --estimators")
+            if args.estimators is None:  # the default list: the estimators that take tool spans
+                estimators.remove("rollout")
+                print("oarl explain: completions with tool_spans: rollout credit left out (its continuations would "
+                      "be sampled without the tool loop)", file=sys.stderr)
+            else:
+                return fail("rollout credit cannot explain completions with tool_spans (its continuations are "
+                            "sampled without the tool loop): leave it out of --estimators")
 
     from oarl.data.arithmetic import REGIMES
     from oarl.devices import default_device
