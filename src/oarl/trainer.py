@@ -47,13 +47,13 @@ from typing import NamedTuple
 import torch
 from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
-from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler, get_config_model_id
 
 from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
 from .credit.config import APPLY_TO, SPANS
 from .credit.core import STAT_KEYS as CREDIT_STATS
 from .devices import mixed_precision
+from .trl_fixes import check_supported, credit_policy
 
 logger = logging.getLogger(__name__)
 
@@ -385,8 +385,8 @@ class OARTrainer(GRPOTrainer):
                              "the reward functions; with tools, environments or a rollout_func the continuations "
                              "would need the same tool / environment loop, which it does not run. Use another credit "
                              "estimator (every other one takes TRL's tool_mask / env_mask).")
-        plugin = getattr(args, "deepspeed_plugin", None)
-        if plugin is not None and plugin.zero_stage == 3 and not args.ds3_gather_for_generation:
+        check_supported(self.accelerator)
+        if self._dist.is_zero3 and not args.ds3_gather_for_generation:
             raise ValueError("With DeepSpeed ZeRO-3, OAR runs the full policy on each process the way TRL's "
                              "generation does: set ds3_gather_for_generation=True, or credit='none'.")
 
@@ -414,10 +414,12 @@ class OARTrainer(GRPOTrainer):
         # no credit, and the answer is read from the model's own text (oarl.credit.segments).
         model_mask = output.get("tool_mask")
 
-        # Unwrapping gathers the parameters under ZeRO-3 / FSDP, a collective step: every process takes the same
-        # branch. When no completion anywhere has a non-zero advantage there is nothing to send through the model.
-        # Unwrapping also turns transformers' checkpointing off (it would need train mode, i.e. dropout on): OAR-G
-        # checkpoints the blocks itself when credit_config.activation_checkpointing says so.
+        # The pass runs a different number of forwards on each process, so it must not communicate: credit_policy
+        # (trl_fixes.py) gathers the parameters under ZeRO-3 / FSDP2 once, a collective step that every process takes
+        # (the same branch everywhere), and leaves no collective in the forwards. When no completion anywhere has a
+        # non-zero advantage there is nothing to send through the model. Transformers' checkpointing is off inside
+        # (it would need train mode, i.e. dropout on): OAR-G checkpoints the blocks itself when
+        # credit_config.activation_checkpointing says so.
         any_signal = self.accelerator.gather((advantages != 0).any().float().reshape(1)).sum().item() > 0
         if self.credit_config.estimator == "rollout":  # no model pass: TRL's generation and reward functions
             sampler, scorer = self._rollout_callables(inputs, output["prompt_ids"][0][output["prompt_mask"][0].bool()])
@@ -425,13 +427,7 @@ class OARTrainer(GRPOTrainer):
                                       max_completion_length=self.max_completion_length)
         elif any_signal:
             with (
-                unwrap_model_for_generation(
-                    self.model_wrapped,
-                    self.accelerator,
-                    gather_deepspeed3_params=self.args.ds3_gather_for_generation,
-                    gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
-                ) as policy,
-                self._dist.summon_full_params(self.model_wrapped, recurse=False),
+                credit_policy(self.model_wrapped, self.accelerator, self.args.gradient_checkpointing_kwargs) as policy,
                 self.accelerator.autocast(),  # the training step's mixed precision (bf16 / fp16), if any
             ):
                 credit = token_advantages(policy, *credit_args, truncated=truncated, generator=generator,

@@ -1,0 +1,167 @@
+"""OARTrainer in two processes on the CPU under DDP, DeepSpeed ZeRO-2, ZeRO-3 (zero3_init_flag true and false) and
+FSDP2, every estimator, with the ranks unbalanced on purpose (tests/distributed_train.py says how).
+
+Each backend is one launch of tests/distributed_train.py (gloo; one trainer per credit setting, 2 steps each,
+activation checkpointing on). The test asserts that the launch finishes within its time limit (a deadlock prints
+the stacks of both processes and fails), that the parameters really were sharded as the backend shards them, that
+the ranks really ran different numbers of forwards in the credit pass (one rank none at the first step), and that
+every credit pass of every rank equals a single-process recomputation on the same completions with the parameters
+the pass saw (OAR-G: the same noise; rollout credit: the same continuations and rewards, replayed).
+
+DeepSpeed runs on the CPU with `DS_ACCELERATOR=cpu`; its first use on a machine compiles one op with g++ (about
+70 s, cached in ~/.cache/torch_extensions). accelerate does not select FSDP on a CPU: the FSDP2 launch goes through
+a test shim (distributed_train.fsdp2_shim).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import load_tiny_lm, threads
+from distributed_train import CASES, MAX_STEPS
+from oarl.credit import token_advantages
+
+SCRIPT = Path(__file__).with_name("distributed_train.py")
+HANG_S = 240  # a process stuck this long prints its stacks and exits (faulthandler): a deadlock fails, not hangs
+LAUNCH_TIMEOUT_S = 900
+# backend -> how it is launched: ZeRO stage, zero3_init_flag, mixed precision, DeepSpeed settings. bf16 wherever the
+# backend offers it, except one fp32 ZeRO-3 run (DDP's bf16 is autocast, tested in one process by test_trainer).
+BACKENDS = {
+    "ddp": dict(precision="no"),
+    "zero2": dict(stage=2, precision="bf16"),
+    # DeepSpeed replaces torch.nn.functional.linear with its own under ZeRO-3 (memory_efficient_linear), whose bf16
+    # results differ in the last bits from torch's: off here, so that the bf16 credit can be compared exactly with
+    # one computed by torch's; the fp32 run keeps it (its backward is what OAR-G differentiates through).
+    "zero3": dict(stage=3, init_flag=True, precision="bf16", zero={"memory_efficient_linear": False}),
+    "zero3-noinit": dict(stage=3, init_flag=False, precision="no"),
+    "fsdp2": dict(launcher="torchrun", precision="bf16"),
+}
+# ZeRO parameters below stage3_param_persistence_threshold are kept whole on every rank (DeepSpeed's default is 1e5
+# elements: the whole test model); 0 shards every parameter, as ZeRO-3 shards a 7B model's.
+DEEPSPEED_CONFIG = {
+    "zero_optimization": {"stage3_param_persistence_threshold": 0},
+    "bf16": {"enabled": "auto"}, "gradient_clipping": "auto", "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+}
+
+
+def launch(backend: str, lm_dir: Path, out: Path) -> subprocess.CompletedProcess:
+    spec = BACKENDS[backend]
+    bindir = os.path.dirname(sys.executable)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path), "DS_ACCELERATOR": "cpu",
+           "OARL_HANG_TIMEOUT": str(HANG_S), "ACCELERATE_MIXED_PRECISION": spec["precision"]}
+    script = [str(SCRIPT), str(lm_dir), str(out), backend, ",".join(CASES)]
+    if spec.get("launcher") == "torchrun":
+        cmd = [os.path.join(bindir, "torchrun"), "--nproc_per_node", "2", *script]
+    else:
+        # On a machine without GPUs, `accelerate launch --cpu` starts several processes only through mpirun; the
+        # torchrun-based launcher does it anywhere, and the script's use_cpu=True selects gloo.
+        cmd = [os.path.join(bindir, "accelerate"), "launch", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", spec["precision"], "--dynamo_backend", "no"]
+        if "stage" not in spec:
+            cmd.append("--multi_gpu")
+        else:
+            config = json.loads(json.dumps(DEEPSPEED_CONFIG))
+            config["zero_optimization"].update(stage=spec["stage"], **spec.get("zero", {}))
+            (out / "ds.json").write_text(json.dumps(config))
+            cmd += ["--use_deepspeed", "--deepspeed_config_file", str(out / "ds.json")]
+            if "init_flag" in spec:
+                cmd += ["--zero3_init_flag", str(spec["init_flag"]).lower()]
+        cmd += script
+    if not os.path.exists(cmd[0]):
+        pytest.fail(f"no {cmd[0]}: the launcher comes with the test environment (make install)")
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+
+
+def replay(calls: list):
+    """A sampler or scorer that returns what the recorded one returned, for the same arguments."""
+    calls = list(calls)
+
+    def call(*args):
+        recorded_args, result = calls.pop(0)
+        assert list(args) == list(recorded_args)
+        return result
+
+    return call
+
+
+def recompute(record: dict, lm_dir: Path):
+    model, tokenizer = load_tiny_lm(lm_dir)
+    if "parameters" in record:
+        # the parameters and buffers (RoPE's inverse frequencies) as the pass had them: bf16 where the backend cast them
+        missing, unexpected = model.load_state_dict(record["parameters"], strict=False, assign=True)
+        assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)  # tied to the embeddings
+        model.tie_weights()
+        for name, buffer in record["buffers"].items():
+            module, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(module), attr, buffer)
+    else:
+        model = None  # rollout credit: no model pass
+    generator = None
+    if record["generator_state"] is not None:
+        generator = torch.Generator()
+        generator.set_state(record["generator_state"])
+    sampler = replay(record["sampled"]) if record["sampled"] else None
+    scorer = replay(record["scored"]) if record["scored"] else None
+    autocast = record["autocast"]
+    with threads(1), torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=bool(autocast)):
+        return token_advantages(model, tokenizer, *record["inputs"], record["config"], truncated=record["truncated"],
+                                generator=generator, sampler=sampler, scorer=scorer,
+                                max_completion_length=record["max_completion_length"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_two_processes_unbalanced(backend, tiny_lm_dir, tmp_path):
+    spec = BACKENDS[backend]
+    if "stage" in spec and shutil.which("g++") is None:
+        pytest.fail("DeepSpeed on the CPU compiles one op with g++ at its first use: install g++ (build-essential)")
+    proc = launch(backend, tiny_lm_dir, tmp_path)
+    log = proc.stdout[-4000:] + proc.stderr[-8000:]
+    assert proc.returncode == 0, log
+    for case in CASES:
+        assert f"CASE-OK {backend} {case} steps={MAX_STEPS}" in proc.stdout, log
+        ranks = [torch.load(tmp_path / case / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+        for run in ranks:
+            assert run["world"] == 2 and run["steps"] == MAX_STEPS
+            assert run["backend"] == "DistributedType." + {"ddp": "MULTI_CPU", "fsdp2": "FSDP"}.get(backend, "DEEPSPEED")
+            layout = run["layout"]
+            sharded = {"zero3": "zero3_partitioned", "zero3-noinit": "zero3_partitioned", "fsdp2": "dtensors"}
+            for key in ("zero3_partitioned", "dtensors"):  # every parameter sharded, or none
+                assert layout[key] == (layout["parameters"] if sharded.get(backend) == key else 0), layout
+            if backend == "fsdp2":
+                assert layout["fsdp_modules"] >= 3, layout  # the root and each decoder block
+            assert run["built_partitioned"] == (backend == "zero3")  # built under deepspeed.zero.Init
+        if case == "none":
+            assert all(not run["records"] for run in ranks)
+            continue
+        assert all(len(run["records"]) == MAX_STEPS for run in ranks)  # rank 0 has signal at each step
+
+        if case == "rollout":  # no prefix to sample on rank 1 at the first step (the sampler pads it up to rank 0)
+            prefixes = [len(run["records"][0]["sampled"][0][0][0]) for run in ranks]
+            assert prefixes[1] == 0 < prefixes[0], prefixes
+        else:  # the ranks ran different numbers of forwards: none on rank 1 at the first step
+            forwards = [[rec["forwards"] for rec in run["records"]] for run in ranks]
+            assert forwards[1][0] == 0 and forwards[0][0] > 0 and forwards[0][1] != forwards[1][1] > 0, forwards
+            dtypes = {p.dtype for run in ranks for rec in run["records"] for p in rec["parameters"].values()}
+            assert dtypes == {torch.bfloat16 if spec["precision"] == "bf16" else torch.float32}, dtypes
+            linear = {rec["linear"].split(".")[0] for run in ranks for rec in run["records"]}
+            assert linear == {"deepspeed" if backend == "zero3-noinit" else "torch"}, linear
+        reshaped = 0
+        for rank, run in enumerate(ranks):
+            for step, record in enumerate(run["records"]):
+                out = recompute(record, tiny_lm_dir)
+                where = f"{backend} {case} rank {rank} step {step}: "
+                for key in ("advantages", "importance"):
+                    torch.testing.assert_close(getattr(out, key), record[key], rtol=0, atol=0,
+                                               msg=lambda m: where + key + ": " + m)
+                reshaped += int((out.weights[out.segments.reasoning] != 1).sum())
+        assert reshaped > 0 or case == "rollout"  # credit was assigned, not the uniform fallback everywhere
