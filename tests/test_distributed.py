@@ -28,6 +28,7 @@ import torch
 from conftest import load_tiny_lm, threads
 from distributed_train import CASES, MAX_STEPS
 from oarl.credit import token_advantages
+from oarl.trl_fixes import check_supported, zero3_start_of_forward_hook_off
 
 SCRIPT = Path(__file__).with_name("distributed_train.py")
 HANG_S = 240  # a process stuck this long prints its stacks and exits (faulthandler): a deadlock fails, not hangs
@@ -165,3 +166,31 @@ def test_two_processes_unbalanced(backend, tiny_lm_dir, tmp_path):
                                                msg=lambda m: where + key + ": " + m)
                 reshaped += int((out.weights[out.segments.reasoning] != 1).sum())
         assert reshaped > 0 or case == "rollout"  # credit was assigned, not the uniform fallback everywhere
+
+
+@pytest.mark.parametrize("name,kind", [("zero2", "DEEPSPEED"), ("zero3", "DEEPSPEED"), ("fsdp2", "FSDP")])
+def test_accelerate_recipes_load(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(Path(__file__).parents[1] / "recipes" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.value == kind and config.mixed_precision == "bf16"
+    if kind == "FSDP":
+        assert config.fsdp_config["fsdp_version"] == 2
+    else:
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_unsupported_backends_are_refused():
+    from types import SimpleNamespace
+
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    # FSDP1 (accelerate does not select FSDP on a CPU: its state, as the Trainer's accelerator would hold it)
+    fsdp1 = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None,
+                                                  fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=1)))
+    with pytest.raises(ValueError, match="supports FSDP2, not FSDP1: set fsdp_version: 2"):
+        check_supported(fsdp1)
+    # a DeepSpeed engine without ZeRO-3's start-of-forward hook (another DeepSpeed version): a clear error, no hang
+    with pytest.raises(RuntimeError, match=r"DeepSpeed .*: ZeRO-3's start-of-forward hook .* was not found"):
+        with zero3_start_of_forward_hook_off(torch.nn.Linear(2, 2)):
+            pass

@@ -4,8 +4,9 @@ The credit pass runs a data-dependent number of forwards (and, for OAR-G and GRA
 embeddings) on each process: one per micro-batch of completions with a non-zero advantage, OAR-P one per chunk of
 perturbed variants, none on a process whose completions all have a zero advantage (the common case: groups that
 are all right or all wrong). Any collective inside a forward then pairs with a different call on another process:
-a deadlock, or a gloo/NCCL error about mismatched sizes. TRL's own generation does not meet this, because
-``generate`` keeps processes in step itself (``synced_gpus``); a hand-written loop of forwards does.
+a deadlock, or a gloo/NCCL error about mismatched sizes. TRL's generation is safe from this because ``generate``
+keeps the processes in step (``synced_gpus``: each one runs forwards until all are done); the credit pass has no
+such lockstep.
 
 :func:`credit_policy` gives the pass the policy as one module that runs without any collective:
 
@@ -14,8 +15,8 @@ a deadlock, or a gloo/NCCL error about mismatched sizes. TRL's own generation do
 - DeepSpeed ZeRO-3: TRL gathers the parameters (``deepspeed.zero.GatheredParameters``) and takes DeepSpeed's
   per-module fetch/release hooks off, but leaves the root module's start-of-forward hook
   (``DeepSpeedZeRoOffload.fwd_pre_hook``): it calls ``PartitionedParameterCoordinator.reset_step``, which, while the
-  parameter trace is not complete (the first two forwards after TRL puts the hooks back), checks the trace
-  against rank 0's with a broadcast. Here that hook is a no-op for the duration of the pass, then put back in its
+  parameter trace is not complete (TRL invalidates it each time it puts the hooks back), checks the trace against
+  rank 0's with broadcasts. Here that hook is a no-op for the duration of the pass, then put back in its
   place (same handle, same order).
 - FSDP2 (``fully_shard``): every FSDP module all-gathers its parameters in its pre-forward and frees them after
   its forward (``reshard_after_forward``) and backward; TRL's ``summon_full_params`` is FSDP1's and does nothing
@@ -30,14 +31,13 @@ Cost: the whole model in the training precision on every process for the duratio
 copy of the parameters besides the shards; ZeRO-3: what TRL's gathered generation, ``ds3_gather_for_generation``,
 already allocates just before), one all-gather of the model per pass instead of one per forward. Measured in
 ``benchmarks/bench_distributed.py`` (docs/performance.md). The other road, making every process run the same
-number of forwards (padding the short ones with dummy passes), keeps the memory sharded but costs the slowest
-process's forwards everywhere plus an all-gather of every layer per forward, and still breaks on the first
-backward that not every process runs.
+number of forwards and backwards (padding the short ones with dummy passes), keeps the memory sharded but costs the
+slowest process's passes everywhere plus an all-gather of every block per forward and per backward.
 
 Private names used (checked at use, with an error naming the installed version): DeepSpeed's
 ``DeepSpeedZeRoOffload.fwd_pre_hook`` (0.19); torch's FSDP2 ``FSDPState._auto_reshard_after_forward`` and
 ``FSDPParamGroup.post_forward_mesh_info / reshard_after_backward / reduce_grads / all_reduce_grads / is_unsharded``
-(2.6 to 2.13), needed to restore what the public setters (``set_reshard_after_forward`` ...) change.
+(2.13), needed to restore what the public setters (``set_reshard_after_forward`` ...) change.
 """
 
 from __future__ import annotations
