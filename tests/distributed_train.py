@@ -2,8 +2,8 @@
 
     python distributed_train.py MODEL_DIR OUT_DIR BACKEND CASE[,CASE...]
 
-BACKEND is how the processes were launched (ddp, zero2, zero3, zero3-noinit: `accelerate launch`; fsdp2: torchrun
-with the FSDP2 shim below). For each CASE (a credit setting, table CASES) one trainer trains MAX_STEPS steps, and
+BACKEND is how `accelerate launch` started the processes (ddp, zero2, zero3, zero3-noinit, fsdp2: the last through
+the FSDP2 shim below). For each CASE (a credit setting, table CASES) one trainer trains MAX_STEPS steps, and
 every credit pass of each process is recorded in OUT_DIR/CASE/rank<r>.pt: the pass's inputs, its outputs, the number
 of policy forwards it ran, the parameters it saw, the OAR-G noise generator's state, the autocast state and, for
 rollout credit, what the sampler and scorer returned. The test recomputes each record in one process and compares.
@@ -140,9 +140,6 @@ def main():
     for case in cases:
         recorder = Recorder(oarl.trainer.token_advantages)
         oarl.trainer.token_advantages = recorder
-        extra = {}
-        if backend == "fsdp2":
-            extra = dict(fsdp="full_shard", fsdp_config={"fsdp_version": 2, "reshard_after_forward": True})
         # ZeRO-3: a model loaded after the training arguments is built partitioned (deepspeed.zero.Init: transformers
         # 5.25 with accelerate 1.16 do so whenever the arguments select ZeRO-3, whatever zero3_init_flag says); one
         # loaded before them is built whole and partitioned by deepspeed.initialize. "zero3-noinit" runs the latter.
@@ -153,7 +150,7 @@ def main():
             output_dir=str(out / case), per_device_train_batch_size=4, num_generations=4, max_completion_length=32,
             max_steps=MAX_STEPS, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", seed=0,
             bf16=mixed == "bf16", use_cpu=True, beta=0.0, disable_tqdm=True, temperature=1.0,
-            **{ACTIVATION_CHECKPOINTING: True}, **CASES[case], **extra,
+            **{ACTIVATION_CHECKPOINTING: True}, **CASES[case],
         )
         if backend == "fsdp2":
             fsdp2_shim(args)

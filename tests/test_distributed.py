@@ -1,12 +1,14 @@
 """OARTrainer in two processes on the CPU under DDP, DeepSpeed ZeRO-2, ZeRO-3 (zero3_init_flag true and false) and
 FSDP2, every estimator, with the ranks unbalanced on purpose (tests/distributed_train.py says how).
 
-Each backend is one launch of tests/distributed_train.py (gloo; one trainer per credit setting, 2 steps each,
-activation checkpointing on). The test asserts that the launch finishes within its time limit (a deadlock prints
-the stacks of both processes and fails), that the parameters really were sharded as the backend shards them, that
-the ranks really ran different numbers of forwards in the credit pass (one rank none at the first step), and that
-every credit pass of every rank equals a single-process recomputation on the same completions with the parameters
-the pass saw (OAR-G: the same noise; rollout credit: the same continuations and rewards, replayed).
+Each backend is one `accelerate launch` of tests/distributed_train.py (gloo; one trainer per credit setting, 2 steps
+each, activation checkpointing on): ZeRO-2 and FSDP2 with the recipes' accelerate configs (recipes/accelerate),
+ZeRO-3 with a DeepSpeed config that shards every parameter. The test asserts that the launch finishes within its
+time limit (a deadlock prints the stacks of both processes and fails), that the parameters really were sharded as
+the backend shards them, that the ranks really ran different numbers of forwards in the credit pass (one rank none
+at the first step), and that every credit pass of every rank equals a single-process recomputation on the same
+completions with the parameters the pass saw (OAR-G: the same noise; rollout credit: the same continuations and
+rewards, replayed).
 
 DeepSpeed runs on the CPU with `DS_ACCELERATOR=cpu`; its first use on a machine compiles one op with g++ (about
 70 s, cached in ~/.cache/torch_extensions). accelerate does not select FSDP on a CPU: the FSDP2 launch goes through
@@ -15,6 +17,7 @@ a test shim (distributed_train.fsdp2_shim).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -31,19 +34,21 @@ from oarl.credit import token_advantages
 from oarl.trl_fixes import check_supported, zero3_start_of_forward_hook_off
 
 SCRIPT = Path(__file__).with_name("distributed_train.py")
+RECIPES = Path(__file__).parents[1] / "recipes" / "accelerate"
 HANG_S = 240  # a process stuck this long prints its stacks and exits (faulthandler): a deadlock fails, not hangs
 LAUNCH_TIMEOUT_S = 900
-# backend -> how it is launched: ZeRO stage, zero3_init_flag, mixed precision, DeepSpeed settings. bf16 wherever the
-# backend offers it, except one fp32 ZeRO-3 run (DDP's bf16 is autocast, tested in one process by test_trainer).
+# backend -> how `accelerate launch` starts it: an accelerate config of recipes/accelerate, or a DeepSpeed config
+# (ZeRO stage, zero3_init_flag, settings); mixed precision. bf16 wherever the backend offers it, except one fp32
+# ZeRO-3 run (DDP's bf16 is autocast, tested in one process by test_trainer).
 BACKENDS = {
     "ddp": dict(precision="no"),
-    "zero2": dict(stage=2, precision="bf16"),
+    "zero2": dict(recipe="zero2.yaml", precision="bf16"),
     # DeepSpeed replaces torch.nn.functional.linear with its own under ZeRO-3 (memory_efficient_linear), whose bf16
     # results differ in the last bits from torch's: off here, so that the bf16 credit can be compared exactly with
     # one computed by torch's; the fp32 run keeps it (its backward is what OAR-G differentiates through).
     "zero3": dict(stage=3, init_flag=True, precision="bf16", zero={"memory_efficient_linear": False}),
     "zero3-noinit": dict(stage=3, init_flag=False, precision="no"),
-    "fsdp2": dict(launcher="torchrun", precision="bf16"),
+    "fsdp2": dict(recipe="fsdp2.yaml", precision="bf16"),  # through distributed_train.fsdp2_shim
 }
 # ZeRO parameters below stage3_param_persistence_threshold are kept whole on every rank (DeepSpeed's default is 1e5
 # elements: the whole test model); 0 shards every parameter, as ZeRO-3 shards a 7B model's.
@@ -60,23 +65,21 @@ def launch(backend: str, lm_dir: Path, out: Path) -> subprocess.CompletedProcess
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path), "DS_ACCELERATOR": "cpu",
            "OARL_HANG_TIMEOUT": str(HANG_S), "ACCELERATE_MIXED_PRECISION": spec["precision"]}
     script = [str(SCRIPT), str(lm_dir), str(out), backend, ",".join(CASES)]
-    if spec.get("launcher") == "torchrun":
-        cmd = [os.path.join(bindir, "torchrun"), "--nproc_per_node", "2", *script]
+    # On a machine without GPUs, `accelerate launch --cpu` starts several processes only through mpirun; the
+    # torchrun-based launchers (multi-GPU, DeepSpeed, FSDP) do it anywhere, and the script's use_cpu=True selects gloo.
+    cmd = [os.path.join(bindir, "accelerate"), "launch", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", spec["precision"], "--dynamo_backend", "no"]
+    if "recipe" in spec:
+        cmd += ["--config_file", str(RECIPES / spec["recipe"])]
+    elif "stage" in spec:
+        config = copy.deepcopy(DEEPSPEED_CONFIG)
+        config["zero_optimization"].update(stage=spec["stage"], **spec.get("zero", {}))
+        (out / "ds.json").write_text(json.dumps(config))
+        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(out / "ds.json"),
+                "--zero3_init_flag", str(spec["init_flag"]).lower()]
     else:
-        # On a machine without GPUs, `accelerate launch --cpu` starts several processes only through mpirun; the
-        # torchrun-based launcher does it anywhere, and the script's use_cpu=True selects gloo.
-        cmd = [os.path.join(bindir, "accelerate"), "launch", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", spec["precision"], "--dynamo_backend", "no"]
-        if "stage" not in spec:
-            cmd.append("--multi_gpu")
-        else:
-            config = json.loads(json.dumps(DEEPSPEED_CONFIG))
-            config["zero_optimization"].update(stage=spec["stage"], **spec.get("zero", {}))
-            (out / "ds.json").write_text(json.dumps(config))
-            cmd += ["--use_deepspeed", "--deepspeed_config_file", str(out / "ds.json")]
-            if "init_flag" in spec:
-                cmd += ["--zero3_init_flag", str(spec["init_flag"]).lower()]
-        cmd += script
+        cmd.append("--multi_gpu")
+    cmd += script
     if not os.path.exists(cmd[0]):
         pytest.fail(f"no {cmd[0]}: the launcher comes with the test environment (make install)")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
@@ -123,7 +126,7 @@ def recompute(record: dict, lm_dir: Path):
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_two_processes_unbalanced(backend, tiny_lm_dir, tmp_path):
     spec = BACKENDS[backend]
-    if "stage" in spec and shutil.which("g++") is None:
+    if backend.startswith("zero") and shutil.which("g++") is None:
         pytest.fail("DeepSpeed on the CPU compiles one op with g++ at its first use: install g++ (build-essential)")
     proc = launch(backend, tiny_lm_dir, tmp_path)
     log = proc.stdout[-4000:] + proc.stderr[-8000:]
@@ -172,7 +175,7 @@ def test_two_processes_unbalanced(backend, tiny_lm_dir, tmp_path):
 def test_accelerate_recipes_load(name, kind):
     from accelerate.commands.config.config_args import load_config_from_file
 
-    config = load_config_from_file(str(Path(__file__).parents[1] / "recipes" / "accelerate" / f"{name}.yaml"))
+    config = load_config_from_file(str(RECIPES / f"{name}.yaml"))
     assert config.distributed_type.value == kind and config.mixed_precision == "bf16"
     if kind == "FSDP":
         assert config.fsdp_config["fsdp_version"] == 2
