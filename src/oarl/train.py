@@ -451,6 +451,7 @@ def run_train(train_args: TrainArgs, config) -> dict:
     from .errors import Interrupted, UsageError, removed_on_failure
 
     _check_sources(train_args)
+    _check_heldout_backend(train_args, config)
     resume = train_args.resume
     if resume:
         run_dir = Path(resume)
@@ -472,6 +473,24 @@ def run_train(train_args: TrainArgs, config) -> dict:
             raise Interrupted("interrupted before training began; nothing to resume") from None
         WallClock.count_until_now(run_dir / "wall_time.json")
         raise Interrupted(f"interrupted; continue with: oarl train --resume {shlex.quote(str(run_dir))}") from None
+
+
+def _check_heldout_backend(train_args: TrainArgs, config) -> None:
+    """Raises UsageError, before any model is loaded or folder written, for held-out evaluation (anything but
+    ``--eval_size 0``) with several processes under DeepSpeed ZeRO-3 or FSDP. The evaluation generates on the main
+    process alone, with the model outside the engine: under ZeRO-3 its parameters there are empty partitions, under
+    FSDP its forwards wait for all-gathers that the other processes never join. The backend is read from what
+    ``accelerate launch`` exports and from the training arguments (``--deepspeed``, ``--fsdp``), as the Trainer's
+    accelerator will read it (on a machine without GPUs accelerate runs DDP instead of FSDP; refused all the same)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from .errors import UsageError
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    fsdp = bool(config.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
+    if train_args.eval_size != 0 and several and (is_deepspeed_zero3_enabled() or fsdp):
+        raise UsageError("held-out evaluation does not run under DeepSpeed ZeRO-3 or FSDP with several processes: "
+                         "set --eval_size 0, and evaluate the run's final_model afterwards with `oarl eval`")
 
 
 def _resume_point(run_dir: Path, config) -> tuple[Path | None, bool | None]:
@@ -619,9 +638,9 @@ def _train(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | None
 
     after = evaluate_heldout(trainer.model, "after") if trainer.accelerator.is_main_process else {}
     summary = {}
+    final = run_dir / "final_model"
+    trainer.save_model(str(final))  # on every process: ZeRO-3 and FSDP gather the weights; the main process writes
     if trainer.accelerator.is_main_process:
-        final = run_dir / "final_model"
-        trainer.save_model(str(final))
         tokenizer.save_pretrained(str(final))
         if after:
             with open(run_dir / "metrics.jsonl", "a") as f:
