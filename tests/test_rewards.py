@@ -1,5 +1,8 @@
 """oarl.rewards: the verifiable math reward, its fast path, math-verify in a worker, bounded time per item."""
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -170,3 +173,130 @@ def test_a_list_is_a_set_restating_one_answer_or_not(pred, gold, other):
     \\boxed{\\frac{639}{40}}``) are that answer; a list with another item is not (math-verify's sets)."""
     assert verify(pred, gold) and verify(gold, pred)
     assert not verify(other, gold) and not verify(gold, other)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the worker dies with its parent, whatever the parent died of
+
+def _gone(pid: int) -> bool:
+    """The process no longer runs: it does not exist, or it is a zombie (dead, not yet reaped by init)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _wait_gone(pid: int, within_s: float) -> float:
+    t0 = time.perf_counter()
+    while not _gone(pid):
+        assert time.perf_counter() - t0 < within_s, f"process {pid} still runs {within_s} s after its parent died"
+        time.sleep(0.05)
+    return time.perf_counter() - t0
+
+
+# Starts the worker from a thread that ends at once (the worker must outlive the thread: Linux's parent-death signal
+# belongs to the thread that started a process), gives it an item it works on for minutes, prints its pid.
+PARENT = r"""
+import sys, threading, time
+from oarl import rewards
+starter = threading.Thread(target=lambda: rewards.verify("\\frac{2}{4}", "\\frac{1}{2}", use_fast_path=False))
+starter.start(); starter.join()
+worker = rewards._worker.proc.pid
+threading.Thread(target=lambda: rewards.verify(sys.argv[1], "3", timeout_s=600, use_fast_path=False), daemon=True).start()
+print(worker, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_worker_dies_with_a_parent_killed_by_sigkill():
+    """A real parent process is killed (SIGKILL: nothing of it runs after) while its worker is busy on a hard item:
+    the worker is gone within seconds, instead of running on for minutes reparented to init."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, PATHOLOGICAL], stdout=subprocess.PIPE, text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        busy = _cpu_ticks(worker)
+        time.sleep(1.0)
+        assert _cpu_ticks(worker) > busy and parent.poll() is None  # on the hard item, after its starter thread ended
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        assert _wait_gone(worker, within_s=5.0) < 5.0
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+# The fallback where Linux's signal is not there: a child that only watches its parent (watch_parent) and computes.
+WATCHER = r"""
+import runpy, sys
+runpy.run_path(sys.argv[1])["watch_parent"](int(sys.argv[2]), 0.1)
+print("watching", flush=True)
+while True:
+    sum(range(10**6))  # busy, as on a hard item
+"""
+MIDDLE = r"""
+import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2], str(os.getpid())])
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_worker_watching_its_parent_dies_with_it_without_the_linux_signal():
+    parent = subprocess.Popen([sys.executable, "-c", MIDDLE, WATCHER, str(rewards.WORKER_SCRIPT)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert parent.stdout.readline() == "watching\n"
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        assert _wait_gone(child, within_s=5.0) < 5.0
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# a degenerate completion gets a verdict, never an error
+
+# Longer than Python's 4,300-digit limit on int <-> str conversion, as a repetition loop writes them; and answers
+# too long to read at all.
+DEGENERATE = ["9" * 5000, "-" + "1" * 4400 + ".5", "\\frac{%s}{3}" % ("7" * 5000), "1" * 4400 + "/2", "12 " + "1" * 4400 + "/" + "2" * 4401,
+              "1" * 4400 + "\\%", "3.2" + "0" * 4400 + " million", "1011" * 1200 + "_3", ", ".join(["1"] * 3000),
+              "x+" * 20000 + "1", "\\sqrt{" * 3000 + "2" + "}" * 3000]
+
+
+@pytest.mark.parametrize("answer", DEGENERATE, ids=lambda a: f"{a[:12]}..{len(a)}")
+def test_degenerate_answers_get_a_verdict(answer):
+    from oarl.evaluate import majority_correct
+
+    assert accuracy([f"\\boxed{{{answer}}}", "The answer is 3."], ["3", answer]) == [0.0, 0.0]
+    assert is_correct(f"The answer is ${answer}$.", "3") is False
+    assert verify(answer, "3") is False and verify("3", answer) is False
+    assert verify(answer, answer)  # the very same text needs no reading
+    assert rewards.value_key(answer) is None
+    assert answer_key(answer) == answer  # unread
+    assert rewards.group_by_value([answer, "3", answer]) == [0, 1, 0]
+    assert majority_correct([answer, answer, "3"], [False, False, True]) is False  # two equal wrong answers outvote
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 4900), st.sampled_from(["{}", "-{}", "{}.5", "{}/7", "\\frac{{{}}}{{7}}", "{}\\%", "1{}e5"]))
+def test_long_numbers_are_exact_within_the_answer_bound_and_wrong_past_it(digits, form):
+    """In this process, never raising: within MAX_ANSWER_CHARS a long number is compared exactly (it differs from
+    the same number with one digit less), past it it is wrong, even against itself written another way."""
+    from oarl.notation import MAX_ANSWER_CHARS
+
+    worker_calls = rewards.stats["math_verify"]
+    number, shorter = form.format("7" * digits), form.format("7" * (digits - 1) or "0")
+    assert not verify(number, shorter) and not verify(shorter, number)
+    assert verify(number, number.replace("7", "7 ", 1)) == (len(number) <= MAX_ANSWER_CHARS)  # read, or not
+    assert rewards.stats["math_verify"] == worker_calls  # the fast path decided

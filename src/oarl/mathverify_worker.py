@@ -1,10 +1,16 @@
 """math-verify with exact numbers, run as a worker process by ``oarl.rewards`` (this file imports nothing
 of oarl, torch or math-verify at import time, so that the worker starts in about a second).
 
-Protocol: run as a script whose last argument is a memory limit in bytes; it prints ``{"ready": true}``, then reads
+Protocol: run as a script whose last two arguments are the parent's process id and a memory limit in bytes; it prints ``{"ready": true}``, then reads
 JSON lines and answers each with one line: ``{"pred", "gold"}`` -> ``{"ok": bool}`` (math-verify's verdict),
 ``{"value"}`` -> ``{"value": str | null}`` (``value_key``); ``"error"`` is added when math-verify or sympy
 raised: the item is wrong (or has no key), the worker goes on.
+
+**It dies with its parent** (``die_with_parent``), whatever the parent died of (SIGKILL, the OOM killer, SIGTERM):
+on a hard item it would otherwise go on for minutes, a core busy and its memory growing, reparented to init. On
+Linux the kernel kills it at once (``PR_SET_PDEATHSIG``, which works while a big-integer computation holds the
+interpreter); everywhere, a thread checks every ``PARENT_POLL_S`` seconds that its parent is still the process that
+started it. The end of its input (the parent closed the pipe) also ends it.
 
 **Numbers compare exactly.** math-verify (0.9) decides most number pairs in ``grader.sympy_numeric_eq``,
 which rounds floats to 6 decimal places (so 1e-7 equals 2e-7) and compares any other constant expressions
@@ -26,7 +32,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import sys
+import threading
+import time
 
 DECIMAL_TOLERANCE = 1e-6
 EXACT_DIGITS = 50  # digits used to check that two exact constants differ by zero (not chopped)
@@ -124,12 +134,45 @@ def value_key(parsed: list) -> str | None:
     return "r:" + str(value.evalf(30))
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 0.5  # the portable check of the parent: a worker outlives its parent by at most about this
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """End this process when the process ``parent_pid`` (its parent) ends: Linux's parent-death signal (SIGKILL),
+    and ``watch_parent`` everywhere. The signal is sent when the *thread* that started this process ends, so the
+    parent starts it from a thread that lives as long as the parent (``oarl.rewards``)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no libc to call: the watcher alone
+            pass
+    watch_parent(parent_pid)
+
+
+def watch_parent(parent_pid: int, interval_s: float = PARENT_POLL_S) -> None:
+    """A daemon thread that ends this process (exit status 1) once its parent is no longer ``parent_pid`` (the
+    parent died and this process was reparented), checked every ``interval_s`` seconds; at once if it already is."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    if os.getppid() != parent_pid:  # the parent died before this process could watch it
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True, name="watch-parent").start()
+
+
 def _boxed(answer: str) -> str:
     answer = answer.strip()
     return answer if answer.startswith("\\boxed") else "\\boxed{" + answer + "}"
 
 
 def main(argv: list[str]) -> None:
+    die_with_parent(int(argv[-2]))  # first: the imports below take a second or more
     try:
         import resource
 

@@ -19,6 +19,11 @@ Numbers are compared exactly in rationals (``as_number``: integers, decimals, fr
 percentages, ``3.2 million``); a percentage or a scale word on one side only matches the number with or
 without it (``50\\%`` = ``50`` = ``0.5``, ``3.2 million`` = ``3200000`` = ``3.2``). Pure string code; the
 number words are the answer finder's table (``oarl.credit.expression.NUMBER_WORDS``).
+
+**What is read is bounded** (``too_long``): an answer longer than ``MAX_ANSWER_CHARS`` is wrong, unread; the
+fast path reads powers of ten up to ``10^{999}``. Every number it builds then stays far below Python's limit on
+converting integers to and from text (4,300 digits, ``sys.get_int_max_str_digits``), which a degenerate answer
+(a repetition loop inside ``\\boxed{}``) would otherwise exceed and raise on.
 """
 
 from __future__ import annotations
@@ -50,7 +55,16 @@ _QUALIFIER = re.compile(
     re.IGNORECASE,
 )
 _SPELLED = re.compile(r"(?:\\text\s*\{\s*)?([A-Za-z]+(?:[- ][A-Za-z]+)?)\s*\}?\s*\.?")
+# The longest answer that is read (characters). No gold answer of the five benchmarks is longer than 210 (minerva's
+# longest formula); a degenerate completion writes far more, and reading it costs without bound (the regexes here,
+# math-verify's parser) and makes numbers past Python's 4,300-digit limit on int <-> str conversion.
+MAX_ANSWER_CHARS = 1000
 _SYMBOLS = {"−": "-", "×": "\\times ", "÷": "\\div ", "·": "\\cdot ", "π": "\\pi ", "∞": "\\infty ", "{,}": ","}
+
+
+def too_long(answer: str) -> bool:
+    """Is the answer longer than ``MAX_ANSWER_CHARS``? Such an answer is wrong, not read (module docstring)."""
+    return len(answer) > MAX_ANSWER_CHARS
 
 
 def normalize_answer(text: str) -> str:
@@ -156,7 +170,7 @@ _EXACT = re.compile(
     r"(?P<whole>\d+)?\\frac(?:\{(?P<fn>[-+]?\d+)\}\{(?P<fd>[-+]?\d+)\}|(?P<sn>\d)(?P<sd>\d))"  # \frac{1}{2}, 1\frac{1}{4}, \frac12
     r"|(?P<an>\d{1,3}(?:,\d{3})+|\d+)/(?P<ad>\d{1,3}(?:,\d{3})+|\d+)"  # 3/4, 315/1,000
     r"|(?P<dec>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)"  # 1,000  3.5  .5
-    r"(?:(?:\\times|\\cdot|\*)10\^(?:\{(?P<e1>[-+]?\d{1,4})\}|(?P<e2>[-+]?\d)))?"  # 1.5\times10^{3}
+    r"(?:(?:\\times|\\cdot|\*)10\^(?:\{(?P<e1>[-+]?\d{1,3})\}|(?P<e2>[-+]?\d)))?"  # 1.5\times10^{3}, up to 10^{999}
     r")(?:(?P<pct>\\?%)|(?:\\text\{)?(?P<scale>thousand|million|billion|trillion)\}?)?"
 )
 SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
@@ -261,7 +275,9 @@ def answer_key(answer: str) -> str:
     """A canonical form of an answer for majority voting: equal keys verify as equal (not the converse).
     Spaces, ``$``, ``\\left``/``\\right`` and a final period are dropped, ``\\dfrac`` is ``\\frac``; numbers
     are keyed by their exact value (``1,000.0`` and ``1000`` -> ``1000``; ``0.5``, ``1/2``, ``\\frac12`` ->
-    ``1/2``)."""
+    ``1/2``). An answer that is ``too_long`` is its own key, unread."""
+    if too_long(answer):
+        return answer
     text = canonical(normalize_answer(answer))
     number = as_number(text)
     if number is None:

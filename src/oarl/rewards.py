@@ -27,6 +27,10 @@ the answer), then are checked in steps:
    compares as a set: one that restates a single answer is that answer (MATH's ``\\boxed{15\\frac{39}{40}},
    or \\boxed{\\frac{639}{40}}`` against ``\\frac{639}{40}``), ``2, 4`` against ``2`` is wrong.
 
+**Length.** An answer (or gold) longer than ``MAX_ANSWER_CHARS`` (1,000 characters, ``oarl.notation``) is not
+read: it is wrong, unless it is the very same text as the gold. A degenerate completion (a repetition loop inside
+``\\boxed{}``) gets a verdict at the cost of a normal one, and never raises.
+
 **Numbers.** Integers and rationals compare exactly (``10000000001`` is not ``10000000000``, ``2^{-98}``
 is not ``2^{-99}``). A tolerance applies only where a side is written as a decimal, which may be an
 approximation: ``|a - b| <= 1e-6 * min(1, max(|a|, |b|))`` (``approximately_equal``), relative below 1
@@ -34,7 +38,8 @@ and six decimal places above, so it never equates two different integers.
 
 Bounded time per item, from any thread. math-verify's own timeouts use ``signal.alarm``, which fails
 outside the main thread (TRL may score rewards from a worker thread), so they are off and math-verify runs
-in a persistent worker subprocess instead. Each item has a deadline (``timeout_s``, default 2 s); when it
+in a persistent worker subprocess instead, which dies with this process whatever it died of (SIGKILL, the OOM
+killer, SIGTERM: ``oarl.mathverify_worker.die_with_parent``). Each item has a deadline (``timeout_s``, default 2 s); when it
 passes, the worker is killed (and restarted on the next call), and the item scores 0. A pathological
 expression such as ``10^{10^{10^{10}}}`` therefore costs about ``timeout_s`` and never hangs or kills the
 run. The worker imports only math-verify (not torch, not oarl), so it starts in about a second.
@@ -55,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from oarl.credit.answer import extract_answer
-from oarl.notation import answer_key, as_number, canonical, fast_verdict, normalize_answer, option
+from oarl.notation import answer_key, as_number, canonical, fast_verdict, normalize_answer, option, too_long
 
 logger = logging.getLogger(__name__)
 
@@ -140,12 +145,40 @@ WORKER_SCRIPT = Path(__file__).with_name("mathverify_worker.py")  # it imports n
 _RUN_WORKER = "import runpy, sys; runpy.run_path(sys.argv[1], run_name='__main__')"
 
 
+_spawner: tuple[int, queue.Queue] | None = None  # (process id, requests) of the thread that starts workers
+
+
+def _popen(args: list[str], **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen(args, **kwargs)``, run by one thread that lives as long as this process. The worker dies
+    with its parent through Linux's parent-death signal, and Linux sends it when the *thread* that started the
+    worker ends: a worker started from a short-lived thread (TRL may score rewards in one) would die with it."""
+    global _spawner
+    if _spawner is None or _spawner[0] != os.getpid():  # none yet, or inherited through fork (its thread is not)
+        _spawner = (os.getpid(), queue.Queue())
+        threading.Thread(target=_spawn_forever, args=(_spawner[1],), daemon=True, name="oarl-verify-spawner").start()
+    reply: queue.Queue = queue.Queue()
+    _spawner[1].put((args, kwargs, reply))
+    proc = reply.get()
+    if isinstance(proc, BaseException):
+        raise proc
+    return proc
+
+
+def _spawn_forever(requests: queue.Queue) -> None:
+    while True:
+        args, kwargs, reply = requests.get()
+        try:
+            reply.put(subprocess.Popen(args, **kwargs))
+        except BaseException as e:  # given to the caller
+            reply.put(e)
+
+
 class _Worker:
     """One math-verify subprocess with a reader thread; ``check`` waits for at most ``timeout_s``."""
 
     def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _RUN_WORKER, str(WORKER_SCRIPT), str(WORKER_MEMORY_LIMIT_BYTES)],
+        self.proc = _popen(
+            [sys.executable, "-c", _RUN_WORKER, str(WORKER_SCRIPT), str(os.getpid()), str(WORKER_MEMORY_LIMIT_BYTES)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -199,7 +232,7 @@ _lock = threading.Lock()
 _worker: _Worker | None = None
 _worker_pid: int | None = None  # the process that owns _worker (a forked child must start its own)
 _worker_failed_at: float | None = None
-stats = {"fast": 0, "math_verify": 0, "timeouts": 0, "worker_starts": 0}  # counters, for logs and tests
+stats = {"fast": 0, "math_verify": 0, "timeouts": 0, "worker_starts": 0, "too_long": 0}  # counters, for logs and tests
 
 
 def shutdown_verifier() -> None:
@@ -252,8 +285,10 @@ def value_key(answer: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> str | None:
     Integers and fractions are keyed here (``q:1/2``); other constants without a decimal (``\\sqrt{2}/2``,
     ``\\pi``, ``\\sin\\frac{\\pi}{6}``) by the worker: exactly if rational, else by 30 significant digits
     of their value (``r:...``). None for decimals (approximations), percentages, expressions with variables,
-    sets, text, or when the worker gives no answer.
+    sets, text, an answer that is ``too_long``, or when the worker gives no answer.
     """
+    if too_long(answer):
+        return None
     number = as_number(canonical(normalize_answer(answer)))
     if number is not None:
         return None if number.decimal or number.percent or number.scale != 1 else f"q:{number.value}"
@@ -280,6 +315,9 @@ def verify(pred_text: str, gold: str, timeout_s: float = DEFAULT_TIMEOUT_S, use_
     if use_fast_path and pred_text == gold:
         stats["fast"] += 1
         return True
+    if too_long(pred_text) or too_long(gold):  # not read: wrong (module docstring)
+        stats["too_long"] += 1
+        return False
     pred_text, gold = normalize_answer(pred_text), normalize_answer(gold)
     if not use_fast_path:
         return _math_verify(pred_text, gold, timeout_s)
