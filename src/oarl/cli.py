@@ -201,6 +201,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
     import torch
 
+    from oarl.checks import check_explain
     from oarl.credit import ESTIMATORS, CreditConfig
     from oarl.report.agreement import format_table, json_safe, summarize
     from oarl.report.heatmap import explain_batch, read_completions_jsonl, render_page
@@ -214,12 +215,10 @@ def run_explain(args: argparse.Namespace) -> int:
     if not estimators or bad:
         return fail(f"--estimators must name some of {', '.join(e for e in ESTIMATORS if e != 'none')}; "
                     f"got {args.estimators!r}")
-    if args.n is not None and args.n < 1:
-        return fail(f"--n must be >= 1, got {args.n}")
-    if args.advantage == 0:
-        return fail("--advantage must be nonzero (a zero advantage skips the credit computation)")
-    if args.png is not None and args.png < 1:
-        return fail(f"--png N must be >= 1, got {args.png}")
+    try:
+        check_explain(args)
+    except UsageError as exc:
+        return fail(str(exc))
     overrides = {k: getattr(args, k) for k in ("outcome", "threshold", "beta", "floor", "noise_std", "noise_samples",
                                                   "chunk_size", "rollouts", "span", "max_steps")
                  if getattr(args, k) is not None}

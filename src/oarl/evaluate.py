@@ -550,15 +550,17 @@ def _load_backend(cfg: EvalConfig, model_path: str, chat: bool | None):
 def run_eval(cfg: EvalConfig, backend=None, tokenizer=None) -> dict:
     """Evaluate ``cfg.model`` on ``cfg.benchmarks``; writes samples.jsonl, results.json, results.md in
     ``cfg.output_dir`` and returns the results dict. ``backend``/``tokenizer`` may be given (tests, reuse).
-    Raises ValueError / FileNotFoundError for a bad argument before writing anything; a run that fails before
-    its first sample leaves no report folder behind."""
+    Raises ValueError / FileNotFoundError for a bad argument (every setting: ``oarl.checks.check_eval``) before
+    loading a model or writing anything; a run that fails before its first sample leaves no report folder behind."""
     t0 = time.perf_counter()
     if cfg.model is None:
         raise ValueError("no model given")
+    from oarl.checks import check_eval
     from oarl.models.loading import check_model_name
 
-    check_model_name(cfg.model)
+    check_eval(cfg)
     model_path = resolve_model_path(cfg.model)
+    check_model_name(model_path)
     k_list = sorted({k for k in cfg.k if k <= cfg.n})
     if len(k_list) < len(cfg.k):
         logger.warning("dropping k > n=%d from %s", cfg.n, cfg.k)

@@ -50,6 +50,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import os
 import queue
 import subprocess
@@ -80,15 +81,16 @@ __all__ = ["accuracy", "format", "think_format", "verify", "is_correct", "normal
 def normalize_gold(value: Any) -> str | None:
     """A gold answer as a string, or None if there is none.
 
-    Numbers (amc23 stores ``27.0``) become ``"27"``; a GSM8K solution (``"... #### 18"``) becomes the
-    text after its last ``####``; surrounding ``$`` and spaces are stripped; empty means missing.
+    Numbers (amc23 stores ``27.0``) become ``"27"``, a float that is not finite (NaN, infinity) is missing; a
+    GSM8K solution (``"... #### 18"``) becomes the text after its last ``####``; surrounding ``$`` and spaces are
+    stripped; empty means missing.
     """
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        if value != value:  # NaN: a missing value in a pandas-made file
+        if not math.isfinite(value):  # NaN: a missing value in a pandas-made file; inf: JSON's Infinity or 1e400
             return None
         return str(int(value)) if value.is_integer() else repr(value)
     if not isinstance(value, str):

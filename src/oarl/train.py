@@ -178,7 +178,7 @@ def parse_args(argv: list[str] | None = None):
     if known.config:
         if not Path(known.config).is_file():
             raise UsageError(f"--config {known.config}: no such file")
-        from_yaml = yaml.safe_load(Path(known.config).read_text()) or {}
+        from_yaml = _read_yaml(known.config)
         if not isinstance(from_yaml, dict):
             raise UsageError(f"--config {known.config}: expected a YAML mapping of settings (key: value lines)")
     model = known.model or from_yaml.get("model", "tiny")
@@ -214,26 +214,43 @@ def parse_args(argv: list[str] | None = None):
     return train_args, config
 
 
-def _check(train_args: TrainArgs, config) -> None:
-    """Values the dataclasses accept but a run cannot use."""
+def _read_yaml(path: str):
+    """The settings of a ``--config`` file (``yaml.safe_load``: plain values only); UsageError with the line for invalid
+    YAML, a tag (``!!python/object``: a config never builds objects) or a file that is not UTF-8 text."""
     from .errors import UsageError
 
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--config {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte "
+                         f"{exc.start + 1})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+            tag = problem.split("tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
+            raise UsageError(f"--config {path}: the YAML tag {tag}{where} is not read: a config holds plain values "
+                             "(numbers, text, true/false, lists)") from None
+        raise UsageError(f"--config {path}: invalid YAML{where}: {problem}") from None
+
+
+def _check(train_args: TrainArgs, config) -> None:
+    """Values the dataclasses accept but a run cannot use (the GRPOConfig numbers: OARConfig's own check)."""
+    from .checks import check_train
+    from .errors import UsageError
+
+    check_train(train_args)
     if config.max_steps == 0:
         raise UsageError("--max_steps 0 would still train one step: give the number of steps (>= 1), or -1 to train "
                          "num_train_epochs; to evaluate a model without training, use `oarl eval --model ...`")
     if config.max_steps < -1:
         raise UsageError(f"--max_steps {config.max_steps} would train num_train_epochs: give the number of steps "
                          "(>= 1), or -1 to train num_train_epochs")
-    if train_args.eval_size is not None and train_args.eval_size < 0:
-        raise UsageError(f"--eval_size must be >= 0 (0: no held-out evaluation), got {train_args.eval_size}")
-    if not 0 < train_args.eval_fraction < 1:
-        raise UsageError(f"--eval_fraction must be in (0, 1), got {train_args.eval_fraction}")
     embedded = [f"--{f}" for f in ("prompt_template", "eval_dataset") if getattr(train_args, f)]
     if (train_args.model, train_args.dataset) == EMBEDDED and embedded:
         raise UsageError(f"{' and '.join(embedded)} apply to --dataset FILE or a named dataset; the embedded job (tiny "
                          "model, arithmetic) asks its own prompts and holds out its own test and hard splits")
-    if train_args.eval_every < 0:
-        raise UsageError(f"--eval_every must be >= 0 (0: only before and after training), got {train_args.eval_every}")
 
 
 def resolved_config(train_args: TrainArgs, config, keep: tuple[str, ...] = ()) -> dict:

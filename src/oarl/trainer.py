@@ -49,6 +49,7 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.trainer.utils import RepeatSampler, get_config_model_id
 
+from .checks import check_grpo
 from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
 from .credit.config import APPLY_TO, SPANS
 from .credit.core import STAT_KEYS as CREDIT_STATS
@@ -167,6 +168,7 @@ class OARConfig(GRPOConfig):
     )
 
     def __post_init__(self):
+        check_grpo(self)  # first: GRPOConfig's own checks divide by some of these numbers
         if self.bf16 is None and not self.fp16 and not self.use_cpu:
             # GRPOConfig's bf16 default, where the device runs it (oarl.devices); float32 on an older GPU or without one
             self.bf16 = mixed_precision()["bf16"]
