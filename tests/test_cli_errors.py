@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -45,6 +46,31 @@ CASES = [  # (argv, exit status, what the one line must say)
     (["eval", "--model", "tiny", "--benchmarks", "{lists}"], 1,
      "lists: none of its 3 row(s) can be used; 3 of them: 'final_answer' is an empty list"),
     (["compare", "--credits", "none,gradiant"], 2, "Did you mean gradient?"),
+    # issue 25: YAML that is not plain settings, numbers that mean nothing, models and data that cannot load
+    (["train", "--config", "{broken}"], 2, "--config broken.yaml: invalid YAML at line 2, column 1: expected ',' or ']'"),
+    (["train", "--config", "{tag}"], 2, "--config tag.yaml: the YAML tag !!python/object/apply:os.system at line 1, "
+                                        "column 16 is not read: a config holds plain values"),
+    (["train", "--config", "{listed}"], 2, "--learning_rate [1, 2]: must be a number"),
+    (["train", "--num_generations", "0"], 2, "--num_generations 0: must be an integer >= 2"),
+    (["train", "--per_device_train_batch_size", "0"], 2, "--per_device_train_batch_size 0: must be an integer >= 1"),
+    (["train", "--learning_rate", "nan"], 2, "--learning_rate nan: must be a finite number"),
+    (["train", "--max_grad_norm", "-1"], 2, "--max_grad_norm -1.0: must be a number >= 0 (0: no clipping)"),
+    (["train", "--train_size", "0"], 2, "--train_size 0: must be the number of training problems, >= 1"),
+    (["train", "--seed", "-1"], 2, "--seed -1: must be an integer in [0, 2**32)"),
+    (["train", "--dataset", "{latin1}"], 1, "latin1.jsonl:2: not UTF-8 text: byte 0xe9 at byte 17 of the line"),
+    (["train", "--dataset", "{infinite}"], 1, "infinite.jsonl:2: 'answer' is infinite (JSON's Infinity, or a number too "
+                                              "large for a float such as 1e400)"),
+    (["train", "--model", "{notok}", "--dataset", "{words}"], 1, "notok has no tokenizer files"),
+    (["eval", "--model", "{emptyweights}", "--benchmarks", "arithmetic"], 1,
+     "model.safetensors is empty (0 bytes): the model was not saved or copied whole"),
+    (["eval", "--model", "tiny", "--n", "0"], 2, "--n 0: must be the number of samples per problem, >= 1"),
+    (["eval", "--model", "tiny", "--k", "0"], 2, "--k 0: must be a list of integers >= 1"),
+    (["eval", "--model", "tiny", "--batch-size", "0"], 2, "--batch-size 0: must be an integer >= 1"),
+    (["eval", "--model", "tiny", "--temperature", "nan"], 2, "--temperature nan: must be a number >= 0"),
+    (["eval", "--model", "tiny", "--top-p", "2"], 2, "--top-p 2.0: must be a probability in (0, 1]"),
+    (["eval", "--model", "tiny", "--max-new-tokens", "0"], 2, "--max-new-tokens 0: must be an integer >= 1"),
+    (["eval", "--model", "tiny", "--limit", "0"], 2, "--limit 0: must be an integer >= 1"),
+    (["eval", "--model", "tiny", "--verify-timeout", "nan"], 2, "--verify-timeout nan: must be a number of seconds > 0"),
 ]
 
 
@@ -52,12 +78,23 @@ CASES = [  # (argv, exit status, what the one line must say)
 def test_expected_errors_are_one_line(argv, status, expected, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("OARL_DEBUG", raising=False)
-    files = {"yaml": "bad.yaml", "words": "words.jsonl", "lists": "lists.jsonl"}
+    files = {"yaml": "bad.yaml", "words": "words.jsonl", "lists": "lists.jsonl", "broken": "broken.yaml", "tag": "tag.yaml",
+             "listed": "listed.yaml", "latin1": "latin1.jsonl", "infinite": "infinite.jsonl", "notok": "notok",
+             "emptyweights": "emptyweights"}
     (tmp_path / "bad.yaml").write_text("learnig_rate: 0.1\n")
+    (tmp_path / "broken.yaml").write_text("learning_rate: [1, 2\n")
+    (tmp_path / "tag.yaml").write_text("learning_rate: !!python/object/apply:os.system ['touch pwned']\n")
+    (tmp_path / "listed.yaml").write_text("learning_rate: [1, 2]\n")
     jsonl(tmp_path / "words.jsonl", [{"Body": "Dan has 3.", "Question": "He gets 1. How many?", "Answer": 4}])
     jsonl(tmp_path / "lists.jsonl", [{"problem": f"p{i}", "final_answer": []} for i in range(3)])
-    fill = lambda text: text.replace("{yaml}", files["yaml"]).replace("{words}", files["words"]).replace(  # noqa: E731
-        "{lists}", files["lists"])
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"problem": "1+1", "answer": "2"}\n{"problem": "caf\xe9 1+2", "answer": "3"}\n')
+    (tmp_path / "infinite.jsonl").write_text('{"problem": "1+1", "answer": 2}\n{"problem": "big", "answer": 1e400}\n')
+    for folder in ("notok", "emptyweights"):  # model folders that cannot load: refused before any loading
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "config.json").write_text('{"model_type": "qwen2"}')
+        (tmp_path / folder / "model.safetensors").write_bytes(b"" if folder == "emptyweights" else b"x" * 64)
+    (tmp_path / "emptyweights" / "tokenizer.json").write_text("{}")
+    fill = lambda text: re.sub(r"\{(\w+)\}", lambda m: files.get(m[1], m[0]), text)  # noqa: E731
     argv = [fill(a) for a in argv]
     assert main(argv) == status
     err = capsys.readouterr().err

@@ -26,16 +26,23 @@ name any of them (``oarl.data.template``).
 A gold answer may be a list (olympiad-style sets): a one-element list is that answer, a longer one a set of
 acceptable answers (any match scores, ``oarl.rewards.gold_answers``); ``answer`` is then a list of strings.
 
-Malformed rows (invalid JSON, no problem, no gold answer that can be extracted) are never scored as wrong:
+Malformed rows (invalid JSON, text that is not UTF-8, no problem, no gold answer that can be extracted, a gold
+answer that is an infinite number such as JSON's ``Infinity`` or ``1e400``, or longer than the verifier reads,
+``oarl.notation.MAX_ANSWER_CHARS``) are never scored as wrong:
 with ``strict=False`` (the default) each is skipped, logged as a warning and listed in the returned list's
 ``skipped`` attribute as ``(source, reason)`` with source ``file:line``; with ``strict=True`` the load
 raises ``ValueError`` listing them. A file whose every row is malformed is an error either way.
+
+A row is at most ``MAX_ROW_BYTES`` (1 MiB) of JSON: a longer one is malformed, skipped unread. The longest row of the
+five benchmarks is 11 KB (aime24); a 50 MB row made the model's prompt millions of tokens long and stalled
+``oarl eval`` with no output. A file of more than ``PROGRESS_BYTES`` shows a bar while it is read.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -43,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from oarl.credit.answer import find_final_answer
+from oarl.notation import MAX_ANSWER_CHARS, too_long
 from oarl.rewards import gold_answers
 
 logger = logging.getLogger(__name__)
@@ -55,6 +63,8 @@ ANSWER_FIELDS = ("answer", "Answer", "final_answer", "solution", "Solution")
 SOLUTION_FIELDS = ("solution", "Solution")  # a gold taken from these is the last \boxed{} in the text
 ID_FIELDS = ("unique_id", "id", "idx", "ID")
 MAX_LISTED_ROWS = 10  # malformed rows listed in a warning or an error; the others are counted
+MAX_ROW_BYTES = 1 << 20  # a longer row is malformed, skipped unread (module docstring)
+PROGRESS_BYTES = 16 << 20  # a file larger than this shows a bar while it is read
 
 
 @dataclass(frozen=True)
@@ -127,6 +137,9 @@ def gold_answer(row: dict, schema: Schema) -> str | list[str]:
 def _one_gold(value: Any, schema: Schema, where: str) -> str | None:
     if isinstance(value, (dict, list, tuple)):
         raise ValueError(f"{where} is a {type(value).__name__}, not an answer: {_short(value)}")
+    if isinstance(value, float) and math.isinf(value):
+        raise ValueError(f"{where} is infinite (JSON's Infinity, or a number too large for a float such as 1e400): "
+                         "write a gold answer that large as text, e.g. \"1e400\"")
     if schema.gold == "boxed":
         if not isinstance(value, str):
             raise ValueError(f"{where} is not text")
@@ -137,6 +150,9 @@ def _one_gold(value: Any, schema: Schema, where: str) -> str | None:
     elif schema.gold == "after_hash" and (not isinstance(value, str) or "####" not in value):
         raise ValueError(f"no '####' in {where}")
     golds = gold_answers(value)
+    if golds and too_long(golds[0]):
+        raise ValueError(f"{where} is {len(golds[0])} characters long: the verifier reads answers of at most "
+                         f"{MAX_ANSWER_CHARS} (oarl.notation.MAX_ANSWER_CHARS)")
     return golds[0] if golds else None
 
 
@@ -222,6 +238,8 @@ def _finish(rows: list[dict], skipped: list[tuple[str, str]], name: str, strict:
             raise ValueError(f"{name}: none of its {len(skipped)} row(s) can be used; {count} of them: {reason} "
                              f"(first: {first})")
         if strict:
+            if len(skipped) == 1:
+                raise ValueError(f"{name}: a malformed row, {skipped[0][0]}: {skipped[0][1]}")
             raise ValueError(f"{name}: {len(skipped)} malformed row(s):\n{listing}")
         logger.warning("%s: skipped %d malformed row(s):\n%s", name, len(skipped), listing)
     return BenchmarkRows(rows, name=name, skipped=skipped)
@@ -241,17 +259,46 @@ def load_jsonl(
     name = name or path.stem
 
     def records():
-        with path.open(encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    raw = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raw = ValueError(f"invalid JSON ({e.msg})")
-                yield line_no, f"{path}:{line_no}", raw
+        from tqdm.auto import tqdm
+
+        size = path.stat().st_size
+        with path.open("rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {path.name}",
+                                        disable=size <= PROGRESS_BYTES) as bar:
+            line_no = 0
+            while line := f.readline(MAX_ROW_BYTES + 2):
+                line_no += 1
+                bar.update(len(line))
+                record = _record(line, f, bar, bom=line_no == 1)
+                if record is not None:
+                    yield line_no, f"{path}:{line_no}", record
 
     return _collect(records(), schema, problem_field, answer_field, name, limit, strict)
+
+
+def _record(line: bytes, f, bar, bom: bool = False) -> Any:
+    """The JSON record of one line of a file (its first ``MAX_ROW_BYTES + 2`` bytes, the rest still in ``f``), the
+    ValueError that says why it is none, or None for a blank line."""
+    if len(line.rstrip(b"\r\n")) > MAX_ROW_BYTES:
+        size = len(line)
+        while line and not line.endswith(b"\n"):  # the rest of the row, unread
+            line = f.readline(MAX_ROW_BYTES)
+            size += len(line)
+            bar.update(len(line))
+        return ValueError(f"a row of {size / 2**20:.1f} MiB, over the {MAX_ROW_BYTES >> 20} MiB limit of a row "
+                          "(oarl.data.benchmarks.MAX_ROW_BYTES)")
+    try:
+        text = line.decode("utf-8-sig" if bom else "utf-8")
+    except UnicodeDecodeError as e:
+        return ValueError(f"not UTF-8 text: byte 0x{line[e.start]:02x} at byte {e.start + 1} of the line (save the "
+                          "file as UTF-8)")
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        return ValueError(f"invalid JSON ({e.msg})")
+    except ValueError:  # an integer longer than Python reads (4,300 digits)
+        return ValueError("a number of more than 4,300 digits, more than Python reads: write it as text")
 
 
 def load_hf(

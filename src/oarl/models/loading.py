@@ -168,11 +168,56 @@ def _finish(model, tokenizer, device):
     return model, tokenizer
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")  # any of them: the folder has a tokenizer
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def check_model_dir(path: str | os.PathLike) -> None:
+    """Raise ValueError, naming the file and the fix, for a model directory that cannot load: no ``config.json``, no
+    tokenizer files, no weights, or a weights file that is empty or shorter than its own header says (a copy or a
+    save that was cut short). Reads only the safetensors headers."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{path} is a directory but not a Hugging Face model directory (no config.json)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): save the tokenizer "
+                         "with the model (tokenizer.save_pretrained(path)), or copy its files there")
+    weights = sorted({w for pattern in WEIGHT_FILES for w in path.glob(pattern)})
+    if not weights:
+        raise ValueError(f"{path} has no weights (model.safetensors or pytorch_model.bin): save the model there "
+                         "(model.save_pretrained(path)), or copy its weight files")
+    for file in weights:
+        size = file.stat().st_size
+        if size == 0:
+            raise ValueError(f"{file} is empty (0 bytes): the model was not saved or copied whole; save or copy it again")
+        if file.suffix == ".safetensors" and size < (needed := _safetensors_size(file)):
+            raise ValueError(f"{file} is cut short ({size} bytes of the {needed} its header describes): the model was "
+                             "not saved or copied whole; save or copy it again")
+
+
+def _safetensors_size(file: Path) -> int:
+    """The size a safetensors file must have: 8 + its JSON header's length + the end of its last tensor."""
+    with file.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return 8
+        n = int.from_bytes(head, "little")
+        if n > file.stat().st_size:
+            return 8 + n
+        try:
+            header = json.loads(f.read(n))
+            ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise ValueError(f"{file} is not a safetensors file (its header cannot be read): save or copy the model "
+                             "again") from None
+    return 8 + n + max(ends, default=0)
+
+
 def _load_directory(path: Path, dtype, device):
     from transformers import AutoModelForCausalLM
 
-    if not (path / "config.json").is_file():
-        raise ValueError(f"{path} is a directory but not a Hugging Face model directory (no config.json)")
+    check_model_dir(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=_resolve_dtype(dtype))
     tokenizer = load_local_tokenizer(path, getattr(model.config, "vocab_size", None))
     return _finish(model, tokenizer, device)
@@ -353,9 +398,12 @@ def looks_like_path(name: str) -> bool:
 
 def check_model_name(name_or_path: str) -> None:
     """Raise ValueError at once for a path-like model name (``looks_like_path``) that does not exist, listing
-    the close names in its folder; other names are left to ``load_model``."""
+    the close names in its folder, and for a model directory that cannot load (``check_model_dir``); other names are
+    left to ``load_model``."""
     name = str(name_or_path)
     path = Path(name).expanduser()
+    if name not in MODEL_CHOICES and (path / "config.json").is_file():
+        check_model_dir(path)  # a model directory: that it can load (tokenizer, weights whole)
     if name in MODEL_CHOICES or path.exists() or not looks_like_path(name):
         return
     parent = path.parent
