@@ -75,6 +75,27 @@ def test_malformed_rows_are_reported_with_file_line_and_skipped(tmp_path):
         load_benchmark(str(path), strict=True)
 
 
+def test_a_row_that_is_not_utf8_or_too_long_is_skipped_alone_with_file_line_and_reason(tmp_path, capsys):
+    """Only the bad row is rejected (unless strict); a row over MAX_ROW_BYTES is skipped unread, and a file over
+    PROGRESS_BYTES shows a bar while it is read (a 50 MB row stalled `oarl eval` with no output)."""
+    from oarl.data.benchmarks import MAX_ROW_BYTES, PROGRESS_BYTES
+
+    path = tmp_path / "set.jsonl"
+    huge = json.dumps({"problem": "x" * PROGRESS_BYTES, "answer": "1"}).encode()
+    path.write_bytes(b'{"problem": "1+1?", "answer": "2"}\n{"problem": "caf\xe9 1+2", "answer": "3"}\n' + huge
+                     + b'\n{"problem": "big", "answer": 1e400}\n{"problem": "2+2?", "answer": "4"}\n')
+    rows = load_benchmark(str(path))
+    assert [r["answer"] for r in rows] == ["2", "4"] and rows[1]["source"] == f"{path}:5"
+    reasons = dict(rows.skipped)
+    assert reasons[f"{path}:2"] == "not UTF-8 text: byte 0xe9 at byte 17 of the line (save the file as UTF-8)"
+    assert reasons[f"{path}:3"] == (f"a row of {len(huge) / 2**20:.1f} MiB, over the {MAX_ROW_BYTES >> 20} MiB limit "
+                                    "of a row (oarl.data.benchmarks.MAX_ROW_BYTES)")
+    assert reasons[f"{path}:4"].startswith("'answer' is infinite (JSON's Infinity")
+    assert "reading set.jsonl" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=re.escape(f"{path}:2: not UTF-8 text")):
+        load_benchmark(str(path), strict=True)
+
+
 def test_jsonl_fields_given_or_detected(tmp_path):
     path = _write(tmp_path / "custom.jsonl", [{"q": "What is 6*7?", "gold": 42, "uid": "a"}])
     rows = load_benchmark(str(path), problem_field="q", answer_field="gold")

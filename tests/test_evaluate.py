@@ -3,6 +3,7 @@
 import itertools
 import json
 import math
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from oarl.evaluate import (
     EvalConfig,
     HFBackend,
     benchmark_metrics,
+    build_prompt,
     evaluate_model,
     majority_correct,
     pass_at_k,
@@ -116,6 +118,9 @@ class Counting:
     def __init__(self, backend, fail_after: int | None = None):
         self.backend, self.fail_after, self.calls, self.prompts = backend, fail_after, 0, []
         self.name = backend.name
+
+    def __getattr__(self, name):  # the wrapped backend's context, tokenizer, ...
+        return getattr(self.backend, name)
 
     def generate(self, prompts, n, sampling):
         if self.fail_after is not None and self.calls >= self.fail_after:
@@ -251,6 +256,25 @@ def test_hf_backend_stops_at_the_models_context(tiny_dir):
     assert 0 < long_room < room
     gens = HFBackend(model, tokenizer, batch_size=2).generate([long_prompt, prompt], 1, Sampling(0.0, 1.0, 20, 0, []))
     assert [g[0]["num_tokens"] for g in gens] == [long_room, min(room, 20)]
+
+
+def test_a_prompt_longer_than_the_context_is_skipped_with_its_reason(tiny_dir, tmp_path):
+    """A prompt that leaves no room for a completion never reaches the model: skipped, with its reason in the report."""
+    from oarl.models.loading import load_model
+
+    model, tokenizer = load_model(str(tiny_dir))
+    path = tmp_path / "long.jsonl"
+    path.write_text(json.dumps({"problem": "What is 12+7?", "answer": "19"}) + "\n"
+                    + json.dumps({"problem": "What is 12+7? " * 400, "answer": "19"}) + "\n")
+    cfg = EvalConfig(model=str(tiny_dir), benchmarks=[str(path)], n=1, k=[1], max_new_tokens=2,
+                     output_dir=str(tmp_path / "out"), progress=False)
+    backend = Counting(HFBackend(model, tokenizer))
+    res = run_eval(cfg, backend=backend, tokenizer=tokenizer)
+    assert backend.prompts == [build_prompt({"problem": "What is 12+7?"}, tokenizer, None, False)]
+    [skipped] = res["benchmarks"]["long"]["skipped_rows"]
+    assert skipped["source"] == f"{path}:2"
+    assert re.fullmatch(r"a prompt of \d+ tokens leaves no room for a completion in the model's context of 1024 "
+                        r"tokens", skipped["reason"])
 
 
 def test_evaluate_model_on_the_arithmetic_task(tiny_dir):

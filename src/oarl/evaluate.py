@@ -297,7 +297,7 @@ class VLLMBackend:
 
     def __init__(self, llm, tokenizer, add_special_tokens: bool = True):
         self.llm, self.tokenizer, self.add_special_tokens = llm, tokenizer, add_special_tokens
-        self.max_model_len = llm.llm_engine.model_config.max_model_len
+        self.max_model_len = self.context = llm.llm_engine.model_config.max_model_len
 
     @classmethod
     def start(cls, model_path: str, tokenizer, dtype: str | None = None, seed: int = 0, add_special_tokens: bool = True,
@@ -350,6 +350,17 @@ class VLLMBackend:
 
 # ----------------------------------------------------------------------------------------------------------
 # scoring and the shared loop
+
+
+def over_context(backend, prompt: str) -> str | None:
+    """Why ``prompt`` cannot be sampled from: it fills the model's whole context (``backend.context`` tokens), so no
+    completion token fits; None when it can, or when the backend has no context length."""
+    context = getattr(backend, "context", None)
+    if not context:
+        return None
+    n = len(backend.tokenizer(prompt, add_special_tokens=backend.add_special_tokens)["input_ids"])
+    return (f"a prompt of {n} tokens leaves no room for a completion in the model's context of {context} tokens"
+            if n >= context else None)
 
 
 def score_generations(rows: list[dict], prompts: list[str], generations: list[list[dict]], benchmark: str,
@@ -585,6 +596,22 @@ def run_eval(cfg: EvalConfig, backend=None, tokenizer=None) -> dict:
         return _run_eval(cfg, backend, tokenizer, t0, model_path, k_list, chat, benchmarks, settings, out_dir)
 
 
+def _skip_over_context(chunk: list[dict], prompts: list[str], backend, rows) -> tuple[list[dict], list[str]]:
+    """The rows of ``chunk`` (and their prompts) whose prompt leaves room for a completion (``over_context``); the
+    others are skipped with their reason, listed in ``rows.skipped`` (a benchmark's skipped rows) and logged."""
+    kept: tuple[list, list] = ([], [])
+    for row, prompt in zip(chunk, prompts, strict=True):
+        reason = over_context(backend, prompt)
+        if reason is None:
+            kept[0].append(row)
+            kept[1].append(prompt)
+            continue
+        logger.warning("skipping %s: %s", row.get("source") or row["id"], reason)
+        if hasattr(rows, "skipped"):
+            rows.skipped.append((row.get("source") or row["id"], reason))
+    return kept
+
+
 def _run_eval(cfg, backend, tokenizer, t0, model_path, k_list, chat, benchmarks, settings, out_dir) -> dict:
     from tqdm.auto import tqdm
 
@@ -629,8 +656,12 @@ def _run_eval(cfg, backend, tokenizer, t0, model_path, k_list, chat, benchmarks,
                 example_prompt[name] = build_prompt(rows[0], tokenizer, cfg.prompt_template, chat) if tokenizer is not None or not chat else None
             bar.set_description(name)
             for start in range(0, len(todo[name]), batch):
-                chunk = todo[name][start : start + batch]
-                prompts = [build_prompt(r, tokenizer, cfg.prompt_template, chat) for r in chunk]
+                batch_rows = todo[name][start : start + batch]
+                prompts = [build_prompt(r, tokenizer, cfg.prompt_template, chat) for r in batch_rows]
+                chunk, prompts = _skip_over_context(batch_rows, prompts, backend, rows)
+                bar.update(len(batch_rows) - len(chunk))
+                if not chunk:
+                    continue
                 records = score_generations(chunk, prompts, backend.generate(prompts, cfg.n, sampling), name, cfg.verify_timeout_s)
                 f.write("".join(json.dumps(r) + "\n" for r in records))
                 f.flush()
