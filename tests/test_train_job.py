@@ -91,21 +91,34 @@ def test_default_job_writes_the_run_directory(tmp_path, env):
     assert resolved_config(train_args, config, tuple(saved)) == saved
 
 
-def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, env, tiny_lm_dir):
-    """Ctrl-C stops the run at once with the command that continues it; the resumed run ends with the same
-    parameters and metrics as a run that was never interrupted. The checkpoint it resumes from (step 5) falls
-    inside a generation batch (2 steps each) and in the second epoch (4 steps each), the two places where TRL's
-    own resume diverged; OAR-G noise, sampling and generation random states all take part (the fixture model
-    samples right and wrong sums, so every step learns)."""
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, env, tiny_lm_dir):
+    """(the arguments of a short run, the folder of that run trained without interruption)."""
+    tmp_path = tmp_path_factory.mktemp("uninterrupted")
     data = tmp_path / "sums.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in addition_prompts(16)))
     args = ["--model", str(tiny_lm_dir), "--dataset", str(data), "--prompt_template", "{problem}", "--max_steps", "8",
             "--eval_size", "8", "--eval_samples", "2", "--learning_rate", "1e-4", "--per_device_train_batch_size", "8",
             "--generation_batch_size", "16", "--num_generations", "4", "--max_completion_length", "32",
             "--save_steps", "5"]
-    full, cut = tmp_path / "full", tmp_path / "cut"
+    full = tmp_path / "full"
     proc = oarl([*args, "--output_dir", str(full)], env)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return args, full
+
+
+@pytest.mark.parametrize("stop, status, said", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_then_resume_reproduces_the_uninterrupted_run(stop, status, said, tmp_path, env,
+                                                                         uninterrupted):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM stops the run at once with the command that continues it; the resumed
+    run ends with the same parameters and metrics as a run that was never interrupted, down to the last row's
+    train_loss (the whole run's mean). The checkpoint it resumes from (step 5) falls inside a generation batch
+    (2 steps each) and in the second epoch (4 steps each), the two places where TRL's own resume diverged; OAR-G
+    noise, sampling and generation random states all take part (the fixture model samples right and wrong sums, so
+    every step learns)."""
+    args, full = uninterrupted
+    cut = tmp_path / "cut"
 
     # a shell that starts a job in the background (`make test &`, nohup) makes it ignore SIGINT, and Python then
     # installs no KeyboardInterrupt handler: give the run the default disposition, as a terminal's Ctrl-C finds it
@@ -123,12 +136,12 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, env, tiny
         assert proc.poll() is None, f"run ended before it could be interrupted: {proc.stderr.read()[-3000:]}"
         assert time.time() < deadline, "no checkpoint-5 within 10 minutes"
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     sent, sent_at = time.perf_counter(), time.time()
     stderr = proc.communicate(timeout=60)[1]
     stopped_after = time.perf_counter() - sent
-    assert proc.returncode == 130, stderr[-3000:]
-    assert stderr.splitlines()[-1] == f"oarl train: interrupted; continue with: oarl train --resume {cut}"
+    assert proc.returncode == status, stderr[-3000:]
+    assert stderr.splitlines()[-1] == f"oarl train: {said}; continue with: oarl train --resume {cut}"
     assert "Traceback" not in stderr
     assert stopped_after < 5, f"took {stopped_after:.1f}s to stop"  # about 0.1 s on an idle machine
     first_session = json.loads((cut / "wall_time.json").read_text())
@@ -151,6 +164,8 @@ def test_ctrl_c_then_resume_reproduces_the_uninterrupted_run(tmp_path, env, tiny
         for key in ("loss", "reward", "credit/weight_std", "completions/mean_length"):
             if key in x:
                 assert x[key] == pytest.approx(y[key], rel=1e-6, abs=1e-9), (x["step"], key)
+    [last_full], [last_cut] = ([r for r in rows[d] if "train_loss" in r] for d in (full, cut))
+    assert last_full["train_loss"] == pytest.approx(last_cut["train_loss"], rel=1e-6, abs=1e-12)  # the whole run's mean
     summaries = [json.loads((d / "summary.json").read_text()) for d in (full, cut)]
     assert summaries[0]["heldout_after"] == summaries[1]["heldout_after"]
     assert summaries[1]["sessions"] == 2  # the wall and training times are the whole run's: both sessions

@@ -16,10 +16,12 @@ import argparse
 import logging
 import os
 import shlex
+import signal
 import sys
 from typing import Callable
 
-from oarl.errors import Interrupted, RaisingParserMixin, UsageError, unknown_flags_hint
+from oarl.errors import (Interrupted, RaisingParserMixin, Terminated, UsageError, raise_terminated, stopped,
+                         unknown_flags_hint)
 
 # ------------------------------------------------------------------------------------------------ eval
 
@@ -96,8 +98,8 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     try:
         results = _run_eval(cfg)
-    except KeyboardInterrupt:  # samples so far are kept; the same command (same settings, same folder) resumes
-        raise Interrupted(f"interrupted; continue with: oarl {shlex.join(sys.argv[1:] or ['eval'])}") from None
+    except KeyboardInterrupt as exc:  # samples so far are kept; the same command (same settings, same folder) resumes
+        raise Interrupted(f"{stopped(exc)}; continue with: oarl {shlex.join(sys.argv[1:] or ['eval'])}") from exc
     from oarl.evaluate import results_markdown
 
     print(results_markdown(results))
@@ -404,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     command_line = argv is None  # this process is the `oarl` command (not a call from Python)
     if command_line:
         shared_cpu_defaults()
+        signal.signal(signal.SIGTERM, raise_terminated)  # stop as on Ctrl-C: one line, the command that continues
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv or os.environ.get("OARL_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
@@ -413,10 +416,11 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(argv)
     except (Interrupted, KeyboardInterrupt) as exc:
         _close_progress_bars()
-        print(f"{prefix}: {exc if isinstance(exc, Interrupted) else 'interrupted'}", file=sys.stderr)
+        print(f"{prefix}: {exc if isinstance(exc, Interrupted) else stopped(exc)}", file=sys.stderr)
+        status = 143 if isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated) else 130  # 128 + signal
         if command_line:
-            _exit_now(130)
-        return 130
+            _exit_now(status)
+        return status
     except EXPECTED_ERRORS as exc:
         if debug:
             raise

@@ -23,7 +23,7 @@ import statistics
 import time
 from pathlib import Path
 
-from .errors import Interrupted, RaisingParserMixin, UsageError, did_you_mean, removed_on_failure
+from .errors import Interrupted, RaisingParserMixin, UsageError, did_you_mean, removed_on_failure, stopped
 
 
 def _mean_se(results: list[dict]) -> tuple[float, float]:
@@ -209,9 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
     checked = _check_folder(out, rest)
     try:
         _run_all(out, seeds, credits, rest, summaries, checked)
-    except Interrupted:
-        raise Interrupted(f"interrupted; to continue, run the same command with --output_dir {shlex.quote(str(out))}: "
-                          "finished runs are reused and the interrupted one resumes") from None
+    except Interrupted as exc:  # Ctrl-C or SIGTERM (its cause)
+        raise Interrupted(f"{stopped(exc.__cause__)}; to continue, run the same command with --output_dir "
+                          f"{shlex.quote(str(out))}: finished runs are reused and the interrupted one resumes") from exc.__cause__
     table = summarize(summaries)
     markdown = to_markdown(table, len(seeds))
     (out / "compare.md").write_text(markdown)

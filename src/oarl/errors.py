@@ -15,6 +15,22 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a scheduler or ``kill`` sends first), raised in the main thread where Ctrl-C raises
+    KeyboardInterrupt, so that a run stops as it does on Ctrl-C: one line, the command that continues it, a
+    resumable run (``oarl.cli.main`` installs the handler for the ``oarl`` command; exit status 143)."""
+
+
+def raise_terminated(signum, frame) -> None:
+    """The SIGTERM handler: raise ``Terminated`` in the main thread."""
+    raise Terminated()
+
+
+def stopped(exc: BaseException) -> str:
+    """How a command was stopped, the first words of its last line: "terminated (SIGTERM)" or "interrupted"."""
+    return "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+
+
 class UsageError(ValueError):
     """A command line that cannot run as given (unknown flag, invalid value): the message says what to change."""
 

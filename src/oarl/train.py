@@ -465,7 +465,7 @@ def run_train(train_args: TrainArgs, config) -> dict:
     Bad arguments (model path, dataset, template) raise before anything is written; a run that fails before
     its held-out evaluation or first checkpoint leaves no run directory behind. Ctrl-C raises
     ``oarl.errors.Interrupted`` with the command that continues the run."""
-    from .errors import Interrupted, UsageError, removed_on_failure
+    from .errors import Interrupted, UsageError, removed_on_failure, stopped
 
     _check_sources(train_args)
     _check_heldout_backend(train_args, config)
@@ -485,11 +485,11 @@ def run_train(train_args: TrainArgs, config) -> dict:
     try:
         with removed_on_failure(run_dir, keep=worth_keeping):
             return _train(train_args, config, run_dir, checkpoint, to_train)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (oarl.errors.Terminated)
         if not run_dir.is_dir():
-            raise Interrupted("interrupted before training began; nothing to resume") from None
+            raise Interrupted(f"{stopped(exc)} before training began; nothing to resume") from exc
         WallClock.count_until_now(run_dir / "wall_time.json")
-        raise Interrupted(f"interrupted; continue with: oarl train --resume {shlex.quote(str(run_dir))}") from None
+        raise Interrupted(f"{stopped(exc)}; continue with: oarl train --resume {shlex.quote(str(run_dir))}") from exc
 
 
 def _check_heldout_backend(train_args: TrainArgs, config) -> None:

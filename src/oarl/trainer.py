@@ -22,6 +22,12 @@ in ``checkpoint-*/oarl_state[_<process>].pt`` and restored:
 - the order of the prompts: TRL's sampler draws one permutation per epoch from a generator that runs on, so a
   run resumed in epoch e > 0 replayed the first epoch's order; here epoch e is drawn from (seed, e).
 
+The summary row's ``train_loss`` is the mean loss of every step of the run, resumed or not: the Trainer sums the
+logged losses of one ``train()`` call and divides by its steps, so a resumed run reported the mean of the steps
+after the resume only. The sum of the losses up to the checkpoint is saved there too, restored as the start of
+the Trainer's sum, and ``train_loss`` divides the run's sum by the run's steps (the same floats in the same order).
+The speed figures of that row (``train_runtime``, ``train_samples_per_second``, ...) are of the last session.
+
 Tied weights (lm_head = input embeddings) are saved once and restored as one tensor; the Trainer's warning that
 ``lm_head.weight`` is missing from the checkpoint is answered by re-tying, not printed.
 
@@ -45,6 +51,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import NamedTuple
 
 import torch
+from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
 from trl.trainer.utils import RepeatSampler, get_config_model_id
@@ -257,10 +264,21 @@ def as_oar_config(args: GRPOConfig | None, model) -> OARConfig:
     for f in fields(OARConfig):
         if f.name not in converted.__dict__:
             setattr(converted, f.name, f.default if f.default is not MISSING else f.default_factory())
+    check_grpo(converted)  # as OARConfig.__post_init__ does: every number means something
     converted.credit_config()  # validates, as OARConfig.__post_init__ does
     logger.warning("OARTrainer got a GRPOConfig: using it as an OARConfig with the default credit settings "
                    "(credit=%r); pass an OARConfig to choose them (credit='none' is plain GRPO).", converted.credit)
     return converted
+
+
+class _RestoreLossTotal(TrainerCallback):
+    """At the start of ``train()``, after the Trainer has set its loss sum to 0: the sum up to the checkpoint."""
+
+    def __init__(self, trainer: OARTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._total_loss_scalar = self.trainer._resumed_loss_total
 
 
 class OARTrainer(GRPOTrainer):
@@ -277,6 +295,8 @@ class OARTrainer(GRPOTrainer):
         self._check_compatible()
         self.last_credit: CreditBatch | None = None
         self._credit_time_total = self._step_time_total = 0.0  # seconds, over the logged steps
+        self._resumed_loss_total = 0.0  # the sum of the losses up to the checkpoint resumed from (module doc)
+        self.add_callback(_RestoreLossTotal(self))
         if self.use_vllm and self.vllm_mode == "colocate":
             from .evaluate import vllm_on_cpu
 
@@ -343,8 +363,9 @@ class OARTrainer(GRPOTrainer):
         if mid_cycle and self._buffered_inputs is not None:
             buffer = [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()}
                       for b in self._buffered_inputs]
+        loss_total = self._total_loss_scalar + self._tr_loss.item()  # the Trainer's sum, and what it has not added yet
         torch.save({"step": self._step, "buffered_inputs": buffer, "credit_time_total": self._credit_time_total,
-                    "step_time_total": self._step_time_total}, self._oar_state_file(checkpoint))
+                    "step_time_total": self._step_time_total, "loss_total": loss_total}, self._oar_state_file(checkpoint))
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -355,6 +376,7 @@ class OARTrainer(GRPOTrainer):
         state = torch.load(path, weights_only=True)
         self._step = state["step"]
         self._credit_time_total, self._step_time_total = state["credit_time_total"], state["step_time_total"]
+        self._resumed_loss_total = state.get("loss_total", 0.0)  # absent from checkpoints of older versions
         if state["buffered_inputs"] is not None:
             device = self.accelerator.device
             self._buffered_inputs = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
@@ -515,6 +537,8 @@ class OARTrainer(GRPOTrainer):
             metrics["credit/overhead"] = [credit_time / max(step_time, 1e-12)]
             self._credit_time_total += credit_time
             self._step_time_total += step_time
+        if "train_loss" in logs and self.state.global_step > 0:  # the whole run's mean, also after a resume (module doc)
+            logs = {**logs, "train_loss": self._total_loss_scalar / self.state.global_step}
         super().log(logs, start_time)
 
     @property
