@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -251,6 +252,57 @@ def test_summary_counts_the_problems_of_each_split():
     assert "(avg@4 over 256 test, 128 hard problems, ± one standard error)" in format_summary(summary)
     summary["heldout_after"]["hard"] = numbers(256)
     assert "(avg@4 over 256 problems per split, ± one standard error)" in format_summary(summary)
+
+
+def _user_namespaces() -> bool:
+    return shutil.which("unshare") is not None and subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _user_namespaces(), reason="needs `unshare -rm` (user and mount namespaces) for a small tmpfs")
+def test_a_full_disk_stops_with_one_line_and_the_run_resumes(tmp_path, env):
+    """A real full disk: a 20 MiB tmpfs (mounted in a user namespace, no root needed), where a checkpoint of this run
+    takes 12 MiB, so that the second one fails halfway (torch.save's writer says only "unexpected pos"). One line
+    says "No space left on device" and how to continue; the half-written checkpoint is removed; once the disk has
+    room, --resume finishes the run."""
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    disk.mkdir()
+    out.mkdir()
+    run = disk / "run"
+    train = [sys.executable, "-m", "oarl.cli", "train"]
+    args = ["--sft_steps", "30", "--max_steps", "2", "--save_steps", "1", "--eval_size", "4", "--eval_samples", "1",
+            "--per_device_train_batch_size", "8", "--generation_batch_size", "8", "--num_generations", "4",
+            "--max_completion_length", "16", "--output_dir", str(run)]
+    script = (f"mount -t tmpfs -o size=20m tmpfs {disk} || exit 99; {shlex.join(train + args)} 2> {out}/full.err; "
+              f"echo $? > {out}/full.rc; ls {run} > {out}/left; mount -o remount,size=200m {disk}; "
+              f"{shlex.join(train + ['--resume', str(run)])} > /dev/null 2> {out}/resumed.err; echo $? > {out}/resumed.rc; "
+              f"cp {run}/summary.json {out}/")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 99, proc.stderr
+    err = (out / "full.err").read_text()
+    assert (out / "full.rc").read_text().strip() == "1", err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert err.splitlines()[-1] == (f"oarl train: error: No space left on device while writing {run}: free space on its "
+                                    "disk; a checkpoint of this run takes 12 MiB (--save_total_limit N keeps the last "
+                                    f"N), then continue with: oarl train --resume {run}")
+    assert "checkpoint-1" in (out / "left").read_text().split() and "checkpoint-2" not in (out / "left").read_text()
+    assert (out / "resumed.rc").read_text().strip() == "0", (out / "resumed.err").read_text()[-3000:]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+def test_disk_full_reads_the_errno_from_a_real_failed_write(tmp_path):
+    """/dev/full fails every write with ENOSPC: the error chain (one raised while handling another) says so."""
+    from oarl.errors import disk_full
+
+    try:
+        try:
+            with open("/dev/full", "w") as f:
+                f.write("x")
+        except OSError:
+            raise RuntimeError("unexpected pos 1 vs 0")  # as torch.save's writer does when its file fails
+    except RuntimeError as exc:
+        assert disk_full(exc, tmp_path) == "No space left on device"
+    assert disk_full(RuntimeError("unexpected pos 1 vs 0"), tmp_path) is None  # tmp_path's disk has room
+    assert disk_full(ValueError("x"), tmp_path) is None
 
 
 def test_existing_run_is_not_overwritten(tmp_path, env):

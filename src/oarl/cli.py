@@ -20,8 +20,8 @@ import signal
 import sys
 from typing import Callable
 
-from oarl.errors import (Interrupted, RaisingParserMixin, Terminated, UsageError, raise_terminated, stopped,
-                         unknown_flags_hint)
+from oarl.errors import (DiskFull, Interrupted, RaisingParserMixin, Terminated, UsageError, disk_full,
+                         raise_terminated, stopped, unknown_flags_hint)
 
 # ------------------------------------------------------------------------------------------------ eval
 
@@ -100,6 +100,11 @@ def run_eval(args: argparse.Namespace) -> int:
         results = _run_eval(cfg)
     except KeyboardInterrupt as exc:  # samples so far are kept; the same command (same settings, same folder) resumes
         raise Interrupted(f"{stopped(exc)}; continue with: oarl {shlex.join(sys.argv[1:] or ['eval'])}") from exc
+    except Exception as exc:  # a full disk: samples so far are kept, the same command continues
+        if (why := disk_full(exc, cfg.output_dir or ".")) is None:
+            raise
+        raise DiskFull(f"{why} while writing the evaluation: free space on its disk, then continue with: "
+                       f"oarl {shlex.join(sys.argv[1:] or ['eval'])}") from exc
     from oarl.evaluate import results_markdown
 
     print(results_markdown(results))

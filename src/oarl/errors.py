@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import errno
+import os
 import re
 import shutil
 from pathlib import Path
@@ -37,6 +39,37 @@ class UsageError(ValueError):
 
 class Interrupted(Exception):
     """Ctrl-C: the message is the one line to print (what was kept, and the command that continues)."""
+
+
+class DiskFull(OSError):
+    """A write failed for want of space (``disk_full``): the message says where, and how to continue."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # no space left, quota exceeded, over ``ulimit -f``
+# torch.save's C++ writer reports a failed write with these (and no errno): "basic_ios::clear: iostream error", then
+# "unexpected pos N vs M" when it closes the file
+TORCH_WRITE_FAILURES = ("iostream error", "unexpected pos", "file write failed")
+LOW_SPACE_BYTES = 64 << 20  # a failed torch.save counts as a full disk when its folder has less than this free
+
+
+def disk_full(exc: BaseException, folder: str | os.PathLike) -> str | None:
+    """Why a write failed for want of space, if ``exc`` (or one it was raised from or while handling) says so: an
+    OSError ENOSPC, EDQUOT or EFBIG (its ``strerror``, e.g. "No space left on device"), or torch.save's writer failing
+    while ``folder``'s disk has less than LOW_SPACE_BYTES free ("No space left on device"); None otherwise."""
+    chain: list[BaseException] = []
+    while exc is not None and not any(exc is e for e in chain):
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for e in chain:
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            return os.strerror(e.errno)
+    if any(isinstance(e, RuntimeError) and any(m in str(e) for m in TORCH_WRITE_FAILURES) for e in chain):
+        try:
+            if shutil.disk_usage(folder).free < LOW_SPACE_BYTES:
+                return os.strerror(errno.ENOSPC)
+        except OSError:
+            pass
+    return None
 
 
 def did_you_mean(name: str, choices: Iterable[str], prefix: str = "") -> str:

@@ -465,7 +465,7 @@ def run_train(train_args: TrainArgs, config) -> dict:
     Bad arguments (model path, dataset, template) raise before anything is written; a run that fails before
     its held-out evaluation or first checkpoint leaves no run directory behind. Ctrl-C raises
     ``oarl.errors.Interrupted`` with the command that continues the run."""
-    from .errors import Interrupted, UsageError, removed_on_failure, stopped
+    from .errors import DiskFull, Interrupted, UsageError, disk_full, removed_on_failure, stopped
 
     _check_sources(train_args)
     _check_heldout_backend(train_args, config)
@@ -490,6 +490,22 @@ def run_train(train_args: TrainArgs, config) -> dict:
             raise Interrupted(f"{stopped(exc)} before training began; nothing to resume") from exc
         WallClock.count_until_now(run_dir / "wall_time.json")
         raise Interrupted(f"{stopped(exc)}; continue with: oarl train --resume {shlex.quote(str(run_dir))}") from exc
+    except Exception as exc:
+        if (why := disk_full(exc, run_dir if run_dir.is_dir() else run_dir.parent)) is None:
+            raise
+        raise DiskFull(_disk_full_message(why, run_dir)) from exc
+
+
+def _disk_full_message(why: str, run_dir: Path) -> str:
+    """One line for a run that stopped on a full disk: where, what a checkpoint takes, how to continue. A checkpoint
+    left half-written is removed first (it is never resumed from, and its space is needed)."""
+    checkpoint = _last_complete_checkpoint(run_dir) if run_dir.is_dir() else None
+    size = "" if checkpoint is None else (
+        f"; a checkpoint of this run takes {sum(f.stat().st_size for f in checkpoint.iterdir()) / 2**20:.0f} MiB "
+        "(--save_total_limit N keeps the last N)")
+    then = (f"continue with: oarl train --resume {shlex.quote(str(run_dir))}" if run_dir.is_dir()
+            else "run the same command again")
+    return f"{why} while writing {run_dir}: free space on its disk{size}, then {then}"
 
 
 def _check_heldout_backend(train_args: TrainArgs, config) -> None:
