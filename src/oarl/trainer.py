@@ -278,7 +278,7 @@ class _RestoreLossTotal(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer._total_loss_scalar = self.trainer._resumed_loss_total
+        self.trainer._total_loss_scalar = self.trainer._resumed_loss_total or 0.0
 
 
 class OARTrainer(GRPOTrainer):
@@ -295,7 +295,7 @@ class OARTrainer(GRPOTrainer):
         self._check_compatible()
         self.last_credit: CreditBatch | None = None
         self._credit_time_total = self._step_time_total = 0.0  # seconds, over the logged steps
-        self._resumed_loss_total = 0.0  # the sum of the losses up to the checkpoint resumed from (module doc)
+        self._resumed_loss_total: float | None = 0.0  # the sum of the losses up to the checkpoint resumed from
         self.add_callback(_RestoreLossTotal(self))
         if self.use_vllm and self.vllm_mode == "colocate":
             from .evaluate import vllm_on_cpu
@@ -376,7 +376,7 @@ class OARTrainer(GRPOTrainer):
         state = torch.load(path, weights_only=True)
         self._step = state["step"]
         self._credit_time_total, self._step_time_total = state["credit_time_total"], state["step_time_total"]
-        self._resumed_loss_total = state.get("loss_total", 0.0)  # absent from checkpoints of older versions
+        self._resumed_loss_total = state.get("loss_total")  # None: a checkpoint of an older version, without it
         if state["buffered_inputs"] is not None:
             device = self.accelerator.device
             self._buffered_inputs = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
@@ -537,7 +537,8 @@ class OARTrainer(GRPOTrainer):
             metrics["credit/overhead"] = [credit_time / max(step_time, 1e-12)]
             self._credit_time_total += credit_time
             self._step_time_total += step_time
-        if "train_loss" in logs and self.state.global_step > 0:  # the whole run's mean, also after a resume (module doc)
+        if "train_loss" in logs and self.state.global_step > 0 and self._resumed_loss_total is not None:
+            # the whole run's mean, also after a resume (module doc); the Trainer's own without the sum up to the checkpoint
             logs = {**logs, "train_loss": self._total_loss_scalar / self.state.global_step}
         super().log(logs, start_time)
 
