@@ -45,6 +45,18 @@ def data_dir() -> Path:
 needs_data = pytest.mark.usefixtures("data_dir")
 
 
+def _user_namespaces() -> bool:
+    import shutil
+    import subprocess
+
+    return shutil.which("unshare") is not None and subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+
+
+# A real full disk without root: a small tmpfs mounted in a user and mount namespace (`unshare -rm`)
+needs_user_namespaces = pytest.mark.skipif(not _user_namespaces(), reason="needs `unshare -rm` (user and mount "
+                                           "namespaces) to mount a small tmpfs")
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     """Every test starts from the same global random state, whatever ran before it."""

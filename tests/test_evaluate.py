@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA_DIR, needs_data
+from conftest import DATA_DIR, needs_data, needs_user_namespaces
 
 from oarl.cli import main
 from oarl.evaluate import (
@@ -275,6 +275,24 @@ def test_a_prompt_longer_than_the_context_is_skipped_with_its_reason(tiny_dir, t
     assert skipped["source"] == f"{path}:2"
     assert re.fullmatch(r"a prompt of \d+ tokens leaves no room for a completion in the model's context of 1024 "
                         r"tokens", skipped["reason"])
+
+
+@needs_user_namespaces
+def test_a_full_disk_is_one_line_with_the_command_that_continues(tmp_path):
+    """`oarl eval` writing to a real full disk (a 4 KiB tmpfs: the settings fit, the samples do not)."""
+    import shlex
+    import subprocess
+    import sys
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    args = ["eval", "--model", "tiny", "--benchmarks", "arithmetic", "--limit", "8", "--max-new-tokens", "4",
+            "--no-progress", "--output-dir", str(disk / "out")]
+    script = f"mount -t tmpfs -o size=4k tmpfs {disk} || exit 99; exec {shlex.join([sys.executable, '-m', 'oarl.cli', *args])}"
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.splitlines()[-1] == ("oarl eval: error: No space left on device while writing the evaluation: "
+                                            f"free space on its disk, then continue with: oarl {shlex.join(args)}")
 
 
 def test_evaluate_model_on_the_arithmetic_task(tiny_dir):

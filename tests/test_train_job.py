@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import addition_prompts
+from conftest import addition_prompts, needs_user_namespaces
 from oarl.train import heldout_curve, parse_args, resolved_config
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
@@ -254,11 +254,7 @@ def test_summary_counts_the_problems_of_each_split():
     assert "(avg@4 over 256 problems per split, ± one standard error)" in format_summary(summary)
 
 
-def _user_namespaces() -> bool:
-    return shutil.which("unshare") is not None and subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _user_namespaces(), reason="needs `unshare -rm` (user and mount namespaces) for a small tmpfs")
+@needs_user_namespaces
 def test_a_full_disk_stops_with_one_line_and_the_run_resumes(tmp_path, env):
     """A real full disk: a 20 MiB tmpfs (mounted in a user namespace, no root needed), where a checkpoint of this run
     takes 12 MiB, so that the second one fails halfway (torch.save's writer says only "unexpected pos"). One line
