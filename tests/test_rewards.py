@@ -298,5 +298,8 @@ def test_long_numbers_are_exact_within_the_answer_bound_and_wrong_past_it(digits
     worker_calls = rewards.stats["math_verify"]
     number, shorter = form.format("7" * digits), form.format("7" * (digits - 1) or "0")
     assert not verify(number, shorter) and not verify(shorter, number)
-    assert verify(number, number.replace("7", "7 ", 1)) == (len(number) <= MAX_ANSWER_CHARS)  # read, or not
+    # the same number with a space between two of its digits (a thousands separator; "17 e5" is not "17e5"): read
+    # when both are within the bound, wrong when either is past it
+    spaced = number.replace("77", "7 7", 1)
+    assert verify(number, spaced) == (len(spaced) <= MAX_ANSWER_CHARS)
     assert rewards.stats["math_verify"] == worker_calls  # the fast path decided
