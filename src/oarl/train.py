@@ -727,9 +727,9 @@ class WallClock:
         self.train_started = None
 
     def save(self) -> None:
-        self.path.write_text(json.dumps({"seconds": self.seconds(), "sessions": self.sessions,
-                                         "train_seconds": self.train_seconds, "saved_at": time.time(),
-                                         "training": self.train_started is not None}))
+        _replace_json(self.path, {"seconds": self.seconds(), "sessions": self.sessions,
+                                  "train_seconds": self.train_seconds, "saved_at": time.time(),
+                                  "training": self.train_started is not None})
 
     @staticmethod
     def count_until_now(path: Path) -> None:
@@ -742,7 +742,15 @@ class WallClock:
         saved["seconds"] += elapsed
         if saved.pop("training", False) and saved["train_seconds"]:
             saved["train_seconds"][-1] += elapsed
-        path.write_text(json.dumps({**saved, "saved_at": time.time(), "training": False}))
+        _replace_json(path, {**saved, "saved_at": time.time(), "training": False})
+
+
+def _replace_json(path: Path, data: dict) -> None:
+    """Write ``data`` to ``path`` whole or not at all (a temporary file, then a rename): a Ctrl-C, SIGTERM or SIGKILL
+    while it is written leaves the previous version, never an empty or cut file."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(data))
+    os.replace(part, path)
 
 
 def _last_complete_checkpoint(run_dir: Path) -> Path | None:
