@@ -41,6 +41,8 @@ import subprocess
 import sys
 import time
 
+from bench_memory import status_kib  # this script's folder: on sys.path when run, and in its children's PYTHONPATH
+
 BACKENDS = ("ddp", "zero2", "zero3", "fsdp2")
 MIB = 2**20
 
@@ -58,14 +60,6 @@ def parse_args(argv=None):
     parser.add_argument("--json", default=None, help="write the rows here")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)  # a backend, inside torchrun
     return parser.parse_args(argv)
-
-
-def status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def reset_peak() -> int:

@@ -53,7 +53,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
+    """A field of this process's /proc/self/status in KiB (VmRSS: resident set, VmHWM: its peak)."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -127,13 +128,13 @@ def measure_peak(run, device) -> tuple[float, int, int]:
     else:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets the peak resident set (VmHWM) to the current one
-        before = _status_kib("VmRSS") * 1024
+        before = status_kib("VmRSS") * 1024
     started = time.perf_counter()
     run()
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
-    peak = torch.cuda.max_memory_allocated() if cuda else _status_kib("VmHWM") * 1024
+    peak = torch.cuda.max_memory_allocated() if cuda else status_kib("VmHWM") * 1024
     return seconds, before, peak
 
 
