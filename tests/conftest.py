@@ -158,3 +158,18 @@ def addition_reward(completions, answer, **kwargs):
         m = _ANSWER.findall(completion)
         out.append(float(bool(m) and m[-1] == gold))
     return out
+
+
+# The credit tests' tokenizer and model (tests/test_credit_fixtures.py), one of each per test module.
+@pytest.fixture(scope="module")
+def tok():
+    from test_credit_fixtures import bpe_tokenizer
+
+    return bpe_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    from test_credit_fixtures import tiny_qwen2
+
+    return tiny_qwen2(len(tok))

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from test_credit_fixtures import bpe_tokenizer, pad_rows, tiny_qwen2
+from test_credit_fixtures import pad_rows, tiny_qwen2
 
 import oarl.credit.core as core
 from oarl.credit import ESTIMATORS, CreditConfig, token_advantages
@@ -17,16 +17,6 @@ COMPLETIONS = [
     "She has 5 apples and buys 3 more. The answer is 8.",
     "Step 1: compute 100 - 58 = 42.\nStep 2: check it.",  # no answer
 ]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return bpe_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return tiny_qwen2(len(tok))
 
 
 def make_batch(tok, idx=range(4)):

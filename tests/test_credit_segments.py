@@ -9,11 +9,6 @@ from test_credit_fixtures import bpe_tokenizer, pad_rows
 from oarl.credit import find_final_answer, segment_completions
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return bpe_tokenizer()
-
-
 def encode(tok, text, eos=True):
     return tok(text, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if eos else [])
 

@@ -5,22 +5,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_credit_fixtures import bpe_tokenizer, pad_rows, tiny_qwen2
+from test_credit_fixtures import pad_rows
 
 from oarl.credit import CreditConfig, find_final_answer, segment_completions, token_advantages
 from oarl.credit.segments import own_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return bpe_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return tiny_qwen2(len(tok))
 
 
 def turns(tok, parts, eos=True):

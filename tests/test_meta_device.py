@@ -23,7 +23,6 @@ import pytest
 import torch
 from datasets import Dataset
 from test_credit_core import COMPLETIONS, PROMPTS, make_batch
-from test_credit_fixtures import bpe_tokenizer, tiny_qwen2
 from trl import GRPOTrainer
 
 from conftest import addition_prompts, addition_reward, load_tiny_lm
@@ -81,16 +80,6 @@ def same_under_meta(call):
         got = call()
     assert_same(got, expected)
     return expected
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return bpe_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return tiny_qwen2(len(tok))
 
 
 @pytest.fixture(scope="module")
