@@ -12,7 +12,9 @@ The run directory ``runs/<name>/`` holds ``config.yaml`` (re-runnable with ``oar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -476,14 +478,24 @@ def run_train(train_args: TrainArgs, config) -> dict:
         run_dir = Path(config.output_dir)
     else:
         run_dir = Path(train_args.runs_dir) / f"{config.credit}-{Path(train_args.model).name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not resume and (run_dir / "config.yaml").exists():
+    # With several processes (accelerate launch) every one runs this function; the main one alone checks, reads and
+    # writes the run folder's own files, and the others wait for it: a check on each would race with the main one's
+    # writes (a rank that saw another's config.yaml refused the run).
+    main = config.process_index == 0
+    if main and not resume and (run_dir / "config.yaml").exists():
         raise UsageError(f"{run_dir} already holds a run: pick another --output_dir, or --resume {run_dir}")
-    checkpoint, to_train = _resume_point(run_dir, config) if resume else (None, True)
+    if main:
+        checkpoint, to_train = _resume_point(run_dir, config) if resume else (None, True)
+    if config.world_size > 1:
+        config.distributed_state.wait_for_everyone()
+    if not main:
+        with contextlib.redirect_stdout(io.StringIO()):  # the main process has said it
+            checkpoint, to_train = _resume_point(run_dir, config) if resume else (None, True)
     if to_train is None:
         return json.loads((run_dir / "summary.json").read_text())
     worth_keeping = lambda: (run_dir / HELDOUT_BEFORE).exists() or any(run_dir.glob("checkpoint-*"))  # noqa: E731
     try:
-        with removed_on_failure(run_dir, keep=worth_keeping):
+        with removed_on_failure(run_dir, keep=worth_keeping) if main else contextlib.nullcontext():
             return _train(train_args, config, run_dir, checkpoint, to_train)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (oarl.errors.Terminated)
         if not run_dir.is_dir():
@@ -590,14 +602,17 @@ def _train(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | None
     precision = "bf16 mixed precision (--bf16 false: float32)" if config.bf16 else "fp16 mixed precision" if config.fp16 \
         else "float32"
     logging.getLogger(__name__).info("training on %s in %s", config.device, precision)  # oarl.devices' choice, or flags
+    main = config.process_index == 0  # the only process that writes the run folder's own files (see run_train)
     clock = WallClock(run_dir / "wall_time.json", resumed=bool(train_args.resume))
-    clock.save()  # from now on a Ctrl-C is counted (WallClock.count_until_now)
     config.output_dir = str(run_dir)
     config.run_name = run_dir.name
-    with open(run_dir / "config.yaml", "w") as f:
-        job = (train_args.model, train_args.dataset)
-        keep = tuple(_embedded_defaults(_regime()) if job == EMBEDDED else _smollm2_defaults() if job == SMOLLM2 else ())
-        yaml.safe_dump(resolved_config(train_args, config, keep), f, sort_keys=False)
+    if main:
+        clock.save()  # from now on a Ctrl-C is counted (WallClock.count_until_now)
+        with open(run_dir / "config.yaml", "w") as f:
+            job = (train_args.model, train_args.dataset)
+            keep = tuple(_embedded_defaults(_regime()) if job == EMBEDDED else _smollm2_defaults() if job == SMOLLM2
+                         else ())
+            yaml.safe_dump(resolved_config(train_args, config, keep), f, sort_keys=False)
 
     model, tokenizer, train, heldout, chat, reward_funcs = _load_model_and_data(train_args, config)
     embedded = (train_args.model, train_args.dataset) == EMBEDDED
@@ -637,7 +652,7 @@ def _train(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | None
         return out
 
     start_step = 0 if checkpoint is None else int(checkpoint.name.split("-")[-1])
-    if train_args.resume:  # finishing without training logs the "after" row of the last step again
+    if train_args.resume and main:  # finishing without training logs the "after" row of the last step again
         _truncate_metrics(run_dir / "metrics.jsonl", start_step, heldout_at_last=to_train)
 
     if config.use_vllm and config.use_cpu:  # a fixed key/value cache for vLLM's CPU backend (see oarl.evaluate)
@@ -650,7 +665,9 @@ def _train(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | None
                          processing_class=tokenizer,
                          callbacks=[MetricsWriter(), Progress(), HeldoutEval(train_args.eval_every)])
     before_file = run_dir / HELDOUT_BEFORE
-    if before_file.exists():
+    if not main:
+        before = {}
+    elif before_file.exists():
         before = json.loads(before_file.read_text())
     else:
         before = evaluate_heldout(model, "before")
