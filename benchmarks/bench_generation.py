@@ -39,7 +39,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from oarl.data.benchmarks import load_benchmark
-    from oarl.evaluate import HFBackend, Sampling, VLLMBackend, build_prompt
+    from oarl.generation import HFBackend, Sampling, VLLMBackend, build_prompt
     from oarl.models.loading import load_model, load_tokenizer, model_directory
 
     torch.set_num_threads(args.threads)

@@ -26,7 +26,7 @@ from oarl import OARConfig, OARTrainer  # noqa: E402
 from oarl.data.calculator import calc, tool_prompts, warmstart_config  # noqa: E402
 from oarl.models.tiny import load_tiny  # noqa: E402
 from oarl.models.warmstart import warm_start  # noqa: E402
-from oarl.report.heatmap import explain_batch  # noqa: E402
+from oarl.report.explain import explain_batch  # noqa: E402
 from oarl.rewards import accuracy  # noqa: E402
 
 ESTIMATORS = ("gradient", "perturbation", "entropy", "grail")

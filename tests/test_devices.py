@@ -20,7 +20,7 @@ from oarl.data import arithmetic
 from oarl.devices import cpu_has_bf16, default_device, gpu_available, mixed_precision
 from oarl.models import warmstart
 from oarl.models.tiny import load_tiny
-from oarl.train import _device_defaults
+from oarl.jobs import device_defaults
 from oarl.trainer import ACTIVATION_CHECKPOINTING
 
 SMALL_WARM_START = {"task": {}, "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
@@ -50,24 +50,24 @@ def test_the_decision(reported):
 def test_what_each_path_builds(reported, tmp_path):
     gpu, bf16 = reported
     # oarl train (RL): the GPU keeps GRPOConfig's activation checkpointing; the CPU turns it off
-    rl = _device_defaults()
+    rl = device_defaults()
     assert rl == ({"use_cpu": False, "bf16": bf16, "fp16": False} if gpu
                   else {"use_cpu": True, "bf16": False, "fp16": False, ACTIVATION_CHECKPOINTING: False})
-    assert _device_defaults(use_cpu=True)["use_cpu"] and not _device_defaults(use_cpu=True)["bf16"]
+    assert device_defaults(use_cpu=True)["use_cpu"] and not device_defaults(use_cpu=True)["bf16"]
     # both warm starts (the tiny model's and SmolLM2's share sft_kwargs): no activation checkpointing anywhere
     sft = warmstart.sft_kwargs(SMALL_WARM_START, tmp_path, 10, warmup_steps=1, max_length=64)
     assert (sft["use_cpu"], sft["bf16"], sft["fp16"], sft[ACTIVATION_CHECKPOINTING]) == (not gpu, gpu and bf16, False, False)
     forced = warmstart.sft_kwargs(SMALL_WARM_START, tmp_path, 10, warmup_steps=1, max_length=64, use_cpu=True)
     assert forced["use_cpu"] and not forced["bf16"]
     # oarl eval's HF backend (auto: vLLM only with a GPU) and oarl explain take default_device(); OARConfig's bf16
-    from oarl.evaluate import use_vllm, vllm_installed
+    from oarl.generation import use_vllm, vllm_installed
 
     assert use_vllm("auto") is (gpu and vllm_installed())
 
 
 def test_train_defaults_on_this_machine():
     """`oarl train` with no device flag: the CPU here (no GPU), float32; --use_cpu true keeps the CPU settings."""
-    from oarl.train import parse_args
+    from oarl.commands.train import parse_args
 
     _, config = parse_args(["--max_steps", "2"])
     expected = mixed_precision()

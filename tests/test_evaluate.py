@@ -12,17 +12,9 @@ import torch
 from conftest import DATA_DIR, needs_data, needs_user_namespaces
 
 from oarl.cli import main
-from oarl.evaluate import (
-    EvalConfig,
-    HFBackend,
-    benchmark_metrics,
-    build_prompt,
-    evaluate_model,
-    majority_correct,
-    pass_at_k,
-    read_samples,
-    run_eval,
-)
+from oarl.commands.eval import EvalConfig, read_samples, run_eval
+from oarl.evaluate import benchmark_metrics, evaluate_model, majority_correct, pass_at_k
+from oarl.generation import HFBackend, build_prompt
 
 
 
@@ -239,7 +231,7 @@ def test_evaluate_model_in_memory(tiny_dir):
 
 def test_hf_backend_stops_at_the_models_context(tiny_dir):
     """A max_new_tokens past the model's context is cut to the room left after the prompt (as vLLM does)."""
-    from oarl.evaluate import Sampling
+    from oarl.generation import Sampling
     from oarl.models.loading import load_model
 
     model, tokenizer = load_model(str(tiny_dir))

@@ -13,7 +13,8 @@ from oarl.cli import main
 from oarl.report.agreement import (
     describe, format_table, json_safe, kendall, rankdata, spearman, step_scores, summarize, top_step_hit, wrong_step,
 )
-from oarl.report.heatmap import NO_ANSWER_NOTE, explain_batch, render_html, weight_rgb
+from oarl.report.explain import explain_batch
+from oarl.report.heatmap import NO_ANSWER_NOTE, render_html, weight_rgb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

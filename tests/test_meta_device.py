@@ -33,7 +33,7 @@ from oarl.credit import (
 )
 from oarl.credit.bilevel import reaches_threshold
 from oarl.credit.rollout import step_groups
-from oarl.report.heatmap import explain_batch
+from oarl.report.explain import explain_batch
 from oarl.report.sampling import generate_sampler
 from oarl.trainer import ACTIVATION_CHECKPOINTING
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -20,7 +21,9 @@ import torch
 import yaml
 
 from conftest import addition_prompts, needs_user_namespaces
-from oarl.train import heldout_curve, parse_args, resolved_config
+from oarl.commands.train import parse_args
+from oarl.jobs import JOBS
+from oarl.runs import heldout_curve, resolved_config
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -241,7 +244,7 @@ def test_resume_of_a_finished_run(tmp_path, env, tiny_lm_dir):
 
 
 def test_summary_counts_the_problems_of_each_split():
-    from oarl.train import format_summary
+    from oarl.runs import format_summary
 
     def numbers(n):
         return {"avg": 0.5, "se": 0.01, "n_problems": n, "n_samples": 4}
@@ -321,8 +324,28 @@ def test_recipes_parse_into_oarconfig(recipe):
         assert getattr(got, "value", got) == value, key
 
 
+@pytest.mark.parametrize("job", JOBS, ids=[job.name for job in JOBS])
+def test_each_recipe_equals_its_job(job):
+    """recipes/<job.recipe> writes out every setting its job sets, and parsing it gives the run that `oarl train
+    --model <job's model>` gives with no other flag: the same OARConfig and the same regime sizes."""
+    recipe = RECIPES[0].parent / job.recipe
+    raw = yaml.safe_load(recipe.read_text())
+    assert not set(job.defaults()) - set(raw), "settings of the job missing from its recipe"
+    cpu = ["--use_cpu", "true"]  # the SmolLM2 recipe is the CPU one; the job picks the GPU where there is one
+    recipe_args, recipe_config = parse_args(["--config", str(recipe), *cpu])
+    job_args, job_config = parse_args(["--model", job.model, *cpu])
+    train_fields = set(dataclasses.asdict(job_args))
+    as_run = lambda args, config: {k: v for k, v in resolved_config(args, config).items() if k not in train_fields}  # noqa: E731
+    assert as_run(recipe_args, recipe_config) == as_run(job_args, job_config)
+    regime = job.regime()
+    for key, value in {"model": job.model, "dataset": job.dataset, "sft_steps": regime.sft_steps,
+                       "eval_size": regime.eval_problems, "eval_samples": regime.eval_samples}.items():
+        assert getattr(recipe_args, key) in (value, None), key  # None: the job's (the embedded recipe leaves the
+        # warm start and held-out sizes to --task)
+
+
 def test_compare_summary_by_hand():
-    from oarl.compare import summarize, to_markdown
+    from oarl.commands.compare import summarize, to_markdown
 
     def run(before, after, se):
         return {"heldout_before": {"test": {"avg": before, "se": se}}, "heldout_after": {"test": {"avg": after, "se": se}},
@@ -358,8 +381,8 @@ def test_compare_summary_by_hand():
 
 
 def test_heldout_gain_paired_by_hand():
-    from oarl.compare import summarize
-    from oarl.train import heldout_gain
+    from oarl.commands.compare import summarize
+    from oarl.runs import heldout_gain
 
     before = {"avg": 0.5, "se": 0.2, "per_problem": [0.0, 0.5, 1.0, 0.5]}
     after = {"avg": 0.75, "se": 0.14, "per_problem": [0.5, 0.5, 1.0, 1.0]}
@@ -382,14 +405,14 @@ def test_heldout_gain_paired_by_hand():
 
 def test_compare_interrupted_says_how_to_continue(tmp_path, monkeypatch):
     """Ctrl-C inside one of the runs: the message names the compare command's folder, not the one run."""
-    import oarl.train
-    from oarl.compare import main as compare_main
+    import oarl.commands.train
+    from oarl.commands.compare import main as compare_main
     from oarl.errors import Interrupted
 
     def interrupted(*args, **kwargs):
         raise Interrupted("interrupted; continue with: oarl train --resume <one run>")
 
-    monkeypatch.setattr(oarl.train, "run_train", interrupted)
+    monkeypatch.setattr(oarl.commands.train, "run_train", interrupted)
     with pytest.raises(Interrupted, match=r"same command with --output_dir \S*cmp: finished runs are reused"):
         compare_main(["--credits", "none", "--output_dir", str(tmp_path / "cmp"), "--max_steps", "1"])
 
@@ -487,24 +510,25 @@ def test_help_gives_the_jobs_defaults(capsys):
 
 
 def test_resume_skips_a_half_written_checkpoint(tmp_path):
-    from oarl.train import _last_complete_checkpoint
+    from oarl.runs import last_complete_checkpoint
 
     for step, state in ((2, "{}"), (10, "{}"), (11, None), (12, ""), (13, '{"global_step": 1')):
         (tmp_path / f"checkpoint-{step}").mkdir()
         if state is not None:  # "" and a cut JSON: interrupted while trainer_state.json was being written
             (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
-    assert _last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
     assert not any((tmp_path / f"checkpoint-{step}").exists() for step in (11, 12, 13))
-    assert _last_complete_checkpoint(tmp_path / "nothing-here") is None
+    assert last_complete_checkpoint(tmp_path / "nothing-here") is None
 
 
 @pytest.mark.parametrize("task", ["tree", "chain"])
 def test_task_form_reaches_training_and_heldout_problems(task, env, monkeypatch):
-    from oarl.train import _load_model_and_data
+    from oarl.jobs import load_model_and_data
 
     monkeypatch.setenv("OARL_CACHE", env["OARL_CACHE"])  # the warm starts the subprocess tests cache
     train_args, config = parse_args([*SHORT, "--task", task, "--train_size", "20"])
-    _, _, train, heldout, _, _ = _load_model_and_data(train_args, config)
+    loaded = load_model_and_data(train_args, config)
+    train, heldout = loaded.train, loaded.heldout
     prompts = list(train["prompt"]) + [r["problem"] for rows in heldout.values() for r in rows]
     assert len(prompts) == 20 + 6 + 6 and all(("(" in p) == (task == "tree") for p in prompts)
 
@@ -514,7 +538,7 @@ def test_train_on_a_jsonl_file_with_a_held_out_part(tmp_path, env, tiny_lm_dir):
     question, a list gold), holds out a disjoint part for evaluation before and after, and shows a bar whose total
     is epochs x batches; the template names any field, for training and held-out prompts alike."""
     from oarl.data import load_train_dataset
-    from oarl.train import TrainArgs, _dataset_and_heldout
+    from oarl.jobs import TrainArgs, dataset_and_heldout
 
     data = tmp_path / "arith.jsonl"
     pairs = [divmod(i, 10) for i in random.Random(0).sample(range(100), 20)]  # 20 different sums
@@ -544,7 +568,7 @@ def test_train_on_a_jsonl_file_with_a_held_out_part(tmp_path, env, tiny_lm_dir):
     # or a file of its own, every row of it
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": i + 1}) + "\n" for i in range(3)))
-    train, heldout = _dataset_and_heldout(TrainArgs(dataset=str(data), eval_dataset=str(other)), config=SimpleNamespace(seed=0),
+    train, heldout = dataset_and_heldout(TrainArgs(dataset=str(data), eval_dataset=str(other)), config=SimpleNamespace(seed=0),
                                           conversational=False)
     assert len(train) == 20 and [r["answer"] for r in heldout["test"]] == ["1", "2", "3"]
 

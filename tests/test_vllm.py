@@ -20,7 +20,8 @@ if os.environ.get("OARL_REQUIRE_VLLM") != "1":
     pytest.importorskip("vllm", reason="vLLM is not installed (`make test-vllm` runs these tests)")
 import vllm  # noqa: E402,F401  (with OARL_REQUIRE_VLLM=1 an import error fails the module)
 
-from oarl.evaluate import EvalConfig, HFBackend, VLLMBackend, read_samples, run_eval, use_vllm  # noqa: E402
+from oarl.commands.eval import EvalConfig, read_samples, run_eval  # noqa: E402
+from oarl.generation import HFBackend, VLLMBackend, use_vllm  # noqa: E402
 from oarl.models.loading import load_model, load_tokenizer, model_directory  # noqa: E402
 
 pytestmark = pytest.mark.vllm
@@ -125,7 +126,7 @@ def test_a_batch_larger_than_one_prefill_step_samples_seeded(engine):
     """More prompt tokens than vLLM prefills in one step (its default budget is 4,096 tokens per step): on the
     CPU build, a prompt prefilled in chunks used to kill the engine (its per-request generator cannot be
     rewound). Every prompt is sampled, and each with its own seed whatever the batch around it."""
-    from oarl.evaluate import Sampling
+    from oarl.generation import Sampling
 
     vllm_backend, _, tokenizer = engine
     prompts = [f"Q: ({a}+{b})-({b}+{a})=? " * 10 + f"Q: ({a}+{b})-(1+{a})=?" for a in range(1, 9) for b in range(1, 9)]

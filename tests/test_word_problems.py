@@ -69,7 +69,7 @@ def test_regime_batches():
 
 
 def test_smollm2_picks_its_regime_and_flags_win():
-    from oarl.train import parse_args
+    from oarl.commands.train import parse_args
 
     train_args, config = parse_args(["--model", "smollm2-135m"])
     assert train_args.dataset == "word-problems"

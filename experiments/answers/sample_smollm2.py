@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from oarl.data.benchmarks import load_benchmark
-from oarl.evaluate import CHAT_TEMPLATE, HFBackend, Sampling, VLLMBackend
+from oarl.generation import CHAT_TEMPLATE, HFBackend, Sampling, VLLMBackend
 from oarl.models.loading import load_model, smollm2_dir
 
 OUT = Path(__file__).with_name("smollm2_samples.jsonl")

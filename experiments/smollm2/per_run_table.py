@@ -8,7 +8,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from oarl.train import heldout_curve, heldout_gain
+from oarl.runs import heldout_curve, heldout_gain
 
 NAMES = {"none": "GRPO", "gradient": "OAR-G", "perturbation": "OAR-P (sentence spans)", "entropy": "entropy"}
 

@@ -12,7 +12,7 @@ import json
 import torch
 
 from oarl.data.word_problems import INSTRUCTION, SMOLLM2_REGIME, problems
-from oarl.evaluate import HFBackend, Sampling, build_prompt
+from oarl.generation import HFBackend, Sampling, build_prompt
 from oarl.models.loading import load_model
 
 ap = argparse.ArgumentParser()

@@ -2,7 +2,7 @@
 
     check_eval(cfg)                 ``oarl eval`` (an ``oarl.evaluate.EvalConfig``)
     check_explain(args)             ``oarl explain`` (its parsed flags; the credit settings are CreditConfig's)
-    check_train(train_args)         ``oarl train`` / ``oarl compare``: oarl's own settings (``oarl.train.TrainArgs``)
+    check_train(train_args)         ``oarl train`` / ``oarl compare``: oarl's own settings (``oarl.jobs.TrainArgs``)
     check_grpo(config)              every GRPOConfig field a run uses, as given (before GRPOConfig's own checks,
                                     which divide by some of them): ``OARConfig.__post_init__`` calls it
 

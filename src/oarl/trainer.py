@@ -11,39 +11,14 @@ normalised a generation batch into (B,) advantages, they are replaced by (B, T) 
 type and aggregation it offers keeps working. The credit is computed once per generation batch and reused
 across ``num_iterations`` and ``steps_per_generation``, like the rest of the batch.
 
-Resuming from a checkpoint reproduces the uninterrupted run (same parameters and metrics). Three pieces of
-GRPOTrainer's state are not in a Hugging Face checkpoint, and each made a resumed run diverge; they are saved
-in ``checkpoint-*/oarl_state[_<process>].pt`` and restored:
-
-- the micro-step counter that decides when to generate: a resumed run counted from 0, so it generated at the
-  resumed step and then used stale slices of the wrong generation batch for the rest of the run;
-- the buffered generation batch, when the checkpoint falls inside a ``steps_per_generation`` cycle: the
-  remaining steps of the cycle train on the completions generated at its start, not on new ones;
-- the order of the prompts: TRL's sampler draws one permutation per epoch from a generator that runs on, so a
-  run resumed in epoch e > 0 replayed the first epoch's order; here epoch e is drawn from (seed, e).
-
-The summary row's ``train_loss`` is the mean loss of every step of the run, resumed or not: the Trainer sums the
-logged losses of one ``train()`` call and divides by its steps, so a resumed run reported the mean of the steps
-after the resume only. The sum of the losses up to the checkpoint is saved there too, restored as the start of
-the Trainer's sum, and ``train_loss`` divides the run's sum by the run's steps (the same floats in the same order).
-The speed figures of that row (``train_runtime``, ``train_samples_per_second``, ...) are of the last session.
-
-Tied weights (lm_head = input embeddings) are saved once and restored as one tensor; the Trainer's warning that
-``lm_head.weight`` is missing from the checkpoint is answered by re-tying, not printed.
-
-Random states (Python, NumPy, torch: generation, sampling) are the Trainer's ``rng_state.pth``; OAR-G's noise
-comes from its own generator, seeded by (seed, step, process).
-
-Generation with vLLM (``use_vllm=True``) is TRL's, in both of its modes, with one addition for vLLM's CPU build in
-colocate mode: there TRL's weight sync fails (see :meth:`OARTrainer._reload_vllm_weights`), so the policy's weights
-go to the engine through vLLM's in-place reload instead. TRL's server mode needs CUDA for its weight sync (NCCL).
+The TRL workarounds OARTrainer carries (exact resume, vLLM's CPU build in colocate mode, the distributed credit
+pass) are ``oarl.trl_fixes``: OARTrainer is ``TRLFixes`` + GRPOTrainer + this override.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import os
 import time
 import warnings
 from collections import defaultdict
@@ -51,17 +26,16 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import NamedTuple
 
 import torch
-from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from trl.data_utils import is_conversational
-from trl.trainer.utils import RepeatSampler, get_config_model_id
+from trl.trainer.utils import get_config_model_id
 
 from .checks import check_grpo
 from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
 from .credit.config import APPLY_TO, SPANS
 from .credit.core import STAT_KEYS as CREDIT_STATS
 from .devices import mixed_precision
-from .trl_fixes import check_supported, credit_policy
+from .trl_fixes import ACTIVATION_CHECKPOINTING, TRLFixes, check_supported, credit_policy
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +44,6 @@ logger = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated",
                         category=FutureWarning)
 
-# transformers 5.20 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing (the old name is a
-# deprecated alias); vLLM's CPU build needs transformers < 5.20, which knows only the old name.
-ACTIVATION_CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in GRPOConfig.__dataclass_fields__
-                            else "gradient_checkpointing")
 
 
 @dataclass
@@ -226,22 +196,6 @@ class CreditBatch(NamedTuple):
     completion_mask: torch.Tensor  # (B, T)
 
 
-class EpochSeededRepeatSampler(RepeatSampler):
-    """TRL's RepeatSampler whose permutation of epoch e depends on (seed, e) only (epoch 0: TRL's), so that a run
-    resumed in a later epoch sees the prompts in the order the uninterrupted run saw them. The Trainer calls
-    ``set_epoch`` before each epoch."""
-
-    epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        if self.shuffle and self.seed is not None:
-            self.generator.manual_seed(self.seed if self.epoch == 0 else hash((self.seed, self.epoch)) % 2**63)
-        return super().__iter__()
-
-
 def as_oar_config(args: GRPOConfig | None, model) -> OARConfig:
     """The OARConfig of an OARTrainer given ``args`` and ``model`` as GRPOTrainer takes them.
 
@@ -271,17 +225,7 @@ def as_oar_config(args: GRPOConfig | None, model) -> OARConfig:
     return converted
 
 
-class _RestoreLossTotal(TrainerCallback):
-    """At the start of ``train()``, after the Trainer has set its loss sum to 0: the sum up to the checkpoint."""
-
-    def __init__(self, trainer: OARTrainer):
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.trainer._total_loss_scalar = self.trainer._resumed_loss_total or 0.0
-
-
-class OARTrainer(GRPOTrainer):
+class OARTrainer(TRLFixes, GRPOTrainer):
     """GRPOTrainer whose advantages are reshaped per token by OAR. Takes exactly GRPOTrainer's arguments; ``args``
     may be an OARConfig, a GRPOConfig (converted, see :func:`as_oar_config`) or None (a default OARConfig)."""
 
@@ -295,103 +239,20 @@ class OARTrainer(GRPOTrainer):
         self._check_compatible()
         self.last_credit: CreditBatch | None = None
         self._credit_time_total = self._step_time_total = 0.0  # seconds, over the logged steps
-        self._resumed_loss_total: float | None = 0.0  # the sum of the losses up to the checkpoint resumed from
-        self.add_callback(_RestoreLossTotal(self))
-        if self.use_vllm and self.vllm_mode == "colocate":
-            from .evaluate import vllm_on_cpu
-
-            if vllm_on_cpu():
-                self.vllm_generation.sync_weights = self._reload_vllm_weights
-
-    def _reload_vllm_weights(self) -> None:
-        """Send the policy's weights to the colocated engine on vLLM's CPU backend.
-
-        That backend packs each matmul's weight into its kernel's layout (a oneDNN copy) when it loads a model and
-        drops the original parameter of linear layers, so TRL's sync (``load_weights`` of one tensor at a time into
-        the layers' original parameters) fails there ("'Parameter' object has no attribute 'weight_loader'"). vLLM's
-        in-place reload (``reload_weights``: restore each layer's parameters, load its tensors, repack it) is made for
-        this, with one gap (vLLM 0.32): a layer whose weight is another layer's (the output projection of a model
-        with tied embeddings, ``lm_head.weight is embed_tokens.weight``) loads nothing, so it is not repacked, and its
-        packed copy keeps the weights it was first packed from. The logits then come from the old embedding matrix
-        and the rest of the model from the new weights: log-probabilities that match neither. Such layers are
-        repacked here from their (reloaded) shared weight.
-        """
-        generation = self.vllm_generation
-        runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
-        # Copies: the reload must never write into (or alias) the policy's own tensors.
-        weights = ((name, tensor.detach().clone()) for name, tensor in generation._iter_named_params())
-        runner.reload_weights(weights_iterator=weights, is_checkpoint_format=True)
-        sharing = defaultdict(list)  # id of a weight -> the layers that hold it
-        for module in runner.model.modules():
-            if isinstance(module._parameters.get("weight"), torch.Tensor):
-                sharing[id(module.weight)].append(module)
-        for module in (m for layers in sharing.values() if len(layers) > 1 for m in layers):
-            if hasattr(module, "cpu_linear"):  # a CPU matmul packed from module.weight
-                module.quant_method.process_weights_after_loading(module)
-        generation.llm.reset_prefix_cache()
+        self._init_trl_fixes()
 
     def generation_backend(self, add_special_tokens: bool = True):
-        """An ``oarl.evaluate.VLLMBackend`` on the vLLM engine colocated with training, holding the current policy's
+        """An ``oarl.generation.VLLMBackend`` on the vLLM engine colocated with training, holding the current policy's
         weights (synced here if a step changed them), or None without one (no vLLM, server mode, several processes):
         held-out evaluation through it needs no second engine and no HF ``generate``."""
         if not (self.use_vllm and self.vllm_mode == "colocate" and self.accelerator.num_processes == 1):
             return None
-        from .evaluate import VLLMBackend
+        from .generation import VLLMBackend
 
         if self._last_loaded_step != self.state.global_step:
             self.vllm_generation.sync_weights()
             self._last_loaded_step = self.state.global_step
         return VLLMBackend(self.vllm_generation.llm, self._tokenizer, add_special_tokens)
-
-    # -------------------------------------------------------------------------------- resume (see module doc)
-
-    def _get_train_sampler(self, dataset=None):
-        s = super()._get_train_sampler(dataset)
-        return EpochSeededRepeatSampler(s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle, s.seed)
-
-    def _oar_state_file(self, checkpoint: str) -> str:
-        suffix = f"_{self.args.process_index}" if self.args.world_size > 1 else ""
-        return os.path.join(checkpoint, f"oarl_state{suffix}.pt")
-
-    def _save_checkpoint(self, model, trial):
-        # Written before the Trainer's files: trainer_state.json, written last, marks a complete checkpoint.
-        checkpoint = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
-        os.makedirs(checkpoint, exist_ok=True)
-        generate_every = self.args.steps_per_generation * self.num_iterations
-        mid_cycle = self._step % generate_every != 0  # the next steps reuse the buffered generation batch
-        buffer = None
-        if mid_cycle and self._buffered_inputs is not None:
-            buffer = [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()}
-                      for b in self._buffered_inputs]
-        loss_total = self._total_loss_scalar + self._tr_loss.item()  # the Trainer's sum, and what it has not added yet
-        torch.save({"step": self._step, "buffered_inputs": buffer, "credit_time_total": self._credit_time_total,
-                    "step_time_total": self._step_time_total, "loss_total": loss_total}, self._oar_state_file(checkpoint))
-        super()._save_checkpoint(model, trial)
-
-    def _load_optimizer_and_scheduler(self, checkpoint):
-        super()._load_optimizer_and_scheduler(checkpoint)
-        path = None if checkpoint is None else self._oar_state_file(checkpoint)
-        if path is None or not os.path.isfile(path):
-            return
-        state = torch.load(path, weights_only=True)
-        self._step = state["step"]
-        self._credit_time_total, self._step_time_total = state["credit_time_total"], state["step_time_total"]
-        self._resumed_loss_total = state.get("loss_total")  # None: a checkpoint of an older version, without it
-        if state["buffered_inputs"] is not None:
-            device = self.accelerator.device
-            self._buffered_inputs = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
-                                     for b in state["buffered_inputs"]]
-
-    def _issue_warnings_after_load(self, load_result):
-        # A checkpoint stores a tied weight (lm_head = input embeddings) once, under the embeddings' name, and
-        # loading them restores both. The Trainer still reports the tied name as missing (it looks for
-        # _keys_to_ignore_on_save, which transformers 5 models leave empty): tie again, report only real losses.
-        tied = getattr(self.model, "_tied_weights_keys", None)
-        tied = tied if isinstance(tied, dict) else {}  # transformers 5: {tied name: source name}
-        missing = [k for k in load_result.missing_keys if k not in tied or tied[k] in load_result.missing_keys]
-        if len(missing) < len(load_result.missing_keys):
-            self.model.tie_weights()
-        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     # -------------------------------------------------------------------------------- credit
 
@@ -537,10 +398,13 @@ class OARTrainer(GRPOTrainer):
             metrics["credit/overhead"] = [credit_time / max(step_time, 1e-12)]
             self._credit_time_total += credit_time
             self._step_time_total += step_time
-        if "train_loss" in logs and self.state.global_step > 0 and self._resumed_loss_total is not None:
-            # the whole run's mean, also after a resume (module doc); the Trainer's own without the sum up to the checkpoint
-            logs = {**logs, "train_loss": self._total_loss_scalar / self.state.global_step}
         super().log(logs, start_time)
+
+    def _resume_state(self) -> dict:  # saved in a checkpoint (TRLFixes), so that a resumed run's overhead is the run's
+        return {"credit_time_total": self._credit_time_total, "step_time_total": self._step_time_total}
+
+    def _restore_state(self, state: dict) -> None:
+        self._credit_time_total, self._step_time_total = state["credit_time_total"], state["step_time_total"]
 
     @property
     def credit_overhead(self) -> float | None:

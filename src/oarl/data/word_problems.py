@@ -27,6 +27,7 @@ import random
 from dataclasses import dataclass
 
 from oarl.data.gsm import INSTRUCTION  # "Solve the problem step by step, then end with 'The answer is N.' ..."
+from oarl.data.regime import Regime
 
 TEST_FRACTION = 0.2
 SPLITS = ("train", "test")
@@ -157,65 +158,27 @@ def dataset(split: str, n: int, seed: int = 0, conversational: bool = True, inst
 
 
 @dataclass(frozen=True)
-class Regime:
-    """The job ``oarl train --model smollm2-135m`` runs by default: task, RL and evaluation sizes chosen so that
-    a step fits a laptop CPU (every value measured in experiments/SMOLLM2.md).
-
-    ``task_kwargs()`` gives :func:`problems`' keyword arguments, ``grpo_kwargs()`` the GRPOConfig fields.
-    One optimizer step takes ``prompts_per_step x num_generations`` completions, generated in one call and
-    trained in micro-batches of ``micro_batch_size`` (gradient accumulation), so that memory stays that of
-    ``micro_batch_size`` sequences.
-    """
+class WordProblemTask:
+    """What word problems look like (:func:`problems`' keyword arguments)."""
 
     steps: tuple[int, int] = (2, 2)
     ops: str = "+-"
     max_operand: int = 20
     max_value: int = 50
-    seed: int = 0
-    # supervised warm start on worked solutions (0 steps: none), cached by oarl.models.warmstart
-    sft_steps: int = 50
-    sft_batch_size: int = 8
-    sft_lr: float = 1e-4
-    # RL: 16 problems x 4 samples at T=1.0, lr 1e-5, bf16 autocast where the CPU has bf16 instructions
-    # (oarl.train._smollm2_defaults): GRPO gained +0.113 ± 0.021 and +0.115 ± 0.022 on seeds 0 and 1 in 20 steps
-    # (experiments/SMOLLM2.md §3g). At 8 problems x 4 held-out accuracy drifted either way (+0.053, -0.092); at
-    # 4 x 8, T=0.7 the warm start's groups mostly agreed; lr 2e-5 lowered accuracy, 5e-6 left it flat (§3a-3e).
-    rl_steps: int = 20
-    rl_lr: float = 1e-5
-    num_generations: int = 4
-    prompts_per_step: int = 16
-    micro_batch_size: int = 8
-    max_completion_length: int = 192
-    temperature: float = 1.0
-    beta: float = 0.0
-    n_rl_prompts: int = 1024
-    # held-out: 256 problems x 2 samples (a problem's samples mostly agree, so problems, not samples, shrink the SE)
-    eval_problems: int = 256
-    eval_samples: int = 2
-
-    def task_kwargs(self) -> dict:
-        return {"steps": self.steps, "ops": self.ops, "max_operand": self.max_operand, "max_value": self.max_value}
-
-    def warmstart_config(self) -> dict:
-        return {"base": "smollm2-135m", "task": self.task_kwargs(), "steps": self.sft_steps,
-                "batch_size": self.sft_batch_size, "learning_rate": self.sft_lr, "seed": self.seed}
-
-    def grpo_kwargs(self) -> dict:
-        per_step = self.prompts_per_step * self.num_generations
-        if per_step % self.micro_batch_size:
-            raise ValueError(f"prompts_per_step x num_generations ({per_step}) must be a multiple of micro_batch_size")
-        return dict(
-            learning_rate=self.rl_lr,
-            lr_scheduler_type="constant",
-            max_steps=self.rl_steps,
-            num_generations=self.num_generations,
-            per_device_train_batch_size=self.micro_batch_size,
-            gradient_accumulation_steps=per_step // self.micro_batch_size,
-            max_completion_length=self.max_completion_length,
-            temperature=self.temperature,
-            beta=self.beta,
-            seed=self.seed,
-        )
 
 
-SMOLLM2_REGIME = Regime()
+# The job ``oarl train --model smollm2-135m`` runs by default (oarl.jobs.SMOLLM2): task, RL and evaluation sizes
+# chosen so that a step fits a laptop CPU (every value measured in experiments/SMOLLM2.md). The warm start: 50
+# supervised steps on worked solutions. RL: 16 problems x 4 samples at T=1.0, lr 1e-5, trained in micro-batches of 8,
+# bf16 autocast where the CPU has bf16 instructions (oarl.jobs): GRPO gained +0.113 ± 0.021 and +0.115 ± 0.022 on
+# seeds 0 and 1 in 20 steps (experiments/SMOLLM2.md §3g). At 8 problems x 4 held-out accuracy drifted either way
+# (+0.053, -0.092); at 4 x 8, T=0.7 the warm start's groups mostly agreed; lr 2e-5 lowered accuracy, 5e-6 left it
+# flat (§3a-3e). Held-out: 256 problems x 2 samples (a problem's samples mostly agree, so problems, not samples,
+# shrink the SE).
+SMOLLM2_REGIME = Regime(
+    task=WordProblemTask(), model="smollm2-135m",
+    sft_steps=50, sft_batch_size=8, sft_lr=1e-4,
+    rl_steps=20, rl_lr=1e-5, num_generations=4, prompts_per_step=16, micro_batch_size=8,
+    max_completion_length=192, temperature=1.0, beta=0.0, n_rl_prompts=1024,
+    eval_problems=256, eval_samples=2,
+)

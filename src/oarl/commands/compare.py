@@ -23,7 +23,12 @@ import statistics
 import time
 from pathlib import Path
 
-from .errors import Interrupted, RaisingParserMixin, UsageError, did_you_mean, removed_on_failure, stopped
+import yaml
+
+from oarl.commands import train
+from oarl.errors import Interrupted, RaisingParserMixin, UsageError, did_you_mean, removed_on_failure, stopped
+
+HELP = "train once per credit estimator (and seed) and compare held-out accuracy"
 
 
 def _mean_se(results: list[dict]) -> tuple[float, float]:
@@ -36,10 +41,10 @@ def _mean_se(results: list[dict]) -> tuple[float, float]:
 def summarize(summaries: dict[str, list[dict]]) -> dict:
     """{credit: [summary per seed]} -> {split: {credit: {before, after, gain, gain_se, vs_none, vs_none_se,
     vs_none_seeds_se, steps_to_none_final}}}. ``gain_se`` and ``vs_none_se``: the seeds' own SEs combined, each
-    paired over problems when the runs kept per-problem numbers (``oarl.train.heldout_gain``; seed s against seed
+    paired over problems when the runs kept per-problem numbers (``oarl.runs.heldout_gain``; seed s against seed
     s for vs_none); ``vs_none_seeds_se``: over seeds (the spread of the per-seed differences), from 2 seeds on;
     ``steps_to_none_final``: (first step, last step) as ``_steps_to``, None where GRPO did not gain."""
-    from .train import heldout_gain
+    from oarl.runs import heldout_gain  # lazy: transformers loads when runs are compared, not for --help
 
     splits = sorted({s for runs in summaries.values() for r in runs for s in r["heldout_after"]})
     table: dict = {}
@@ -130,15 +135,15 @@ def _resumed_args(run_dir: Path, flags: list[str]):
     interrupted), if it was trained with the settings ``flags`` ask for, or with fewer ``max_steps`` than a
     ``--max_steps`` in ``flags`` and otherwise the same (then it trains further to that); else UsageError naming the first differing
     settings."""
-    from .train import parse_args, resolved_config
+    from oarl.runs import resolved_config  # lazy: transformers loads when runs are compared, not for --help
 
-    resumed = parse_args(["--resume", str(run_dir)])
-    saved, asked = resolved_config(*resumed), resolved_config(*parse_args(flags))
+    resumed = train.parse_args(["--resume", str(run_dir)])
+    saved, asked = resolved_config(*resumed), resolved_config(*train.parse_args(flags))
     differ = [k for k in sorted(saved.keys() | asked.keys()) if saved.get(k) != asked.get(k)]
     # only a --max_steps given now extends a run (not the job's default when a comparison set its own)
     asked_steps = any(f.split("=")[0] in ("--max_steps", "--max-steps") for f in flags)
     if differ == ["max_steps"] and asked_steps and 0 < saved["max_steps"] < asked["max_steps"]:
-        return parse_args(["--resume", str(run_dir), "--max_steps", str(asked["max_steps"])])
+        return train.parse_args(["--resume", str(run_dir), "--max_steps", str(asked["max_steps"])])
     if differ:
         shown = ", ".join(f"{k}: {saved.get(k)!r} there, {asked.get(k)!r} now" for k in differ[:3])
         raise UsageError(f"{run_dir} holds a run with other settings ({shown}); give another --output_dir, or the "
@@ -150,8 +155,6 @@ def _check_folder(out: Path, rest: list[str]) -> dict[Path, tuple]:
     """Every run already in a comparison folder, asked for now or not, was trained with the flags ``rest`` (its
     own credit and seed aside; a larger ``max_steps`` trains it further), so that new runs join a like-for-like
     table; else UsageError before anything trains. Returns {run directory: its ``_resumed_args``}."""
-    import yaml
-
     checked = {}
     for run_dir in sorted(out.glob("*-seed*")) if out.is_dir() else ():
         if (run_dir / "config.yaml").is_file():
@@ -166,7 +169,7 @@ def _share_heldout_before(run_dir: Path, seed: int) -> None:
     credit estimator: a new run takes it from a run of the same seed in the same folder (whose settings differ in
     credit settings and max_steps at most: ``_check_folder``), the numbers recomputing would give to the bit,
     instead of evaluating again."""
-    from .train import HELDOUT_BEFORE, save_heldout_before
+    from oarl.runs import HELDOUT_BEFORE, save_heldout_before  # lazy: transformers loads when runs are compared
 
     if (run_dir / HELDOUT_BEFORE).exists():
         return
@@ -179,9 +182,14 @@ def _share_heldout_before(run_dir: Path, seed: int) -> None:
             return
 
 
+def run(argv: list[str]) -> int:
+    """``oarl compare --credits none,gradient --seeds 0,1 [train flags]``: one run per (credit, seed), one table."""
+    main(argv)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> dict:
-    from .credit import ESTIMATORS
-    from .train import parse_args
+    from oarl.credit import ESTIMATORS  # lazy: torch loads when runs are compared, not for --help
 
     pre = _Parser(prog="oarl compare", add_help=False)
     pre.add_argument("--credits", default="none,gradient,perturbation,entropy",
@@ -203,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         seeds = [int(s) for s in known.seeds.split(",") if s.strip()]
     except ValueError:
         raise UsageError(f"--seeds {known.seeds!r}: expected comma-separated integers such as 0,1,2") from None
-    train_args, _ = parse_args(rest)  # validates the shared flags once, before any run starts
+    train_args, _ = train.parse_args(rest)  # validates the shared flags once, before any run starts
     out = Path(known.output_dir or Path(train_args.runs_dir) / f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     summaries: dict[str, list[dict]] = {c: [] for c in credits}
     checked = _check_folder(out, rest)
@@ -226,7 +234,7 @@ def _run_all(out: Path, seeds: list[int], credits: list[str], rest: list[str], s
              checked: dict[Path, tuple]) -> None:
     """Train (or reuse) every (credit, seed) run under ``out``, appending each summary to ``summaries``;
     ``checked``: the runs already there, as ``_check_folder`` returns them."""
-    from .train import heldout_curve, parse_args, run_train
+    from oarl.runs import heldout_curve  # lazy: transformers loads when runs are compared, not for --help
 
     with removed_on_failure(out, keep=lambda: any(p.is_dir() for p in out.iterdir())):
         for seed in seeds:
@@ -236,7 +244,7 @@ def _run_all(out: Path, seeds: list[int], credits: list[str], rest: list[str], s
                 resumed = checked.get(run_dir)  # a run of an earlier call is reused or finished
                 if not resumed:
                     _share_heldout_before(run_dir, seed)
-                summary = run_train(*(resumed or parse_args(flags)))
+                summary = train.run_train(*(resumed or train.parse_args(flags)))
                 if "heldout_curve" not in summary:  # runs written before summaries kept it
                     summary["heldout_curve"] = heldout_curve(run_dir)
                 summaries[credit].append(summary)
