@@ -1,4 +1,4 @@
-"""Bi-Level reshaping: raw importances -> per-token weights (DESIGN.md steps 4-5), vectorised over the batch.
+"""Bi-Level reshaping: raw importances -> per-token weights (docs/architecture.md, the method, steps 4-5), vectorised over the batch.
 
 Per row, over the tokens of `mask` only (m of them):
 
@@ -42,7 +42,7 @@ def masked_quantile(values: Tensor, mask: Tensor, q: float) -> Tensor:
 
 
 def normalised_importance(importance: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Step 4 of DESIGN.md (log1p, then min-max per row) on [B, T] importances over the tokens of mask [B, T].
+    """Step 4 of the method (docs/architecture.md) (log1p, then min-max per row) on [B, T] importances over the tokens of mask [B, T].
 
     Returns (norm [B, T] in [0, 1], 0 outside the mask; mask [B, T] without the rows holding a NaN / inf;
     varied [B, 1]: rows with at least two tokens whose importances are not all equal).

@@ -62,7 +62,7 @@ def check_grail(scale: float, w_min: float, w_max: float) -> None:
 
 @dataclass
 class CreditConfig:
-    """How completions' advantages are redistributed over their reasoning tokens (see DESIGN.md).
+    """How completions' advantages are redistributed over their reasoning tokens (docs/architecture.md, the method).
 
     estimator:    "none" (GRPO: uniform weights), "perturbation" (OAR-P), "gradient" (OAR-G), "entropy"
                   (policy entropy of each reasoning token, a cheap GTPO-style baseline), "grail" (GRAIL:

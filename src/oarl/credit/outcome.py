@@ -1,4 +1,4 @@
-"""Outcome distributions p_final and their divergences (DESIGN.md step 2).
+"""Outcome distributions p_final and their divergences (docs/architecture.md, the method, step 2).
 
 All three read logits at the last K columns of an end-aligned probe (see probe.py): column k of the kept
 logits is the position that predicts the token in column k + 1. With n answer tokens in the last n columns,

@@ -21,7 +21,7 @@ Three ways to pay less:
 - span_ids: replace a whole reasoning step (line, sentence) per variant: one pass per step, not per token;
   every token of the step gets the step's importance.
 - span_ids + refine (hierarchical): steps first; then token by token inside the steps whose normalised
-  importance reaches the `refine`-quantile of their completion (DESIGN.md step 5's tau with q = refine: the
+  importance reaches the `refine`-quantile of their completion (docs/architecture.md, the method, step 5's tau with q = refine: the
   steps that Bi-Level reshaping would boost); the other steps' tokens keep their step's importance. Exact
   token-level importances where they decide the boost, at the cost of about (1 - refine) of token-level.
 """

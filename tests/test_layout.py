@@ -1,0 +1,92 @@
+"""The house rules of src/oarl (docs/architecture.md): imports run one way (no cycle between oarl's modules, lazy
+imports included), no module over 500 lines, and the `oarl` command starts without torch, transformers or TRL (its
+--help and each command's --help stay quick; OMP_WAIT_POLICY is set before torch loads)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).parents[1] / "src"
+MAX_LINES = 500
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted((SRC / "oarl").rglob("*.py"))}
+
+
+def is_package(name: str) -> bool:
+    return MODULES[name].name == "__init__.py"
+
+
+def imports_of(name: str) -> set[str]:
+    """oarl's modules that ``name`` imports anywhere in its file (functions too), except under TYPE_CHECKING."""
+    tree = ast.parse(MODULES[name].read_text())
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+               for n in ast.walk(node)}
+    package = name if is_package(name) else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name in MODULES}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            if base not in MODULES:
+                continue
+            for alias in node.names:  # `from oarl.data import arithmetic` imports the module oarl.data.arithmetic
+                out.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
+    return out - {name}
+
+
+def test_the_import_graph_is_read():
+    graph = {name: imports_of(name) for name in MODULES}
+    assert "oarl.trainer" in graph["oarl.commands.train"] and "oarl.credit.core" in graph["oarl.trainer"]
+    assert "oarl.credit.config" in graph["oarl.credit.bilevel"]  # a relative import
+
+
+def test_no_import_cycle():
+    graph = {name: imports_of(name) for name in MODULES}
+    state: dict[str, int] = {}  # 1: on the path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for name in MODULES:
+        if name not in state:
+            visit(name, [name])
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_module_size(name):
+    lines = len(MODULES[name].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{MODULES[name]} has {lines} lines: split it by what its parts do"
+
+
+def test_the_command_starts_without_torch():
+    """Building every command's parser (what `oarl --help` and `oarl eval --help` do) imports no torch, transformers
+    or TRL: start-up stays quick, and the command sets OMP_WAIT_POLICY before torch loads (oarl.cli)."""
+    code = ("import sys; from oarl.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
