@@ -72,7 +72,7 @@ def check_eval(cfg) -> None:
 def check_dtype(flag: str, dtype: str | None) -> None:
     if dtype is None or dtype == "auto":
         return
-    import torch
+    import torch  # lazy: the checks run at a command's start, before it needs torch (start-up time)
 
     require(isinstance(getattr(torch, str(dtype), None), torch.dtype), flag, dtype,
             "'auto' or a torch dtype such as float32, bfloat16, float16")
@@ -81,7 +81,7 @@ def check_dtype(flag: str, dtype: str | None) -> None:
 def check_device(flag: str, device: str | None) -> None:
     if device is None:
         return
-    import torch
+    import torch  # lazy: the checks run at a command's start, before it needs torch (start-up time)
 
     try:
         kind = torch.device(device).type

@@ -14,6 +14,7 @@ problem and the fix, and exit with status 2 (usage) or 1; ``--debug`` (anywhere 
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import signal
@@ -91,8 +92,6 @@ def _exit_now(status: int) -> None:
     """Exit without the interpreter's teardown, which takes seconds once torch, transformers and TRL are imported
     (10 s measured on a loaded 2-core machine): the exit handlers still run (the math-verify worker is stopped,
     logs flushed); everything a run writes is already closed."""
-    import atexit
-
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -103,7 +102,7 @@ def _close_progress_bars() -> None:
     """Close the bars a failed phase left open, so that the message is the last line (an open bar would be drawn
     again after it, when the interpreter exits)."""
     if "tqdm" in sys.modules:
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: only when a failed phase loaded it
 
         for bar in list(getattr(tqdm, "_instances", ())):
             bar.close()

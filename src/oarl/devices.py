@@ -22,6 +22,7 @@ import contextlib
 import importlib.util
 
 import torch
+from accelerate.state import AcceleratorState, PartialState
 
 
 def gpu_available(use_cpu: bool = False) -> bool:
@@ -62,8 +63,6 @@ def keep_process_state():
     Restored: the PartialState from before (none if there was none); the AcceleratorState is cleared, as
     transformers' Trainer does between hyperparameter trials, so that the next trainer sets its own precision.
     """
-    from accelerate.state import AcceleratorState, PartialState
-
     saved = dict(PartialState._shared_state)
     try:
         yield

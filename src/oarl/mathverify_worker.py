@@ -58,6 +58,7 @@ def approximately_equal(a: float, b: float, diff: float | None = None) -> bool:
 def numeric_eq(a, b, float_rounding: int, numeric_precision: int) -> bool:
     """Drop-in for ``math_verify.grader.sympy_numeric_eq`` (same arguments): exact numbers compare exactly,
     decimals within ``approximately_equal`` (see the module docstring)."""
+    # lazy: math-verify and sympy load in the worker process only
     from math_verify import grader
     from sympy import Basic, Float, Integer, MatrixBase, Number
     from sympy.matrices.expressions import MatrixExpr
@@ -85,6 +86,7 @@ def numeric_eq(a, b, float_rounding: int, numeric_precision: int) -> bool:
 
 def _exact_zero(a, b) -> bool:
     """Two exact constants: equal when a - b is zero, or zero to EXACT_DIGITS digits relative to |a|, |b|."""
+    # lazy: math-verify and sympy load in the worker process only
     from math_verify import grader
 
     diff = grader.safe_sympy_doit(a - b)
@@ -103,6 +105,7 @@ _ORIGINAL = None
 def use_exact_numbers() -> None:
     """Install ``numeric_eq`` in math-verify's grader (once; idempotent)."""
     global _ORIGINAL
+    # lazy: math-verify and sympy load in the worker process only
     from math_verify import grader
 
     if _ORIGINAL is None:
@@ -117,10 +120,11 @@ def value_key(parsed: list) -> str | None:
     """Key of the exact value of a parsed answer (``math_verify.parse`` output) that is a real constant with
     no decimal in it: ``q:<p/q>`` for a rational, ``r:<30 significant digits>`` otherwise; None for anything
     else (decimals are approximations, percentages are ambiguous, variables, sets, text)."""
-    from sympy import Expr, Float, UnevaluatedExpr
+    from sympy import Expr, Float, UnevaluatedExpr  # lazy: in the worker process only
 
     if not parsed or not isinstance(parsed[0], Expr):
         return None
+    # lazy: math-verify and sympy load in the worker process only
     from math_verify import grader
 
     expr = grader.safe_sympy_doit(parsed[0])
@@ -144,7 +148,7 @@ def die_with_parent(parent_pid: int) -> None:
     parent starts it from a thread that lives as long as the parent (``oarl.rewards``)."""
     if sys.platform.startswith("linux"):
         try:
-            import ctypes
+            import ctypes  # lazy: Linux only
 
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):  # no libc to call: the watcher alone
@@ -174,13 +178,13 @@ def _boxed(answer: str) -> str:
 def main(argv: list[str]) -> None:
     die_with_parent(int(argv[-2]))  # first: the imports below take a second or more
     try:
-        import resource
+        import resource  # lazy: POSIX only
 
         resource.setrlimit(resource.RLIMIT_AS, (int(argv[-1]), int(argv[-1])))
     except Exception:  # no resource module (Windows) or no limit given
         pass
     logging.disable(logging.WARNING)
-    import functools
+    import functools  # lazy: in the worker process only (with math-verify below)
 
     from math_verify import parse, verify
 

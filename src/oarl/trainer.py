@@ -35,6 +35,7 @@ from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
 from .credit.config import APPLY_TO, SPANS
 from .credit.core import STAT_KEYS as CREDIT_STATS
 from .devices import mixed_precision
+from .generation import VLLMBackend
 from .trl_fixes import ACTIVATION_CHECKPOINTING, TRLFixes, check_supported, credit_policy
 
 logger = logging.getLogger(__name__)
@@ -247,8 +248,6 @@ class OARTrainer(TRLFixes, GRPOTrainer):
         held-out evaluation through it needs no second engine and no HF ``generate``."""
         if not (self.use_vllm and self.vllm_mode == "colocate" and self.accelerator.num_processes == 1):
             return None
-        from .generation import VLLMBackend
-
         if self._last_loaded_step != self.state.global_step:
             self.vllm_generation.sync_weights()
             self._last_loaded_step = self.state.global_step

@@ -37,7 +37,7 @@ def find_browser() -> tuple[str, str]:
     chromium-browser, google-chrome and chromedriver on PATH. Raises BrowserUnavailable naming what is missing."""
     missing = []
     try:
-        import selenium  # noqa: F401
+        import selenium  # noqa: F401  (lazy: selenium is an optional dependency)
     except ImportError:
         missing.append("selenium")
     chromium = os.environ.get("OARL_CHROMIUM") or next(
@@ -55,6 +55,7 @@ def find_browser() -> tuple[str, str]:
 @contextlib.contextmanager
 def open_page(html_path: str | Path, width: int = 1100, height: int = 900):
     """A Selenium WebDriver (headless Chromium, window width x height CSS pixels) showing the file html_path."""
+    # lazy: selenium is an optional dependency (`pip install 'oarl[browser]'`)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 # figure file -> (title, y label, [(metric key, legend label), ...])
@@ -80,8 +81,6 @@ def agreement_plot(report: dict, path: str | Path) -> Path:
     """One figure of an ``oarl explain`` benchmark report (``oarl.report.agreement.summarize``): per estimator,
     Spearman and Kendall against rollout credit for each source of completions (mean ± SE), and hit@1 of the
     known wrong step with the chance rate as a line."""
-    import numpy as np
-
     estimators, sources, wrong = report["estimators"], list(report["agreement"]), report.get("wrong_step")
     panels = (["agreement"] if sources else []) + (["wrong_step"] if wrong else [])
     fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(5.5 * max(len(panels), 1), 3.6), squeeze=False)

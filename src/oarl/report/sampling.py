@@ -8,6 +8,8 @@ from typing import Sequence
 
 import torch
 
+from oarl.rewards import accuracy
+
 
 def generate_sampler(model, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
                      seed: int = 0, batch_size: int = 256):
@@ -53,8 +55,6 @@ def generate_sampler(model, tokenizer, max_new_tokens: int, temperature: float =
 def gold_scorer(tokenizer, golds: Sequence[str | None]):
     """scorer(rows, completions): 1.0 when the completion's final answer verifies against golds[row]
     (``oarl.rewards.accuracy``, math-verify), 0.0 otherwise, None (unscorable) without a gold answer."""
-    from oarl.rewards import accuracy
-
     def scorer(rows: list[int], completions: list[list[int]]) -> list[float | None]:
         texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
         return accuracy(texts, [golds[r] for r in rows])
