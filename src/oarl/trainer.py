@@ -32,7 +32,7 @@ from trl.trainer.utils import get_config_model_id
 
 from .checks import check_grpo
 from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
-from .credit.config import APPLY_TO, SPANS
+from .credit.config import APPLY_TO, SPANS, SettingError
 from .credit.core import STAT_KEYS as CREDIT_STATS
 from .devices import mixed_precision
 from .trl_fixes import ACTIVATION_CHECKPOINTING, TRLFixes, check_supported, credit_policy
@@ -155,10 +155,9 @@ class OARConfig(GRPOConfig):
     def credit_config(self) -> CreditConfig:
         try:
             return self._credit_config()
-        except ValueError as e:  # name the setting as the user spells it here: "threshold ..." -> "credit_threshold ..."
-            name = str(e).split(" ", 1)[0]
-            field_name = {"estimator": "credit", "temperature": "temperature"}.get(name, "credit_" + name)
-            raise ValueError(f"{field_name}{str(e)[len(name):]}") from None
+        except SettingError as e:  # name the setting as the user spells it here: "threshold ..." -> "credit_threshold ..."
+            field_name = {"estimator": "credit", "temperature": "temperature"}.get(e.setting, "credit_" + e.setting)
+            raise SettingError(field_name, e.problem) from None
 
     def _credit_config(self) -> CreditConfig:
         return CreditConfig(

@@ -11,34 +11,44 @@ APPLY_TO = ("all", "positive", "negative")
 SPANS = ("token", "line", "sentence")
 
 
+class SettingError(ValueError):
+    """A setting out of its range: ``setting`` (its name) and ``problem`` (the rest of the message, e.g. "must be
+    an integer >= 1, got 0"); str() is "<setting> <problem>". A caller that spells the setting differently (an
+    OARConfig field, a command-line flag) re-raises it as ``SettingError(its_name, error.problem)``."""
+
+    def __init__(self, setting: str, problem: str):
+        super().__init__(f"{setting} {problem}")
+        self.setting, self.problem = setting, problem
+
+
 def check_choice(name: str, value, allowed: tuple) -> None:
     if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        raise SettingError(name, f"must be one of {allowed}, got {value!r}")
 
 
 def check_bilevel(threshold: float, beta: float, floor: float) -> None:
     """The ranges of the Bi-Level reshaping settings (shared by CreditConfig and bilevel_weights)."""
     if not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
-        raise ValueError(f"threshold must be in the open interval (0, 1), got {threshold!r}")
+        raise SettingError("threshold", f"must be in the open interval (0, 1), got {threshold!r}")
     if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0.0):
-        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+        raise SettingError("beta", f"must be a finite number >= 0, got {beta!r}")
     if not (isinstance(floor, (int, float)) and 0.0 <= floor <= 1.0):
-        raise ValueError(f"floor must be in the closed interval [0, 1], got {floor!r}")
+        raise SettingError("floor", f"must be in the closed interval [0, 1], got {floor!r}")
 
 
 def check_chunk_size(chunk_size: int) -> None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        raise SettingError("chunk_size", f"must be an integer >= 1, got {chunk_size!r}")
 
 
 def check_reuse_prefix(reuse_prefix) -> None:
     if not (isinstance(reuse_prefix, bool) or reuse_prefix == "auto"):
-        raise ValueError(f"reuse_prefix must be 'auto', True or False, got {reuse_prefix!r}")
+        raise SettingError("reuse_prefix", f"must be 'auto', True or False, got {reuse_prefix!r}")
 
 
 def check_noise_std(noise_std: float) -> None:
     if not (isinstance(noise_std, (int, float)) and math.isfinite(noise_std) and noise_std > 0.0):
-        raise ValueError(f"noise_std must be a finite number > 0, got {noise_std!r}")
+        raise SettingError("noise_std", f"must be a finite number > 0, got {noise_std!r}")
 
 
 def check_noise_samples(noise_samples: int) -> None:
@@ -47,17 +57,17 @@ def check_noise_samples(noise_samples: int) -> None:
 
 def check_count(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        raise SettingError(name, f"must be an integer >= 1, got {value!r}")
 
 
 def check_grail(scale: float, w_min: float, w_max: float) -> None:
     """The ranges of GRAIL's weight settings (shared by CreditConfig and grail_weights)."""
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0.0):
-        raise ValueError(f"grail_scale must be a finite number >= 0, got {scale!r}")
+        raise SettingError("grail_scale", f"must be a finite number >= 0, got {scale!r}")
     if not (isinstance(w_min, (int, float)) and math.isfinite(w_min) and 0.0 <= w_min <= 1.0):
-        raise ValueError(f"grail_min must be in the closed interval [0, 1], got {w_min!r}")
+        raise SettingError("grail_min", f"must be in the closed interval [0, 1], got {w_min!r}")
     if not (isinstance(w_max, (int, float)) and math.isfinite(w_max) and w_max >= 1.0):
-        raise ValueError(f"grail_max must be a finite number >= 1, got {w_max!r}")
+        raise SettingError("grail_max", f"must be a finite number >= 1, got {w_max!r}")
 
 
 @dataclass
@@ -147,25 +157,25 @@ class CreditConfig:
         if self.replace_with is not None and (
             isinstance(self.replace_with, bool) or not isinstance(self.replace_with, int) or self.replace_with < 0
         ):
-            raise ValueError(f"replace_with must be None or a token id >= 0, got {self.replace_with!r}")
+            raise SettingError("replace_with", f"must be None or a token id >= 0, got {self.replace_with!r}")
         if self.span is not None:
             check_choice("span", self.span, SPANS)
         if self.batch_size is not None and (
             isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1
         ):
-            raise ValueError(f"batch_size must be None or an integer >= 1, got {self.batch_size!r}")
+            raise SettingError("batch_size", f"must be None or an integer >= 1, got {self.batch_size!r}")
         check_reuse_prefix(self.reuse_prefix)
         for name in ("refine", "activation_checkpointing"):
             if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+                raise SettingError(name, f"must be True or False, got {getattr(self, name)!r}")
         if self.refine and (self.estimator != "perturbation" or self.resolved_span() == "token"):
-            raise ValueError("refine needs reasoning steps to refine: use it with the perturbation estimator and "
-                             "span 'line' or 'sentence'")
+            raise SettingError("refine", "needs reasoning steps to refine: use it with the perturbation estimator "
+                               "and span 'line' or 'sentence'")
         check_count("rollouts", self.rollouts)
         check_count("max_steps", self.max_steps)
         check_grail(self.grail_scale, self.grail_min, self.grail_max)
         if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+            raise SettingError("temperature", f"must be a finite number > 0, got {self.temperature!r}")
 
     def resolved_outcome(self) -> str:
         """The outcome mode in use: the explicit one, else "last" for perturbation and "answer_mean" otherwise."""
