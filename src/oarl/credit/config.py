@@ -170,14 +170,14 @@ class CreditConfig:
         "consecutive steps, as equal in size as possible (a group's tokens share its credit). A completion costs at "
         "most ({max_steps} + 1) x {rollouts} continuations.", trainer="credit_max_steps", flag="--max-steps")
     grail_scale: float = setting(
-        0.5, "GRAIL: spread sigma_w of the weights, w = clip(1 + sigma_w * z, w_min, w_max), >= 0 (default: "
-        "GRAIL's README and training config).", trainer="credit_grail_scale")
+        0.5, "GRAIL: spread sigma_w of the weights, w = clip(1 + sigma_w * z, w_min, w_max), >= 0. The default is "
+        "GRAIL's (its README and training config).", trainer="credit_grail_scale")
     grail_min: float = setting(
-        0.5, "GRAIL: smallest weight w_min in [0, 1] (default: GRAIL's README and training config).",
+        0.5, "GRAIL: smallest weight w_min in [0, 1]. The default is GRAIL's (its README and training config).",
         trainer="credit_grail_min")
     grail_max: float = setting(
-        5.0, "GRAIL: largest weight w_max >= 1, also the weight of the answer tokens (default: GRAIL's README and "
-        "training config).", trainer="credit_grail_max")
+        5.0, "GRAIL: largest weight w_max >= 1, also the weight of the answer tokens. The default is GRAIL's (its "
+        "README and training config).", trainer="credit_grail_max")
     temperature: float = setting(
         1.0, "GRAIL: the answer's log-probabilities are taken at the sampling temperature (logits / T), as GRAIL's "
         "code does; > 0. OARTrainer passes its own temperature.", trainer="temperature", grpo=True)
