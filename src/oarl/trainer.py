@@ -86,7 +86,10 @@ class OARConfig(GRPOConfig):
         values = {}
         for f in fields(CreditConfig):
             name = f.metadata["trainer"]
-            value = getattr(self, ACTIVATION_CHECKPOINTING if name == "activation_checkpointing" else name)
+            if name == "activation_checkpointing":  # OAR-G follows the training step's, named as this transformers names it
+                values[f.name] = bool(getattr(self, ACTIVATION_CHECKPOINTING))
+                continue
+            value = getattr(self, name)
             if value is None and f.metadata.get("trainer_default", f.default) is None:
                 value = getattr(self, f.metadata["trainer_none"]) if f.metadata["trainer_none"] else f.default
             values[f.name] = value

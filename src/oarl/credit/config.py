@@ -1,4 +1,10 @@
-"""Names of the estimators and outcome modes, and the one configuration object of the credit core."""
+"""Names of the estimators and outcome modes, and the one configuration object of the credit core.
+
+Each CreditConfig field's metadata (:func:`setting`) is the one source of that setting: OARConfig's ``credit_*``
+fields (:func:`trainer_field`) and ``oarl explain``'s flags (:func:`add_credit_flags`) are made from it. A value out
+of range raises :class:`SettingError`, which names the setting apart from the problem, so that each caller can name
+it as its user spells it.
+"""
 
 from __future__ import annotations
 
