@@ -32,7 +32,8 @@ def test_oarconfig_fields_are_credit_config_metadata():
         assert oar.metadata["help"] == help_text(f.name, trainer_name)
         assert oar.metadata.get("choices") == (list(f.metadata["choices"]) if f.metadata["choices"] else None)
         if "trainer_default" in f.metadata:  # documented: None here stands for CreditConfig's default
-            assert oar.default is None and f.metadata["trainer_default"] is None and type(None) in get_args(oar_types[oar.name])
+            assert oar.default is None is f.metadata["trainer_default"]
+            assert type(None) in get_args(oar_types[oar.name])
             assert "None in OARConfig" in f.metadata["help"] or f.metadata["trainer_none"] in f.metadata["help"]
         else:
             assert oar.default == f.default and oar_types[oar.name] == credit_types[f.name], f.name
@@ -52,8 +53,8 @@ def test_trl_parser_sees_the_credit_fields(tmp_path):
         action = actions[f.metadata["trainer"]]
         assert action.help == help_text(f.name, trainer_name)
         assert list(action.choices or ()) == list(f.metadata["choices"] or ())
-    (config,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false",
-                                                    "--credit_threshold", "0.3", "--credit_span", "line"])
+    (config,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16",
+                                                    "false", "--credit_threshold", "0.3", "--credit_span", "line"])
     assert (config.credit_threshold, config.credit_config().span) == (0.3, "line")
 
 
@@ -67,7 +68,8 @@ def test_explain_flags_are_credit_config_metadata(capsys, monkeypatch):
             flag = line.split()[0].rstrip(",")
         lines[flag] = f"{lines.get(flag, '')} {line.strip()}"
     assert [f.metadata["flag"] for f in FLAGGED] == ["--outcome", "--threshold", "--beta", "--floor", "--noise-std",
-                                                     "--noise-samples", "--chunk-size", "--span", "--rollouts", "--max-steps"]
+                                                     "--noise-samples", "--chunk-size", "--span", "--rollouts",
+                                                     "--max-steps"]
     for f in FLAGGED:
         line = lines[f.metadata["flag"]]
         assert help_text(f.name, flag_name) in line and (f.metadata["flag_help"] or "") in line
@@ -92,7 +94,8 @@ def test_setting_error_carries_the_setting_and_the_problem(tmp_path):
     with pytest.raises(SettingError) as raised:
         CreditConfig(noise_samples=0)
     error = raised.value
-    assert isinstance(error, ValueError) and (error.setting, error.problem) == ("noise_samples", "must be an integer >= 1, got 0")
+    assert isinstance(error, ValueError)
+    assert (error.setting, error.problem) == ("noise_samples", "must be an integer >= 1, got 0")
     assert str(error) == "noise_samples must be an integer >= 1, got 0"
     with pytest.raises(SettingError) as raised:
         oar_args(tmp_path, credit_noise_samples=0)
@@ -123,7 +126,8 @@ VALUES = {
 def test_oarconfig_round_trips_every_setting(tmp_path, values):
     assert set(VALUES) == set(SETTINGS)
     if values["refine"]:  # refine needs steps to refine
-        values.update(estimator="perturbation", span=values["span"] if values["span"] in ("line", "sentence") else "line")
+        values.update(estimator="perturbation", span=values["span"] if values["span"] in ("line", "sentence") else
+                      "line")
     expected = CreditConfig(**values)
     given_values = {trainer_name(name): value for name, value in values.items()}
     given_values[ACTIVATION_CHECKPOINTING] = given_values.pop("activation_checkpointing")

@@ -67,7 +67,7 @@ class OARConfig(GRPOConfig):
     credit_grail_min: float = trainer_field("grail_min")
     credit_grail_max: float = trainer_field("grail_max")
     credit_refine: bool = trainer_field("refine")
-    credit_reuse_prefix: bool | None = trainer_field("reuse_prefix")  # None: "auto" (HfArgumentParser takes no bool | str)
+    credit_reuse_prefix: bool | None = trainer_field("reuse_prefix")  # None: "auto" (HfArgumentParser: no bool | str)
     credit_replace_with: int | None = trainer_field("replace_with")
     credit_apply_to: str | None = trainer_field("apply_to")
 
@@ -86,7 +86,7 @@ class OARConfig(GRPOConfig):
         values = {}
         for f in fields(CreditConfig):
             name = f.metadata["trainer"]
-            if name == "activation_checkpointing":  # OAR-G follows the training step's, named as this transformers names it
+            if name == "activation_checkpointing":  # OAR-G follows the training step's (named as transformers does)
                 values[f.name] = bool(getattr(self, ACTIVATION_CHECKPOINTING))
                 continue
             value = getattr(self, name)

@@ -24,7 +24,7 @@ DEFAULT_EXPLAIN_ESTIMATORS = "gradient,perturbation,entropy,grail,rollout"
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    from oarl.credit.config import add_credit_flags  # lazy like run's imports; it imports torch (the oarl.credit package)
+    from oarl.credit.config import add_credit_flags  # lazy like run's imports (the oarl.credit package loads torch)
 
     p.add_argument("--model", default="tiny",
                    help="'tiny' (the embedded warm-started model), a model directory, an `oarl train` run directory "
@@ -64,6 +64,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="device of the model and of rollout credit's sampling (default: cuda if available, "
                                     "else cpu)")
     add_credit_flags(p)  # --outcome, --threshold, --beta, ...: the CreditConfig settings that have an explain flag
+
 
 def run(args: argparse.Namespace) -> int:
     # lazy: torch, transformers and the estimators load when `oarl explain` runs, not for `oarl explain --help`

@@ -249,7 +249,7 @@ class CreditConfig:
         return "sentence" if self.estimator == "rollout" else "token"
 
 
-# ------------------------------------------------------------------------------------------------ where each setting is exposed
+# ------------------------------------------------------------------------------------- where each setting is exposed
 
 SETTINGS = {f.name: f for f in fields(CreditConfig)}
 
