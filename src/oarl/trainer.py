@@ -22,7 +22,7 @@ import logging
 import time
 import warnings
 from collections import defaultdict
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import NamedTuple
 
 import torch
@@ -31,8 +31,8 @@ from trl.data_utils import is_conversational
 from trl.trainer.utils import get_config_model_id
 
 from .checks import check_grpo
-from .credit import ESTIMATORS, CreditConfig, CreditOutput, token_advantages
-from .credit.config import APPLY_TO, SPANS
+from .credit import CreditConfig, CreditOutput, token_advantages
+from .credit.config import SettingError, trainer_field, trainer_name
 from .credit.core import STAT_KEYS as CREDIT_STATS
 from .devices import mixed_precision
 from .generation import VLLMBackend
@@ -51,99 +51,26 @@ warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing(_enabl
 class OARConfig(GRPOConfig):
     r"""GRPOConfig plus the settings of Outcome-grounded Advantage Reshaping (all prefixed ``credit``)."""
 
-    credit: str = field(
-        default="gradient",
-        metadata={
-            "help": "Token-importance estimator: 'none' (plain GRPO), 'perturbation' (OAR-P, one forward per "
-            "reasoning token), 'gradient' (OAR-G, one forward + one backward), 'entropy' (policy-entropy "
-            "weights, a cheap baseline), 'grail' (GRAIL: gradient saliency of the answer, z-scored weights, on "
-            "non-positive advantages by default) or 'rollout' (Monte-Carlo step credit: credit_rollouts "
-            "continuations sampled at each reasoning-step boundary, the reference credit; expensive).",
-            "choices": list(ESTIMATORS),
-        },
-    )
-    credit_threshold: float = field(
-        default=0.4,
-        metadata={"help": "Bi-Level threshold quantile q in (0, 1): tokens below the q-quantile of a completion's "
-                  "normalised importance are suppressed, the others boosted."},
-    )
-    credit_beta: float = field(
-        default=2.0, metadata={"help": "Bi-Level boost beta >= 0: the most important token gets weight 1 + beta "
-                               "before the mass-preserving rescale."}
-    )
-    credit_floor: float = field(
-        default=0.1, metadata={"help": "Bi-Level floor w_min in [0, 1]: the smallest weight of a suppressed token."}
-    )
-    credit_outcome: str | None = field(
-        default=None,
-        metadata={
-            "help": "Outcome distribution p_final: 'last' (next-token distribution before the first answer token), "
-            "'answer_mean' (softmax of the mean answer logits) or 'answer_joint' (mean log-probability of the "
-            "answer tokens). Default: 'last' for perturbation, 'answer_mean' otherwise.",
-        },
-    )
-    credit_noise_std: float = field(
-        default=1e-3, metadata={"help": "OAR-G: std of the Gaussian noise added to the reasoning embeddings (> 0)."}
-    )
-    credit_noise_samples: int = field(
-        default=1,
-        metadata={"help": "OAR-G: average the importances of this many independent noise draws (>= 1); one pass "
-                  "over that many copies of the rows. One draw's importance is as noisy as it is large."},
-    )
-    credit_chunk_size: int = field(
-        default=32, metadata={"help": "OAR-P: perturbed variants per forward pass (>= 1); bounds peak memory."}
-    )
-    credit_batch_size: int | None = field(
-        default=None,
-        metadata={"help": "Rows per credit pass (default: per_device_train_batch_size, so that a pass never holds more "
-                  "rows than the training micro-batch that follows it; OAR-G with credit_noise_samples K takes "
-                  "that many // K completions). Lower it to bound the memory of OAR-G / entropy passes."},
-    )
-    credit_span: str | None = field(
-        default=None,
-        metadata={"help": "Reasoning steps: OAR-P perturbs one 'token' at a time, or a whole 'line' / 'sentence' "
-                  "(one pass per step instead of one per token); rollout samples continuations at each step "
-                  "boundary. Default: 'token' for perturbation, 'sentence' for rollout.", "choices": list(SPANS)},
-    )
-    credit_rollouts: int = field(
-        default=4, metadata={"help": "Rollout credit: continuations sampled per step boundary (K >= 1); V(prefix) is "
-                             "their mean reward under the run's reward functions."}
-    )
-    credit_max_steps: int = field(
-        default=8,
-        metadata={"help": "Rollout credit: at most this many steps per completion (>= 1); more are merged into this "
-                  "many groups of consecutive steps. A completion costs at most (max_steps + 1) x rollouts "
-                  "continuations."},
-    )
-    credit_grail_scale: float = field(
-        default=0.5, metadata={"help": "GRAIL: spread sigma_w of the weights, w = clip(1 + sigma_w * z, min, max) (>= 0)."}
-    )
-    credit_grail_min: float = field(default=0.5, metadata={"help": "GRAIL: smallest weight w_min in [0, 1]."})
-    credit_grail_max: float = field(
-        default=5.0, metadata={"help": "GRAIL: largest weight w_max >= 1 (also the weight of the answer tokens)."}
-    )
-    credit_refine: bool = field(
-        default=False,
-        metadata={"help": "OAR-P with credit_span 'line' or 'sentence': hierarchical perturbation. Steps first, then "
-                  "token by token inside the steps whose importance reaches the Bi-Level threshold (the other "
-                  "steps keep their step's importance); about (1 - credit_threshold) of token-level's cost."},
-    )
-    credit_reuse_prefix: bool | None = field(
-        default=None,
-        metadata={"help": "OAR-P: reuse the unperturbed forward's key/value cache before each variant's first "
-                  "replaced token (same importances; each variant recomputes only the tokens after it). Default: "
-                  "auto, on wherever the model's cache keeps every column (not with sliding-window layers: they "
-                  "recompute, with a note); false: always recompute."},
-    )
-    credit_replace_with: int | None = field(
-        default=None, metadata={"help": "OAR-P: token id that replaces a reasoning token (default: the pad id)."}
-    )
-    credit_apply_to: str | None = field(
-        default=None,
-        metadata={"help": "Reshape completions with 'all' advantages, only 'positive' or only 'negative' ones; "
-                  "the others keep GRPO's uniform advantage. Default: 'negative' for grail (GRAIL's own default), "
-                  "'all' otherwise.", "choices": list(APPLY_TO)},
-    )
+    # Each credit setting's default, help and choices are its CreditConfig field's (oarl.credit.config.setting).
+    credit: str = trainer_field("estimator")
+    credit_threshold: float = trainer_field("threshold")
+    credit_beta: float = trainer_field("beta")
+    credit_floor: float = trainer_field("floor")
+    credit_outcome: str | None = trainer_field("outcome")
+    credit_noise_std: float = trainer_field("noise_std")
+    credit_noise_samples: int = trainer_field("noise_samples")
+    credit_chunk_size: int = trainer_field("chunk_size")
+    credit_batch_size: int | None = trainer_field("batch_size")
+    credit_span: str | None = trainer_field("span")
+    credit_rollouts: int = trainer_field("rollouts")
+    credit_max_steps: int = trainer_field("max_steps")
+    credit_grail_scale: float = trainer_field("grail_scale")
+    credit_grail_min: float = trainer_field("grail_min")
+    credit_grail_max: float = trainer_field("grail_max")
+    credit_refine: bool = trainer_field("refine")
+    credit_reuse_prefix: bool | None = trainer_field("reuse_prefix")  # None: "auto" (HfArgumentParser: no bool | str)
+    credit_replace_with: int | None = trainer_field("replace_with")
+    credit_apply_to: str | None = trainer_field("apply_to")
 
     def __post_init__(self):
         check_grpo(self)  # first: GRPOConfig's own checks divide by some of these numbers
@@ -154,38 +81,23 @@ class OARConfig(GRPOConfig):
         self.credit_config()  # validates every credit setting, naming it and its range
 
     def credit_config(self) -> CreditConfig:
+        """The credit core's settings of this run, each read from its OARConfig field (a None where that field's
+        default is None: CreditConfig's default, or the value of the field named by ``trainer_none``). Raises
+        ValueError (SettingError) naming the setting as it is spelt here: ``credit_threshold must be ...``."""
+        values = {}
+        for f in fields(CreditConfig):
+            name = f.metadata["trainer"]
+            if name == "activation_checkpointing":  # OAR-G follows the training step's (named as transformers does)
+                values[f.name] = bool(getattr(self, ACTIVATION_CHECKPOINTING))
+                continue
+            value = getattr(self, name)
+            if value is None and f.metadata.get("trainer_default", f.default) is None:
+                value = getattr(self, f.metadata["trainer_none"]) if f.metadata["trainer_none"] else f.default
+            values[f.name] = value
         try:
-            return self._credit_config()
-        except ValueError as e:  # name the setting as the user spells it here: "threshold ..." -> "credit_threshold ..."
-            name = str(e).split(" ", 1)[0]
-            field_name = {"estimator": "credit", "temperature": "temperature"}.get(name, "credit_" + name)
-            raise ValueError(f"{field_name}{str(e)[len(name):]}") from None
-
-    def _credit_config(self) -> CreditConfig:
-        return CreditConfig(
-            estimator=self.credit,
-            outcome=self.credit_outcome,
-            threshold=self.credit_threshold,
-            beta=self.credit_beta,
-            floor=self.credit_floor,
-            noise_std=self.credit_noise_std,
-            noise_samples=self.credit_noise_samples,
-            chunk_size=self.credit_chunk_size,
-            apply_to=self.credit_apply_to,
-            replace_with=self.credit_replace_with,
-            reuse_prefix="auto" if self.credit_reuse_prefix is None else self.credit_reuse_prefix,
-            span=self.credit_span,
-            refine=self.credit_refine,
-            batch_size=self.credit_batch_size or self.per_device_train_batch_size,
-            rollouts=self.credit_rollouts,
-            max_steps=self.credit_max_steps,
-            grail_scale=self.credit_grail_scale,
-            grail_min=self.credit_grail_min,
-            grail_max=self.credit_grail_max,
-            temperature=self.temperature,
-            # OAR-G's backward follows the training step's gradient (activation) checkpointing
-            activation_checkpointing=bool(getattr(self, ACTIVATION_CHECKPOINTING)),
-        )
+            return CreditConfig(**values)
+        except SettingError as e:
+            raise SettingError(trainer_name(e.setting), e.problem) from None
 
 
 class CreditBatch(NamedTuple):

@@ -24,6 +24,8 @@ DEFAULT_EXPLAIN_ESTIMATORS = "gradient,perturbation,entropy,grail,rollout"
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
+    from oarl.credit.config import add_credit_flags  # lazy like run's imports (the oarl.credit package loads torch)
+
     p.add_argument("--model", default="tiny",
                    help="'tiny' (the embedded warm-started model), a model directory, an `oarl train` run directory "
                         "(its final_model/), 'smollm2-135m' or a hub name (default: %(default)s)")
@@ -61,18 +63,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="completions per credit pass (default: %(default)s)")
     p.add_argument("--device", help="device of the model and of rollout credit's sampling (default: cuda if available, "
                                     "else cpu)")
-    p.add_argument("--outcome", choices=("last", "answer_mean", "answer_joint"),
-                   help="outcome distribution (default: last for perturbation, answer_mean otherwise)")
-    p.add_argument("--rollouts", type=int, default=16,
-                   help="rollout credit: continuations per step boundary; more than training's 4 by default, since "
-                        "here it is the reference (default: %(default)s)")
-    for flag, kind, text in (("--threshold", float, "Bi-Level threshold quantile q"), ("--beta", float, "Bi-Level boost"),
-                             ("--floor", float, "Bi-Level weight floor"), ("--noise-std", float, "OAR-G embedding noise"),
-                             ("--noise-samples", int, "OAR-G noise draws averaged"),
-                             ("--chunk-size", int, "OAR-P variants per forward pass"),
-                             ("--span", str, "reasoning steps: token, line or sentence (rollout's and the benchmark's)"),
-                             ("--max-steps", int, "rollout credit: steps per completion, more are merged")):
-        p.add_argument(flag, type=kind, help=f"{text} (default: CreditConfig's)")
+    add_credit_flags(p)  # --outcome, --threshold, --beta, ...: the CreditConfig settings that have an explain flag
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from oarl.credit import ESTIMATORS, CreditConfig
+    from oarl.credit.config import SettingError, credit_overrides, flag_name
     from oarl.data.arithmetic import REGIMES
     from oarl.devices import default_device
     from oarl.jobs import EMBEDDED
@@ -102,15 +94,13 @@ def run(args: argparse.Namespace) -> int:
         check_explain(args)
     except UsageError as exc:
         return fail(str(exc))
-    overrides = {k: getattr(args, k) for k in ("outcome", "threshold", "beta", "floor", "noise_std", "noise_samples",
-                                                  "chunk_size", "rollouts", "span", "max_steps")
-                 if getattr(args, k) is not None}
+    overrides = credit_overrides(args)
     overrides["temperature"] = args.temperature if args.temperature > 0 else 1.0  # GRAIL: the sampling temperature
     try:
         for name in estimators:
             CreditConfig(estimator=name, **overrides)
-    except ValueError as exc:
-        return fail(str(exc))
+    except SettingError as exc:
+        return fail(f"{flag_name(exc.setting)} {exc.problem}")
     if args.png is not None:  # before any long work: say now what is missing
         from oarl.report.browser import BrowserUnavailable, find_browser  # lazy: selenium is optional
 
