@@ -1,6 +1,6 @@
 """The house rules of src/oarl (docs/architecture.md): imports run one way (no cycle between oarl's modules, lazy
-imports included), no module over 500 lines, and the `oarl` command starts without torch, transformers or TRL (its
---help and each command's --help stay quick; OMP_WAIT_POLICY is set before torch loads)."""
+imports included), no module over 500 lines, and the `oarl` command starts without torch, transformers or TRL (`oarl
+--help` and `oarl eval --help` stay quick; OMP_WAIT_POLICY is set before torch loads)."""
 
 from __future__ import annotations
 
@@ -83,10 +83,11 @@ def test_module_size(name):
     assert lines <= MAX_LINES, f"{MODULES[name]} has {lines} lines: split it by what its parts do"
 
 
-def test_the_command_starts_without_torch():
-    """Building every command's parser (what `oarl --help` and `oarl eval --help` do) imports no torch, transformers
-    or TRL: start-up stays quick, and the command sets OMP_WAIT_POLICY before torch loads (oarl.cli)."""
-    code = ("import sys; from oarl.cli import build_parser; build_parser(); "
+@pytest.mark.parametrize("command", [None, "eval"])
+def test_the_command_starts_without_torch(command):
+    """Importing the command and building its parser (what `oarl --help` and `oarl eval --help` do) loads no torch,
+    transformers or TRL: start-up stays quick, and oarl.cli.main sets OMP_WAIT_POLICY before torch loads."""
+    code = (f"import sys; from oarl.cli import build_parser; build_parser({command!r}); "
             "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -35,17 +35,21 @@ class Parser(RaisingParserMixin, argparse.ArgumentParser):
     """argparse whose errors raise UsageError (one line with a "did you mean"), not the usage and an exit."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``oarl`` parser; the flags of ``command`` only (the one on the command line): a command's flags may
+    come from its library (``oarl explain``'s credit flags are ``CreditConfig``'s), which ``oarl --help`` and the
+    other commands need not load."""
     parser = Parser(prog="oarl", description="RL with verifiable rewards and token-level credit (OAR).",
                     epilog="--debug (anywhere) or OARL_DEBUG=1: show the traceback of an error.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, command in PASSTHROUGH.items():
-        sub.add_parser(name, help=command.HELP, add_help=False)
-    for name, command in COMMANDS.items():
-        p = sub.add_parser(name, help=command.HELP, description=command.HELP)
-        command.add_args(p)
-        p.set_defaults(_run=command.run, _parser=p)
+    for name, module in PASSTHROUGH.items():
+        sub.add_parser(name, help=module.HELP, add_help=False)
+    for name, module in COMMANDS.items():
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        if name == command:
+            module.add_args(p)
+        p.set_defaults(_run=module.run, _parser=p)
     return parser
 
 
@@ -112,7 +116,7 @@ def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in PASSTHROUGH:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         return PASSTHROUGH[argv[0]].run(argv[1:])
-    parser = build_parser()
+    parser = build_parser(next((a for a in argv if a in COMMANDS), None))
     args, extra = parser.parse_known_args(argv)
     if extra:  # the subcommand's flags are what a misspelt one should be compared with
         raise UsageError(f"unknown argument {extra[0]}.{unknown_flags_hint(args._parser, extra)} "
