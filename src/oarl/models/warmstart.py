@@ -34,6 +34,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from oarl.data.arithmetic import DEFAULT_REGIME, ArithmeticTask, as_dataset, demos
+from oarl.data.calculator import tool_conversations
+from oarl.data.word_problems import make_prompt, problems
+from oarl.devices import default_device, keep_process_state, mixed_precision
+from oarl.models.smollm2 import load_smollm2
+from oarl.models.tiny import build_tiny, save_tiny, with_tool_calls
+
 # Bump when the training code changes what a config produces. 2: the tokenizer is saved as a Qwen2Tokenizer
 # (AutoTokenizer loads it with the ids it was trained with).
 CACHE_VERSION = 2
@@ -61,8 +68,6 @@ def is_cached(cfg: dict) -> bool:
 
 
 def default_config() -> dict:
-    from oarl.data.arithmetic import DEFAULT_REGIME
-
     return DEFAULT_REGIME.warmstart_config()
 
 
@@ -81,8 +86,6 @@ def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int =
     out = cache_path(cfg)
     if is_cached(cfg) and not force:
         return str(out)
-    from oarl.devices import default_device, keep_process_state
-
     logger.info("warm start of %s: %d supervised steps on %s; this runs once, later runs load it from %s",
                 cfg.get("base", "the tiny model"), int(cfg["steps"]), default_device(use_cpu).type, out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,8 +119,7 @@ def sft_kwargs(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, m
     """SFTConfig's arguments for a warm start: cosine lr with warm-up, no checkpoints, no activation
     checkpointing, on the GPU (bf16 where it has bf16) or the CPU (float32) as ``oarl.devices.mixed_precision``
     decides."""
-    from oarl.devices import mixed_precision
-    from oarl.trainer import ACTIVATION_CHECKPOINTING
+    from oarl.trl_fixes import ACTIVATION_CHECKPOINTING  # lazy: imports TRL (~3 s); a cached warm start needs none
 
     seed = int(cfg.get("seed", 0))
     return dict(
@@ -178,9 +180,6 @@ def _portable(model):
 def _train(cfg: dict, out_dir: Path, log_every: int, progress: bool, use_cpu: bool = False) -> dict:
     import torch
 
-    from oarl.data.arithmetic import ArithmeticTask, as_dataset, demos
-    from oarl.models.tiny import build_tiny, save_tiny
-
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg["num_threads"]))
     task_kw = dict(cfg.get("task", {}))
@@ -193,9 +192,6 @@ def _train(cfg: dict, out_dir: Path, log_every: int, progress: bool, use_cpu: bo
 
     model, tokenizer = build_tiny({**cfg.get("model", {}), "seed": seed})
     if cfg.get("tools") == "calculator":  # conversations with a tool call: loss on the assistant's tokens only
-        from oarl.data.calculator import tool_conversations
-        from oarl.models.tiny import with_tool_calls
-
         with_tool_calls(tokenizer)
         rows = tool_conversations(steps * batch, seed=seed, task=task)
         train, extra = as_dataset([{"messages": r["messages"]} for r in rows]), {"assistant_only_loss": True}
@@ -227,14 +223,11 @@ def _train_smollm2(cfg: dict, out_dir: Path, log_every: int, progress: bool, use
     import torch
     from datasets import Dataset
 
-    from oarl.data.word_problems import make_prompt, problems
-    from oarl.models.loading import load_model
-
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg["num_threads"]))
     task = {k: tuple(v) if k == "steps" else v for k, v in cfg.get("task", {}).items()}
     seed, steps, batch = int(cfg.get("seed", 0)), int(cfg["steps"]), int(cfg["batch_size"])
-    model, tokenizer = load_model(cfg["base"])
+    model, tokenizer = load_smollm2()
     model.train()
     tokenizer.padding_side = "right"  # training pads on the right; load_model's left padding is for generation
     rows = problems("train", steps * batch, seed=seed + 1_000_003, **task)  # not the RL stream (seed + 0)
