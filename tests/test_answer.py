@@ -1,9 +1,15 @@
 """find_final_answer: the final-answer statement and its character spans."""
 
+import inspect
+
 import pytest
 
+import oarl.answer
+import oarl.expression
+from oarl.answer import extract_answer
+from oarl.credit import answer as old_answer
+from oarl.credit import expression as old_expression
 from oarl.credit import find_final_answer
-from oarl.credit.answer import extract_answer
 
 
 @pytest.mark.parametrize(("text", "answer", "lead_in", "style"), [
@@ -104,3 +110,12 @@ def test_degenerate_completions_cost_little():
     assert answers[:6] == [None, "5", None, None, "1", "7"]
     assert answers[6] == ", ".join(["1"] * 15 + ["2"]) and answers[7:] == [None, "5", ", ".join(["1"] * 16)]  # MAX_PARTS
     assert time.perf_counter() - started < 20  # about 1 s on an idle machine
+
+
+@pytest.mark.parametrize(("old", "new"), [(old_answer, oarl.answer), (old_expression, oarl.expression)])
+def test_old_module_paths_reexport_every_public_name(old, new):
+    """oarl.credit.answer and oarl.credit.expression (the parser's old home) hand on the same objects."""
+    public = {name for name, value in vars(new).items() if not name.startswith("_") and not inspect.ismodule(value)
+              and getattr(value, "__module__", new.__name__) == new.__name__}
+    assert set(old.__all__) == public
+    assert all(getattr(old, name) is getattr(new, name) for name in public)

@@ -303,7 +303,7 @@ from fractions import Fraction  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from oarl.credit.answer import extract_answer  # noqa: E402
+from oarl.answer import extract_answer  # noqa: E402
 
 NUMBER_TEXTS = st.one_of(
     st.integers(-10**7, 10**7).map(str),

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from oarl.credit.answer import find_final_answer
+from oarl.answer import find_final_answer
 from oarl.data.arithmetic import (
     DEFAULT_REGIME,
     DEFAULT_TASK,

@@ -13,7 +13,7 @@ from conftest import threads
 from datasets import Dataset
 
 from oarl import OARConfig, OARTrainer
-from oarl.credit.answer import extract_answer
+from oarl.answer import extract_answer
 from oarl.data.calculator import CalculatorEnv, calc, tool_prompts, warmstart_config
 from oarl.models.tiny import load_tiny
 from oarl.models.warmstart import warm_start

@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oarl.credit.answer import extract_answer
+from oarl.answer import extract_answer
 from oarl.data import load_train_dataset
 from oarl.data.word_problems import INSTRUCTION, SMOLLM2_REGIME, Regime, in_test_split, problems
 from oarl.rewards import is_correct

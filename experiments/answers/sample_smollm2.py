@@ -1,7 +1,7 @@
 """Sample SmolLM2-135M-Instruct completions on GSM8K and MATH-500 for the answer-finding study (issue 9).
 
 The completions are saved once (``smollm2_samples.jsonl`` beside this file) so that every rule change of
-``oarl.credit.answer`` / ``oarl.rewards`` is measured on the same text (``corpus.py``).
+``oarl.answer`` / ``oarl.rewards`` is measured on the same text (``corpus.py``).
 
 Per benchmark: the first ``--problems`` rows of a seeded shuffle, one sample per row for each of two
 instructions in the chat template: oarl eval's (``\\boxed{}``) and oarl's plain one ("The answer is").

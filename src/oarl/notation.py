@@ -18,7 +18,7 @@ digits group thousands (``1,000``, ``315/1,000``).
 Numbers are compared exactly in rationals (``as_number``: integers, decimals, fractions, mixed numbers,
 percentages, ``3.2 million``); a percentage or a scale word on one side only matches the number with or
 without it (``50\\%`` = ``50`` = ``0.5``, ``3.2 million`` = ``3200000`` = ``3.2``). Pure string code; the
-number words are the answer finder's table (``oarl.credit.expression.NUMBER_WORDS``).
+number words are the answer finder's table (``oarl.expression.NUMBER_WORDS``).
 
 **What is read is bounded** (``too_long``): an answer longer than ``MAX_ANSWER_CHARS`` is wrong, unread; the
 fast path reads powers of ten up to ``10^{999}``. Every number it builds then stays far below Python's limit on
@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from oarl.credit.expression import NUMBER_WORDS, match_brace
+from oarl.expression import NUMBER_WORDS, match_brace
 from oarl.mathverify_worker import approximately_equal
 
 _DEGREES = re.compile(r"(?<=[\d})])\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|°|\\degree\b)")

@@ -9,7 +9,7 @@ Reward functions with TRL's signature (``f(completions, **columns) -> list[float
     think_format(completions)       1.0 if it is ``<think>...</think><answer>...</answer>`` (R1-Zero, TinyZero,
                                     open-r1 recipes), else 0.0
 
-The final answer is found by ``oarl.credit.answer.extract_answer`` (the same parser the credit segmentation
+The final answer is found by ``oarl.answer.extract_answer`` (the same parser the credit segmentation
 uses). Both it and the gold go through ``oarl.notation.normalize_answer`` (one spelling for degrees,
 ordinals, scientific notation, mixed numbers, unicode operators, number words, ``-1i``, a qualifier after
 the answer), then are checked in steps:
@@ -60,7 +60,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from oarl.credit.answer import extract_answer
+from oarl.answer import extract_answer
 from oarl.notation import answer_key, as_number, canonical, fast_verdict, normalize_answer, option, too_long
 
 logger = logging.getLogger(__name__)
@@ -424,5 +424,5 @@ def think_format(completions: list, **kwargs) -> list[float]:
     </answer>`` and nothing else, else 0.0. The opening ``<think>`` may be in the prompt; spaces and newlines
     around the tags are free, the answer must not be empty, and no tag may repeat. As open-r1's ``format_reward``
     (``^<think>\\n.*?\\n</think>\\n<answer>\\n.*?\\n</answer>$``) and DeepSeek-R1-Zero's format reward, with the
-    newlines not required; ``accuracy`` reads the answer inside ``<answer>`` (``oarl.credit.answer``)."""
+    newlines not required; ``accuracy`` reads the answer inside ``<answer>`` (``oarl.answer``)."""
     return [1.0 if _think_then_answer(completion_text(c)) else 0.0 for c in completions]

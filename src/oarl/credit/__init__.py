@@ -9,7 +9,7 @@
     bilevel_weights              Bi-Level reshaping of importances into weights
 """
 
-from .answer import FinalAnswer, find_final_answer
+from oarl.answer import FinalAnswer, find_final_answer
 from .bilevel import bilevel_weights
 from .config import ESTIMATORS, OUTCOMES, CreditConfig
 from .core import CreditOutput, token_advantages

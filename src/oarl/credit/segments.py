@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .answer import find_final_answer
+from oarl.answer import find_final_answer
 from .config import SPANS, check_choice
 
 try:  # tokenizers >= 0.21

@@ -1,7 +1,7 @@
 """The embedded arithmetic task: integer arithmetic with a chain-of-thought answer, in two forms.
 
 ``tree`` (the default): bracketed pairs; the solution writes one step per pair and the final-answer
-statement (parsed by :func:`oarl.credit.answer.find_final_answer`) combines the written results in the head::
+statement (parsed by :func:`oarl.answer.find_final_answer`) combines the written results in the head::
 
     prompt:      "Q: (6+2)-(1+4)=?\\nA: "
     completion:  "6+2=8. 1+4=5. The answer is 3."                   (the trainer appends EOS)
@@ -45,7 +45,7 @@ import hashlib
 import random
 from dataclasses import dataclass, field, replace
 
-from oarl.credit.answer import extract_answer
+from oarl.answer import extract_answer
 from oarl.data.regime import Regime
 
 PROMPT_TEMPLATE = "Q: {expr}=?\nA: "

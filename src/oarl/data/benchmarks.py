@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oarl.credit.answer import find_final_answer
+from oarl.answer import find_final_answer
 from oarl.notation import MAX_ANSWER_CHARS, too_long
 from oarl.rewards import gold_answers
 
