@@ -22,8 +22,11 @@ import random
 import re
 from pathlib import Path
 
-from oarl.data.benchmarks import Schema
+from oarl.data import arithmetic, word_problems
+from oarl.data.benchmarks import Schema, gold_answer, load_jsonl
 from oarl.data.gsm import INSTRUCTION as PHRASE_INSTRUCTION  # "... end with 'The answer is N.' ..."
+from oarl.data.gsm import gsm_symbolic_rows
+from oarl.data.template import PromptTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +62,6 @@ def _dataset(rows: list[dict], instruction: str, conversational: bool, template:
     problem followed by the instruction; one user message if conversational, else plain text."""
     fill = None
     if template is not None:
-        from oarl.data.template import PromptTemplate
-
         fill = PromptTemplate(template, _fields(rows[0]) if rows else None, source=source).fill
     prompts = []
     for row in rows:
@@ -98,8 +99,6 @@ def _subsample(dataset, size: int | None, seed: int):
 
 def _arithmetic(split: str, size: int | None, seed: int, instruction: str | None, conversational: bool,
                 template: str | None):
-    from oarl.data import arithmetic
-
     n = size if size is not None else arithmetic.DEFAULT_REGIME.n_rl_prompts
     rows = arithmetic.problems(split, n, seed=seed)
     if not conversational and template is None:  # the task's own "Q: (6+2)-(1+4)=?\nA: " of the tiny model
@@ -109,8 +108,6 @@ def _arithmetic(split: str, size: int | None, seed: int, instruction: str | None
 
 
 def _gsm_symbolic(split: str, size: int | None, seed: int, instruction: str, conversational: bool, template: str | None):
-    from oarl.data.gsm import gsm_symbolic_rows
-
     n = size if size is not None else DEFAULT_SIZES["gsm-symbolic"]
     rows = [{"problem": r["question"], "answer": r["answer"], "fields": r} for r in gsm_symbolic_rows(n, seed, split)]
     return _dataset(rows, instruction, conversational, template, "gsm-symbolic")
@@ -118,20 +115,16 @@ def _gsm_symbolic(split: str, size: int | None, seed: int, instruction: str, con
 
 def _word_problems(split: str, size: int | None, seed: int, instruction: str, conversational: bool,
                    template: str | None):
-    from oarl.data.word_problems import SMOLLM2_REGIME as regime
-    from oarl.data.word_problems import problems
-
+    regime = word_problems.SMOLLM2_REGIME
     n = size if size is not None else regime.n_rl_prompts
     rows = [{"problem": r["question"], "answer": r["answer"], "fields": r}
-            for r in problems(split, n, seed, **regime.task_kwargs())]
+            for r in word_problems.problems(split, n, seed, **regime.task_kwargs())]
     return _dataset(rows, instruction, conversational, template, "word-problems")
 
 
 def _hub(name: str, split: str, size: int | None, seed: int, instruction: str, conversational: bool,
          template: str | None):
     from datasets import load_dataset
-
-    from oarl.data.benchmarks import gold_answer
 
     path, config, schema = HUB_DATASETS[name]
     try:
@@ -161,8 +154,6 @@ def _hub(name: str, split: str, size: int | None, seed: int, instruction: str, c
 def _read_jsonl(path: Path, mtime_ns: int, problem_field: str | None, answer_field: str | None):
     """Rows of a local JSONL file, read (and its fields detected and reported) once per file version; strict:
     a training set with broken rows is an error naming file:line, not a warning."""
-    from oarl.data.benchmarks import load_jsonl
-
     return tuple(load_jsonl(path, problem_field=problem_field, answer_field=answer_field, strict=True))
 
 
