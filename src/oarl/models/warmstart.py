@@ -119,7 +119,7 @@ def sft_kwargs(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, m
     """SFTConfig's arguments for a warm start: cosine lr with warm-up, no checkpoints, no activation
     checkpointing, on the GPU (bf16 where it has bf16) or the CPU (float32) as ``oarl.devices.mixed_precision``
     decides."""
-    from oarl.trl_fixes import ACTIVATION_CHECKPOINTING  # lazy: imports TRL (~3 s); a cached warm start needs none
+    from oarl.trl_fixes import ACTIVATION_CHECKPOINTING  # lazy: imports TRL (~3 s); loading a model needs none
 
     seed = int(cfg.get("seed", 0))
     return dict(
