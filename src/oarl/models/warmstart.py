@@ -108,6 +108,8 @@ def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int =
 def _sft_config(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int, use_cpu: bool,
                 **extra):
     """The SFTConfig of a warm start (see ``sft_kwargs``); ``extra``: more SFTConfig arguments."""
+    # lazy: TRL (3-5 s) loads when a warm start trains, not when oarl.models.loading (which imports this module) loads
+    # a model or finds its warm start cached
     from trl import SFTConfig
 
     return SFTConfig(**sft_kwargs(cfg, out_dir, log_every, warmup_steps=warmup_steps, max_length=max_length,
@@ -119,7 +121,7 @@ def sft_kwargs(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, m
     """SFTConfig's arguments for a warm start: cosine lr with warm-up, no checkpoints, no activation
     checkpointing, on the GPU (bf16 where it has bf16) or the CPU (float32) as ``oarl.devices.mixed_precision``
     decides."""
-    from oarl.trl_fixes import ACTIVATION_CHECKPOINTING  # lazy: imports TRL (~3 s); loading a model needs none
+    from oarl.trl_fixes import ACTIVATION_CHECKPOINTING  # lazy: TRL loads when a warm start trains (see _sft_config)
 
     seed = int(cfg.get("seed", 0))
     return dict(
@@ -148,7 +150,7 @@ def _sft_trainer(model, args, train, tokenizer, progress: bool):
     """TRL's SFTTrainer with one progress bar over the steps, the loss on it (instead of printed log lines)."""
     from tqdm.auto import tqdm
     from transformers import PrinterCallback, TrainerCallback
-    from trl import SFTTrainer
+    from trl import SFTTrainer  # lazy: as in _sft_config
 
     class Bar(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
