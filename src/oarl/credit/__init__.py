@@ -10,6 +10,7 @@
 """
 
 from oarl.answer import FinalAnswer, find_final_answer
+
 from .bilevel import bilevel_weights
 from .config import ESTIMATORS, OUTCOMES, CreditConfig
 from .core import CreditOutput, token_advantages

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from oarl.answer import find_final_answer
+
 from .config import SPANS, check_choice
 
 try:  # tokenizers >= 0.21

@@ -26,10 +26,24 @@ import json
 from pathlib import Path
 
 from oarl.models import warmstart  # the module: warmstart.warm_start is looked up at each call
-from oarl.models.directory import (TOKENIZER_FILES, WEIGHT_FILES, check_model_dir, finish_loading, load_directory,
-                                   resolve_dtype)
-from oarl.models.smollm2 import (SMOLLM2_GGUF, SMOLLM2_HUB_NAME, SMOLLM2_INSTALL_HINT, SMOLLM2_PACKAGE, cache_dir,
-                                 load_smollm2, smollm2_dir, smollm2_gguf_path)
+from oarl.models.directory import (
+    TOKENIZER_FILES,
+    WEIGHT_FILES,
+    check_model_dir,
+    finish_loading,
+    load_directory,
+    resolve_dtype,
+)
+from oarl.models.smollm2 import (
+    SMOLLM2_GGUF,
+    SMOLLM2_HUB_NAME,
+    SMOLLM2_INSTALL_HINT,
+    SMOLLM2_PACKAGE,
+    cache_dir,
+    load_smollm2,
+    smollm2_dir,
+    smollm2_gguf_path,
+)
 from oarl.models.tiny import load_tiny
 from oarl.models.tokenizers import PROBE_TEXTS, auto_tokenizer_problem, load_local_tokenizer, prepare_tokenizer
 
