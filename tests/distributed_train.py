@@ -24,9 +24,10 @@ from datasets import Dataset
 from transformers.integrations import unset_hf_deepspeed_config
 
 import oarl.trainer
-from conftest import addition_prompts, addition_reward, load_tiny_lm
 from oarl import OARConfig, OARTrainer
 from oarl.trainer import ACTIVATION_CHECKPOINTING
+
+from conftest import addition_prompts, addition_reward, load_tiny_lm
 
 MAX_STEPS = 2
 CASES = {  # credit settings; OAR-P chunks and OAR-G passes are kept small so that every pass runs several forwards

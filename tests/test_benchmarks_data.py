@@ -3,13 +3,13 @@ against themselves through math-verify; malformed rows are reported as file:line
 
 import json
 import re
-from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR, needs_data
 
 from oarl.data.benchmarks import BENCHMARKS, load_benchmark
 from oarl.rewards import verify
+
+from conftest import DATA_DIR, needs_data
 
 ROWS = {"math500": 500, "gsm8k": 1319, "aime24": 30, "amc23": 40, "minerva": 272}  # from the data README
 

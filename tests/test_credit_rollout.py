@@ -5,13 +5,14 @@ import random
 
 import pytest
 import torch
-from conftest import char_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_credit_fixtures import pad_rows
 
 from oarl.credit import CreditConfig, token_advantages
 from oarl.credit.rollout import rollout_importance, step_groups
+
+from conftest import char_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,8 +12,17 @@ from trl import GRPOConfig, TrlParser
 from oarl import OARConfig
 from oarl.cli import main
 from oarl.credit import CreditConfig
-from oarl.credit.config import (APPLY_TO, ESTIMATORS, OUTCOMES, SETTINGS, SPANS, SettingError, flag_name, help_text,
-                                trainer_name)
+from oarl.credit.config import (
+    APPLY_TO,
+    ESTIMATORS,
+    OUTCOMES,
+    SETTINGS,
+    SPANS,
+    SettingError,
+    flag_name,
+    help_text,
+    trainer_name,
+)
 from oarl.trainer import ACTIVATION_CHECKPOINTING
 
 OWN = [f for f in dataclasses.fields(CreditConfig) if not f.metadata["grpo"]]  # the settings OARConfig declares

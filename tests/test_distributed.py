@@ -28,10 +28,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import addition_prompts, load_tiny_lm, threads
-from distributed_train import CASES, MAX_STEPS
 from oarl.credit import token_advantages
 from oarl.trl_fixes import check_supported, zero3_start_of_forward_hook_off
+
+from conftest import addition_prompts, load_tiny_lm, threads
+from distributed_train import CASES, MAX_STEPS
 
 SCRIPT = Path(__file__).with_name("distributed_train.py")
 RECIPES = Path(__file__).parents[1] / "recipes" / "accelerate"

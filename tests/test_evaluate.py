@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA_DIR, needs_data, needs_user_namespaces
 
 from oarl.cli import main
 from oarl.commands.eval import EvalConfig, read_samples, run_eval
 from oarl.evaluate import benchmark_metrics, evaluate_model, majority_correct, pass_at_k
 from oarl.generation import HFBackend, build_prompt
 
-
+from conftest import DATA_DIR, needs_data, needs_user_namespaces
 
 # ------------------------------------------------------------------------------------------------ pass@k
 
@@ -206,9 +205,9 @@ def test_scoring_with_an_oracle_and_rows_without_gold(tmp_path):
 
 
 def test_evaluate_model_in_memory(tiny_dir):
-    from oarl.models.loading import load_model
-
     from tokenizers import Tokenizer
+
+    from oarl.models.loading import load_model
 
     model, tokenizer = load_model(str(tiny_dir))
     text = "What is 12+7? The answer is 19."  # not AutoTokenizer's Qwen2Tokenizer, which has other ids

@@ -7,14 +7,24 @@ from html.parser import HTMLParser
 
 import pytest
 import torch
-from conftest import load_tiny_lm
 
 from oarl.cli import main
 from oarl.report.agreement import (
-    describe, format_table, json_safe, kendall, rankdata, spearman, step_scores, summarize, top_step_hit, wrong_step,
+    describe,
+    format_table,
+    json_safe,
+    kendall,
+    rankdata,
+    spearman,
+    step_scores,
+    summarize,
+    top_step_hit,
+    wrong_step,
 )
 from oarl.report.explain import explain_batch
 from oarl.report.heatmap import NO_ANSWER_NOTE, render_html, weight_rgb
+
+from conftest import load_tiny_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

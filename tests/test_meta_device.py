@@ -25,17 +25,27 @@ from datasets import Dataset
 from test_credit_core import COMPLETIONS, PROMPTS, make_batch
 from trl import GRPOTrainer
 
-from conftest import addition_prompts, addition_reward, load_tiny_lm
 from oarl import OARConfig, OARTrainer
 from oarl.credit import (
-    OUTCOMES, CreditConfig, bilevel_weights, entropy_importance, gradient_importance, grail_saliency, grail_weights,
-    perturbation_importance, rollout_importance, segment_completions, token_advantages,
+    OUTCOMES,
+    CreditConfig,
+    bilevel_weights,
+    entropy_importance,
+    gradient_importance,
+    grail_saliency,
+    grail_weights,
+    perturbation_importance,
+    rollout_importance,
+    segment_completions,
+    token_advantages,
 )
 from oarl.credit.bilevel import reaches_threshold
 from oarl.credit.rollout import step_groups
 from oarl.report.explain import explain_batch
 from oarl.report.sampling import generate_sampler
 from oarl.trainer import ACTIVATION_CHECKPOINTING
+
+from conftest import addition_prompts, addition_reward, load_tiny_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ADVANTAGES = torch.tensor([1.0, -0.5, 0.0, 2.0])  # row 2 skipped (advantage 0); row 3 has no answer

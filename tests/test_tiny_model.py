@@ -4,12 +4,19 @@ import json
 
 import pytest
 import torch
-
 from transformers import AutoTokenizer
 
 from oarl.models.loading import PROBE_TEXTS, auto_tokenizer_problem
-from oarl.models.tiny import (ALPHABET, TinyConfig, build_tiny, build_tokenizer, is_tiny_dir, load_tiny, num_parameters,
-                              save_tiny)
+from oarl.models.tiny import (
+    ALPHABET,
+    TinyConfig,
+    build_tiny,
+    build_tokenizer,
+    is_tiny_dir,
+    load_tiny,
+    num_parameters,
+    save_tiny,
+)
 
 TEXT = "Q: 7+5*3-2=?\nA: 5*3=15. 7+15=22. 22-2=20. The answer is 20."
 TEXTS = [TEXT, "Q: (6+2)-(1+4)=?\nA: 6+2=8. 1+4=5. The answer is 3.", "  two  spaces\n\n" + ALPHABET, *PROBE_TEXTS]

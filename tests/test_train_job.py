@@ -20,10 +20,11 @@ import pytest
 import torch
 import yaml
 
-from conftest import addition_prompts, needs_user_namespaces
 from oarl.commands.train import parse_args
 from oarl.jobs import JOBS
 from oarl.runs import heldout_curve, resolved_config
+
+from conftest import addition_prompts, needs_user_namespaces
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

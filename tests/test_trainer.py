@@ -12,10 +12,11 @@ from datasets import Dataset
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from conftest import addition_prompts, addition_reward, load_tiny_lm
 from oarl import OARConfig, OARTrainer
 from oarl.credit import CreditConfig
 from oarl.trainer import ACTIVATION_CHECKPOINTING
+
+from conftest import addition_prompts, addition_reward, load_tiny_lm
 
 CREDIT_METRICS = [
     "credit/time_s", "credit/overhead", "credit/skipped_frac", "credit/no_answer_frac", "credit/weight_std",

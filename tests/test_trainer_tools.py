@@ -9,7 +9,6 @@ import re
 
 import pytest
 import torch
-from conftest import threads
 from datasets import Dataset
 
 from oarl import OARConfig, OARTrainer
@@ -18,6 +17,8 @@ from oarl.data.calculator import CalculatorEnv, calc, tool_prompts, warmstart_co
 from oarl.models.tiny import load_tiny
 from oarl.models.warmstart import warm_start
 from oarl.rewards import completion_text
+
+from conftest import threads
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory and rollout_func are experimental in TRL
 

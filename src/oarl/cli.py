@@ -19,9 +19,18 @@ import logging
 import os
 import signal
 import sys
+
 from oarl.commands import compare, explain, train
 from oarl.commands import eval as eval_command
-from oarl.errors import Interrupted, RaisingParserMixin, Terminated, UsageError, raise_terminated, stopped, unknown_flags_hint
+from oarl.errors import (
+    Interrupted,
+    RaisingParserMixin,
+    Terminated,
+    UsageError,
+    raise_terminated,
+    stopped,
+    unknown_flags_hint,
+)
 
 # ------------------------------------------------------------------------------------------------ dispatch
 

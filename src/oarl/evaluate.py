@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from oarl.credit.answer import extract_answer
+from oarl.answer import extract_answer
 from oarl.generation import HFBackend, Sampling, build_prompt
 from oarl.rewards import DEFAULT_TIMEOUT_S, gold_answers, group_by_value, matches_gold
 

@@ -19,7 +19,6 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import yaml

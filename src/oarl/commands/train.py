@@ -28,8 +28,17 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from oarl.errors import (DiskFull, Interrupted, RaisingParserMixin, UsageError, did_you_mean, disk_full,
-                         removed_on_failure, stopped, unknown_flags_hint)
+from oarl.errors import (
+    DiskFull,
+    Interrupted,
+    RaisingParserMixin,
+    UsageError,
+    did_you_mean,
+    disk_full,
+    removed_on_failure,
+    stopped,
+    unknown_flags_hint,
+)
 
 if TYPE_CHECKING:
     from oarl.jobs import TrainArgs
@@ -193,8 +202,19 @@ def train_in(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | No
     from oarl.generation import CPU_KV_CACHE_GIB
     from oarl.jobs import find_job, load_model_and_data
     from oarl.report.plots import make_plots
-    from oarl.runs import (HELDOUT_BEFORE, HeldoutEval, MetricsWriter, Progress, WallClock, format_summary,
-                           heldout_curve, heldout_row, resolved_config, save_heldout_before, truncate_metrics)
+    from oarl.runs import (
+        HELDOUT_BEFORE,
+        HeldoutEval,
+        MetricsWriter,
+        Progress,
+        WallClock,
+        format_summary,
+        heldout_curve,
+        heldout_row,
+        resolved_config,
+        save_heldout_before,
+        truncate_metrics,
+    )
     from oarl.trainer import OARTrainer
 
     precision = "bf16 mixed precision (--bf16 false: float32)" if config.bf16 else "fp16 mixed precision" if config.fp16 \

@@ -31,7 +31,8 @@ from torch.profiler import record_function
 
 from .config import OUTCOMES, check_choice, check_noise_samples, check_noise_std
 from .outcome import final_outcome, outcome_divergence, outcome_keep
-from .probe import activation_checkpointing as checkpointed, align_to_end, eval_mode, forward_logits
+from .probe import activation_checkpointing as checkpointed
+from .probe import align_to_end, eval_mode, forward_logits
 
 
 def gradient_importance(

@@ -37,8 +37,14 @@ from .bilevel import reaches_threshold
 from .config import OUTCOMES, check_choice, check_chunk_size, check_reuse_prefix
 from .outcome import final_outcome, outcome_divergence, outcome_keep
 from .probe import (
-    AlignedProbe, align_to_end, eval_mode, forward_logits, forward_logits_after_prefix, keeps_every_column,
-    prefix_cache, trim_left,
+    AlignedProbe,
+    align_to_end,
+    eval_mode,
+    forward_logits,
+    forward_logits_after_prefix,
+    keeps_every_column,
+    prefix_cache,
+    trim_left,
 )
 
 logger = logging.getLogger(__name__)

@@ -18,15 +18,16 @@ from typing import Sequence
 
 import torch
 
+from oarl.answer import extract_answer
 from oarl.credit import CreditConfig, segment_completions, token_advantages
-from oarl.credit.answer import extract_answer
 from oarl.credit.rollout import step_groups
 from oarl.credit.segments import own_text
 from oarl.data.arithmetic import demos, problems
 from oarl.generation import HFBackend, Sampling, build_prompt
 from oarl.report.agreement import json_safe
-from oarl.report.heatmap import (NO_ANSWER_NOTE, NO_REASONING_NOTE, Section, render_page, segment_labels)
+from oarl.report.heatmap import NO_ANSWER_NOTE, NO_REASONING_NOTE, Section, render_page, segment_labels
 from oarl.report.plots import agreement_plot
+
 
 def encode_completion(tokenizer, text: str) -> tuple[list[int], list[str], list[tuple[int, int]]]:
     """Token ids of ``text`` (no special tokens), each token's text and its [start, end) character span."""
