@@ -110,8 +110,18 @@ def parse_args(argv: list[str] | None = None):
     parser = Parser((TrainArgs, OARConfig), prog="oarl train", formatter_class=Formatter)
     defaults = {**trainer_defaults(model, dataset, use_cpu, AUTO_DIR), "dataset": dataset}
     parser.set_defaults(**defaults)
-    train_args, config, unknown_keys, unknown_args = parser.parse_args_and_config(
-        argv, return_remaining_strings=True, separate_remaining_strings=True)
+    try:
+        train_args, config, unknown_keys, unknown_args = parser.parse_args_and_config(
+            argv, return_remaining_strings=True, separate_remaining_strings=True)
+    except ValueError as exc:
+        given = any(a.split("=")[0] in ("--generation_batch_size", "--steps_per_generation") for a in argv) or {
+            "generation_batch_size", "steps_per_generation"} & set(from_yaml)
+        if "generation_batch_size" not in defaults or "generation_batch_size" not in str(exc) or given:
+            raise
+        raise UsageError(f"{str(exc).rstrip('.')}: this job samples the completions of several steps in one "
+                         f"generation call (generation_batch_size {defaults['generation_batch_size']}); with another "
+                         "--per_device_train_batch_size, give --generation_batch_size too, a multiple of it (times "
+                         "the number of processes)") from None
     if unknown_args:
         raise UsageError(f"unknown flag {unknown_args[0]}.{unknown_flags_hint(parser, unknown_args)} "
                          "(see `oarl train --help`)")
