@@ -71,6 +71,8 @@ CASES = [  # (argv, exit status, what the one line must say)
     (["eval", "--model", "tiny", "--max-new-tokens", "0"], 2, "--max-new-tokens 0: must be an integer >= 1"),
     (["eval", "--model", "tiny", "--limit", "0"], 2, "--limit 0: must be an integer >= 1"),
     (["eval", "--model", "tiny", "--verify-timeout", "nan"], 2, "--verify-timeout nan: must be a number of seconds > 0"),
+    (["train", "--dataset", "{words}", "--eval_dataset", "{words}", "--eval_size", "0"], 2,
+     "would not be used: --eval_size 0 turns held-out evaluation off; drop one of the two"),
     # the embedded job's generation batch (4 steps of 64 completions) does not divide by another micro-batch
     (["train", "--per_device_train_batch_size", "3", "--num_generations", "4"], 2,
      "generation_batch_size (256) must be divisible by the global batch size (3): this job samples the completions "

@@ -176,6 +176,9 @@ def check_job(train_args: TrainArgs, config) -> None:
     if config.max_steps < -1:
         raise UsageError(f"--max_steps {config.max_steps} would train num_train_epochs: give the number of steps "
                          "(>= 1), or -1 to train num_train_epochs")
+    if train_args.eval_dataset and train_args.eval_size == 0:
+        raise UsageError(f"--eval_dataset {train_args.eval_dataset} would not be used: --eval_size 0 turns held-out "
+                         "evaluation off; drop one of the two")
     embedded = [f"--{f}" for f in ("prompt_template", "eval_dataset") if getattr(train_args, f)]
     if find_job(train_args.model, train_args.dataset) is EMBEDDED and embedded:
         raise UsageError(f"{' and '.join(embedded)} apply to --dataset FILE or a named dataset; the embedded job (tiny "

@@ -292,6 +292,10 @@ def _run_eval(cfg, backend, tokenizer, t0, model_path, k_list, chat, benchmarks,
     todo = {name: [r for r in rows if (name, r["id"]) not in done] for name, rows in benchmarks}
     num_todo = sum(len(v) for v in todo.values())
     if num_todo and backend is None:
+        if not cfg.progress:  # --no-progress: no bar of transformers' either (loading the weights)
+            from transformers.utils import logging as hf_logging  # lazy: a run loads transformers, --help does not
+
+            hf_logging.disable_progress_bar()
         backend, tokenizer, chat = load_backend(model_path, cfg.backend, chat=chat, dtype=cfg.dtype, device=cfg.device,
                                                 seed=cfg.seed, batch_size=cfg.batch_size)
     elif chat is None:

@@ -49,7 +49,9 @@ def check_model_dir(path: str | os.PathLike) -> None:
     save that was cut short). Reads only the safetensors headers."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise ValueError(f"{path} is a directory but not a Hugging Face model directory (no config.json)")
+        raise ValueError(f"{path} is a directory but not a Hugging Face model directory (no config.json): give a "
+                         "folder written by save_pretrained (config.json, weights, tokenizer files), an `oarl train` "
+                         "run directory, or a hub name")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ValueError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): save the tokenizer "
                          "with the model (tokenizer.save_pretrained(path)), or copy its files there")
