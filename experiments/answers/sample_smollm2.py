@@ -7,7 +7,7 @@ Per benchmark: the first ``--problems`` rows of a seeded shuffle, one sample per
 instructions in the chat template: oarl eval's (``\\boxed{}``) and oarl's plain one ("The answer is").
 ``--backend vllm`` (run with a Python that has vLLM, e.g. the CPU build) is much faster than HF
 ``generate`` here: 13 minutes for these 256 rows on the loaded 2-core box, where HF took 53 minutes for
-the first 16 (ANSWERS.md).
+the first 16 (README.md beside this file).
 
     PYTHONPATH=src python experiments/answers/sample_smollm2.py --problems 64 --backend vllm
 """

@@ -1,6 +1,6 @@
 """The embedded default job end to end, timed: warm start (cached), evaluation before, RL, evaluation after.
 
-    OARL_CACHE=/tmp/fresh python experiments/default_run.py [--credit none|gradient] [--threads 2]
+    OARL_CACHE=/tmp/fresh python experiments/regime/default_run.py [--credit none|gradient] [--threads 2]
 
 Uses DEFAULT_REGIME exactly (oarl.data.arithmetic). Prints one table: avg@n at T=1 and greedy, before and
 after, per split, with SE and n; the paired difference with its SE; and the wall time of every phase.

@@ -1,6 +1,6 @@
 """Plain GRPO (or OAR via --credit) from a cached warm start; evaluates before and after.
 
-    python experiments/grpo_probe.py --sft-steps 300 --rl-steps 60 --lr 1e-4 [--credit none|gradient]
+    python experiments/regime/grpo_probe.py --sft-steps 300 --rl-steps 60 --lr 1e-4 [--credit none|gradient]
 
 Prints avg@n at T=1 (SE over problems), greedy accuracy, the paired difference after-before with its
 paired SE, and the wall times of RL and evaluation. Before-numbers are cached next to the warm start.

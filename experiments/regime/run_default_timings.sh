@@ -1,9 +1,9 @@
 #!/bin/sh
-# The three timed default runs of experiments/REGIME.md, one after the other (never in parallel):
+# The three timed default runs of experiments/regime/README.md, one after the other (never in parallel):
 # first run (fresh cache, warm start included), cached run (plain GRPO), cached run with OAR-G.
 # Env: THREADS (torch threads, default 1), OARL_CACHE, KEEP_CACHE=1 (do not wipe the cache), RUNS.
 cd "$(dirname "$0")"
-export PYTHONPATH="$PWD/../src:$PWD" OARL_CACHE="${OARL_CACHE:-/tmp/oarl_timing_cache}"
+export PYTHONPATH="$PWD/../../src:$PWD" OARL_CACHE="${OARL_CACHE:-/tmp/oarl_timing_cache}"
 mkdir -p logs
 [ "${KEEP_CACHE:-0}" = 1 ] || rm -rf "$OARL_CACHE"
 for what in ${RUNS:-first:none cached:none cached:gradient}; do

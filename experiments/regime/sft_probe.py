@@ -1,6 +1,6 @@
 """Warm start with a given config, then evaluate it: avg@n at T=1 and greedy on test and hard.
 
-    python experiments/sft_probe.py --steps 300 --lr 2e-3 [--ops +-*] [--flaw 0.3] [--hidden 128 ...]
+    python experiments/regime/sft_probe.py --steps 300 --lr 2e-3 [--ops +-*] [--flaw 0.3] [--hidden 128 ...]
 """
 
 import argparse

@@ -1,8 +1,8 @@
 """The default job (`oarl train`, 40 steps) run twice: once without interruption, once stopped by Ctrl-C (SIGINT)
 right after its checkpoint at step K and resumed with the command it printed. Prints the largest difference of
-the final parameters, the held-out numbers of both and the wall times. See experiments/RESUME.md.
+the final parameters, the held-out numbers of both and the wall times. See experiments/resume/README.md.
 
-    python experiments/resume_default_job.py OUT [K] [extra `oarl train` flags]
+    python experiments/resume/resume_default_job.py OUT [K] [extra `oarl train` flags]
 """
 
 import json

@@ -1,4 +1,4 @@
-"""Per-run table of an `oarl compare` SmolLM2 study folder (experiments/SMOLLM2.md 3h):
+"""Per-run table of an `oarl compare` SmolLM2 study folder (experiments/smollm2/README.md 3h):
 
     PYTHONPATH=src python experiments/smollm2/per_run_table.py runs/smol-p16
 """

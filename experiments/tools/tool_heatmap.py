@@ -2,7 +2,7 @@
 OARTrainer trains it a few steps with OAR-G, and the completions of its last generation batch are explained by every
 estimator that takes tool masks (OAR-G, OAR-P, entropy, GRAIL), with the tool's spans marked.
 
-    .venv/bin/python experiments/tool_heatmap.py [--steps 4] [--out docs]
+    .venv/bin/python experiments/tools/tool_heatmap.py [--steps 4] [--out docs]
 
 Writes OUT/tool-heatmap.html (and OUT/tool-heatmap.png with headless Chromium, when installed) and prints the run's
 metrics and, per estimator, how much importance and weight the tool tokens got (0 by construction: the check) and the

@@ -13,7 +13,7 @@ train`) and ``OARConfig`` (its bf16 default). ``use_cpu=True`` (``--use_cpu true
 Precision on a GPU: bf16 mixed precision where the GPU runs it natively (``torch.cuda.is_bf16_supported()``:
 Ampere and later), as TRL's GRPOConfig defaults to; float32 on older GPUs (fp16 would need loss scaling, and
 GRPO's importance ratios are sensitive to it). On the CPU: float32, or bf16 autocast where a job asks for it and
-the CPU runs bf16 natively (the SmolLM2 job: experiments/SMOLLM2.md §3f).
+the CPU runs bf16 natively (the SmolLM2 job: experiments/smollm2/README.md §3f).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ class Job:
 EMBEDDED = Job("embedded", "tiny", "arithmetic", arithmetic.REGIMES, "default.yaml", {"save_total_limit": 2},
                chat=False)
 # a credit pass holds no more rows than a training micro-batch; OAR-P perturbs whole sentences (token by token it
-# costs ~50 training steps per 256-token completion on this model: experiments/SMOLLM2.md)
+# costs ~50 training steps per 256-token completion on this model: experiments/smollm2/README.md)
 SMOLLM2 = Job("smollm2", "smollm2-135m", "word-problems", {"tree": SMOLLM2_REGIME}, "smollm2-135m-cpu.yaml",
               {"credit_batch_size": SMOLLM2_REGIME.micro_batch_size, "credit_span": "sentence", "save_total_limit": 1})
 JOBS = (EMBEDDED, SMOLLM2)
@@ -157,7 +157,7 @@ def trainer_defaults(model: str, dataset: str, use_cpu: bool, output_dir: str) -
     """What replaces GRPOConfig's defaults in ``oarl train``: the device and precision, a log row per step, no
     reporting integrations, and the job's settings if ``(model, dataset)`` is a job. The SmolLM2 job runs bf16
     autocast on a CPU with bf16 instructions (avx512_bf16, AMX): 1.8x faster steps on the one that measured the
-    regime, the same losses to 1e-4 (experiments/SMOLLM2.md §3f); elsewhere bf16 is emulated, and float32 is used."""
+    regime, the same losses to 1e-4 (experiments/smollm2/README.md §3f); elsewhere bf16 is emulated, and float32 is used."""
     job = find_job(model, dataset)
     cpu_bf16 = job is SMOLLM2 and cpu_has_bf16()
     defaults = {"output_dir": output_dir, **device_defaults(use_cpu, cpu_bf16), "report_to": "none", "logging_steps": 1}

@@ -16,14 +16,14 @@ Why the default is ``tree``: OAR credits a token by how much it moves the model'
 the completion held fixed. In a chain the answer copies the last written result, so an earlier result
 moves it hardly at all, even when it is the error that made the answer wrong; in ``tree`` every written
 result feeds the answer directly, so the tokens that decide the answer are the ones OAR can see
-(experiments/REGIME.md, section 4, measures both).
+(experiments/regime/README.md, section 4, measures both).
 
 Every value of a correct solution (written results and, for ``tree``, the head computation) lies in
 [0, max_value]. The default task (:data:`DEFAULT_TASK`) is the one a 1M-parameter model learns within the
 CPU budget: ``+`` and ``-`` only, operands 1..9, every value in 0..9 (so each result is exactly one
 character token), 2 pairs for train/test and 3 for hard, e.g. ``Q: (7+2)-(5-3)=?`` ->
 ``7+2=9. 5-3=2. The answer is 7.`` (``*``, two-digit values and the chain form are options; a 1M model
-learns ``*`` and two-digit values several times slower, see experiments/REGIME.md).
+learns ``*`` and two-digit values several times slower, see experiments/regime/README.md).
 
 Splits are disjoint by construction: a problem belongs to the test pool when a stable hash of its
 expression falls in the test bucket (``test_fraction`` of all expressions), and ``train`` only ever draws
@@ -36,7 +36,7 @@ carries ONE wrong written result (off by a small amount) that propagates to the 
 first wrong result (the pivotal tokens), ``error_step`` its step index.
 
 The default regime of the embedded job (task, warm start, RL and evaluation sizes) is
-:data:`DEFAULT_REGIME`; its numbers are measured in ``experiments/REGIME.md``.
+:data:`DEFAULT_REGIME`; its numbers are measured in ``experiments/regime/README.md``.
 """
 
 from __future__ import annotations
@@ -318,7 +318,7 @@ def reward(completions: list, answer: list, **kwargs) -> list[float]:
 
 
 # The embedded default job (oarl.jobs.EMBEDDED): task, model, warm start, RL and evaluation sizes, measured in
-# experiments/REGIME.md. RL: each optimizer step takes 8 prompts x 8 completions; one generation call samples
+# experiments/regime/README.md. RL: each optimizer step takes 8 prompts x 8 completions; one generation call samples
 # the completions of 4 steps at once (cheaper per completion on a CPU).
 DEFAULT_REGIME = Regime(
     task=ArithmeticTask(),
@@ -330,7 +330,7 @@ DEFAULT_REGIME = Regime(
     eval_problems=256, eval_samples=4, hard_eval_problems=128, hard_max_new_tokens=72,
 )
 DEFAULT_TASK = DEFAULT_REGIME.task
-# The embedded regimes by task form: "chain" is the first default (experiments/REGIME.md, sections 1-3), kept
+# The embedded regimes by task form: "chain" is the first default (experiments/regime/README.md, sections 1-3), kept
 # so that its measurements can be reproduced (`oarl train --task chain`).
 REGIMES = {
     "tree": DEFAULT_REGIME,

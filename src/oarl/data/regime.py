@@ -2,7 +2,7 @@
 
 One type for every job (``oarl.jobs``): the embedded tiny model on arithmetic (``oarl.data.arithmetic.REGIMES``) and
 SmolLM2-135M on word problems (``oarl.data.word_problems.SMOLLM2_REGIME``). Every number of those two instances is
-measured in experiments/REGIME.md and experiments/smollm2/README.md.
+measured in experiments/regime/README.md and experiments/smollm2/README.md.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ with a worked solution in plain English (used as a reference and for an optional
 Every count along the way stays in [0, ``max_value``]. Splits are disjoint by construction, as in
 :mod:`oarl.data.arithmetic`: a problem belongs to the test pool when a stable hash of its question falls in
 the test bucket (``TEST_FRACTION``), and ``train`` only draws questions outside it. The difficulty knob is
-the number of events (``steps``); experiments/SMOLLM2.md measures SmolLM2-135M-Instruct on each.
+the number of events (``steps``); experiments/smollm2/README.md measures SmolLM2-135M-Instruct on each.
 """
 
 from __future__ import annotations
@@ -168,10 +168,10 @@ class WordProblemTask:
 
 
 # The job ``oarl train --model smollm2-135m`` runs by default (oarl.jobs.SMOLLM2): task, RL and evaluation sizes
-# chosen so that a step fits a laptop CPU (every value measured in experiments/SMOLLM2.md). The warm start: 50
+# chosen so that a step fits a laptop CPU (every value measured in experiments/smollm2/README.md). The warm start: 50
 # supervised steps on worked solutions. RL: 16 problems x 4 samples at T=1.0, lr 1e-5, trained in micro-batches of 8,
 # bf16 autocast where the CPU has bf16 instructions (oarl.jobs): GRPO gained +0.113 ± 0.021 and +0.115 ± 0.022 on
-# seeds 0 and 1 in 20 steps (experiments/SMOLLM2.md §3g). At 8 problems x 4 held-out accuracy drifted either way
+# seeds 0 and 1 in 20 steps (experiments/smollm2/README.md §3g). At 8 problems x 4 held-out accuracy drifted either way
 # (+0.053, -0.092); at 4 x 8, T=0.7 the warm start's groups mostly agreed; lr 2e-5 lowered accuracy, 5e-6 left it
 # flat (§3a-3e). Held-out: 256 problems x 2 samples (a problem's samples mostly agree, so problems, not samples,
 # shrink the SE).
