@@ -15,10 +15,11 @@ T_START = time.perf_counter()
 
 import torch  # noqa: E402
 
-from common import evaluate, fmt, paired  # noqa: E402
+from common import evaluate, fmt  # noqa: E402
 from oarl.data.arithmetic import DEFAULT_REGIME as R, as_dataset, problems, reward  # noqa: E402
 from oarl.models.tiny import load_tiny  # noqa: E402
 from oarl.models.warmstart import is_cached, warm_start  # noqa: E402
+from oarl.train import heldout_gain  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--credit", default="none")
@@ -83,7 +84,7 @@ if overhead:
     print(f"credit overhead (mean of logged): {sum(overhead) / len(overhead):.3f}")
 for split in before:
     b, f = before[split], after[split]
-    d, dse = paired(b["per_problem"], f["per_problem"])
+    d, dse = heldout_gain(b, f)
     print(f"{split:5s} before {fmt(b)}")
     print(f"{split:5s} after  {fmt(f)}")
     print(f"{split:5s} delta avg@{f['n_samples']} = {d:+.3f} (paired SE {dse:.3f}; {d / b['se']:.1f} x SE_before)")

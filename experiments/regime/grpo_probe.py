@@ -13,10 +13,11 @@ import time
 
 import torch
 
-from common import evaluate, fmt, paired
+from common import evaluate, fmt
 from oarl.data.arithmetic import DEFAULT_REGIME, ArithmeticTask, as_dataset, problems, reward
 from oarl.models.tiny import load_tiny
 from oarl.models.warmstart import warm_start
+from oarl.train import heldout_gain
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--sft-steps", type=int, default=DEFAULT_REGIME.sft_steps)
@@ -109,7 +110,7 @@ if hard:
     after["hard"] = evaluate(trainer.model, tok, hard, n=a.n, max_new_tokens=MCL_HARD)
 t_ev = time.perf_counter() - t1
 for k, v in after.items():
-    d, dse = paired(before[k]["per_problem"], v["per_problem"])
+    d, dse = heldout_gain(before[k], v)
     z = (v["avg"] - before[k]["avg"]) / before[k]["se"]
     print(f"[{a.tag}] after  {k}: {fmt(v)} | delta={d:+.3f} paired_se={dse:.3f} (delta/se_before={z:.1f})")
 print(f"[{a.tag}] rl={t_rl:.1f}s ({t_rl/a.rl_steps:.2f}s/step) eval_after={t_ev:.1f}s total={time.perf_counter()-T0:.1f}s")
