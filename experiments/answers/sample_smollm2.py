@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from oarl.data.benchmarks import load_benchmark
-from oarl.generation import CHAT_TEMPLATE, HFBackend, Sampling, VLLMBackend
+from oarl.generation import CHAT_TEMPLATE, HFBackend, Sampling, VLLMBackend, build_prompt
 from oarl.models.loading import load_model, smollm2_dir
 
 OUT = Path(__file__).with_name("smollm2_samples.jsonl")
@@ -69,8 +69,7 @@ def main() -> None:
             todo = [r for r in rows if (name, r["id"], style) not in done]
             for start in range(0, len(todo), args.batch_size):
                 chunk = todo[start : start + args.batch_size]
-                prompts = [tok.apply_chat_template([{"role": "user", "content": template.replace("{problem}", r["problem"])}],
-                                                   tokenize=False, add_generation_prompt=True) for r in chunk]
+                prompts = [build_prompt(r, tok, template, chat=True) for r in chunk]
                 gens = backend.generate(prompts, 1, sampling)
                 with args.out.open("a") as f:
                     for r, (g,) in zip(chunk, gens):
