@@ -1,7 +1,9 @@
 """Shared fixtures: a tiny character-level Qwen2 language model, built and briefly trained in-process.
 
-The model learns the format ``Q: a+b=?\nA: a+b=c. The answer is c.`` (with some wrong sums) in a few
-seconds, so that sampled completions are parsable and a group of them has mixed rewards: exactly what
+The model is ``oarl.models.tiny``'s (its character tokenizer, :func:`~oarl.models.tiny.build_tiny` with the
+small :data:`FIXTURE_TINY` shape, saved with :func:`~oarl.models.tiny.save_tiny`), so the tests train the
+tokenizer and model that the package ships. It learns the format ``Q: a+b=?\nA: a+b=c. The answer is c.``
+(with some wrong sums) in a few seconds, so that sampled completions are parsable and a group of them has mixed rewards: exactly what
 the trainer and estimator tests need, with no download.
 
 No test may depend on which tests ran before it: every test starts from the same global random state
@@ -16,6 +18,7 @@ it skip without it, except under CI (``CI=true``), where a missing data director
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
 import re
@@ -23,10 +26,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
+from oarl.models.tiny import TinyConfig, build_tiny, save_tiny
+
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 DATA_DIR = Path(os.environ.get("OARL_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks")
 
@@ -82,15 +84,6 @@ def one_thread():
         yield
 
 
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
-    vocab.update({c: i + 3 for i, c in enumerate(CHARS)})
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-
-
 def addition_example(rng: random.Random, wrong_frac: float = 0.2) -> tuple[str, str, str]:
     a, b = rng.randint(0, 9), rng.randint(0, 9)
     c = a + b
@@ -98,50 +91,37 @@ def addition_example(rng: random.Random, wrong_frac: float = 0.2) -> tuple[str, 
     return f"Q: {a}+{b}=?\nA: ", f"{a}+{b}={shown}. The answer is {shown}.", str(c)
 
 
+# The fixture model's shape: 2 blocks of width 64 (the default tiny model has 4 of width 128), trained in seconds.
+FIXTURE_TINY = TinyConfig(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_position_embeddings=128)
+
+
 def train_tiny_lm(steps: int = 300, seed: int = 0):
     """The same weights whatever ran before and on any machine (own seed, one thread, global RNG untouched)."""
+    rng = random.Random(seed)
     with torch.random.fork_rng(devices=[]), threads(1):
         torch.manual_seed(seed)
-        return _train_tiny_lm(steps, random.Random(seed))
-
-
-def _train_tiny_lm(steps: int, rng: random.Random):
-    tokenizer = char_tokenizer()
-    config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-        tie_word_embeddings=True,
-    )
-    model = Qwen2ForCausalLM(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        texts = [p + c for p, c, _ in (addition_example(rng) for _ in range(32))]
-        batch = tokenizer([t + tokenizer.eos_token for t in texts], return_tensors="pt", padding=True)
-        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.eval()
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model, tokenizer
+        model, tokenizer = build_tiny(dataclasses.replace(FIXTURE_TINY, seed=seed))
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(steps):
+            texts = [p + c for p, c, _ in (addition_example(rng) for _ in range(32))]
+            # right padding: every training sequence starts at position 0
+            batch = tokenizer([t + tokenizer.eos_token for t in texts], return_tensors="pt", padding=True,
+                              padding_side="right")
+            labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+            model(**batch, labels=labels).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    return model.eval(), tokenizer
 
 
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory):
-    """Directory of a saved tiny trained model and its tokenizer (load the tokenizer as PreTrainedTokenizerFast)."""
+    """Directory of a saved tiny trained model and its tokenizer (:func:`oarl.models.tiny.save_tiny`; read it with
+    :func:`oarl.models.tiny.load_tiny`, ``AutoTokenizer`` or ``oarl --model DIR``)."""
     path = tmp_path_factory.mktemp("tiny_lm")
-    model, tokenizer = train_tiny_lm()
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    save_tiny(*train_tiny_lm(), path)
     return path
-
-
-def load_tiny_lm(path):
-    return Qwen2ForCausalLM.from_pretrained(path), PreTrainedTokenizerFast.from_pretrained(path)
 
 
 def addition_prompts(n: int, seed: int = 1) -> list[dict]:
@@ -160,7 +140,8 @@ def addition_reward(completions, answer, **kwargs):
     return out
 
 
-# The credit tests' tokenizer and model (tests/test_credit_fixtures.py), one of each per test module.
+# The credit tests' BPE tokenizer and random model (tests/test_credit_fixtures.py says why not the tiny model's),
+# one of each per test module.
 @pytest.fixture(scope="module")
 def tok():
     from test_credit_fixtures import bpe_tokenizer

@@ -25,9 +25,10 @@ from transformers.integrations import unset_hf_deepspeed_config
 
 import oarl.trainer
 from oarl import OARConfig, OARTrainer
+from oarl.models.tiny import load_tiny
 from oarl.trainer import ACTIVATION_CHECKPOINTING
 
-from conftest import addition_prompts, addition_reward, load_tiny_lm
+from conftest import addition_prompts, addition_reward
 
 MAX_STEPS = 2
 CASES = {  # credit settings; OAR-P chunks and OAR-G passes are kept small so that every pass runs several forwards
@@ -146,7 +147,7 @@ def main():
         # loaded before them is built whole and partitioned by deepspeed.initialize. "zero3-noinit" runs the latter.
         if backend == "zero3-noinit":
             unset_hf_deepspeed_config()  # the previous case's arguments set it: as in a fresh process
-            model, tokenizer = load_tiny_lm(model_dir)
+            model, tokenizer = load_tiny(model_dir)
         args = OARConfig(
             output_dir=str(out / case), per_device_train_batch_size=4, num_generations=4, max_completion_length=32,
             max_steps=MAX_STEPS, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", seed=0,
@@ -156,7 +157,7 @@ def main():
         if backend == "fsdp2":
             fsdp2_shim(args)
         if backend != "zero3-noinit":
-            model, tokenizer = load_tiny_lm(model_dir)
+            model, tokenizer = load_tiny(model_dir)
         built_partitioned = hasattr(next(model.parameters()), "ds_id")  # built under deepspeed.zero.Init
         trainer = OARTrainer(model=model, reward_funcs=[skewed_reward], args=args,
                              train_dataset=Dataset.from_list(addition_prompts(16)), processing_class=tokenizer)

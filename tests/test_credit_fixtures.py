@@ -1,5 +1,8 @@
 """Builders shared by the credit tests (no tests here): a small byte-level BPE tokenizer trained in-process
-on a few math-style sentences, and a tiny randomly initialised Qwen2 on its vocabulary."""
+on a few math-style sentences, and a tiny randomly initialised Qwen2 on its vocabulary.
+
+They are not ``oarl.models.tiny``'s tokenizer and model (the trained fixture model in ``conftest.py`` is), because
+they test what that character-level model cannot express; see each builder's docstring."""
 
 from __future__ import annotations
 
@@ -25,6 +28,10 @@ SPECIAL = ["<pad>", "<eos>"]
 
 @functools.lru_cache(maxsize=1)
 def bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer like the ones real models use, where a word or a number is several characters in
+    one token, a token can straddle the edge of the final answer, the same text has non-canonical tokenisations,
+    and every byte (multibyte UTF-8 characters included) encodes. The credit core must segment such completions;
+    the tiny model's one-token-per-character tokenizer (tested beside it) cannot show any of this."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -36,6 +43,10 @@ def bpe_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_qwen2(vocab_size: int, seed: int = 0, dtype=torch.float64) -> Qwen2ForCausalLM:
+    """A random Qwen2 for equivalence tests against slow references: float64, any vocabulary (the BPE tokenizer's or
+    random ids), untied output head, larger-than-default init (logits far from uniform), and grouped-query attention
+    (2 key/value heads for 4 query heads, as in Qwen2 and SmolLM2) that the key/value-cache prefix reuse must handle.
+    ``oarl.models.tiny.build_tiny`` has none of these (its ``TinyConfig`` gives one key/value head per query head)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _tiny_qwen2(vocab_size, dtype)

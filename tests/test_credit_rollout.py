@@ -11,12 +11,11 @@ from test_credit_fixtures import pad_rows
 
 from oarl.credit import CreditConfig, token_advantages
 from oarl.credit.rollout import rollout_importance, step_groups
-
-from conftest import char_tokenizer
+from oarl.models.tiny import build_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TOK = char_tokenizer()
+TOK = build_tokenizer()
 PROMPT = "Q: a, b, c?\nA: "
 RIGHT = ["a=1.", "b=2.", "c=3."]  # the reward depends on the second step only
 WRONG_B = "b=5."

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 from test_credit_fixtures import bpe_tokenizer, pad_rows
 
 from oarl.credit import find_final_answer, segment_completions
+from oarl.models.tiny import build_tokenizer
 
 
 def encode(tok, text, eos=True):
@@ -188,12 +189,6 @@ ENDINGS = [
 ]
 
 
-def _char_tokenizer():
-    from oarl.models.tiny import build_tokenizer
-
-    return build_tokenizer()
-
-
 def _smollm2_tokenizer():
     from transformers import AutoTokenizer
 
@@ -205,7 +200,7 @@ def _smollm2_tokenizer():
         pytest.skip(str(exc))
 
 
-@pytest.mark.parametrize("make_tokenizer", [_char_tokenizer, _smollm2_tokenizer], ids=["char", "smollm2"])
+@pytest.mark.parametrize("make_tokenizer", [build_tokenizer, _smollm2_tokenizer], ids=["char", "smollm2"])
 def test_answer_mask_is_the_answer_expression(make_tokenizer):
     tok = make_tokenizer()
     ids, mask, seg = segment(tok, [encode(tok, text) for text, _, _ in ENDINGS])
@@ -220,7 +215,7 @@ def test_answer_mask_is_the_answer_expression(make_tokenizer):
         extra = len(answer_tokens) - start - len(answer)
         assert start < len(tokens[0]) and extra < len(tokens[-1]), (text, tokens)
         assert rest == after[extra:], text
-        if make_tokenizer is _char_tokenizer:
+        if make_tokenizer is build_tokenizer:
             assert answer_tokens == answer
 
 
@@ -234,7 +229,7 @@ MULTI_PART = [
 ]
 
 
-@pytest.mark.parametrize("make_tokenizer", [_char_tokenizer, _smollm2_tokenizer, bpe_tokenizer], ids=["char", "smollm2", "bpe"])
+@pytest.mark.parametrize("make_tokenizer", [build_tokenizer, _smollm2_tokenizer, bpe_tokenizer], ids=["char", "smollm2", "bpe"])
 def test_the_answer_mask_covers_every_part_of_a_multi_part_answer(make_tokenizer):
     tok = make_tokenizer()
     ids, mask, seg = segment(tok, [encode(tok, text) for text, _ in MULTI_PART])
@@ -252,6 +247,6 @@ def test_the_answer_mask_covers_every_part_of_a_multi_part_answer(make_tokenizer
         at = 0
         for part in parts:
             at = answer_tokens.index(part, at) + len(part)
-        if make_tokenizer is _char_tokenizer:  # one token per character: the mask is exactly the answer span
+        if make_tokenizer is build_tokenizer:  # one token per character: the mask is exactly the answer span
             assert answer_tokens == text[final.answer_start : final.answer_end]
             assert conclusion == text[final.statement_start : final.answer_start]

@@ -29,9 +29,10 @@ import pytest
 import torch
 
 from oarl.credit import token_advantages
+from oarl.models.tiny import load_tiny
 from oarl.trl_fixes import check_supported, zero3_start_of_forward_hook_off
 
-from conftest import addition_prompts, load_tiny_lm, threads
+from conftest import addition_prompts, threads
 from distributed_train import CASES, MAX_STEPS
 
 SCRIPT = Path(__file__).with_name("distributed_train.py")
@@ -99,7 +100,7 @@ def replay(calls: list):
 
 
 def recompute(record: dict, lm_dir: Path):
-    model, tokenizer = load_tiny_lm(lm_dir)
+    model, tokenizer = load_tiny(lm_dir)
     if "parameters" in record:
         # the parameters and buffers (RoPE's inverse frequencies) as the pass had them: bf16 where the backend cast them
         missing, unexpected = model.load_state_dict(record["parameters"], strict=False, assign=True)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from oarl.cli import main
+from oarl.models.tiny import load_tiny
 from oarl.report.agreement import (
     describe,
     format_table,
@@ -23,8 +24,6 @@ from oarl.report.agreement import (
 )
 from oarl.report.explain import explain_batch
 from oarl.report.heatmap import NO_ANSWER_NOTE, render_html, weight_rgb
-
-from conftest import load_tiny_lm
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -228,7 +227,7 @@ class ArithmeticSampler:
 
 
 def test_explain_batch_all_estimators(tiny_lm_dir):
-    model, tokenizer = load_tiny_lm(tiny_lm_dir)
+    model, tokenizer = load_tiny(tiny_lm_dir)
     prompts = ["Q: 3+4=?\nA: ", "Q: 2+2=?\nA: "]
     completions = ["3+4=8. The answer is 8.", "2+2=4 <so> & more"]  # the second has no parsable answer
     estimators = ("gradient", "perturbation", "entropy", "grail", "rollout")
@@ -274,7 +273,7 @@ def test_explain_batch_all_estimators(tiny_lm_dir):
 def test_explain_batch_tool_spans(tiny_lm_dir):
     """Characters a tool wrote: tool tokens (no importance, weight 0, a tool span on the page), and the answer is the
     model's own even when the tool printed one after it."""
-    model, tokenizer = load_tiny_lm(tiny_lm_dir)
+    model, tokenizer = load_tiny(tiny_lm_dir)
     completion = "3+4=7. [calc 3+4] The answer is 7. The answer is 9."
     tool = (completion.index("The answer is 9."), len(completion))  # what the tool printed
     call = (completion.index(" ["), completion.index("] ") + 1)  # pretend the call's text was a tool's too

@@ -41,11 +41,12 @@ from oarl.credit import (
 )
 from oarl.credit.bilevel import reaches_threshold
 from oarl.credit.rollout import step_groups
+from oarl.models.tiny import load_tiny
 from oarl.report.explain import explain_batch
 from oarl.report.sampling import generate_sampler
 from oarl.trainer import ACTIVATION_CHECKPOINTING
 
-from conftest import addition_prompts, addition_reward, load_tiny_lm
+from conftest import addition_prompts, addition_reward
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ADVANTAGES = torch.tensor([1.0, -0.5, 0.0, 2.0])  # row 2 skipped (advantage 0); row 3 has no answer
@@ -237,7 +238,7 @@ def generation_off_meta(monkeypatch):
 @pytest.fixture(scope="module")
 def trainer(tiny_lm_dir, tmp_path_factory):
     """OARTrainer on the trained tiny LM with bf16 autocast and activation checkpointing, as GPU users run it."""
-    model, tokenizer = load_tiny_lm(tiny_lm_dir)
+    model, tokenizer = load_tiny(tiny_lm_dir)
     args = OARConfig(
         output_dir=str(tmp_path_factory.mktemp("meta_trainer")), per_device_train_batch_size=8, num_generations=4,
         max_completion_length=32, max_steps=1, logging_steps=1, save_strategy="no", report_to="none", seed=0,

@@ -14,9 +14,10 @@ from trl import GRPOConfig, GRPOTrainer
 
 from oarl import OARConfig, OARTrainer
 from oarl.credit import CreditConfig
+from oarl.models.tiny import load_tiny
 from oarl.trainer import ACTIVATION_CHECKPOINTING
 
-from conftest import addition_prompts, addition_reward, load_tiny_lm
+from conftest import addition_prompts, addition_reward
 
 CREDIT_METRICS = [
     "credit/time_s", "credit/overhead", "credit/skipped_frac", "credit/no_answer_frac", "credit/weight_std",
@@ -65,7 +66,7 @@ class RecordingOARTrainer(OARTrainer):
 
 
 def make_trainer(cls, lm_dir, out, reward_funcs=(addition_reward,), n_prompts=16, trainer_kwargs=None, **kw):
-    model, tokenizer = load_tiny_lm(lm_dir)
+    model, tokenizer = load_tiny(lm_dir)
     dataset = Dataset.from_list(addition_prompts(n_prompts))
     args = cpu_args(OARConfig if issubclass(cls, OARTrainer) else GRPOConfig, out, **kw)
     rec = Recorder()
@@ -86,7 +87,7 @@ def test_credit_none_reproduces_grpo(tiny_lm_dir, tmp_path):
     for (name, p), q in zip(grpo.model.named_parameters(), oar.model.parameters()):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=0, msg=name)
     # The run did learn something (else equality would be trivial).
-    ref, _ = load_tiny_lm(tiny_lm_dir)
+    ref, _ = load_tiny(tiny_lm_dir)
     assert any(not torch.equal(p, q) for p, q in zip(ref.parameters(), oar.model.parameters()))
 
 
@@ -94,7 +95,7 @@ def test_arguments_as_grpo_trainer_takes_them(tiny_lm_dir, tmp_path, monkeypatch
     """No args: a default OARConfig named after the model, as GRPOTrainer names its default GRPOConfig; a GRPOConfig:
     the same settings as an OARConfig with the default credit, and a one-line note; positional arguments too."""
     monkeypatch.chdir(tmp_path)
-    model, tokenizer = load_tiny_lm(tiny_lm_dir)
+    model, tokenizer = load_tiny(tiny_lm_dir)
     dataset = Dataset.from_list(addition_prompts(8))
     kwargs = dict(model=model, reward_funcs=addition_reward, train_dataset=dataset, processing_class=tokenizer)
     # GRPOConfig's default asks for bf16, which transformers refuses on a machine without a bf16 GPU; OARConfig's
@@ -115,7 +116,7 @@ def test_arguments_as_grpo_trainer_takes_them(tiny_lm_dir, tmp_path, monkeypatch
 
     args = cpu_args(GRPOConfig, tmp_path / "out", max_steps=1, generation_batch_size=16, loss_type="dr_grpo")
     with caplog.at_level("WARNING", logger="oarl.trainer"):
-        trainer = OARTrainer(load_tiny_lm(tiny_lm_dir)[0], [addition_reward], args, dataset, None, tokenizer)
+        trainer = OARTrainer(load_tiny(tiny_lm_dir)[0], [addition_reward], args, dataset, None, tokenizer)
     assert [r.getMessage() for r in caplog.records if r.name == "oarl.trainer"] == [
         "OARTrainer got a GRPOConfig: using it as an OARConfig with the default credit settings (credit='gradient'); "
         "pass an OARConfig to choose them (credit='none' is plain GRPO)."]
