@@ -3,8 +3,8 @@
 The model is ``oarl.models.tiny``'s (its character tokenizer, :func:`~oarl.models.tiny.build_tiny` with the
 small :data:`FIXTURE_TINY` shape, saved with :func:`~oarl.models.tiny.save_tiny`), so the tests train the
 tokenizer and model that the package ships. It learns the format ``Q: a+b=?\nA: a+b=c. The answer is c.``
-(with some wrong sums) in a few seconds, so that sampled completions are parsable and a group of them has mixed rewards: exactly what
-the trainer and estimator tests need, with no download.
+(with some wrong sums) in a few seconds, so that sampled completions are parsable and a group of them has
+mixed rewards: exactly what the trainer and estimator tests need, with no download.
 
 No test may depend on which tests ran before it: every test starts from the same global random state
 (``_seeded``), nothing changes the thread count for longer than one test (``one_thread``), and the fixture
