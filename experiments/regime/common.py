@@ -1,6 +1,6 @@
 """Shared helpers of the regime experiments: held-out avg@n at a temperature (SE over problems) and greedy
 accuracy, both by the package's own evaluation (``oarl.evaluate.evaluate_model``, the numbers `oarl train`
-reports). The gain of two evaluations on the same problems, with its paired SE, is ``oarl.train.heldout_gain``."""
+reports). The gain of two evaluations on the same problems, with its paired SE, is ``oarl.runs.heldout_gain``."""
 
 from __future__ import annotations
 

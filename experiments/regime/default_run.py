@@ -19,7 +19,7 @@ from common import evaluate, fmt  # noqa: E402
 from oarl.data.arithmetic import DEFAULT_REGIME as R, as_dataset, problems, reward  # noqa: E402
 from oarl.models.tiny import load_tiny  # noqa: E402
 from oarl.models.warmstart import is_cached, warm_start  # noqa: E402
-from oarl.train import heldout_gain  # noqa: E402
+from oarl.runs import heldout_gain  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--credit", default="none")

@@ -17,7 +17,7 @@ from common import evaluate, fmt
 from oarl.data.arithmetic import DEFAULT_REGIME, ArithmeticTask, as_dataset, problems, reward
 from oarl.models.tiny import load_tiny
 from oarl.models.warmstart import warm_start
-from oarl.train import heldout_gain
+from oarl.runs import heldout_gain
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--sft-steps", type=int, default=DEFAULT_REGIME.sft_steps)
@@ -29,7 +29,7 @@ ap.add_argument("--ops", default=None)
 ap.add_argument("--rl-steps", type=int, default=DEFAULT_REGIME.rl_steps)
 ap.add_argument("--lr", type=float, default=DEFAULT_REGIME.rl_lr)
 ap.add_argument("--G", type=int, default=DEFAULT_REGIME.num_generations)
-ap.add_argument("--prompts", type=int, default=DEFAULT_REGIME.rl_prompts_per_step)
+ap.add_argument("--prompts", type=int, default=DEFAULT_REGIME.prompts_per_step)
 ap.add_argument("--mcl", type=int, default=DEFAULT_REGIME.max_completion_length)
 ap.add_argument("--loss", default=None, help="GRPOConfig.loss_type")
 ap.add_argument("--scale", default=None, help="GRPOConfig.scale_rewards")
