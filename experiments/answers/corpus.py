@@ -91,8 +91,7 @@ def main() -> None:
     print(f"{'benchmark':<10} {'rows':>5} {'before':>8} {'after':>8}")
     for name in SOLUTIONS:
         b, a = before["solutions"][name], after["solutions"][name]
-        rate = lambda rows: sum(r["ok"] for r in rows) / len(rows)
-        print(f"{name:<10} {len(a):>5} {rate(b):>8.2%} {rate(a):>8.2%}")
+        print(f"{name:<10} {len(a):>5} {_rate(b):>8.2%} {_rate(a):>8.2%}")
     for name in SOLUTIONS:
         fails = [r for r in after["solutions"][name] if not r["ok"]]
         changed = [(x, y) for x, y in zip(before["solutions"][name], after["solutions"][name]) if x["ok"] != y["ok"]]
@@ -119,6 +118,11 @@ def main() -> None:
             print(f"\n{titles[name]}: no samples at {path}")
 
 
+def _rate(rows: list[dict]) -> float:
+    """Share of rows whose answer verified."""
+    return sum(r["ok"] for r in rows) / len(rows)
+
+
 def compare_samples(title: str, path: Path, before: list[dict], after: list[dict]) -> None:
     samples = [json.loads(line) for line in path.open()]
     print(f"\n{title} ({path.name}): accuracy before -> after, answer found")
@@ -126,10 +130,10 @@ def compare_samples(title: str, path: Path, before: list[dict], after: list[dict
     for key in sorted(groups):
         idx = [i for i, s in enumerate(samples)
                if (s.get("benchmark", "gsm8k"), s.get("style", s.get("source", "").split("#")[0])) == key]
-        acc = lambda res: sum(res[i]["ok"] for i in idx) / len(idx)
-        found = lambda res: sum(res[i]["pred"] is not None for i in idx) / len(idx)
-        print(f"  {key[0]:<8} {key[1]:<7} n={len(idx):>3}  acc {acc(before):6.1%} -> {acc(after):6.1%}   "
-              f"answer found {found(before):6.1%} -> {found(after):6.1%}")
+        acc = [_rate([res[i] for i in idx]) for res in (before, after)]
+        found = [sum(res[i]["pred"] is not None for i in idx) / len(idx) for res in (before, after)]
+        print(f"  {key[0]:<8} {key[1]:<7} n={len(idx):>3}  acc {acc[0]:6.1%} -> {acc[1]:6.1%}   "
+              f"answer found {found[0]:6.1%} -> {found[1]:6.1%}")
     changed = [i for i in range(len(samples)) if before[i]["ok"] != after[i]["ok"]]
     moved = [i for i in range(len(samples)) if before[i]["pred"] != after[i]["pred"]]
     print(f"  verdicts changed: {len(changed)} ({sum(after[i]['ok'] for i in changed)} wrong -> right, "

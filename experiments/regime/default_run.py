@@ -15,11 +15,13 @@ T_START = time.perf_counter()
 
 import torch  # noqa: E402
 
-from common import evaluate, fmt  # noqa: E402
-from oarl.data.arithmetic import DEFAULT_REGIME as R, as_dataset, problems, reward  # noqa: E402
+from oarl.data.arithmetic import DEFAULT_REGIME as R  # noqa: E402
+from oarl.data.arithmetic import as_dataset, problems, reward  # noqa: E402
 from oarl.models.tiny import load_tiny  # noqa: E402
 from oarl.models.warmstart import is_cached, warm_start  # noqa: E402
 from oarl.runs import heldout_gain  # noqa: E402
+
+from common import evaluate, fmt  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--credit", default="none")
@@ -63,9 +65,11 @@ kw = dict(R.grpo_kwargs(), max_steps=a.rl_steps, seed=a.seed, output_dir=f"/tmp/
           lr_scheduler_type="constant", bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False,
           report_to="none", logging_steps=5, save_strategy="no", disable_tqdm=True)
 if a.credit == "none":
-    from trl import GRPOConfig as Cfg, GRPOTrainer as Trainer
+    from trl import GRPOConfig as Cfg
+    from trl import GRPOTrainer as Trainer
 else:
-    from oarl.trainer import OARConfig as Cfg, OARTrainer as Trainer
+    from oarl.trainer import OARConfig as Cfg
+    from oarl.trainer import OARTrainer as Trainer
     kw["credit"] = a.credit
 t = time.perf_counter()
 trainer = Trainer(model=model, reward_funcs=reward, args=Cfg(**kw), train_dataset=train, processing_class=tok)

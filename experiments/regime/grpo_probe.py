@@ -13,11 +13,12 @@ import time
 
 import torch
 
-from common import evaluate, fmt
 from oarl.data.arithmetic import DEFAULT_REGIME, ArithmeticTask, as_dataset, problems, reward
 from oarl.models.tiny import load_tiny
 from oarl.models.warmstart import warm_start
 from oarl.runs import heldout_gain
+
+from common import evaluate, fmt
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--sft-steps", type=int, default=DEFAULT_REGIME.sft_steps)
@@ -55,7 +56,7 @@ if a.max_value:
     cfg["task"]["max_value"] = a.max_value
 if a.sft_batch:
     cfg["batch_size"] = a.sft_batch
-tk = dict(cfg["task"]); tk["steps"] = tuple(tk["steps"]); tk["hard_steps"] = tuple(tk["hard_steps"])
+tk = dict(cfg["task"], steps=tuple(cfg["task"]["steps"]), hard_steps=tuple(cfg["task"]["hard_steps"]))
 task = ArithmeticTask(**tk)
 T0 = time.perf_counter()
 path = warm_start(cfg)

@@ -9,10 +9,11 @@ import time
 
 import torch
 
-from common import evaluate, fmt
 from oarl.data.arithmetic import DEFAULT_REGIME, REGIMES, ArithmeticTask, problems
 from oarl.models.tiny import load_tiny, num_parameters
 from oarl.models.warmstart import warm_start
+
+from common import evaluate, fmt
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--steps", type=int, default=DEFAULT_REGIME.sft_steps)
@@ -53,7 +54,7 @@ path = warm_start(cfg)
 info = json.load(open(path + "/warmstart.json"))
 model, tok = load_tiny(path)
 print(f"warm start {path} params={num_parameters(model)} train={info['train_seconds']:.1f}s (wall {time.perf_counter()-t0:.1f}s) final_loss={info['final_loss']}")
-tk = dict(cfg["task"]); tk["steps"] = tuple(tk["steps"]); tk["hard_steps"] = tuple(tk["hard_steps"])
+tk = dict(cfg["task"], steps=tuple(cfg["task"]["steps"]), hard_steps=tuple(cfg["task"]["hard_steps"]))
 task = ArithmeticTask(**tk)
 test = problems("test", a.eval_problems, seed=0, task=task)
 r = evaluate(model, tok, test, n=a.n, max_new_tokens=DEFAULT_REGIME.max_completion_length)
