@@ -40,7 +40,10 @@ SOLUTIONS = {"math500": ("math500.jsonl", "solution"), "aime24": ("aime24.jsonl"
 # Runs in a child process with PYTHONPATH set to one version of oarl: prints one JSON object.
 _CHILD = r"""
 import json, sys
-from oarl.answer import extract_answer
+try:
+    from oarl.answer import extract_answer
+except ImportError:  # a revision before the answer parser became the leaf module oarl.answer (issue 23)
+    from oarl.credit.answer import extract_answer
 from oarl.data.benchmarks import load_benchmark
 from oarl.rewards import normalize_gold, verify
 data, solutions, samples = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
