@@ -189,12 +189,19 @@ def oarl_train(recipe: str, lm_dir: Path, tmp_path: Path, *flags: str) -> subpro
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
 
 
+def failure(proc: subprocess.CompletedProcess) -> str:
+    """What a failed launch printed: the one-line errors of `oarl train` (a process that exits with one prints no
+    traceback, and torchrun stops the other, whose traceback fills the end of stderr), then the end of each stream."""
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(("oarl train:", "oarl:"))]
+    return "\n".join([*errors, "--- stdout:", proc.stdout[-3000:], "--- stderr:", proc.stderr[-6000:]])
+
+
 @pytest.mark.slow
 def test_oarl_train_with_the_zero3_recipe_config(tiny_lm_dir, tmp_path):
     """The recipes' command under ZeRO-3 with 2 CPU processes: it trains with credit, checkpoints and writes
     final_model (gathered from both processes)."""
     proc = oarl_train("zero3.yaml", tiny_lm_dir, tmp_path, "--eval_size", "0")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    assert proc.returncode == 0, failure(proc)
     run = tmp_path / "run"
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
     assert (run / "final_model" / "model.safetensors").stat().st_size > 1e5  # the whole model, not a ZeRO-3 shard
