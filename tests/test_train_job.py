@@ -298,7 +298,7 @@ def test_disk_full_reads_the_errno_from_a_real_failed_write(tmp_path):
             with open("/dev/full", "w") as f:
                 f.write("x")
         except OSError:
-            raise RuntimeError("unexpected pos 1 vs 0")  # as torch.save's writer does when its file fails
+            raise RuntimeError("unexpected pos 1 vs 0")  # noqa: B904 (as torch.save's writer does when its file fails)
     except RuntimeError as exc:
         assert disk_full(exc, tmp_path) == "No space left on device"
     assert disk_full(RuntimeError("unexpected pos 1 vs 0"), tmp_path) is None  # tmp_path's disk has room

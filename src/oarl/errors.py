@@ -13,8 +13,8 @@ import errno
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 
 class Terminated(KeyboardInterrupt):

@@ -28,7 +28,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 

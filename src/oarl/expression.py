@@ -36,8 +36,9 @@ _UNITS = ("zero one two three four five six seven eight nine ten eleven twelve t
           "seventeen eighteen nineteen").split()
 _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 NUMBER_WORDS = {w: n for n, w in enumerate(_UNITS)} | {w: 20 + 10 * n for n, w in enumerate(_TENS)}
-_NUMBER_WORD = re.compile(r"(?:(?:%s)(?:[- ](?:%s))?|%s)(?![A-Za-z])" % ("|".join(_TENS), "|".join(_UNITS[1:10]),
-                          "|".join(sorted(_UNITS, key=len, reverse=True))), re.IGNORECASE)
+_TENS_RE, _ONES_RE = "|".join(_TENS), "|".join(_UNITS[1:10])
+_UNITS_RE = "|".join(sorted(_UNITS, key=len, reverse=True))
+_NUMBER_WORD = re.compile(rf"(?:(?:{_TENS_RE})(?:[- ](?:{_ONES_RE}))?|{_UNITS_RE})(?![A-Za-z])", re.IGNORECASE)
 _ELLIPSIS = ("...", "…")
 # LaTeX commands after which an operand is expected (an operator or spacing), and spacing that changes nothing
 _LATEX_OPERATORS = {

@@ -22,9 +22,9 @@ from __future__ import annotations
 import logging
 import os
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -187,7 +187,7 @@ class VLLMBackend:
 
     @classmethod
     def start(cls, model_path: str, tokenizer, dtype: str | None = None, seed: int = 0, add_special_tokens: bool = True,
-              **engine_kwargs) -> "VLLMBackend":
+              **engine_kwargs) -> VLLMBackend:
         """Start an engine on the model directory (or hub name) ``model_path``; ``tokenizer`` is the one the HF
         backend would use (its ids must be AutoTokenizer's, see ``oarl.models.loading.auto_tokenizer_problem``).
         ``engine_kwargs`` go to ``vllm.LLM``; on vLLM's CPU backend chunked prefill is off (per-prompt seeds

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Callable, get_args, get_type_hints
+from typing import get_args, get_type_hints
 
 ESTIMATORS = ("none", "perturbation", "gradient", "entropy", "grail", "rollout")
 OUTCOMES = ("last", "answer_mean", "answer_joint")

@@ -24,7 +24,7 @@ budget ends, so that V is the value under the same length limit as training's co
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _LATEX_BEFORE = re.compile(r"(\\[A-Za-z]+\*?\s*|[\^_\]])$")  # what precedes a brace group that is LaTeX

@@ -4,7 +4,7 @@ generation path and the run's reward functions."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

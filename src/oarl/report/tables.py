@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 RESULTS_JSON = "results.json"  # what ``oarl eval`` writes into its report folder (``oarl.commands.eval``)
 
