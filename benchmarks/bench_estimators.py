@@ -44,10 +44,22 @@ PAD_ID = 0
 CONCLUSION_LEN = 3  # e.g. "\boxed{"
 ANSWER_LEN = 2
 STEP_LEN = 12  # tokens per reasoning step (a line or a sentence) for the span mode
-ESTIMATORS = ("perturbation", "perturbation-reuse", "perturbation-spans", "perturbation-spans-reuse",
-              "perturbation-hierarchical", "perturbation-hierarchical-reuse", "perturbation-joint", "gradient",
-              "gradient-checkpointing", "gradient-bf16", "gradient-bf16-checkpointing", "entropy", "grail",
-              "rollout")
+ESTIMATORS = (
+    "perturbation",
+    "perturbation-reuse",
+    "perturbation-spans",
+    "perturbation-spans-reuse",
+    "perturbation-hierarchical",
+    "perturbation-hierarchical-reuse",
+    "perturbation-joint",
+    "gradient",
+    "gradient-checkpointing",
+    "gradient-bf16",
+    "gradient-bf16-checkpointing",
+    "entropy",
+    "grail",
+    "rollout",
+)
 GRADIENT_PHASES = ("clean_forward", "noisy_forward", "backward")
 
 
@@ -120,9 +132,16 @@ def remaining_length_sampler(model, prompt_ids, lengths: list[int]):
             width = max(len(prefixes[i]) for i in indices)
             rows = [[PAD_ID] * (width - len(prefixes[i])) + prefixes[i] for i in indices for _ in range(k)]
             ids = torch.tensor(rows, device=model.device)
-            new = model.generate(input_ids=ids, attention_mask=(ids != PAD_ID).long(), do_sample=True, top_k=0,
-                                 max_new_tokens=length, min_new_tokens=length, pad_token_id=PAD_ID,
-                                 eos_token_id=None)[:, width:].tolist()
+            new = model.generate(
+                input_ids=ids,
+                attention_mask=(ids != PAD_ID).long(),
+                do_sample=True,
+                top_k=0,
+                max_new_tokens=length,
+                min_new_tokens=length,
+                pad_token_id=PAD_ID,
+                eos_token_id=None,
+            )[:, width:].tolist()
             for j, i in enumerate(indices):
                 out[i] = new[j * k : (j + 1) * k]
         return out
@@ -157,9 +176,14 @@ def build_model(args):
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
         config = Qwen2Config(
-            vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=2 * args.hidden,
-            num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=args.prompt_len + max(args.lengths), pad_token_id=PAD_ID,
+            vocab_size=args.vocab,
+            hidden_size=args.hidden,
+            intermediate_size=2 * args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=args.prompt_len + max(args.lengths),
+            pad_token_id=PAD_ID,
         )
         return Qwen2ForCausalLM(config).to(args.device)
     if args.model == "tiny":  # the embedded model's architecture, untrained: cost does not depend on the weights
@@ -182,8 +206,9 @@ def main():
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--chunk-size", type=int, default=32)
     parser.add_argument("--step-len", type=int, default=STEP_LEN, help="tokens per step of OAR-P's span modes")
-    parser.add_argument("--estimators", default=",".join(ESTIMATORS), help="comma-separated subset of "
-                        + ",".join(ESTIMATORS))
+    parser.add_argument(
+        "--estimators", default=",".join(ESTIMATORS), help="comma-separated subset of " + ",".join(ESTIMATORS)
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
@@ -209,6 +234,7 @@ def main():
         def call():
             fn()
             sync()
+
         return timed(call, args.repeats)
 
     def autocast(enabled: bool):
@@ -217,61 +243,98 @@ def main():
     def gradient(ids, attn, reasoning, answer, bf16: bool, checkpointing: bool):
         def fn():
             with autocast(bf16):
-                gradient_importance(model, ids, attn, reasoning, answer, mode="answer_mean",
-                                    generator=torch.Generator(args.device), activation_checkpointing=checkpointing)
+                gradient_importance(
+                    model,
+                    ids,
+                    attn,
+                    reasoning,
+                    answer,
+                    mode="answer_mean",
+                    generator=torch.Generator(args.device),
+                    activation_checkpointing=checkpointing,
+                )
+
         return fn
 
     params = sum(p.numel() for p in model.parameters())
     print("command: python benchmarks/bench_estimators.py " + " ".join(sys.argv[1:]))
-    print(f"model: {args.model} ({type(model).__name__}, {params / 1e6:.2f}M params); batch {args.batch}, "
-          f"prompt {args.prompt_len}; device {args.device}, {args.threads} thread(s); median of {args.repeats}; "
-          f"load {os.getloadavg()[0]:.2f}; {platform.node()}")
+    print(
+        f"model: {args.model} ({type(model).__name__}, {params / 1e6:.2f}M params); batch {args.batch}, "
+        f"prompt {args.prompt_len}; device {args.device}, {args.threads} thread(s); median of {args.repeats}; "
+        f"load {os.getloadavg()[0]:.2f}; {platform.node()}"
+    )
     for length in args.lengths:
-        ids, attn, reasoning, answer = (t.to(args.device) for t in synthetic_batch(
-            args.batch, args.prompt_len, length, vocab, seed=0))
+        ids, attn, reasoning, answer = (
+            t.to(args.device) for t in synthetic_batch(args.batch, args.prompt_len, length, vocab, seed=0)
+        )
         steps = torch.arange(ids.shape[1], device=ids.device).expand_as(ids) // args.step_len  # [B, L]
         completion = attn.clone()
         completion[:, : ids.shape[1] - length] = False
         n_reasoning = int(reasoning.sum()) / args.batch
         *rollout_batch, lengths = split_prompts(ids, attn, reasoning, args.prompt_len)
         rollout_sampler = remaining_length_sampler(model, rollout_batch[0], lengths)
+
         def oar_p(reuse: bool, mode: str = "last", **kwargs):
-            return lambda: perturbation_importance(model, ids, attn, reasoning, answer, mode=mode,
-                                                   chunk_size=args.chunk_size, reuse_prefix=reuse, **kwargs)
+            return lambda: perturbation_importance(
+                model, ids, attn, reasoning, answer, mode=mode, chunk_size=args.chunk_size, reuse_prefix=reuse, **kwargs
+            )
 
         estimators = {
             "perturbation": ("OAR-P last", oar_p(reuse=False)),
             "perturbation-reuse": ("OAR-P last, prefix reuse", oar_p(reuse=True)),
             "perturbation-spans": (f"OAR-P last, {args.step_len}-token spans", oar_p(reuse=False, span_ids=steps)),
             "perturbation-spans-reuse": ("  the same, prefix reuse", oar_p(reuse=True, span_ids=steps)),
-            "perturbation-hierarchical": ("OAR-P hierarchical (q = 0.4)", oar_p(reuse=False, span_ids=steps, refine=0.4)),
-            "perturbation-hierarchical-reuse": ("  the same, prefix reuse", oar_p(reuse=True, span_ids=steps, refine=0.4)),
+            "perturbation-hierarchical": (
+                "OAR-P hierarchical (q = 0.4)",
+                oar_p(reuse=False, span_ids=steps, refine=0.4),
+            ),
+            "perturbation-hierarchical-reuse": (
+                "  the same, prefix reuse",
+                oar_p(reuse=True, span_ids=steps, refine=0.4),
+            ),
             "perturbation-joint": ("OAR-P answer_joint", oar_p(reuse=False, mode="answer_joint")),
             "gradient": ("OAR-G answer_mean", gradient(ids, attn, reasoning, answer, False, False)),
             "gradient-checkpointing": ("OAR-G, checkpointing", gradient(ids, attn, reasoning, answer, False, True)),
             "gradient-bf16": ("OAR-G, bf16 autocast", gradient(ids, attn, reasoning, answer, True, False)),
-            "gradient-bf16-checkpointing": ("OAR-G, bf16, checkpointing",
-                                            gradient(ids, attn, reasoning, answer, True, True)),
+            "gradient-bf16-checkpointing": (
+                "OAR-G, bf16, checkpointing",
+                gradient(ids, attn, reasoning, answer, True, True),
+            ),
             "entropy": ("entropy", lambda: entropy_importance(model, ids, attn, reasoning, answer)),
             "grail": ("GRAIL", lambda: grail_saliency(model, ids, attn, reasoning, answer)),
-            "rollout": (f"rollout K={args.rollouts}, {STEP_LEN}-token steps", lambda: rollout_importance(
-                *rollout_batch, torch.arange(args.batch), rollout_sampler, lambda rows, comps: [1.0] * len(comps),
-                rollouts=args.rollouts, max_steps=args.max_steps)),
+            "rollout": (
+                f"rollout K={args.rollouts}, {STEP_LEN}-token steps",
+                lambda: rollout_importance(
+                    *rollout_batch,
+                    torch.arange(args.batch),
+                    rollout_sampler,
+                    lambda rows, comps: [1.0] * len(comps),
+                    rollouts=args.rollouts,
+                    max_steps=args.max_steps,
+                ),
+            ),
         }
-        print(f"\ncompletions <= {length} tokens ({n_reasoning:.0f} reasoning tokens per completion on average)"
-              f"; load {os.getloadavg()[0]:.2f}")
+        print(
+            f"\ncompletions <= {length} tokens ({n_reasoning:.0f} reasoning tokens per completion on average)"
+            f"; load {os.getloadavg()[0]:.2f}"
+        )
         print(f"{'':34s} {'ms/compl. wall':>15s} {'x fwd+bwd':>10s} {'ms/compl. CPU':>14s} {'x fwd+bwd':>10s}")
         base_wall, base_cpu = run(lambda: forward_backward(model, ids, attn, completion))
 
         def row(label, wall, cpu):
-            print(f"{label:34s} {1e3 * wall / args.batch:15.1f} {wall / base_wall:10.2f} "
-                  f"{1e3 * cpu / args.batch:14.1f} {cpu / base_cpu:10.2f}", flush=True)
+            print(
+                f"{label:34s} {1e3 * wall / args.batch:15.1f} {wall / base_wall:10.2f} "
+                f"{1e3 * cpu / args.batch:14.1f} {cpu / base_cpu:10.2f}",
+                flush=True,
+            )
 
         row("fwd+bwd fp32 (baseline)", base_wall, base_cpu)
         if any("bf16" in name for name in names):
+
             def bf16_baseline():
                 with autocast(True):
                     forward_backward(model, ids, attn, completion)
+
             row("fwd+bwd bf16 autocast", *run(bf16_baseline))
         row("fwd+bwd fp32, TRL fused LM head", *run(lambda: fused_forward_backward(model, ids, attn, completion)))
         for name in names:
@@ -279,8 +342,10 @@ def main():
             row(label, *run(fn))
             if name.startswith("gradient"):
                 shares = gradient_profile(fn)
-                print(f"{'  OAR-G profile':34s} " + ", ".join(f"{p.replace('_', ' ')} {100 * s:.0f}%"
-                                                          for p, s in shares.items()))
+                print(
+                    f"{'  OAR-G profile':34s} "
+                    + ", ".join(f"{p.replace('_', ' ')} {100 * s:.0f}%" for p, s in shares.items())
+                )
     print(f"\nload at end {os.getloadavg()[0]:.2f}")
 
 

@@ -49,9 +49,12 @@ def main(argv=None) -> None:
     prompts = [build_prompt(r, tokenizer) for r in rows]
     chat = tokenizer.chat_template is not None
     sampling = Sampling(temperature=0.6, top_p=0.95, max_new_tokens=args.max_new_tokens, seed=0)
-    print(f"{args.model}: {len(prompts)} prompts x n={args.n}, <= {args.max_new_tokens} new tokens; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
-          f"load average before: {load_average()}", flush=True)
+    print(
+        f"{args.model}: {len(prompts)} prompts x n={args.n}, <= {args.max_new_tokens} new tokens; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
+        f"load average before: {load_average()}",
+        flush=True,
+    )
 
     results = {}
     model, _ = load_model(path)
@@ -77,7 +80,9 @@ def main(argv=None) -> None:
         tokens = sum(g["num_tokens"] for g in flat)
         rate[name] = (len(flat) / seconds, tokens / seconds)
         print(f"{name:<8} {seconds:>8.1f} {rate[name][0]:>14.2f} {rate[name][1]:>9.1f} {tokens / len(flat):>12.1f}")
-    print(f"vLLM / HF: {rate['vllm'][0] / rate['hf'][0]:.2f}x completions/s, {rate['vllm'][1] / rate['hf'][1]:.2f}x tokens/s")
+    print(
+        f"vLLM / HF: {rate['vllm'][0] / rate['hf'][0]:.2f}x completions/s, {rate['vllm'][1] / rate['hf'][1]:.2f}x tokens/s"
+    )
 
 
 if __name__ == "__main__":

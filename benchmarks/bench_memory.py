@@ -39,13 +39,18 @@ PASSES = ("train", "oar-g", "entropy")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m", help="a name or directory for oarl.models.loading.load_model")
+    parser.add_argument(
+        "--model", default="smollm2-135m", help="a name or directory for oarl.models.loading.load_model"
+    )
     parser.add_argument("--lengths", default="256,512,1024", help="completion lengths (tokens), comma-separated")
     parser.add_argument("--batch", type=int, default=4, help="rows per pass: the training micro-batch")
     parser.add_argument("--prompt-len", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--passes", default="train,oar-g", help="comma-separated subset of " + ",".join(PASSES)
-                        + " ('train' always runs first: it is the reference)")
+    parser.add_argument(
+        "--passes",
+        default="train,oar-g",
+        help="comma-separated subset of " + ",".join(PASSES) + " ('train' always runs first: it is the reference)",
+    )
     parser.add_argument("--bf16", action="store_true", help="every pass under torch.autocast(bfloat16)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", default=None, help="write the rows here")
@@ -99,19 +104,35 @@ def child(args) -> dict:
                 logps = model(input_ids=ids, attention_mask=attn.long(), labels=labels, fused_lm_head=True).log_probs
             (-(logps * completion[:, 1:]).sum() / completion.sum()).backward()
     elif name == "oar-g":
+
         def run():
             with autocast:
-                gradient_importance(model, ids, attn, reasoning, answer, activation_checkpointing=checkpointing,
-                                    generator=torch.Generator(args.device).manual_seed(0))
+                gradient_importance(
+                    model,
+                    ids,
+                    attn,
+                    reasoning,
+                    answer,
+                    activation_checkpointing=checkpointing,
+                    generator=torch.Generator(args.device).manual_seed(0),
+                )
     else:
+
         def run():
             with autocast:
                 entropy_importance(model, ids, attn, reasoning, answer)
 
     seconds, before, peak = measure_peak(run, args.device)
     mib = 2**20
-    return {"pass": name, "checkpointing": checkpointing, "length": length, "before_mib": before / mib,
-            "peak_mib": peak / mib, "added_mib": (peak - before) / mib, "seconds": seconds}
+    return {
+        "pass": name,
+        "checkpointing": checkpointing,
+        "length": length,
+        "before_mib": before / mib,
+        "peak_mib": peak / mib,
+        "added_mib": (peak - before) / mib,
+        "seconds": seconds,
+    }
 
 
 def measure_peak(run, device) -> tuple[float, int, int]:
@@ -148,12 +169,16 @@ def main(argv=None):
     lengths = [int(x) for x in args.lengths.split(",")]
     command = " ".join(["python", "benchmarks/bench_memory.py", *sys.argv[1:]])
     print(f"command: {command}")
-    print(f"model {args.model}, micro-batch {args.batch} rows, prompt {args.prompt_len} tokens, "
-          f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.threads} thread(s), device {args.device}; "
-          f"load at start {os.getloadavg()[0]:.2f}; {platform.node()}")
+    print(
+        f"model {args.model}, micro-batch {args.batch} rows, prompt {args.prompt_len} tokens, "
+        f"{'bf16 autocast' if args.bf16 else 'fp32'}, {args.threads} thread(s), device {args.device}; "
+        f"load at start {os.getloadavg()[0]:.2f}; {platform.node()}"
+    )
     unit = "GPU max allocated" if args.device.startswith("cuda") else "peak RSS"
-    print(f"{'completion':>10s} {'checkpointing':>13s} {'pass':>7s} {unit + ' MiB':>22s} {'added MiB':>10s} "
-          f"{'x train added':>13s} {'seconds':>8s}")
+    print(
+        f"{'completion':>10s} {'checkpointing':>13s} {'pass':>7s} {unit + ' MiB':>22s} {'added MiB':>10s} "
+        f"{'x train added':>13s} {'seconds':>8s}"
+    )
     rows = []
     flags = list(sys.argv[1:] if argv is None else argv)
     for length in lengths:
@@ -162,14 +187,19 @@ def main(argv=None):
             for name in ["train"] + [p for p in args.passes.split(",") if p != "train"]:
                 out = subprocess.run(
                     [sys.executable, __file__, *flags, "--child", f"{name},{int(checkpointing)},{length}"],
-                    check=True, capture_output=True, text=True,
+                    check=True,
+                    capture_output=True,
+                    text=True,
                 )
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 added[name] = row["added_mib"]
                 rows.append(row)
                 ratio = row["added_mib"] / added["train"]
-                print(f"{length:>10d} {'on' if checkpointing else 'off':>13s} {name:>7s} {row['peak_mib']:>22.0f} "
-                      f"{row['added_mib']:>10.0f} {ratio:>13.2f} {row['seconds']:>8.1f}", flush=True)
+                print(
+                    f"{length:>10d} {'on' if checkpointing else 'off':>13s} {name:>7s} {row['peak_mib']:>22.0f} "
+                    f"{row['added_mib']:>10.0f} {ratio:>13.2f} {row['seconds']:>8.1f}",
+                    flush=True,
+                )
     print(f"load at end {os.getloadavg()[0]:.2f}")
     if args.json:
         with open(args.json, "w") as f:

@@ -91,23 +91,38 @@ def sample_completions(model, tokenizer, args) -> list[dict]:
     from oarl.data.gsm import INSTRUCTION
     from oarl.models.loading import cache_dir
 
-    path = cache_dir() / "bench" / (f"perturbation-{Path(args.model).name}-n{args.n}-len{args.max_new_tokens}-"
-                                    f"min{args.min_reasoning}-seed{args.seed}.json")
+    path = (
+        cache_dir()
+        / "bench"
+        / (
+            f"perturbation-{Path(args.model).name}-n{args.n}-len{args.max_new_tokens}-"
+            f"min{args.min_reasoning}-seed{args.seed}.json"
+        )
+    )
     if path.exists():
         return json.loads(path.read_text())
     questions = [r["problem"] for r in load_benchmark("gsm8k")]
     generator = torch.Generator().manual_seed(args.seed)
     kept, tried, started, batch = [], 0, time.perf_counter(), 8
     while len(kept) < args.n and tried < len(questions):
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": f"{q}\n{INSTRUCTION}"}], tokenize=False,
-                                               add_generation_prompt=True)
-                 for q in questions[tried : tried + batch]]
+        texts = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": f"{q}\n{INSTRUCTION}"}], tokenize=False, add_generation_prompt=True
+            )
+            for q in questions[tried : tried + batch]
+        ]
         tried += len(texts)
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=True, temperature=0.7,
-                                 top_p=0.95, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                **enc,
+                max_new_tokens=args.max_new_tokens,
+                do_sample=True,
+                temperature=0.7,
+                top_p=0.95,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         completions = out[:, enc["input_ids"].shape[1] :]
         mask = torch.ones_like(completions)
         for b in range(len(texts)):
@@ -119,10 +134,18 @@ def sample_completions(model, tokenizer, args) -> list[dict]:
         segments = segment_completions(tokenizer, completions, mask, span="line")
         for b in range(len(texts)):
             if mask[b].any() and segments.has_answer[b] and int(segments.reasoning[b].sum()) >= args.min_reasoning:
-                kept.append({"prompt_ids": enc["input_ids"][b][enc["attention_mask"][b].bool()].tolist(),
-                             "completion_ids": completions[b][mask[b].bool()].tolist()})
-        print(f"sampling: {tried} questions, {len(kept)}/{args.n} completions kept, "
-              f"{time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+                kept.append(
+                    {
+                        "prompt_ids": enc["input_ids"][b][enc["attention_mask"][b].bool()].tolist(),
+                        "completion_ids": completions[b][mask[b].bool()].tolist(),
+                    }
+                )
+        print(
+            f"sampling: {tried} questions, {len(kept)}/{args.n} completions kept, "
+            f"{time.perf_counter() - started:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     kept = kept[: args.n]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -165,9 +188,14 @@ def run_mode(model, tokenizer, probe: dict, mode: str, args) -> torch.Tensor:
         return entropy_importance(*common)
     span = mode.split("-")[0]
     return perturbation_importance(
-        *common, mode="last", chunk_size=args.chunk_size, pad_token_id=tokenizer.pad_token_id,
-        reuse_prefix="auto" if mode.endswith("reuse") else False, span_ids=probe[span] if span in STEP_MODES else None,
-        refine=args.threshold if "refine" in mode else None)
+        *common,
+        mode="last",
+        chunk_size=args.chunk_size,
+        pad_token_id=tokenizer.pad_token_id,
+        reuse_prefix="auto" if mode.endswith("reuse") else False,
+        span_ids=probe[span] if span in STEP_MODES else None,
+        refine=args.threshold if "refine" in mode else None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -179,8 +207,9 @@ def top_set(values: torch.Tensor) -> set[int]:
     return set(torch.topk(values, k).indices.tolist())
 
 
-def compare(reference: torch.Tensor, other: torch.Tensor, mask: torch.Tensor, refined: torch.Tensor | None,
-            threshold: float) -> dict:
+def compare(
+    reference: torch.Tensor, other: torch.Tensor, mask: torch.Tensor, refined: torch.Tensor | None, threshold: float
+) -> dict:
     """Per completion (row) agreement of other [B, L] with reference [B, L] over the reasoning tokens."""
     w_ref = bilevel_weights(reference, mask, threshold)
     w_other = bilevel_weights(other, mask, threshold)
@@ -226,27 +255,39 @@ def agreement(model, tokenizer, rows, args):
             importance = torch.where(refined, reference, steps)
         else:
             importance, refined = run_mode(model, tokenizer, probe, mode, args), None
-        results[mode] = {"importance": importance, "refined": refined,
-                         **compare(reference, importance, mask, refined, args.threshold)}
+        results[mode] = {
+            "importance": importance,
+            "refined": refined,
+            **compare(reference, importance, mask, refined, args.threshold),
+        }
         print(f"{mode}: done, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     lengths = [len(r["completion_ids"]) for r in rows]
-    print(f"{len(rows)} completions of {min(lengths)}-{max(lengths)} tokens (mean {statistics.fmean(lengths):.0f}), "
-          f"{mask.sum(1).float().mean():.0f} reasoning tokens on average; Bi-Level threshold {args.threshold}")
-    print(f"{'mode':20s} {'Spearman':>14s} {'Spearman refined':>17s} {'top-10% overlap':>16s} {'top-10% same':>14s} "
-          f"{'weight MAE':>14s} {'refined':>8s}")
+    print(
+        f"{len(rows)} completions of {min(lengths)}-{max(lengths)} tokens (mean {statistics.fmean(lengths):.0f}), "
+        f"{mask.sum(1).float().mean():.0f} reasoning tokens on average; Bi-Level threshold {args.threshold}"
+    )
+    print(
+        f"{'mode':20s} {'Spearman':>14s} {'Spearman refined':>17s} {'top-10% overlap':>16s} {'top-10% same':>14s} "
+        f"{'weight MAE':>14s} {'refined':>8s}"
+    )
     for mode, r in results.items():
         frac = "-" if r["refined"] is None else f"{float(r['refined'].sum() / mask.sum()):.2f}"
-        print(f"{mode:20s} {mean_se(r['spearman']):>14s} {mean_se(r['spearman_refined']):>17s} "
-              f"{mean_se(r['top_overlap']):>16s} {mean_se(r['top_same']):>14s} {mean_se(r['weight_mae']):>14s} "
-              f"{frac:>8s}", flush=True)
+        print(
+            f"{mode:20s} {mean_se(r['spearman']):>14s} {mean_se(r['spearman_refined']):>17s} "
+            f"{mean_se(r['top_overlap']):>16s} {mean_se(r['top_same']):>14s} {mean_se(r['weight_mae']):>14s} "
+            f"{frac:>8s}",
+            flush=True,
+        )
     if "gradient" in results:  # OAR-G against itself: precision and noise draw
         print("OAR-G (float32, one draw) against:")
         for mode in ("gradient-bf16", "gradient-seed1"):
             if mode in results:
-                r = compare(results["gradient"]["importance"], results[mode]["importance"], mask, None,
-                            args.threshold)
-                print(f"{mode:20s} {mean_se(r['spearman']):>14s} {'-':>17s} {mean_se(r['top_overlap']):>16s} "
-                      f"{mean_se(r['top_same']):>14s} {mean_se(r['weight_mae']):>14s}", flush=True)
+                r = compare(results["gradient"]["importance"], results[mode]["importance"], mask, None, args.threshold)
+                print(
+                    f"{mode:20s} {mean_se(r['spearman']):>14s} {'-':>17s} {mean_se(r['top_overlap']):>16s} "
+                    f"{mean_se(r['top_same']):>14s} {mean_se(r['weight_mae']):>14s}",
+                    flush=True,
+                )
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -257,8 +298,9 @@ def forward_backward(model, probe):
     ids, attn = probe["ids"], probe["attn"]
     completion = attn.clone()
     completion[:, : probe["reasoning"].long().argmax(1).min()] = False
-    logits = model(input_ids=ids, attention_mask=attn.long(),
-                   position_ids=(attn.long().cumsum(1) - 1).clamp_min(0)).logits[:, :-1]
+    logits = model(
+        input_ids=ids, attention_mask=attn.long(), position_ids=(attn.long().cumsum(1) - 1).clamp_min(0)
+    ).logits[:, :-1]
     logp = logits.log_softmax(-1).gather(2, ids[:, 1:, None]).squeeze(-1)
     (logp * completion[:, 1:]).sum().backward()
     model.zero_grad(set_to_none=True)
@@ -290,10 +332,14 @@ def timing(model, tokenizer, rows, args):
     forward_backward(model, probe)  # warm-up
     base = [clock(lambda: forward_backward(model, probe))[1:] for _ in range(3)]
     base_wall, base_cpu = statistics.median(b[0] for b in base), statistics.median(b[1] for b in base)
-    print(f"{n} completions of {[len(r['completion_ids']) for r in rows]} tokens, "
-          f"{probe['reasoning'].sum(1).tolist()} reasoning; prompts {[len(r['prompt_ids']) for r in rows]} tokens")
-    print(f"{'mode':20s} {'s/compl. wall':>14s} {'x fwd+bwd':>10s} {'s/compl. CPU':>13s} {'x fwd+bwd':>10s} "
-          f"{'positions':>10s} {'max |diff|':>11s}  load")
+    print(
+        f"{n} completions of {[len(r['completion_ids']) for r in rows]} tokens, "
+        f"{probe['reasoning'].sum(1).tolist()} reasoning; prompts {[len(r['prompt_ids']) for r in rows]} tokens"
+    )
+    print(
+        f"{'mode':20s} {'s/compl. wall':>14s} {'x fwd+bwd':>10s} {'s/compl. CPU':>13s} {'x fwd+bwd':>10s} "
+        f"{'positions':>10s} {'max |diff|':>11s}  load"
+    )
     print(f"{'fwd+bwd (baseline)':20s} {base_wall / n:14.2f} {1.0:10.2f} {base_cpu / n:13.2f} {1.0:10.2f}", flush=True)
     done = {}
     for mode in args.modes:
@@ -308,8 +354,11 @@ def timing(model, tokenizer, rows, args):
         else:
             exact_value = done.get(exact)
         diff = "-" if exact_value is None else f"{float((importance - exact_value).abs().max()):.1e}"
-        print(f"{mode:20s} {wall / n:14.2f} {wall / base_wall:10.2f} {cpu / n:13.2f} {cpu / base_cpu:10.2f} "
-              f"{counter.positions / n:10.0f} {diff:>11s}  {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"{mode:20s} {wall / n:14.2f} {wall / base_wall:10.2f} {cpu / n:13.2f} {cpu / base_cpu:10.2f} "
+            f"{counter.positions / n:10.0f} {diff:>11s}  {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
 
 
 def main(argv=None):
@@ -319,8 +368,10 @@ def main(argv=None):
 
     model, tokenizer = load_model(args.model)
     print("command: python benchmarks/bench_perturbation.py " + " ".join(sys.argv[1:] if argv is None else argv))
-    print(f"model {args.model}, {args.threads} thread(s), chunk size {args.chunk_size}; load {os.getloadavg()[0]:.2f}; "
-          f"{platform.node()}")
+    print(
+        f"model {args.model}, {args.threads} thread(s), chunk size {args.chunk_size}; load {os.getloadavg()[0]:.2f}; "
+        f"{platform.node()}"
+    )
     rows = sample_completions(model, tokenizer, args)
     if args.part == "agreement":
         agreement(model, tokenizer, rows, args)

@@ -94,8 +94,10 @@ def main(argv=None):
     command = "python benchmarks/bench_threads.py " + " ".join(sys.argv[1:] if argv is None else argv)
     print(f"command: {command}")
     print(f"{os.cpu_count()} CPUs; {platform.node()}; median of {args.repeats} after a warm-up")
-    print(f"{'model':>13s} {'pass':>11s} {'threads':>7s} {'OMP wait':>8s} {'busy':>5s} {'seconds':>8s} "
-          f"{'x 1 thread alone':>16s} {'load':>5s}")
+    print(
+        f"{'model':>13s} {'pass':>11s} {'threads':>7s} {'OMP wait':>8s} {'busy':>5s} {'seconds':>8s} "
+        f"{'x 1 thread alone':>16s} {'load':>5s}"
+    )
     rows = []
     for name in args.models.split(","):
         base = {}
@@ -110,9 +112,13 @@ def main(argv=None):
                     try:
                         time.sleep(0.5 if busy else 0.0)
                         load = os.getloadavg()[0]
-                        out = subprocess.run([sys.executable, __file__, "--repeats", str(args.repeats), "--child",
-                                              f"{name},{threads}"], env=env, check=True, capture_output=True,
-                                             text=True)
+                        out = subprocess.run(
+                            [sys.executable, __file__, "--repeats", str(args.repeats), "--child", f"{name},{threads}"],
+                            env=env,
+                            check=True,
+                            capture_output=True,
+                            text=True,
+                        )
                     finally:
                         if hog is not None:
                             hog.kill()
@@ -123,10 +129,22 @@ def main(argv=None):
                         if threads == "1" and policy == "default" and not busy:
                             base[key] = seconds
                         ratio = seconds / base[key] if key in base else float("nan")
-                        rows.append({"model": name, "pass": label, "threads": int(threads), "policy": policy,
-                                     "busy": busy, "seconds": seconds, "load": load})
-                        print(f"{name:>13s} {label:>11s} {threads:>7s} {policy:>8s} {'yes' if busy else 'no':>5s} "
-                              f"{seconds:8.3f} {ratio:16.2f} {load:5.1f}", flush=True)
+                        rows.append(
+                            {
+                                "model": name,
+                                "pass": label,
+                                "threads": int(threads),
+                                "policy": policy,
+                                "busy": busy,
+                                "seconds": seconds,
+                                "load": load,
+                            }
+                        )
+                        print(
+                            f"{name:>13s} {label:>11s} {threads:>7s} {policy:>8s} {'yes' if busy else 'no':>5s} "
+                            f"{seconds:8.3f} {ratio:16.2f} {load:5.1f}",
+                            flush=True,
+                        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": command, "rows": rows}, f, indent=1)

@@ -54,23 +54,54 @@ def main(argv=None) -> None:
     model, tokenizer = load_model(model_directory(args.model))
     rows = arithmetic.problems("train", 256, seed=0)
     dataset = arithmetic.as_dataset([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
-    settings = DEFAULT_REGIME.grpo_kwargs() if tiny else dict(
-        per_device_train_batch_size=32, num_generations=4, steps_per_generation=1,
-        max_completion_length=args.max_completion_length, learning_rate=1e-6, temperature=1.0)
+    settings = (
+        DEFAULT_REGIME.grpo_kwargs()
+        if tiny
+        else dict(
+            per_device_train_batch_size=32,
+            num_generations=4,
+            steps_per_generation=1,
+            max_completion_length=args.max_completion_length,
+            learning_rate=1e-6,
+            temperature=1.0,
+        )
+    )
     workdir = tempfile.mkdtemp(prefix="bench_train_vllm_")
-    common = {**settings, "max_steps": steps, "logging_steps": 1, "save_strategy": "no", "report_to": "none", "seed": 0,
-              "bf16": False, "use_cpu": True, "dataloader_num_workers": 0, "disable_tqdm": True, "credit": "gradient",
-              ACTIVATION_CHECKPOINTING: False}
+    common = {
+        **settings,
+        "max_steps": steps,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 0,
+        "bf16": False,
+        "use_cpu": True,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "credit": "gradient",
+        ACTIVATION_CHECKPOINTING: False,
+    }
     trainers = {}
     started = time.perf_counter()
-    for name, extra in (("vllm", dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.2)), ("hf", {})):
+    for name, extra in (
+        ("vllm", dict(use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.2)),
+        ("hf", {}),
+    ):
         cfg = OARConfig(output_dir=os.path.join(workdir, name), **common, **extra)
-        trainers[name] = OARTrainer(model=copy.deepcopy(model), reward_funcs=[arithmetic.reward], args=cfg,
-                                    train_dataset=dataset, processing_class=tokenizer)
+        trainers[name] = OARTrainer(
+            model=copy.deepcopy(model),
+            reward_funcs=[arithmetic.reward],
+            args=cfg,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
         if name == "vllm":
             print(f"vLLM trainer (engine start included) ready in {time.perf_counter() - started:.1f} s", flush=True)
-    print(f"{args.model}: {steps} steps per round, {args.rounds} rounds (first discarded), {args.threads} threads; "
-          f"settings {settings}; load average {load_average()}", flush=True)
+    print(
+        f"{args.model}: {steps} steps per round, {args.rounds} rounds (first discarded), {args.threads} threads; "
+        f"settings {settings}; load average {load_average()}",
+        flush=True,
+    )
 
     per_step = {name: [] for name in trainers}
     lengths = {name: [] for name in trainers}
@@ -80,9 +111,11 @@ def main(argv=None) -> None:
             trainer.train()
             seconds = (time.perf_counter() - t0) / steps
             logs = [r for r in trainer.state.log_history if "completions/mean_length" in r]
-            print(f"round {round_} {name}: {seconds:.2f} s/step, completion length "
-                  f"{statistics.fmean(r['completions/mean_length'] for r in logs):.1f} (load average {load_average()})",
-                  flush=True)
+            print(
+                f"round {round_} {name}: {seconds:.2f} s/step, completion length "
+                f"{statistics.fmean(r['completions/mean_length'] for r in logs):.1f} (load average {load_average()})",
+                flush=True,
+            )
             if round_ > 0:
                 per_step[name].append(seconds)
                 lengths[name] += [r["completions/mean_length"] for r in logs]

@@ -59,22 +59,47 @@ ESTIMATORS = ("none", "gradient", "perturbation", "entropy")
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=None,
-                        help="measured optimizer steps per run, a multiple of steps_per_generation (default: 2 cycles)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="steps discarded at the start of every run, a multiple of steps_per_generation "
-                        "(default: 1 cycle)")
-    parser.add_argument("--steps-per-generation", type=int, default=None,
-                        help="optimizer steps per generation batch (default: the embedded regime's)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="rounds over all estimators (order rotated each round); medians over all rounds")
-    parser.add_argument("--model", default="tiny", help="'tiny' (embedded, default), a model directory or a name "
-                        "that oarl.models.loading.load_model accepts")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="measured optimizer steps per run, a multiple of steps_per_generation (default: 2 cycles)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="steps discarded at the start of every run, a multiple of steps_per_generation (default: 1 cycle)",
+    )
+    parser.add_argument(
+        "--steps-per-generation",
+        type=int,
+        default=None,
+        help="optimizer steps per generation batch (default: the embedded regime's)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds over all estimators (order rotated each round); medians over all rounds",
+    )
+    parser.add_argument(
+        "--model",
+        default="tiny",
+        help="'tiny' (embedded, default), a model directory or a name that oarl.models.loading.load_model accepts",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--perturbation-chunk-size", type=int, default=None,
-                        help="credit_chunk_size (OAR-P variants per forward); default: OARConfig's")
-    parser.add_argument("--estimators", default=",".join(ESTIMATORS),
-                        help="comma-separated subset of " + ",".join(ESTIMATORS) + " ('none' is always run)")
+    parser.add_argument(
+        "--perturbation-chunk-size",
+        type=int,
+        default=None,
+        help="credit_chunk_size (OAR-P variants per forward); default: OARConfig's",
+    )
+    parser.add_argument(
+        "--estimators",
+        default=",".join(ESTIMATORS),
+        help="comma-separated subset of " + ",".join(ESTIMATORS) + " ('none' is always run)",
+    )
     parser.add_argument("--json", default=None, help="write every per-step number and the summary here")
     args = parser.parse_args(argv)
     estimators = [e.strip() for e in args.estimators.split(",") if e.strip()]
@@ -169,14 +194,17 @@ def resolve_cycle(args) -> None:
 
     regime = arithmetic.DEFAULT_REGIME
     grpo = regime.grpo_kwargs()
-    regime_s = max(1, grpo.get("generation_batch_size", grpo["per_device_train_batch_size"])
-                   // grpo["per_device_train_batch_size"])
+    regime_s = max(
+        1, grpo.get("generation_batch_size", grpo["per_device_train_batch_size"]) // grpo["per_device_train_batch_size"]
+    )
     cycle = args.steps_per_generation = args.steps_per_generation or regime_s
     args.steps = 2 * cycle if args.steps is None else args.steps
     args.warmup = cycle if args.warmup is None else args.warmup
     if args.steps < cycle or args.steps % cycle or args.warmup < 0 or args.warmup % cycle:
-        raise SystemExit(f"--steps (>= 1 cycle) and --warmup must be multiples of steps_per_generation = {cycle}, "
-                         f"got {args.steps} and {args.warmup}")
+        raise SystemExit(
+            f"--steps (>= 1 cycle) and --warmup must be multiples of steps_per_generation = {cycle}, "
+            f"got {args.steps} and {args.warmup}"
+        )
 
 
 def grpo_settings(args) -> dict:
@@ -198,12 +226,26 @@ def build(credit, base_model, base_tokenizer, dataset, args, workdir, turns):
     grpo = grpo_settings(args)
     extra = {} if args.perturbation_chunk_size is None else {"credit_chunk_size": args.perturbation_chunk_size}
     config = OARConfig(
-        output_dir=os.path.join(workdir, credit), credit=credit, logging_steps=1, disable_tqdm=True,
-        dataloader_num_workers=0, bf16=False, activation_checkpointing=False, use_cpu=True, report_to="none",
-        save_strategy="no", **extra, **grpo,
+        output_dir=os.path.join(workdir, credit),
+        credit=credit,
+        logging_steps=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        bf16=False,
+        activation_checkpointing=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        **extra,
+        **grpo,
     )
-    trainer = OARTrainer(model=copy.deepcopy(base_model), reward_funcs=[arithmetic.reward], args=config,
-                         train_dataset=dataset, processing_class=copy.deepcopy(base_tokenizer))
+    trainer = OARTrainer(
+        model=copy.deepcopy(base_model),
+        reward_funcs=[arithmetic.reward],
+        args=config,
+        train_dataset=dataset,
+        processing_class=copy.deepcopy(base_tokenizer),
+    )
     trainer.remove_callback(PrinterCallback)
     # The random state right after construction (which seeds): what a run started now alone would continue from.
     callback = make_callback(credit, turns, rng_state())
@@ -247,8 +289,10 @@ def run_round(order, base_model, base_tokenizer, dataset, args, workdir) -> list
         if len(rows) != args.warmup + args.steps or len(callback.cpu) != len(rows):
             raise RuntimeError(f"{credit}: expected {args.warmup + args.steps} step logs, got {len(rows)}")
         if trainer.args.steps_per_generation != args.steps_per_generation:
-            raise RuntimeError(f"TRL runs {trainer.args.steps_per_generation} steps per generation, "
-                               f"expected {args.steps_per_generation}")
+            raise RuntimeError(
+                f"TRL runs {trainer.args.steps_per_generation} steps per generation, "
+                f"expected {args.steps_per_generation}"
+            )
         # one credit pass per generation cycle (credit="none" leaves TRL untouched and logs no credit metrics)
         generated = [i for i, r in enumerate(rows) if r.get("credit/time_s") is not None]
         if credit != "none" and generated != list(range(0, len(rows), args.steps_per_generation)):
@@ -257,28 +301,30 @@ def run_round(order, base_model, base_tokenizer, dataset, args, workdir) -> list
         def column(key):
             return [r.get(key) for r in rows]
 
-        runs.append({
-            "credit": credit,
-            "step_time": column("step_time"),
-            "cpu_time": callback.cpu,
-            "credit_time": column("credit/time_s"),
-            "skipped_frac": column("credit/skipped_frac"),
-            "no_answer_frac": column("credit/no_answer_frac"),
-            "completion_length": column("completions/mean_length"),
-            "reward": column("reward"),
-            "load1": callback.load,
-            "warmup": args.warmup,
-            "steps_per_generation": args.steps_per_generation,
-            "chunk_size": trainer.args.credit_chunk_size,
-        })
+        runs.append(
+            {
+                "credit": credit,
+                "step_time": column("step_time"),
+                "cpu_time": callback.cpu,
+                "credit_time": column("credit/time_s"),
+                "skipped_frac": column("credit/skipped_frac"),
+                "no_answer_frac": column("credit/no_answer_frac"),
+                "completion_length": column("completions/mean_length"),
+                "reward": column("reward"),
+                "load1": callback.load,
+                "warmup": args.warmup,
+                "steps_per_generation": args.steps_per_generation,
+                "chunk_size": trainer.args.credit_chunk_size,
+            }
+        )
     return runs
 
 
 def cycles(run: dict, key: str, how: str) -> list[float]:
     """One number per measured generation cycle: the cycle's steps summed / S ('mean'), or its first step."""
     size = run["steps_per_generation"]
-    values = run[key][run["warmup"]:]
-    chunks = [values[i:i + size] for i in range(0, len(values), size)]
+    values = run[key][run["warmup"] :]
+    chunks = [values[i : i + size] for i in range(0, len(values), size)]
     return [sum(c) / size if how == "mean" else c[0] for c in chunks]
 
 
@@ -299,8 +345,11 @@ def summarize(runs: list[dict], estimators: list[str]) -> dict:
 
         # Paired: cycle k of round r against cycle k of round r of none (same prompts, run back to back), then
         # the median of those ratios: less exposed to slow drifts of the machine's load.
-        paired = [a / b for r in mine for a, b in zip(cycles(r, "step_time", "mean"),
-                                                     cycles(none_runs[r["round"]], "step_time", "mean"))]
+        paired = [
+            a / b
+            for r in mine
+            for a, b in zip(cycles(r, "step_time", "mean"), cycles(none_runs[r["round"]], "step_time", "mean"))
+        ]
         summary[credit] = {
             "step_time_median": median(steps),
             "step_time_min": min(steps),
@@ -325,26 +374,34 @@ def summarize(runs: list[dict], estimators: list[str]) -> dict:
 def print_table(summary: dict, args, meta: dict) -> None:
     cycle = args.steps_per_generation
     print()
-    print(f"OARTrainer step time, model {meta['model']} ({meta['params'] / 1e6:.2f}M params), "
-          f"{meta['completions_per_step']} completions per optimizer step (<= {meta['max_completion_length']} "
-          f"tokens), {cycle} step(s) per generation, {args.threads} torch thread(s), "
-          f"credit_chunk_size {meta['chunk_size']}")
-    print(f"medians over {args.repeats} round(s) x {args.steps // cycle} measured generation cycle(s) of {cycle} "
-          f"step(s) per estimator, estimators interleaved step by step, {args.warmup} warm-up step(s) per run "
-          "discarded; shared CPU: noisy")
-    header = (f"{'credit':13s} {'step [s]':>9s} {'min-max [s]':>13s} {'x none':>7s} {'paired':>7s} "
-              f"{'gen step [s]':>13s} {'cpu [s]':>8s} {'x none':>7s} {'credit [s]':>11s} {'credit/none step':>17s} "
-              f"{'skipped':>8s} {'len':>5s}  per-round [s]")
+    print(
+        f"OARTrainer step time, model {meta['model']} ({meta['params'] / 1e6:.2f}M params), "
+        f"{meta['completions_per_step']} completions per optimizer step (<= {meta['max_completion_length']} "
+        f"tokens), {cycle} step(s) per generation, {args.threads} torch thread(s), "
+        f"credit_chunk_size {meta['chunk_size']}"
+    )
+    print(
+        f"medians over {args.repeats} round(s) x {args.steps // cycle} measured generation cycle(s) of {cycle} "
+        f"step(s) per estimator, estimators interleaved step by step, {args.warmup} warm-up step(s) per run "
+        "discarded; shared CPU: noisy"
+    )
+    header = (
+        f"{'credit':13s} {'step [s]':>9s} {'min-max [s]':>13s} {'x none':>7s} {'paired':>7s} "
+        f"{'gen step [s]':>13s} {'cpu [s]':>8s} {'x none':>7s} {'credit [s]':>11s} {'credit/none step':>17s} "
+        f"{'skipped':>8s} {'len':>5s}  per-round [s]"
+    )
     print(header)
     print("-" * len(header))
     for credit, s in summary.items():
         rounds = " ".join(f"{v:.2f}" for v in s["step_time_round_medians"])
         spread = f"{s['step_time_min']:.2f}-{s['step_time_max']:.2f}"
-        print(f"{credit:13s} {s['step_time_median']:9.3f} {spread:>13s} {s['step_ratio_to_none']:7.2f} "
-              f"{s['paired_step_ratio_median']:7.2f} {s['generation_step_time_median']:13.3f} "
-              f"{s['cpu_time_median']:8.2f} {s['cpu_ratio_to_none']:7.2f} {s['credit_time_median']:11.3f} "
-              f"{s['credit_time_over_none_step']:17.2f} {s['skipped_frac_median']:8.2f} "
-              f"{s['completion_length_median']:5.1f}  {rounds}")
+        print(
+            f"{credit:13s} {s['step_time_median']:9.3f} {spread:>13s} {s['step_ratio_to_none']:7.2f} "
+            f"{s['paired_step_ratio_median']:7.2f} {s['generation_step_time_median']:13.3f} "
+            f"{s['cpu_time_median']:8.2f} {s['cpu_ratio_to_none']:7.2f} {s['credit_time_median']:11.3f} "
+            f"{s['credit_time_over_none_step']:17.2f} {s['skipped_frac_median']:8.2f} "
+            f"{s['completion_length_median']:5.1f}  {rounds}"
+        )
     print()
     print("step: TRL's step_time (wall clock of generation + reward + credit + loss forward/backward), summed over a")
     print(f"generation cycle and divided by its {cycle} step(s): the amortized cost of one optimizer step;")
@@ -356,8 +413,10 @@ def print_table(summary: dict, args, meta: dict) -> None:
     print("pass in units of one plain (credit='none') optimizer step; skipped: share of completions with a zero")
     print("advantage (no importance computed); len: mean completion length (tokens).")
     loads = meta["load1"]
-    print(f"load average (1 min) at the steps: min {min(loads):.2f}, median {median(loads):.2f}, "
-          f"max {max(loads):.2f} on {os.cpu_count()} CPU(s); at start (1/5/15 min): {meta['uptime_start']}")
+    print(
+        f"load average (1 min) at the steps: min {min(loads):.2f}, median {median(loads):.2f}, "
+        f"max {max(loads):.2f} on {os.cpu_count()} CPU(s); at start (1/5/15 min): {meta['uptime_start']}"
+    )
 
 
 def main(argv=None):
@@ -383,10 +442,15 @@ def main(argv=None):
             for run in run_round(order, model, tokenizer, dataset, args, workdir):
                 run["round"] = round_
                 runs.append(run)
-                print(f"round {round_ + 1}/{args.repeats} {run['credit']:12s} step "
-                      + " ".join(f"{v:.2f}" for v in run["step_time"])
-                      + "  cpu " + " ".join(f"{v:.2f}" for v in run["cpu_time"])
-                      + "  credit " + " ".join(f"{v:.3f}" for v in run["credit_time"] if v is not None), flush=True)
+                print(
+                    f"round {round_ + 1}/{args.repeats} {run['credit']:12s} step "
+                    + " ".join(f"{v:.2f}" for v in run["step_time"])
+                    + "  cpu "
+                    + " ".join(f"{v:.2f}" for v in run["cpu_time"])
+                    + "  credit "
+                    + " ".join(f"{v:.3f}" for v in run["credit_time"] if v is not None),
+                    flush=True,
+                )
 
     summary = summarize(runs, args.estimators)
     grpo = grpo_settings(args)
@@ -405,8 +469,13 @@ def main(argv=None):
             "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "args": vars(args),
-            "meta": {**meta, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                     "torch": torch.__version__, "threads": args.threads},
+            "meta": {
+                **meta,
+                "cpu_count": os.cpu_count(),
+                "platform": platform.platform(),
+                "torch": torch.__version__,
+                "threads": args.threads,
+            },
             "summary": summary,
             "runs": runs,
         }

@@ -59,7 +59,10 @@ def item_sets(rewards, benchmarks) -> dict[str, tuple]:
     return {
         "gsm8k solutions": (is_correct, [(r["answer"], g["answer"]) for r, g in zip(gsm_raw, gsm)]),
         "gsm8k wrong numbers": (verify, [(str(n + 1), g["answer"]) for n, g in zip(number, gsm)]),
-        "gsm8k math-verify": (lambda a, b: verify(a, b, use_fast_path=False), [(g["answer"], g["answer"]) for g in gsm]),
+        "gsm8k math-verify": (
+            lambda a, b: verify(a, b, use_fast_path=False),
+            [(g["answer"], g["answer"]) for g in gsm],
+        ),
         "gsm8k wrong lists": (verify, [(f"{g['answer']}, {n + 1}", g["answer"]) for n, g in zip(number, gsm)]),
         "math500 solutions": (is_correct, [(r["solution"], g["answer"]) for r, g in zip(math_raw, math)]),
     }
@@ -77,7 +80,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline, "src"], capture_output=True, check=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", args.baseline, "src"], capture_output=True, check=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
         versions, modules = {}, {}
         for label, src in (("baseline", Path(tmp) / "src"), ("tree", ROOT / "src")):

@@ -52,12 +52,33 @@ ESTIMATORS = ("none", "gradient", "perturbation", "entropy", "grail", "rollout")
 SPAN = 24  # tokens per reasoning step of the span and hierarchical OAR-P passes (the reference figures' spans)
 # Qwen2.5-1.5B and -7B (their config.json), and a tiny stand-in for --smoke
 SHAPES = {
-    "1.5B": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
-    "7B": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
-    "smoke": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),
+    "1.5B": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+    ),
+    "7B": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+        tie_word_embeddings=False,
+    ),
+    "smoke": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        tie_word_embeddings=True,
+    ),
 }
 # (d)'s cells: (shape, completion tokens, rows); --smoke: the same passes on tiny shapes
 CELLS = [("1.5B", 1024, 8), ("7B", 1024, 4), ("1.5B", 4096, 8), ("7B", 4096, 4)]
@@ -66,24 +87,58 @@ PROMPT_LEN, SMOKE_PROMPT_LEN = 256, 16
 # Projected cost of an OAR-P pass per row, in training forward+backward steps of one row at 1,024 tokens (H200,
 # 1.5B: token-level 232, with reuse 119; 24-token spans 7.9; ../shared/gpu/README.md), rounded up; hierarchical
 # refines about 60% of the steps token by token. It grows about linearly with the completion's length.
-OAR_P_STEPS = {"spans": 12, "spans-reuse": 10, "hierarchical": 170, "hierarchical-reuse": 90, "token": 260,
-               "token-reuse": 140}
+OAR_P_STEPS = {
+    "spans": 12,
+    "spans-reuse": 10,
+    "hierarchical": 170,
+    "hierarchical-reuse": 90,
+    "token": 260,
+    "token-reuse": 140,
+}
 # The smoke run: the default job shortened, and a small warm start that states answers after a few seconds
-SMOKE_TRAIN = ["--sft_steps", "10", "--max_steps", "1", "--eval_size", "4", "--eval_samples", "1",
-               "--per_device_train_batch_size", "8", "--generation_batch_size", "8", "--num_generations", "4",
-               "--max_completion_length", "24"]
-SMOKE_WARM_START = {"model": {"hidden_size": 48, "num_layers": 1, "num_heads": 4, "intermediate_size": 96},
-                    "steps": 100, "batch_size": 32, "learning_rate": 5e-3, "num_threads": 1}
+SMOKE_TRAIN = [
+    "--sft_steps",
+    "10",
+    "--max_steps",
+    "1",
+    "--eval_size",
+    "4",
+    "--eval_samples",
+    "1",
+    "--per_device_train_batch_size",
+    "8",
+    "--generation_batch_size",
+    "8",
+    "--num_generations",
+    "4",
+    "--max_completion_length",
+    "24",
+]
+SMOKE_WARM_START = {
+    "model": {"hidden_size": 48, "num_layers": 1, "num_heads": 4, "intermediate_size": 96},
+    "steps": 100,
+    "batch_size": 32,
+    "learning_rate": 5e-3,
+    "num_threads": 1,
+}
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: the check's code, in seconds")
     out = os.environ.get("OUT")
-    parser.add_argument("--output", default=str(Path(out) / "gpu_check.md") if out else "gpu_check.md",
-                        help="the markdown report (a .json of the same name beside it); default $OUT/gpu_check.md")
-    parser.add_argument("--time-limit", type=float, default=330.0, help="seconds for the whole check; (d)'s "
-                        "expensive passes run only while their projected time fits (default: %(default)s)")
+    parser.add_argument(
+        "--output",
+        default=str(Path(out) / "gpu_check.md") if out else "gpu_check.md",
+        help="the markdown report (a .json of the same name beside it); default $OUT/gpu_check.md",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=330.0,
+        help="seconds for the whole check; (d)'s "
+        "expensive passes run only while their projected time fits (default: %(default)s)",
+    )
     parser.add_argument("--parts", default="a,b,c,d", help="comma-separated subset of a,b,c,d")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -97,10 +152,17 @@ class Check:
         self.args, self.started = args, time.perf_counter()
         self.device = "cpu" if args.smoke else "cuda"
         self.work = Path(tempfile.mkdtemp(prefix="oarl-gpu-check-"))
-        self.env = {**os.environ, "OARL_CACHE": str(self.work / "cache"), "TOKENIZERS_PARALLELISM": "false",
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
-        self.results: dict = {"environment": environment(args.smoke), "parts": {},
-                              "command": " ".join(["python benchmarks/gpu_check.py", *(args.argv or [])])}
+        self.env = {
+            **os.environ,
+            "OARL_CACHE": str(self.work / "cache"),
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
+        }
+        self.results: dict = {
+            "environment": environment(args.smoke),
+            "parts": {},
+            "command": " ".join(["python benchmarks/gpu_check.py", *(args.argv or [])]),
+        }
 
     def left(self) -> float:
         return self.args.time_limit - (time.perf_counter() - self.started)
@@ -113,7 +175,9 @@ class Check:
             entry.update(fn())
             entry["status"] = "ok"
         except Exception as exc:  # reported, and the next part runs
-            entry.update(status="FAILED", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-3000:])
+            entry.update(
+                status="FAILED", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-3000:]
+            )
             say(f"({key}) FAILED: {entry['error']}")
         entry["seconds"] = round(time.perf_counter() - began, 1)
         self.results["parts"][key] = entry
@@ -121,8 +185,14 @@ class Check:
 
     def oarl(self, args: list[str], timeout: float) -> tuple[subprocess.CompletedProcess, float]:
         began = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "oarl.cli", *args], env=self.env, capture_output=True, text=True,
-                              timeout=max(timeout, 1.0), cwd=self.work)
+        proc = subprocess.run(
+            [sys.executable, "-m", "oarl.cli", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=max(timeout, 1.0),
+            cwd=self.work,
+        )
         seconds = time.perf_counter() - began
         if proc.returncode != 0:
             raise RuntimeError(f"`oarl {' '.join(args[:2])} ...` exited {proc.returncode}: {proc.stderr[-2000:]}")
@@ -145,10 +215,19 @@ def environment(smoke: bool) -> dict:
     import trl
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"date": datetime.date.today().isoformat(), "host": platform.node(), "smoke": smoke, "gpu": gpu,
-            "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if gpu else None,
-            "torch": torch.__version__, "cuda": torch.version.cuda, "transformers": transformers.__version__,
-            "trl": trl.__version__, "python": platform.python_version(), "load": os.getloadavg()[0]}
+    return {
+        "date": datetime.date.today().isoformat(),
+        "host": platform.node(),
+        "smoke": smoke,
+        "gpu": gpu,
+        "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1) if gpu else None,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "python": platform.python_version(),
+        "load": os.getloadavg()[0],
+    }
 
 
 # ------------------------------------------------------------------------------------------------ (a), (c)
@@ -156,14 +235,25 @@ def environment(smoke: bool) -> dict:
 
 def default_train(check: Check) -> dict:
     run = check.work / "default-run"
-    proc, seconds = check.oarl(["train", "--output_dir", str(run), *(SMOKE_TRAIN if check.args.smoke else [])],
-                               timeout=check.left() - 60)
+    proc, seconds = check.oarl(
+        ["train", "--output_dir", str(run), *(SMOKE_TRAIN if check.args.smoke else [])], timeout=check.left() - 60
+    )
     summary = json.loads((run / "summary.json").read_text())
-    device = next((line.split("training on ", 1)[1] for line in proc.stderr.splitlines() if "training on " in line), "?")
-    return {"wall_s": round(seconds, 1), "train_s": round(summary["train_time_s"], 1), "steps": summary["steps"],
-            "device": device, "credit_overhead": summary["credit_overhead"], "run_dir": str(run),
-            "heldout": {split: [summary["heldout_before"][split]["avg"], after["avg"]]
-                        for split, after in summary["heldout_after"].items()}}
+    device = next(
+        (line.split("training on ", 1)[1] for line in proc.stderr.splitlines() if "training on " in line), "?"
+    )
+    return {
+        "wall_s": round(seconds, 1),
+        "train_s": round(summary["train_time_s"], 1),
+        "steps": summary["steps"],
+        "device": device,
+        "credit_overhead": summary["credit_overhead"],
+        "run_dir": str(run),
+        "heldout": {
+            split: [summary["heldout_before"][split]["avg"], after["avg"]]
+            for split, after in summary["heldout_after"].items()
+        },
+    }
 
 
 def hf_eval(check: Check) -> dict:
@@ -172,12 +262,36 @@ def hf_eval(check: Check) -> dict:
         raise RuntimeError("(a) left no trained model to evaluate")
     limit, n = ("4", "1") if check.args.smoke else ("64", "4")
     out = check.work / "eval"
-    _, seconds = check.oarl(["eval", "--model", str(run), "--benchmarks", "arithmetic", "--limit", limit, "--n", n,
-                             "--backend", "hf", "--temperature", "1.0", "--max-new-tokens", "48", "--output-dir",
-                             str(out), "--no-progress"], timeout=check.left() - 30)
+    _, seconds = check.oarl(
+        [
+            "eval",
+            "--model",
+            str(run),
+            "--benchmarks",
+            "arithmetic",
+            "--limit",
+            limit,
+            "--n",
+            n,
+            "--backend",
+            "hf",
+            "--temperature",
+            "1.0",
+            "--max-new-tokens",
+            "48",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+        ],
+        timeout=check.left() - 30,
+    )
     results = json.loads((out / "results.json").read_text())
-    return {"wall_s": round(seconds, 1), "results": {k: v for k, v in results.items() if k in ("benchmarks", "config")
-                                                      } if "benchmarks" in results else results}
+    return {
+        "wall_s": round(seconds, 1),
+        "results": {k: v for k, v in results.items() if k in ("benchmarks", "config")}
+        if "benchmarks" in results
+        else results,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ (b)
@@ -204,24 +318,53 @@ def estimators_through_the_trainer(check: Check) -> dict:
         say(f"(b) {credit}")
         model, tokenizer = load_tiny(path)
         args = OARConfig(
-            output_dir=str(check.work / f"b-{credit}"), credit=credit, bf16=True, **{ACTIVATION_CHECKPOINTING: True},
-            use_cpu=check.args.smoke, max_steps=2, per_device_train_batch_size=batch, generation_batch_size=batch,
-            num_generations=8, max_completion_length=regime.max_completion_length, learning_rate=regime.rl_lr,
-            temperature=1.0, beta=0.0, logging_steps=1, save_strategy="no", report_to="none", seed=0,
-            dataloader_num_workers=0, disable_tqdm=True, credit_rollouts=2, credit_max_steps=3)
-        trainer = OARTrainer(model=model, reward_funcs=[arithmetic.reward, rewards.format], args=args,
-                             train_dataset=dataset, processing_class=tokenizer)
+            output_dir=str(check.work / f"b-{credit}"),
+            credit=credit,
+            bf16=True,
+            **{ACTIVATION_CHECKPOINTING: True},
+            use_cpu=check.args.smoke,
+            max_steps=2,
+            per_device_train_batch_size=batch,
+            generation_batch_size=batch,
+            num_generations=8,
+            max_completion_length=regime.max_completion_length,
+            learning_rate=regime.rl_lr,
+            temperature=1.0,
+            beta=0.0,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            seed=0,
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+            credit_rollouts=2,
+            credit_max_steps=3,
+        )
+        trainer = OARTrainer(
+            model=model,
+            reward_funcs=[arithmetic.reward, rewards.format],
+            args=args,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+        )
         began = time.perf_counter()
         trainer.train()
         logs = [r for r in trainer.state.log_history if "loss" in r]
         credit_s = [r.get("credit/time_s", 0.0) for r in logs]
-        out[credit] = {"seconds": round(time.perf_counter() - began, 2), "steps": trainer.state.global_step,
-                       "device": str(next(trainer.model.parameters()).device),
-                       "accelerator": str(trainer.accelerator.device), "bf16": trainer.args.bf16,
-                       "loss_finite": all(r["loss"] == r["loss"] and abs(r["loss"]) < float("inf") for r in logs),
-                       "credit_s": round(sum(credit_s), 3),
-                       "reshaped": None if trainer.last_credit is None else round(  # of the last generation batch
-                           float((trainer.last_credit.credit.weights != 1).any(1).float().mean()), 3)}
+        out[credit] = {
+            "seconds": round(time.perf_counter() - began, 2),
+            "steps": trainer.state.global_step,
+            "device": str(next(trainer.model.parameters()).device),
+            "accelerator": str(trainer.accelerator.device),
+            "bf16": trainer.args.bf16,
+            "loss_finite": all(r["loss"] == r["loss"] and abs(r["loss"]) < float("inf") for r in logs),
+            "credit_s": round(sum(credit_s), 3),
+            "reshaped": None
+            if trainer.last_credit is None
+            else round(  # of the last generation batch
+                float((trainer.last_credit.credit.weights != 1).any(1).float().mean()), 3
+            ),
+        }
         del trainer, model
     wrong = [k for k, v in out.items() if v["device"].split(":")[0] != check.device or not v["loss_finite"]]
     if wrong:
@@ -235,8 +378,14 @@ def estimators_through_the_trainer(check: Check) -> dict:
 def random_model(shape: str, device: str, max_length: int):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    config = Qwen2Config(**SHAPES[shape], max_position_embeddings=max_length, pad_token_id=0, bos_token_id=None,
-                         eos_token_id=1, use_cache=True)
+    config = Qwen2Config(
+        **SHAPES[shape],
+        max_position_embeddings=max_length,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=1,
+        use_cache=True,
+    )
     with torch.device(device):  # initialised on the device, in bf16: no host copy of 7B parameters
         model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     from trl.trainer.utils import add_fused_lm_head
@@ -251,8 +400,9 @@ class Cell:
     def __init__(self, check: Check, model, shape: str, length: int, rows: int, prompt_len: int, skipped: list):
         self.check, self.model, self.device, self.skipped = check, model, check.device, skipped
         self.shape, self.length, self.rows, self.passes = shape, length, rows, {}
-        self.ids, self.attn, self.reasoning, self.answer = (t.to(self.device) for t in synthetic_batch(
-            rows, prompt_len, length, model.config.vocab_size, seed=0))
+        self.ids, self.attn, self.reasoning, self.answer = (
+            t.to(self.device) for t in synthetic_batch(rows, prompt_len, length, model.config.vocab_size, seed=0)
+        )
         self.completion = self.attn.clone()
         self.completion[:, : self.ids.shape[1] - length] = False
         self.spans = torch.arange(self.ids.shape[1], device=self.device).expand_as(self.ids) // SPAN
@@ -267,29 +417,41 @@ class Cell:
         def run():
             with torch.autocast(device_type=torch.device(self.device).type, dtype=torch.bfloat16):
                 fn(*args)
+
         try:
             if repeats > 1:
                 run()
             runs = [measure_peak(run, self.device) for _ in range(repeats)]
         except torch.cuda.OutOfMemoryError as exc:
-            self.skipped.append(f"{self.shape}, {self.length}: {name}: out of memory ({str(exc).splitlines()[0][:160]})")
+            self.skipped.append(
+                f"{self.shape}, {self.length}: {name}: out of memory ({str(exc).splitlines()[0][:160]})"
+            )
             self.model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             return
-        entry = {"seconds": min(r[0] for r in runs), "rows": rows,
-                 "added_mib": max(peak - before for _, before, peak in runs) / 2**20}
+        entry = {
+            "seconds": min(r[0] for r in runs),
+            "rows": rows,
+            "added_mib": max(peak - before for _, before, peak in runs) / 2**20,
+        }
         if base in self.passes:
             reference = self.passes[base]
-            entry.update(vs=base, x_time=entry["seconds"] / reference["seconds"] * reference["rows"] / rows,
-                         x_mem=entry["added_mib"] / max(reference["added_mib"], 1e-9) if self.device == "cuda" else None)
+            entry.update(
+                vs=base,
+                x_time=entry["seconds"] / reference["seconds"] * reference["rows"] / rows,
+                x_mem=entry["added_mib"] / max(reference["added_mib"], 1e-9) if self.device == "cuda" else None,
+            )
         self.passes[name] = entry
-        say(f"(d) {self.shape}, {self.length}: {name}: {entry['seconds']:.3f} s"
-            + (f", {entry['x_time']:.2f}x time" if "x_time" in entry else ""))
+        say(
+            f"(d) {self.shape}, {self.length}: {name}: {entry['seconds']:.3f} s"
+            + (f", {entry['x_time']:.2f}x time" if "x_time" in entry else "")
+        )
 
     def train_step(self, checkpointing: bool):
         def fn(ids, attn, reasoning, answer):
             with checkpointing_of(self.model, checkpointing):
                 fused_forward_backward(self.model, ids, attn, self.completion[: ids.shape[0]])
+
         return fn
 
     def cheap_passes(self) -> None:
@@ -301,8 +463,11 @@ class Cell:
         self.measure("train, two rows", self.train_step(False), rows=min(2, self.rows))
         gen = lambda: torch.Generator(device).manual_seed(0)  # noqa: E731
         self.measure("OAR-G", lambda *a: gradient_importance(model, *a, generator=gen()), base="train")
-        self.measure("OAR-G, checkpointing", lambda *a: gradient_importance(
-            model, *a, generator=gen(), activation_checkpointing=True), base="train, checkpointing")
+        self.measure(
+            "OAR-G, checkpointing",
+            lambda *a: gradient_importance(model, *a, generator=gen(), activation_checkpointing=True),
+            base="train, checkpointing",
+        )
         self.measure("entropy", lambda *a: entropy_importance(model, *a), base="train")
         self.measure("GRAIL", lambda *a: grail_saliency(model, *a), base="train")
 
@@ -316,16 +481,29 @@ class Cell:
         if step is None:
             self.skipped.append(f"{self.shape}, {self.length}: {name}: no training step measured to compare with")
             return
-        projected = OAR_P_STEPS[kind + ("-reuse" if reuse else "")] * self.length / 1024 * step["seconds"] / step["rows"]
+        projected = (
+            OAR_P_STEPS[kind + ("-reuse" if reuse else "")] * self.length / 1024 * step["seconds"] / step["rows"]
+        )
         projected *= rows
         if not self.check.args.smoke and projected > self.check.left() - 30:
             self.skipped.append(f"{self.shape}, {self.length}: {name} on {rows} rows (projected {projected:.0f} s)")
             return
         spans = None if kind == "token" else self.spans[:rows]
-        self.measure(name, lambda *a: perturbation_importance(
-            self.model, *a, mode="last", reuse_prefix="auto" if reuse else False, pad_token_id=0, span_ids=spans,
-            refine=0.4 if kind == "hierarchical" else None), rows=rows, repeats=1,
-            base="train" if rows == self.rows else "train, two rows")
+        self.measure(
+            name,
+            lambda *a: perturbation_importance(
+                self.model,
+                *a,
+                mode="last",
+                reuse_prefix="auto" if reuse else False,
+                pad_token_id=0,
+                span_ids=spans,
+                refine=0.4 if kind == "hierarchical" else None,
+            ),
+            rows=rows,
+            repeats=1,
+            base="train" if rows == self.rows else "train, two rows",
+        )
 
     def result(self) -> dict:
         return {"shape": self.shape, "length": self.length, "rows": self.rows, "passes": self.passes}
@@ -350,6 +528,7 @@ def credit_passes(check: Check) -> dict:
             torch.cuda.empty_cache()
 
     for shape, length, rows in plan:
+
         def build(shape=shape, length=length, rows=rows):
             if shape not in models:
                 say(f"(d) building the {shape} model (random weights, bf16)")
@@ -357,6 +536,7 @@ def credit_passes(check: Check) -> dict:
             cell = Cell(check, models[shape], shape, length, rows, prompt_len, skipped)
             cells.append(cell)
             cell.cheap_passes()
+
         attempt(f"{shape}, {length}", build)
     for kinds in (("spans",), ("hierarchical", "token")):
         for cell in cells:
@@ -393,41 +573,65 @@ class checkpointing_of:
 def render(results: dict) -> str:
     env, parts = results["environment"], results["parts"]
     memory = f" ({env['gpu_memory_gib']} GiB)" if env["gpu"] else ""
-    lines = [f"# oarl GPU check{' (smoke: tiny shapes on the CPU)' if env['smoke'] else ''}", "",
-             f"{env['date']}, {env['gpu'] or 'no GPU'}{memory}; "
-             f"torch {env['torch']} (CUDA {env['cuda']}), transformers {env['transformers']}, TRL {env['trl']}, "
-             f"Python {env['python']}; load {env['load']:.1f}; total {results.get('total_seconds', 0):.0f} s", "",
-             f"Command: `{results['command']}`", ""]
+    lines = [
+        f"# oarl GPU check{' (smoke: tiny shapes on the CPU)' if env['smoke'] else ''}",
+        "",
+        f"{env['date']}, {env['gpu'] or 'no GPU'}{memory}; "
+        f"torch {env['torch']} (CUDA {env['cuda']}), transformers {env['transformers']}, TRL {env['trl']}, "
+        f"Python {env['python']}; load {env['load']:.1f}; total {results.get('total_seconds', 0):.0f} s",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+    ]
     for key, part in parts.items():
         lines += [f"## ({key}) {part['title']}: {part['status']} ({part['seconds']:.0f} s)", ""]
         if part["status"] != "ok":
             lines += ["```", part["error"], "```", ""]
             continue
         if key == "a":
-            lines += [f"wall time {part['wall_s']:.0f} s (training {part['train_s']:.0f} s, {part['steps']} steps), "
-                      f"{part['device']}; credit overhead {part['credit_overhead'] or 0:.0%}; held-out accuracy "
-                      + ", ".join(f"{s}: {b:.3f} -> {a:.3f}" for s, (b, a) in part["heldout"].items()), ""]
+            lines += [
+                f"wall time {part['wall_s']:.0f} s (training {part['train_s']:.0f} s, {part['steps']} steps), "
+                f"{part['device']}; credit overhead {part['credit_overhead'] or 0:.0%}; held-out accuracy "
+                + ", ".join(f"{s}: {b:.3f} -> {a:.3f}" for s, (b, a) in part["heldout"].items()),
+                "",
+            ]
         elif key == "b":
-            lines += ["| credit | steps | seconds | credit pass s | model on | accelerator | bf16 | finite loss | "
-                      "completions reshaped |", "|---|---|---|---|---|---|---|---|---|"]
-            lines += [f"| {k} | {v['steps']} | {v['seconds']:.1f} | {v['credit_s']:.2f} | {v['device']} | "
-                      f"{v['accelerator']} | {v['bf16']} | {v['loss_finite']} | {v['reshaped']} |"
-                      for k, v in part["estimators"].items()] + [""]
+            lines += [
+                "| credit | steps | seconds | credit pass s | model on | accelerator | bf16 | finite loss | "
+                "completions reshaped |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {k} | {v['steps']} | {v['seconds']:.1f} | {v['credit_s']:.2f} | {v['device']} | "
+                f"{v['accelerator']} | {v['bf16']} | {v['loss_finite']} | {v['reshaped']} |"
+                for k, v in part["estimators"].items()
+            ] + [""]
         elif key == "c":
-            lines += [f"wall time {part['wall_s']:.0f} s", "", "```", json.dumps(part["results"], indent=1)[:1500],
-                      "```", ""]
+            lines += [
+                f"wall time {part['wall_s']:.0f} s",
+                "",
+                "```",
+                json.dumps(part["results"], indent=1)[:1500],
+                "```",
+                "",
+            ]
         elif key == "d":
             if not any(cell["passes"] for cell in part["cells"]):
                 lines += ["**Nothing measured** (every pass was skipped: see below).", ""]
             for cell in part["cells"]:
-                lines += [f"### {cell['shape']}, {cell['length']}-token completions, {cell['rows']} rows", "",
-                          "| pass | rows | seconds | x time | added memory MiB | x memory | against |",
-                          "|---|---|---|---|---|---|---|"]
+                lines += [
+                    f"### {cell['shape']}, {cell['length']}-token completions, {cell['rows']} rows",
+                    "",
+                    "| pass | rows | seconds | x time | added memory MiB | x memory | against |",
+                    "|---|---|---|---|---|---|---|",
+                ]
                 for name, p in cell["passes"].items():
                     x_time = f"{p['x_time']:.2f}" if "x_time" in p else ""
                     x_mem = f"{p['x_mem']:.2f}" if p.get("x_mem") is not None else ""
-                    lines.append(f"| {name} | {p['rows']} | {p['seconds']:.3f} | {x_time} | {p['added_mib']:.0f} | "
-                                 f"{x_mem} | {p.get('vs', '')} |")
+                    lines.append(
+                        f"| {name} | {p['rows']} | {p['seconds']:.3f} | {x_time} | {p['added_mib']:.0f} | "
+                        f"{x_mem} | {p.get('vs', '')} |"
+                    )
                 lines.append("")
             if part["skipped"]:
                 lines += ["Not measured (time limit or memory):", ""] + [f"- {s}" for s in part["skipped"]] + [""]
@@ -441,20 +645,28 @@ def main(argv=None) -> int:
         return 2
     check = Check(args)
     say(f"report: {args.output}; work folder {check.work} (removed at the end); {check.results['environment']}")
-    parts = {"a": ("default `oarl train` from an empty cache", default_train),
-             "b": ("every estimator through OARTrainer, bf16 and activation checkpointing", estimators_through_the_trainer),
-             "c": ("`oarl eval`, HF backend", hf_eval),
-             "d": ("the credit pass at real shapes, against a training forward+backward", credit_passes)}
+    parts = {
+        "a": ("default `oarl train` from an empty cache", default_train),
+        "b": ("every estimator through OARTrainer, bf16 and activation checkpointing", estimators_through_the_trainer),
+        "c": ("`oarl eval`, HF backend", hf_eval),
+        "d": ("the credit pass at real shapes, against a training forward+backward", credit_passes),
+    }
     for key in [p.strip() for p in args.parts.split(",") if p.strip()]:
         title, fn = parts[key]
         check.part(key, title, lambda: fn(check))
     check.write()
     shutil.rmtree(check.work, ignore_errors=True)  # the cache and models of (a)-(c); the report stays
     failed = [k for k, p in check.results["parts"].items() if p["status"] != "ok"]
-    empty = [k for k, p in check.results["parts"].items()
-             if k == "d" and p["status"] == "ok" and not any(c["passes"] for c in p["cells"])]
-    say(f"done in {check.results['total_seconds']:.0f} s; " + (f"FAILED: {failed}" if failed else "all parts ran")
-        + (f"; nothing measured in ({', '.join(empty)}): every pass skipped" if empty else ""))
+    empty = [
+        k
+        for k, p in check.results["parts"].items()
+        if k == "d" and p["status"] == "ok" and not any(c["passes"] for c in p["cells"])
+    ]
+    say(
+        f"done in {check.results['total_seconds']:.0f} s; "
+        + (f"FAILED: {failed}" if failed else "all parts ran")
+        + (f"; nothing measured in ({', '.join(empty)}): every pass skipped" if empty else "")
+    )
     return 1 if failed else 0
 
 

@@ -30,7 +30,9 @@ import torch
 from oarl.models.tiny import TinyConfig, build_tiny, save_tiny
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-DATA_DIR = Path(os.environ.get("OARL_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks")
+DATA_DIR = Path(
+    os.environ.get("OARL_DATA_DIR") or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks"
+)
 
 
 @pytest.fixture
@@ -51,12 +53,16 @@ def _user_namespaces() -> bool:
     import shutil
     import subprocess
 
-    return shutil.which("unshare") is not None and subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+    return (
+        shutil.which("unshare") is not None
+        and subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0
+    )
 
 
 # A real full disk without root: a small tmpfs mounted in a user and mount namespace (`unshare -rm`)
-needs_user_namespaces = pytest.mark.skipif(not _user_namespaces(), reason="needs `unshare -rm` (user and mount "
-                                           "namespaces) to mount a small tmpfs")
+needs_user_namespaces = pytest.mark.skipif(
+    not _user_namespaces(), reason="needs `unshare -rm` (user and mount namespaces) to mount a small tmpfs"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -106,8 +112,9 @@ def train_tiny_lm(steps: int = 300, seed: int = 0):
         for _ in range(steps):
             texts = [p + c for p, c, _ in (addition_example(rng) for _ in range(32))]
             # right padding: every training sequence starts at position 0
-            batch = tokenizer([t + tokenizer.eos_token for t in texts], return_tensors="pt", padding=True,
-                              padding_side="right")
+            batch = tokenizer(
+                [t + tokenizer.eos_token for t in texts], return_tensors="pt", padding=True, padding_side="right"
+            )
             labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
             model(**batch, labels=labels).loss.backward()
             opt.step()

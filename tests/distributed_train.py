@@ -79,11 +79,14 @@ class Recorder:
         tokenizer, *tensors, config = args
         record = {
             "inputs": [t.detach().cpu().clone() for t in tensors],  # prompt ids/mask, completion ids/mask, advantages
-            "truncated": kwargs["truncated"].cpu().clone(), "config": config,
+            "truncated": kwargs["truncated"].cpu().clone(),
+            "config": config,
             "max_completion_length": kwargs.get("max_completion_length"),
             "generator_state": None if generator is None else generator.get_state(),
             "autocast": torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"),
-            "forwards": 0, "sampled": [], "scored": [],
+            "forwards": 0,
+            "sampled": [],
+            "scored": [],
             "linear": torch.nn.functional.linear.__module__,  # DeepSpeed's under ZeRO-3 with memory_efficient_linear
         }
         handle = None
@@ -96,8 +99,9 @@ class Recorder:
 
             handle = model.register_forward_pre_hook(count)
         if sampler is not None:
-            sampler = self.recording(sampler, record["sampled"],
-                                     lambda result: [[[int(t) for t in c] for c in cs] for cs in result])
+            sampler = self.recording(
+                sampler, record["sampled"], lambda result: [[[int(t) for t in c] for c in cs] for cs in result]
+            )
             scorer = self.recording(scorer, record["scored"], lambda result: [float(r) for r in result])
         try:
             out = self.function(model, *args, generator=generator, sampler=sampler, scorer=scorer, **kwargs)
@@ -149,29 +153,58 @@ def main():
             unset_hf_deepspeed_config()  # the previous case's arguments set it: as in a fresh process
             model, tokenizer = load_tiny(model_dir)
         args = OARConfig(
-            output_dir=str(out / case), per_device_train_batch_size=4, num_generations=4, max_completion_length=32,
-            max_steps=MAX_STEPS, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", seed=0,
-            bf16=mixed == "bf16", use_cpu=True, beta=0.0, disable_tqdm=True, temperature=1.0,
-            **{ACTIVATION_CHECKPOINTING: True}, **CASES[case],
+            output_dir=str(out / case),
+            per_device_train_batch_size=4,
+            num_generations=4,
+            max_completion_length=32,
+            max_steps=MAX_STEPS,
+            learning_rate=1e-3,
+            logging_steps=1,
+            save_strategy="no",
+            report_to="none",
+            seed=0,
+            bf16=mixed == "bf16",
+            use_cpu=True,
+            beta=0.0,
+            disable_tqdm=True,
+            temperature=1.0,
+            **{ACTIVATION_CHECKPOINTING: True},
+            **CASES[case],
         )
         if backend == "fsdp2":
             fsdp2_shim(args)
         if backend != "zero3-noinit":
             model, tokenizer = load_tiny(model_dir)
         built_partitioned = hasattr(next(model.parameters()), "ds_id")  # built under deepspeed.zero.Init
-        trainer = OARTrainer(model=model, reward_funcs=[skewed_reward], args=args,
-                             train_dataset=Dataset.from_list(addition_prompts(16)), processing_class=tokenizer)
+        trainer = OARTrainer(
+            model=model,
+            reward_funcs=[skewed_reward],
+            args=args,
+            train_dataset=Dataset.from_list(addition_prompts(16)),
+            processing_class=tokenizer,
+        )
         trainer.train()
         oarl.trainer.token_advantages = recorder.function
         rank = trainer.accelerator.process_index
         (out / case).mkdir(parents=True, exist_ok=True)
-        torch.save({"records": recorder.records, "world": trainer.accelerator.num_processes,
-                    "steps": trainer.state.global_step, "backend": str(trainer.accelerator.distributed_type),
-                    "built_partitioned": built_partitioned, "layout": layout(trainer)}, out / case / f"rank{rank}.pt")
+        torch.save(
+            {
+                "records": recorder.records,
+                "world": trainer.accelerator.num_processes,
+                "steps": trainer.state.global_step,
+                "backend": str(trainer.accelerator.distributed_type),
+                "built_partitioned": built_partitioned,
+                "layout": layout(trainer),
+            },
+            out / case / f"rank{rank}.pt",
+        )
         trainer.accelerator.wait_for_everyone()
         if trainer.accelerator.is_main_process:
-            print(f"CASE-OK {backend} {case} steps={trainer.state.global_step} "
-                  f"type={trainer.accelerator.distributed_type}", flush=True)
+            print(
+                f"CASE-OK {backend} {case} steps={trainer.state.global_step} "
+                f"type={trainer.accelerator.distributed_type}",
+                flush=True,
+            )
         del trainer, model
 
 

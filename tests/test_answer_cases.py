@@ -208,7 +208,11 @@ CASES = {
         ("<think>\nThe box would be \\boxed{5}, but wait: 2 + 4 = 6.\n</think>\n<answer>6</answer>", "6", R),
         ("<think>\n...\n</think>\n<answer>\nThe answer is $\\frac{1}{2}$.\n</answer>", "0.5", R),
         ("<think>sin 60 degrees</think><answer>\\boxed{\\frac{\\sqrt{3}}{2}}</answer>", "\\frac{\\sqrt3}{2}", R),
-        (" Let me solve this step by step.\n3 + 5 = 8</think>\n<answer>8</answer>", "8", R),  # the prompt opened <think>
+        (
+            " Let me solve this step by step.\n3 + 5 = 8</think>\n<answer>8</answer>",
+            "8",
+            R,
+        ),  # the prompt opened <think>
         ("<think>The roots are 2 and 3.</think><answer>x = 2, x = 3</answer>", "2, 3", R),
         ("<think>\nLet me compute 60 * 62 = 3720.\n</think>\n<answer> 3720 </answer>", "3721", W),
         ("<think>\nThe box would be \\boxed{6}.\n</think>\n<answer>5</answer>", "6", W),  # the tag decides
@@ -289,8 +293,12 @@ VOTES = [
 
 @pytest.mark.parametrize(("preds", "correct", "expected"), VOTES)
 def test_majority_votes_by_value(preds, correct, expected):
-    assert all(verify(p, q) == (c and d) for p, c in zip(preds, correct) for q, d in zip(preds, correct)
-               if p is not None and q is not None and (c or d))  # the table's right answers are equal
+    assert all(
+        verify(p, q) == (c and d)
+        for p, c in zip(preds, correct)
+        for q, d in zip(preds, correct)
+        if p is not None and q is not None and (c or d)
+    )  # the table's right answers are equal
     assert majority_correct(preds, correct) is expected
 
 
@@ -306,14 +314,36 @@ from hypothesis import strategies as st  # noqa: E402
 from oarl.answer import extract_answer  # noqa: E402
 
 NUMBER_TEXTS = st.one_of(
-    st.integers(-10**7, 10**7).map(str),
+    st.integers(-(10**7), 10**7).map(str),
     st.integers(1000, 10**9).map(lambda n: f"{n:,}"),
     st.decimals(-1000, 1000, places=2, allow_nan=False, allow_infinity=False).map(str),
 )
-LEADS = ["The answer is ", "the final answer is ", "#### ", "Answer: ", "**Final Answer:** ", "The answer is **",
-         "So the answer is therefore ", "The correct answer is: ", "The answer is $"]
-TAILS = ["", ".", " clips, altogether.", ", since 48+24=72.", " dollars, which is the total.", " because it is.",
-         "**.", " (in dollars).", "!\nDone.", " and that is it.", ", not 5.", " or so.", "\n\nThe answer is reasonable."]
+LEADS = [
+    "The answer is ",
+    "the final answer is ",
+    "#### ",
+    "Answer: ",
+    "**Final Answer:** ",
+    "The answer is **",
+    "So the answer is therefore ",
+    "The correct answer is: ",
+    "The answer is $",
+]
+TAILS = [
+    "",
+    ".",
+    " clips, altogether.",
+    ", since 48+24=72.",
+    " dollars, which is the total.",
+    " because it is.",
+    "**.",
+    " (in dollars).",
+    "!\nDone.",
+    " and that is it.",
+    ", not 5.",
+    " or so.",
+    "\n\nThe answer is reasonable.",
+]
 
 
 @settings(max_examples=150, deadline=None)
@@ -355,8 +385,11 @@ def test_tiny_powers_are_told_apart_by_math_verify(e, f, inverted):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.one_of(st.none(), st.fractions(min_value=0, max_value=4, max_denominator=2)), min_size=1, max_size=8),
-       st.fractions(min_value=0, max_value=4, max_denominator=2), st.data())
+@given(
+    st.lists(st.one_of(st.none(), st.fractions(min_value=0, max_value=4, max_denominator=2)), min_size=1, max_size=8),
+    st.fractions(min_value=0, max_value=4, max_denominator=2),
+    st.data(),
+)
 def test_majority_by_value_matches_a_vote_on_exact_values(values, gold, data):
     """Answers respelled at random vote as their values would: the winner is the most frequent value (the
     first seen among ties), right iff it is the gold."""
@@ -375,7 +408,10 @@ def test_grouping_costs_one_worker_call_per_distinct_constant():
     assert value_key("\\sin\\frac{\\pi}{6}") == value_key("1/2") == "q:1/2"
     assert value_key("2^{100}+1") != value_key("2^{100}")
     assert value_key("0.5") is None and value_key("x+1") is None and value_key("50\\%") is None  # verified pairwise
-    answers = [f"\\frac{{\\sqrt{{{k}}}}}{{{k + 1}}}" for k in range(2, 14)] + ["\\frac{\\sqrt{8}}{9}", "\\frac{2\\sqrt{2}}{9}"]
+    answers = [f"\\frac{{\\sqrt{{{k}}}}}{{{k + 1}}}" for k in range(2, 14)] + [
+        "\\frac{\\sqrt{8}}{9}",
+        "\\frac{2\\sqrt{2}}{9}",
+    ]
     calls = rewards.stats["math_verify"]
     labels = group_by_value(answers)
     assert rewards.stats["math_verify"] - calls <= len(answers)  # one value key each, no pairwise verification

@@ -29,7 +29,6 @@ def test_generator_is_deterministic_and_seeded():
     assert problems("test", 50, seed=3) != problems("test", 50, seed=4)
 
 
-
 def test_default_task_is_the_tree_form():
     assert DEFAULT_TASK == TREE
 
@@ -120,7 +119,6 @@ def test_default_regime_fields():
     assert kw["per_device_train_batch_size"] % kw["num_generations"] == 0
     cfg = DEFAULT_REGIME.warmstart_config()
     assert cfg["task"]["flaw_rate"] == DEFAULT_TASK.flaw_rate and cfg["steps"] == DEFAULT_REGIME.sft_steps
-
 
 
 def test_tree_form_writes_the_pairs_and_combines_them_in_the_answer():

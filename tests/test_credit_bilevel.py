@@ -24,8 +24,9 @@ def test_hand_computed_five_tokens():
     importance = torch.expm1(x)
     mask = torch.tensor([[True, True, True, True, True, False]])
     scale = 5 / 7.225
-    expected = torch.tensor([[4 / 3 * scale, 0.1 * scale, 3 * scale, 0.625 * scale, 13 / 6 * scale, 1.0]],
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [[4 / 3 * scale, 0.1 * scale, 3 * scale, 0.625 * scale, 13 / 6 * scale, 1.0]], dtype=torch.float64
+    )
     weights = bilevel_weights(importance, mask, threshold=0.4, beta=2.0, floor=0.1)
     torch.testing.assert_close(weights, expected, atol=1e-6, rtol=0)
     assert weights[0, 5] == 1.0

@@ -8,8 +8,16 @@ import oarl.credit.core as core
 from oarl.credit import ESTIMATORS, CreditConfig, token_advantages
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-STAT_KEYS = {"time_s", "skipped_frac", "no_answer_frac", "nonfinite_frac", "weight_std", "weight_max",
-             "suppressed_frac", "boosted_frac"}
+STAT_KEYS = {
+    "time_s",
+    "skipped_frac",
+    "no_answer_frac",
+    "nonfinite_frac",
+    "weight_std",
+    "weight_max",
+    "suppressed_frac",
+    "boosted_frac",
+}
 PROMPTS = ["Q: What is 12 + 30?", "Q: 7 * 6?", "Q: apples?", "Q: What is 100 - 58? Let's think step by step."]
 COMPLETIONS = [
     "First, 12 + 30 = 42. So the final answer is \\boxed{42}.",
@@ -49,12 +57,15 @@ def test_none_estimator_never_touches_the_model(tok):
     assert set(out.stats) == STAT_KEYS and out.stats["no_answer_frac"] == 0.25
 
 
-@pytest.mark.parametrize("estimator", ["perturbation", "gradient", "entropy"])  # Bi-Level: grail, rollout in their files
+@pytest.mark.parametrize(
+    "estimator", ["perturbation", "gradient", "entropy"]
+)  # Bi-Level: grail, rollout in their files
 def test_output_invariants(tok, model, estimator):
     batch = make_batch(tok)
     advantages = torch.tensor([1.0, -0.5, 0.0, 2.0])  # row 2: advantage 0; row 3: no answer
-    out = token_advantages(model, tok, *batch, advantages, CreditConfig(estimator=estimator),
-                           generator=torch.Generator().manual_seed(0))
+    out = token_advantages(
+        model, tok, *batch, advantages, CreditConfig(estimator=estimator), generator=torch.Generator().manual_seed(0)
+    )
     mask = batch[3].bool()
     reasoning = out.segments.reasoning
     assert set(out.stats) == STAT_KEYS
@@ -76,15 +87,26 @@ def test_skipped_rows_are_not_sent_through_the_model(tok, model, apply_to, rows)
     batch = make_batch(tok)
     counter = ForwardCounter(model)
     try:
-        out = token_advantages(model, tok, *batch, torch.tensor([1.0, -0.5, 0.0, 2.0]),
-                               CreditConfig(estimator="entropy", apply_to=apply_to))
+        out = token_advantages(
+            model,
+            tok,
+            *batch,
+            torch.tensor([1.0, -0.5, 0.0, 2.0]),
+            CreditConfig(estimator="entropy", apply_to=apply_to),
+        )
     finally:
         counter.handle.remove()
     assert counter.sizes == [rows]  # one forward, only rows with advantage != 0, allowed, with an answer
     assert out.stats["skipped_frac"] == {"all": 0.25, "positive": 0.5, "negative": 0.75}[apply_to]
     computed = out.importance.abs().sum(1) > 0
-    assert computed.tolist() == {"all": [True, True, False, False], "positive": [True, False, False, False],
-                                 "negative": [False, True, False, False]}[apply_to]
+    assert (
+        computed.tolist()
+        == {
+            "all": [True, True, False, False],
+            "positive": [True, False, False, False],
+            "negative": [False, True, False, False],
+        }[apply_to]
+    )
 
 
 def test_all_rows_skipped(tok, model):
@@ -115,8 +137,9 @@ def test_train_mode_and_grads_untouched(tok, estimator, under_no_grad):
         p.grad = torch.ones_like(p)
     before = [None if p.grad is None else p.grad.clone() for p in params]
     with torch.no_grad() if under_no_grad else torch.enable_grad():
-        out = token_advantages(model, tok, *make_batch(tok), torch.tensor([1.0, -0.5, 0.0, 2.0]),
-                               CreditConfig(estimator=estimator))
+        out = token_advantages(
+            model, tok, *make_batch(tok), torch.tensor([1.0, -0.5, 0.0, 2.0]), CreditConfig(estimator=estimator)
+        )
     assert model.training and not out.advantages.requires_grad
     for p, b in zip(params, before):
         assert (p.grad is None and b is None) or torch.equal(p.grad, b)
@@ -125,8 +148,9 @@ def test_train_mode_and_grads_untouched(tok, estimator, under_no_grad):
 def test_default_replacement_is_the_pad_id(tok, model):
     batch, advantages = make_batch(tok, [0]), torch.tensor([1.0])
     default = token_advantages(model, tok, *batch, advantages, CreditConfig(estimator="perturbation"))
-    explicit = token_advantages(model, tok, *batch, advantages,
-                                CreditConfig(estimator="perturbation", replace_with=tok.pad_token_id))
+    explicit = token_advantages(
+        model, tok, *batch, advantages, CreditConfig(estimator="perturbation", replace_with=tok.pad_token_id)
+    )
     other = token_advantages(model, tok, *batch, advantages, CreditConfig(estimator="perturbation", replace_with=5))
     assert torch.equal(default.importance, explicit.importance)
     assert not torch.equal(default.importance, other.importance)
@@ -134,8 +158,17 @@ def test_default_replacement_is_the_pad_id(tok, model):
 
 def test_gradient_seeded(tok, model):
     batch, advantages = make_batch(tok), torch.tensor([1.0, -0.5, 0.0, 2.0])
-    runs = [token_advantages(model, tok, *batch, advantages, CreditConfig(estimator="gradient"),
-                             generator=torch.Generator().manual_seed(s)) for s in (1, 1, 2)]
+    runs = [
+        token_advantages(
+            model,
+            tok,
+            *batch,
+            advantages,
+            CreditConfig(estimator="gradient"),
+            generator=torch.Generator().manual_seed(s),
+        )
+        for s in (1, 1, 2)
+    ]
     assert torch.equal(runs[0].importance, runs[1].importance)
     assert not torch.equal(runs[0].importance, runs[2].importance)
 
@@ -149,8 +182,9 @@ def test_nonfinite_importance_row_falls_back_to_uniform(tok, model, monkeypatch)
         return out
 
     monkeypatch.setattr(core, "entropy_importance", poisoned)
-    out = token_advantages(model, tok, *make_batch(tok), torch.tensor([1.0, -0.5, 0.0, 2.0]),
-                           CreditConfig(estimator="entropy"))
+    out = token_advantages(
+        model, tok, *make_batch(tok), torch.tensor([1.0, -0.5, 0.0, 2.0]), CreditConfig(estimator="entropy")
+    )
     assert out.stats["nonfinite_frac"] == 0.25
     assert (out.weights[0] == 1).all() and (out.weights[1][out.segments.reasoning[1]] != 1).any()
     assert torch.isfinite(out.advantages).all() and torch.isfinite(torch.tensor(list(out.stats.values()))).all()
@@ -159,8 +193,17 @@ def test_nonfinite_importance_row_falls_back_to_uniform(tok, model, monkeypatch)
 def test_truncated_completion_without_closing_is_uniform(tok, model):
     batch = make_batch(tok, [1])
     completion_ids, completion_mask = batch[2][:, :-1], batch[3][:, :-1]  # "#### 42" without the EOS, cut
-    out = token_advantages(model, tok, batch[0], batch[1], completion_ids, completion_mask, torch.tensor([1.0]),
-                           CreditConfig(estimator="entropy"), truncated=torch.tensor([True]))
+    out = token_advantages(
+        model,
+        tok,
+        batch[0],
+        batch[1],
+        completion_ids,
+        completion_mask,
+        torch.tensor([1.0]),
+        CreditConfig(estimator="entropy"),
+        truncated=torch.tensor([True]),
+    )
     assert not out.segments.has_answer[0] and (out.weights == 1).all() and out.stats["no_answer_frac"] == 1.0
 
 
@@ -169,16 +212,32 @@ def test_span_mode_gives_one_importance_per_step(tok, model):
     prompt_ids, prompt_mask, completion_ids, completion_mask = batch
     completion = tok("Step 1: 7 * 6 = 42.\nStep 2: check it.\n#### 42", add_special_tokens=False)["input_ids"]
     completion_ids, completion_mask = pad_rows([completion + [tok.eos_token_id]] * 2, tok.pad_token_id, "right")
-    out = token_advantages(model, tok, prompt_ids, prompt_mask, completion_ids, completion_mask, advantages,
-                           CreditConfig(estimator="perturbation", span="line"))
+    out = token_advantages(
+        model,
+        tok,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        advantages,
+        CreditConfig(estimator="perturbation", span="line"),
+    )
     steps = out.segments.steps
     assert steps is not None and int(steps.max()) == 1
     for b in range(2):
         for s in (0, 1):
             values = out.importance[b][steps[b] == s]
             assert values.numel() > 1 and (values == values[0]).all() and values[0] > 0
-    gradient = token_advantages(model, tok, prompt_ids, prompt_mask, completion_ids, completion_mask, advantages,
-                                CreditConfig(estimator="gradient", span="line"))
+    gradient = token_advantages(
+        model,
+        tok,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        advantages,
+        CreditConfig(estimator="gradient", span="line"),
+    )
     assert gradient.segments.steps is None  # span only changes OAR-P
 
 
@@ -189,8 +248,9 @@ def test_batch_size_bounds_each_pass_and_keeps_results(tok, model, estimator):
     full = token_advantages(model, tok, *batch, advantages, CreditConfig(estimator=estimator, chunk_size=4))
     counter = ForwardCounter(model)
     try:
-        split = token_advantages(model, tok, *batch, advantages,
-                                 CreditConfig(estimator=estimator, chunk_size=4, batch_size=1))
+        split = token_advantages(
+            model, tok, *batch, advantages, CreditConfig(estimator=estimator, chunk_size=4, batch_size=1)
+        )
     finally:
         counter.handle.remove()
     if estimator == "gradient":  # one clean and one noisy forward per pass, one row each

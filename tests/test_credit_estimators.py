@@ -42,6 +42,7 @@ def model():
 
 # -- naive references: one sequence, full logits, written independently of the library ----------------
 
+
 def naive_outcome(model, ids, answer, mode):
     logits = model(input_ids=torch.tensor([ids])).logits[0].double()  # [L, V]
     cols = torch.tensor(answer).nonzero().squeeze(1)
@@ -79,8 +80,17 @@ def naive_perturbation(model, row, mode, replace):
 def test_perturbation_matches_naive_loop(model, mode, chunk_size, reuse_prefix):
     rows = make_rows()
     ids, attn, reasoning, answer = batch(rows, "left")
-    got = perturbation_importance(model, ids, attn, reasoning, answer, mode=mode, chunk_size=chunk_size,
-                                  pad_token_id=PAD, reuse_prefix=reuse_prefix)
+    got = perturbation_importance(
+        model,
+        ids,
+        attn,
+        reasoning,
+        answer,
+        mode=mode,
+        chunk_size=chunk_size,
+        pad_token_id=PAD,
+        reuse_prefix=reuse_prefix,
+    )
     assert got.shape == ids.shape
     for b, row_got in enumerate(unpad(got, attn)):
         expected = naive_perturbation(model, rows[b], mode, PAD).float()
@@ -92,8 +102,9 @@ def test_perturbation_matches_naive_loop(model, mode, chunk_size, reuse_prefix):
 def test_perturbation_replace_with(model):
     rows = make_rows()[:1]
     ids, attn, reasoning, answer = batch(rows, "right")
-    got = perturbation_importance(model, ids, attn, reasoning, answer, mode="answer_mean", replace_with=5,
-                                  pad_token_id=PAD)
+    got = perturbation_importance(
+        model, ids, attn, reasoning, answer, mode="answer_mean", replace_with=5, pad_token_id=PAD
+    )
     expected = naive_perturbation(model, rows[0], "answer_mean", 5).float()
     assert (got[0] - expected).abs().max() <= 1e-5
 
@@ -111,7 +122,8 @@ def test_padding_invariance(model, gpt2, estimator, kind):
     fn = {
         "perturbation": lambda *a: perturbation_importance(model, *a, mode="last", chunk_size=4, pad_token_id=PAD),
         "perturbation-reuse": lambda *a: perturbation_importance(
-            model, *a, mode="answer_mean", chunk_size=4, pad_token_id=PAD, reuse_prefix=True),
+            model, *a, mode="answer_mean", chunk_size=4, pad_token_id=PAD, reuse_prefix=True
+        ),
         "entropy": lambda *a: entropy_importance(model, *a),
     }[estimator]
     single = [fn(*batch([r], "left"))[0] for r in rows]  # unpadded, one row at a time
@@ -166,8 +178,9 @@ def naive_gradient(model, row, mode, seed=None, noise=None):
 def test_gradient_matches_naive_for_one_row(model, mode):
     row = make_rows()[1]
     ids, attn, reasoning, answer = batch([row], "left")
-    got = gradient_importance(model, ids, attn, reasoning, answer, mode=mode, noise_std=NOISE_STD,
-                              generator=torch.Generator().manual_seed(3))
+    got = gradient_importance(
+        model, ids, attn, reasoning, answer, mode=mode, noise_std=NOISE_STD, generator=torch.Generator().manual_seed(3)
+    )
     expected = naive_gradient(model, row, mode, seed=3)
     assert expected.abs().max() > 0
     torch.testing.assert_close(got[0], expected, rtol=1e-6, atol=1e-12)
@@ -181,13 +194,15 @@ def test_gradient_noise_samples_average_consecutive_draws(model):
     m = sum(rows[0][1])
     stream = torch.randn((k * m, d), generator=torch.Generator().manual_seed(5)).double() * NOISE_STD
     expected = torch.stack([naive_gradient(model, rows[0], "answer_mean", noise=block) for block in stream.split(m)])
-    got = gradient_importance(model, *batch(rows, "left"), noise_std=NOISE_STD, noise_samples=k,
-                              generator=torch.Generator().manual_seed(5))
+    got = gradient_importance(
+        model, *batch(rows, "left"), noise_std=NOISE_STD, noise_samples=k, generator=torch.Generator().manual_seed(5)
+    )
     ids, attn, *_ = batch(rows, "left")
     torch.testing.assert_close(unpad(got, attn)[0], expected.mean(0), rtol=1e-6, atol=1e-12)
     assert not torch.allclose(expected[0], expected[1])  # the draws differ: the mean is not one draw
-    right = gradient_importance(model, *batch(rows, "right"), noise_std=NOISE_STD, noise_samples=k,
-                                generator=torch.Generator().manual_seed(5))
+    right = gradient_importance(
+        model, *batch(rows, "right"), noise_std=NOISE_STD, noise_samples=k, generator=torch.Generator().manual_seed(5)
+    )
     for a, b in zip(unpad(got, attn), unpad(right, batch(rows, "right")[1])):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-15)
 
@@ -197,8 +212,14 @@ def test_gradient_noise_samples_shrink_the_spread(model):
     ids, attn, reasoning, answer = batch(make_rows(seed=6)[:1], "left")
 
     def spread(k):
-        draws = torch.stack([gradient_importance(model, ids, attn, reasoning, answer, noise_samples=k,
-                                                 generator=torch.Generator().manual_seed(s))[0] for s in range(40)])
+        draws = torch.stack(
+            [
+                gradient_importance(
+                    model, ids, attn, reasoning, answer, noise_samples=k, generator=torch.Generator().manual_seed(s)
+                )[0]
+                for s in range(40)
+            ]
+        )
         cols = reasoning[0]
         return (draws[:, cols].std(0) / draws[:, cols].mean(0)).mean()
 
@@ -214,8 +235,9 @@ def test_gradient_padding_and_seed(model, gpt2, kind):
     outs = {}
     for side in ("left", "right"):
         ids, attn, reasoning, answer = batch(rows, side)
-        outs[side] = unpad(gradient_importance(model, ids, attn, reasoning, answer,
-                                               generator=torch.Generator().manual_seed(7)), attn)
+        outs[side] = unpad(
+            gradient_importance(model, ids, attn, reasoning, answer, generator=torch.Generator().manual_seed(7)), attn
+        )
     for left, right in zip(outs["left"], outs["right"]):
         torch.testing.assert_close(left, right, rtol=1e-7, atol=1e-15)
     # the first row's noise is the first block of the stream: same as that row alone
@@ -245,8 +267,9 @@ def test_gradient_leaves_grads_and_mode_untouched(under_no_grad):
     for _ in range(2):
         ctx = torch.no_grad() if under_no_grad else torch.enable_grad()
         with ctx:
-            results.append(gradient_importance(model, ids, attn, reasoning, answer,
-                                               generator=torch.Generator().manual_seed(0)))
+            results.append(
+                gradient_importance(model, ids, attn, reasoning, answer, generator=torch.Generator().manual_seed(0))
+            )
     assert model.training
     assert all(p.requires_grad for p in params)
     for p, b in zip(params, before):
@@ -287,8 +310,9 @@ def test_bad_settings_raise(model):
 def test_prefix_reuse_equals_full_recompute_on_gpt2(gpt2, mode):
     ids, attn, reasoning, answer = batch(make_rows(seed=3), "right")
     full = perturbation_importance(gpt2, ids, attn, reasoning, answer, mode=mode, chunk_size=4, pad_token_id=PAD)
-    reused = perturbation_importance(gpt2, ids, attn, reasoning, answer, mode=mode, chunk_size=4, pad_token_id=PAD,
-                                     reuse_prefix=True)
+    reused = perturbation_importance(
+        gpt2, ids, attn, reasoning, answer, mode=mode, chunk_size=4, pad_token_id=PAD, reuse_prefix=True
+    )
     assert full.abs().sum() > 0 and (full - reused).abs().max() <= 1e-9
 
 
@@ -311,8 +335,18 @@ def test_span_perturbation_matches_naive_loop(model, mode, chunk_size, reuse_pre
     steps = [[t // 3 for t in range(len(r[0]))] for r in rows]  # steps of 3 consecutive tokens
     ids, attn, reasoning, answer = batch(rows, "right")
     span_ids, _ = pad_rows(steps, -1, "right")
-    got = perturbation_importance(model, ids, attn, reasoning, answer, mode=mode, chunk_size=chunk_size,
-                                  pad_token_id=PAD, reuse_prefix=reuse_prefix, span_ids=span_ids)
+    got = perturbation_importance(
+        model,
+        ids,
+        attn,
+        reasoning,
+        answer,
+        mode=mode,
+        chunk_size=chunk_size,
+        pad_token_id=PAD,
+        reuse_prefix=reuse_prefix,
+        span_ids=span_ids,
+    )
     for b, row_got in enumerate(unpad(got, attn)):
         expected = naive_span_perturbation(model, rows[b], steps[b], mode, PAD).float()
         assert (row_got - expected).abs().max() <= 1e-5, (mode, b)
@@ -353,8 +387,15 @@ def test_gradient_activation_checkpointing_recomputes_and_keeps_the_result(model
         results = {}
         for on in (False, True):
             calls.clear()
-            results[on] = gradient_importance(model, ids, attn, reasoning, answer, activation_checkpointing=on,
-                                              generator=torch.Generator().manual_seed(2))
+            results[on] = gradient_importance(
+                model,
+                ids,
+                attn,
+                reasoning,
+                answer,
+                activation_checkpointing=on,
+                generator=torch.Generator().manual_seed(2),
+            )
             results[on, "calls"] = len(calls)
     finally:
         handle.remove()
@@ -377,8 +418,9 @@ def test_gradient_with_transformers_checkpointing_in_train_mode():
     model.activation_checkpointing_enable()
     model.train()
     for on in (False, True):
-        got = gradient_importance(model, ids, attn, reasoning, answer, activation_checkpointing=on,
-                                  generator=torch.Generator().manual_seed(0))
+        got = gradient_importance(
+            model, ids, attn, reasoning, answer, activation_checkpointing=on, generator=torch.Generator().manual_seed(0)
+        )
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-15)
         assert not got.requires_grad  # its input-embedding hook (enable_input_require_grads) leaves no graph
     assert model.training and model.is_activation_checkpointing
@@ -418,8 +460,19 @@ def test_hierarchical_perturbation_matches_naive(model, mode, reuse_prefix):
     steps = [[t // 2 for t in range(len(r[0]))] for r in rows]  # steps of 2 consecutive tokens
     ids, attn, reasoning, answer = batch(rows, "right")
     span_ids, _ = pad_rows(steps, -1, "right")
-    got = perturbation_importance(model, ids, attn, reasoning, answer, mode=mode, chunk_size=3, pad_token_id=PAD,
-                                  reuse_prefix=reuse_prefix, span_ids=span_ids, refine=0.5)
+    got = perturbation_importance(
+        model,
+        ids,
+        attn,
+        reasoning,
+        answer,
+        mode=mode,
+        chunk_size=3,
+        pad_token_id=PAD,
+        reuse_prefix=reuse_prefix,
+        span_ids=span_ids,
+        refine=0.5,
+    )
     refined = 0
     for b, row_got in enumerate(unpad(got, attn)):
         expected, chosen = naive_hierarchical(model, rows[b], steps[b], mode, PAD, 0.5)
@@ -435,8 +488,9 @@ def test_hierarchical_with_every_step_refined_is_token_level(model):
     steps = torch.arange(ids.shape[1]).expand_as(ids) // 3
     token = perturbation_importance(model, ids, attn, reasoning, answer, pad_token_id=PAD)
     # a quantile below the smallest gap: every step's normalised importance reaches it
-    refined = perturbation_importance(model, ids, attn, reasoning, answer, pad_token_id=PAD, span_ids=steps,
-                                      refine=1e-9)
+    refined = perturbation_importance(
+        model, ids, attn, reasoning, answer, pad_token_id=PAD, span_ids=steps, refine=1e-9
+    )
     torch.testing.assert_close(refined, token, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="refine must be None or a quantile in"):
         perturbation_importance(model, ids, attn, reasoning, answer, pad_token_id=PAD, refine=0.4)

@@ -54,9 +54,17 @@ def tiny_qwen2(vocab_size: int, seed: int = 0, dtype=torch.float64) -> Qwen2ForC
 
 def _tiny_qwen2(vocab_size: int, dtype) -> Qwen2ForCausalLM:
     config = Qwen2Config(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        pad_token_id=0, eos_token_id=1, bos_token_id=None, tie_word_embeddings=False,
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+        tie_word_embeddings=False,
         attention_dropout=0.0,
     )
     model = Qwen2ForCausalLM(config).to(dtype)
@@ -82,8 +90,18 @@ def pad_rows(rows: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tenso
 
 def tiny_gpt2(vocab_size: int, seed: int = 0, dtype=torch.float64) -> GPT2LMHeadModel:
     """A model with absolute position embeddings: wrong position ids would change its outputs."""
-    config = GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=256,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, eos_token_id=1)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        n_positions=256,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return GPT2LMHeadModel(config).to(dtype).eval()

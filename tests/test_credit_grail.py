@@ -116,8 +116,16 @@ def test_grail_inside_token_advantages():
     model = tiny_qwen2(len(tok))
     prompt_ids, prompt_mask, completion_ids, completion_mask = make_batch(tok)
     advantages = torch.tensor([1.0, -0.5, 0.0, -2.0])  # row 2: advantage 0; row 3: no answer
-    out = token_advantages(model, tok, prompt_ids, prompt_mask, completion_ids, completion_mask, advantages,
-                           CreditConfig(estimator="grail"))
+    out = token_advantages(
+        model,
+        tok,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        advantages,
+        CreditConfig(estimator="grail"),
+    )
     reasoning, answer = out.segments.reasoning, out.segments.answer
     # Default apply_to for grail: non-positive advantages only. Row 0 (positive) keeps 1 on its reasoning.
     assert (out.weights[0][reasoning[0]] == 1).all() and (out.importance[0] == 0).all()
@@ -131,11 +139,24 @@ def test_grail_inside_token_advantages():
     # The weights are GRAIL's of the saliencies of the batch's probes.
     ids = torch.cat([prompt_ids, completion_ids], 1)[1:2]
     no_prompt = torch.zeros_like(prompt_ids[1:2], dtype=torch.bool)
-    saliency = grail_saliency(model, ids, torch.cat([prompt_mask, completion_mask], 1)[1:2],
-                              torch.cat([no_prompt, reasoning[1:2]], 1), torch.cat([no_prompt, answer[1:2]], 1))
-    saliency = saliency[:, prompt_ids.shape[1]:]
+    saliency = grail_saliency(
+        model,
+        ids,
+        torch.cat([prompt_mask, completion_mask], 1)[1:2],
+        torch.cat([no_prompt, reasoning[1:2]], 1),
+        torch.cat([no_prompt, answer[1:2]], 1),
+    )
+    saliency = saliency[:, prompt_ids.shape[1] :]
     torch.testing.assert_close(out.importance[1:2], saliency * reasoning[1:2])
     torch.testing.assert_close(out.weights[1:2], grail_weights(saliency, reasoning[1:2], answer[1:2]))
-    every = token_advantages(model, tok, prompt_ids, prompt_mask, completion_ids, completion_mask, advantages,
-                             CreditConfig(estimator="grail", apply_to="all"))
+    every = token_advantages(
+        model,
+        tok,
+        prompt_ids,
+        prompt_mask,
+        completion_ids,
+        completion_mask,
+        advantages,
+        CreditConfig(estimator="grail", apply_to="all"),
+    )
     assert every.weights[0][reasoning[0]].std() > 0

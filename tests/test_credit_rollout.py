@@ -32,8 +32,9 @@ def decode(ids) -> str:
 def batch(completions: list[str], prompts: list[str] | None = None):
     prompts = prompts or [PROMPT] * len(completions)
     prompt_ids, prompt_mask = pad_rows([encode(p) for p in prompts], TOK.pad_token_id, "left")
-    completion_ids, completion_mask = pad_rows([encode(c) + [TOK.eos_token_id] for c in completions],
-                                               TOK.pad_token_id, "right")
+    completion_ids, completion_mask = pad_rows(
+        [encode(c) + [TOK.eos_token_id] for c in completions], TOK.pad_token_id, "right"
+    )
     return prompt_ids, prompt_mask, completion_ids, completion_mask
 
 
@@ -72,6 +73,7 @@ def scorer_of(rows_seen: list):
     def scorer(rows, completions):
         rows_seen.append(list(rows))
         return [reward(decode(c)) for c in completions]
+
     return scorer
 
 
@@ -89,8 +91,15 @@ def step_values(out, b: int) -> list[float]:
 def test_the_step_the_reward_depends_on_gets_all_the_credit():
     completions = [" ".join(RIGHT) + " The answer is 6.", " ".join([RIGHT[0], WRONG_B, RIGHT[2]]) + " The answer is 9."]
     sampler, rows_seen = Sampler(), []
-    out = token_advantages(None, TOK, *batch(completions), torch.tensor([1.0, -1.0]),
-                           CreditConfig(estimator="rollout", rollouts=4), sampler=sampler, scorer=scorer_of(rows_seen))
+    out = token_advantages(
+        None,
+        TOK,
+        *batch(completions),
+        torch.tensor([1.0, -1.0]),
+        CreditConfig(estimator="rollout", rollouts=4),
+        sampler=sampler,
+        scorer=scorer_of(rows_seen),
+    )
     # V(h0) = V(after a=1.) = 1/2 (half the continuations write b=2.); after b: 1 (right) or 0 (wrong); after c: same.
     assert step_values(out, 0) == [0.0, 0.5, 0.0]
     assert step_values(out, 1) == [0.0, -0.5, 0.0]
@@ -109,9 +118,15 @@ def test_the_step_the_reward_depends_on_gets_all_the_credit():
 
 def test_seeded_random_sampler_converges_to_the_true_values():
     completion = " ".join(RIGHT) + " The answer is 6."
-    out = token_advantages(None, TOK, *batch([completion]), torch.tensor([1.0]),
-                           CreditConfig(estimator="rollout", rollouts=400), sampler=Sampler(seed=0),
-                           scorer=scorer_of([]))
+    out = token_advantages(
+        None,
+        TOK,
+        *batch([completion]),
+        torch.tensor([1.0]),
+        CreditConfig(estimator="rollout", rollouts=400),
+        sampler=Sampler(seed=0),
+        scorer=scorer_of([]),
+    )
     first, second, third = step_values(out, 0)
     assert first == pytest.approx(0.0, abs=0.1) and third == 0.0  # V(h0) and V(h1): two estimates of 1/2
     assert second == pytest.approx(0.5, abs=0.1)  # 1 - V(h1); the standard error of V(h1) is 0.025
@@ -120,9 +135,15 @@ def test_seeded_random_sampler_converges_to_the_true_values():
 def test_token_steps_and_the_cap_on_steps():
     completion = " ".join(RIGHT) + " The answer is 6."
     sampler = Sampler()
-    out = token_advantages(None, TOK, *batch([completion]), torch.tensor([1.0]),
-                           CreditConfig(estimator="rollout", span="token", max_steps=3), sampler=sampler,
-                           scorer=scorer_of([]))
+    out = token_advantages(
+        None,
+        TOK,
+        *batch([completion]),
+        torch.tensor([1.0]),
+        CreditConfig(estimator="rollout", span="token", max_steps=3),
+        sampler=sampler,
+        scorer=scorer_of([]),
+    )
     reasoning = out.segments.reasoning[0]
     n = int(reasoning.sum())  # "a=1. b=2. c=3. " = 15 tokens, 5 per group
     assert n == 15 and len(sampler.prefixes) == 4  # 3 groups: 4 boundaries
@@ -144,31 +165,67 @@ def test_continuations_are_cut_at_the_original_budget():
         return [1.0] * len(completions)
 
     budget = len(encode(completion)) + 1
-    token_advantages(None, TOK, *batch([completion]), torch.tensor([1.0]), CreditConfig(estimator="rollout"),
-                     sampler=long_sampler, scorer=scorer, max_completion_length=budget)
+    token_advantages(
+        None,
+        TOK,
+        *batch([completion]),
+        torch.tensor([1.0]),
+        CreditConfig(estimator="rollout"),
+        sampler=long_sampler,
+        scorer=scorer,
+        max_completion_length=budget,
+    )
     assert seen and max(seen) == budget
 
 
 def test_called_once_even_with_nothing_to_do_and_errors_are_clear():
     sampler, rows_seen = Sampler(), []
     completions = [" ".join(RIGHT) + " The answer is 6."] * 2
-    out = token_advantages(None, TOK, *batch(completions), torch.zeros(2), CreditConfig(estimator="rollout"),
-                           sampler=sampler, scorer=scorer_of(rows_seen))
+    out = token_advantages(
+        None,
+        TOK,
+        *batch(completions),
+        torch.zeros(2),
+        CreditConfig(estimator="rollout"),
+        sampler=sampler,
+        scorer=scorer_of(rows_seen),
+    )
     assert sampler.calls == 1 and rows_seen == [[]] and (out.weights == 1).all()
     with pytest.raises(ValueError, match="needs a sampler and a scorer"):
         token_advantages(None, TOK, *batch(completions), torch.ones(2), CreditConfig(estimator="rollout"))
     with pytest.raises(ValueError, match="must return 4 continuations"):
-        token_advantages(None, TOK, *batch(completions), torch.ones(2), CreditConfig(estimator="rollout"),
-                         sampler=lambda p, k: [[[1]]] * len(p), scorer=scorer_of([]))
+        token_advantages(
+            None,
+            TOK,
+            *batch(completions),
+            torch.ones(2),
+            CreditConfig(estimator="rollout"),
+            sampler=lambda p, k: [[[1]]] * len(p),
+            scorer=scorer_of([]),
+        )
     with pytest.raises(ValueError, match="one reward per completion"):
-        token_advantages(None, TOK, *batch(completions), torch.ones(2), CreditConfig(estimator="rollout"),
-                         sampler=Sampler(), scorer=lambda rows, comps: [1.0])
+        token_advantages(
+            None,
+            TOK,
+            *batch(completions),
+            torch.ones(2),
+            CreditConfig(estimator="rollout"),
+            sampler=Sampler(),
+            scorer=lambda rows, comps: [1.0],
+        )
 
 
 def test_unscorable_rows_fall_back_to_uniform():
     completions = [" ".join(RIGHT) + " The answer is 6."]
-    out = token_advantages(None, TOK, *batch(completions), torch.ones(1), CreditConfig(estimator="rollout"),
-                           sampler=Sampler(), scorer=lambda rows, comps: [None] * len(comps))
+    out = token_advantages(
+        None,
+        TOK,
+        *batch(completions),
+        torch.ones(1),
+        CreditConfig(estimator="rollout"),
+        sampler=Sampler(),
+        scorer=lambda rows, comps: [None] * len(comps),
+    )
     assert out.stats["nonfinite_frac"] == 1.0 and (out.weights == 1).all()
 
 
@@ -180,8 +237,9 @@ def test_rollout_importance_other_layouts():
     steps = torch.full_like(completion_ids, -1)
     steps[0, :15] = torch.arange(15) // 5
     for ids, mask in ((prompt_ids, prompt_mask), (right_ids, right_mask)):
-        magnitude, signed = rollout_importance(ids, mask, completion_ids, completion_mask, steps, torch.tensor([0]),
-                                               Sampler(), scorer_of([]), rollouts=2)
+        magnitude, signed = rollout_importance(
+            ids, mask, completion_ids, completion_mask, steps, torch.tensor([0]), Sampler(), scorer_of([]), rollouts=2
+        )
         assert signed[0, :15].tolist() == [0.0] * 5 + [0.5] * 5 + [0.0] * 5
         assert (signed[1] == 0).all() and torch.equal(magnitude, signed.abs())
 

@@ -21,18 +21,30 @@ def segment(tok, rows, truncated=None):
 
 def pieces(tok, ids, seg, b):
     """Decoded text of each segment of row b."""
+
     def text(m):
         return tok.decode(ids[b][m[b]].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
     return text(seg.reasoning), text(seg.conclusion), text(seg.answer), text(seg.rest)
 
 
 STYLES = [
     # text, reasoning, conclusion, answer, rest (decoded, special tokens dropped)
-    ("First, 12 + 30 = 42. So the final answer is \\boxed{42}.",
-     "First, 12 + 30 = 42. So", " the final answer is \\boxed{", "42", "}."),
+    (
+        "First, 12 + 30 = 42. So the final answer is \\boxed{42}.",
+        "First, 12 + 30 = 42. So",
+        " the final answer is \\boxed{",
+        "42",
+        "}.",
+    ),
     ("We add the numbers: 7 * 6 = 42.\n#### 42", "We add the numbers: 7 * 6 = 42.\n", "####", " 42", ""),
-    ("She has 5 apples and buys 3 more. The answer is 8.",
-     "She has 5 apples and buys 3 more. ", "The answer is ", "8", "."),  # the BPE has "Ġ", "The"
+    (
+        "She has 5 apples and buys 3 more. The answer is 8.",
+        "She has 5 apples and buys 3 more. ",
+        "The answer is ",
+        "8",
+        ".",
+    ),  # the BPE has "Ġ", "The"
     ("Step 1: compute 100 - 58 = 42.\nAnswer: 17", "Step 1: compute 100 - 58 = 42.\n", "Answer:", " 17", ""),
     ("Hence x = 1/2, \\boxed{\\frac{1}{2}} is it.", "Hence x = 1/2,", " \\boxed{", "\\frac{1}{2}", "} is it."),
     ("Thus 7 * 6 = 42 \\boxed{42}.", "Thus 7 * 6 = 42", " \\boxed{", "42", "}."),
@@ -64,8 +76,13 @@ def test_non_canonical_tokenisation_falls_back_to_incremental_decoding(tok):
     text = "So 7 * 6 = 42. The answer is 42."
     canonical = encode(tok, text)
     # the model sampled "4", "2" instead of " 42" in the answer: re-encoding the text does not give these ids
-    split = encode(tok, "So 7 * 6 = 42. The answer is", eos=False) + encode(tok, " ", eos=False) \
-        + encode(tok, "4", eos=False) + encode(tok, "2", eos=False) + encode(tok, ".")
+    split = (
+        encode(tok, "So 7 * 6 = 42. The answer is", eos=False)
+        + encode(tok, " ", eos=False)
+        + encode(tok, "4", eos=False)
+        + encode(tok, "2", eos=False)
+        + encode(tok, ".")
+    )
     assert split != canonical and tok.decode(split, skip_special_tokens=True) == text
     ids, _, seg = segment(tok, [canonical, split])
     assert seg.has_answer.all()
@@ -153,10 +170,13 @@ def test_multibyte_characters_and_every_span_path(tok, monkeypatch):
     assert calls
 
 
-@pytest.mark.parametrize(("span", "expected"), [
-    ("line", ["Step 1: 7 * 6 = 42.\n", "Step 2: so 42. Check: ok.\n"]),
-    ("sentence", ["Step 1: 7 * 6 = 42.\n", "Step 2: so 42. ", "Check: ok.\n"]),
-])
+@pytest.mark.parametrize(
+    ("span", "expected"),
+    [
+        ("line", ["Step 1: 7 * 6 = 42.\n", "Step 2: so 42. Check: ok.\n"]),
+        ("sentence", ["Step 1: 7 * 6 = 42.\n", "Step 2: so 42. ", "Check: ok.\n"]),
+    ],
+)
 def test_reasoning_steps(tok, span, expected):
     text = "Step 1: 7 * 6 = 42.\nStep 2: so 42. Check: ok.\n#### 42"
     ids, mask = pad_rows([encode(tok, text)], tok.pad_token_id, "right")
@@ -176,8 +196,11 @@ def test_reasoning_steps(tok, span, expected):
 ENDINGS = [
     # completion text, the answer's text, the text after it (rest, before the EOS)
     ("48 + 24 = 72.\nThe answer is 72 clips, altogether.", "72", " clips, altogether."),
-    ("So x = 5.\nTherefore $\\boxed{5}$. This answer is consistent with the constraints.", "5",
-     "}$. This answer is consistent with the constraints."),
+    (
+        "So x = 5.\nTherefore $\\boxed{5}$. This answer is consistent with the constraints.",
+        "5",
+        "}$. This answer is consistent with the constraints.",
+    ),
     ("48 + 24 = 72\n#### 72, since 48+24=72", "72", ", since 48+24=72"),
     ("9 * 2 = 18\n**The answer is 18.**", "18", ".**"),
     ("3 + 70 = 73\nFinal Answer: **73**", "73", "**"),
@@ -229,7 +252,9 @@ MULTI_PART = [
 ]
 
 
-@pytest.mark.parametrize("make_tokenizer", [build_tokenizer, _smollm2_tokenizer, bpe_tokenizer], ids=["char", "smollm2", "bpe"])
+@pytest.mark.parametrize(
+    "make_tokenizer", [build_tokenizer, _smollm2_tokenizer, bpe_tokenizer], ids=["char", "smollm2", "bpe"]
+)
 def test_the_answer_mask_covers_every_part_of_a_multi_part_answer(make_tokenizer):
     tok = make_tokenizer()
     ids, mask, seg = segment(tok, [encode(tok, text) for text, _ in MULTI_PART])

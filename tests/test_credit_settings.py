@@ -62,8 +62,20 @@ def test_trl_parser_sees_the_credit_fields(tmp_path):
         action = actions[f.metadata["trainer"]]
         assert action.help == help_text(f.name, trainer_name)
         assert list(action.choices or ()) == list(f.metadata["choices"] or ())
-    (config,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16",
-                                                    "false", "--credit_threshold", "0.3", "--credit_span", "line"])
+    (config,) = parser.parse_args_into_dataclasses(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+            "--bf16",
+            "false",
+            "--credit_threshold",
+            "0.3",
+            "--credit_span",
+            "line",
+        ]
+    )
     assert (config.credit_threshold, config.credit_config().span) == (0.3, "line")
 
 
@@ -76,9 +88,18 @@ def test_explain_flags_are_credit_config_metadata(capsys, monkeypatch):
         if line.startswith("  -"):
             flag = line.split()[0].rstrip(",")
         lines[flag] = f"{lines.get(flag, '')} {line.strip()}"
-    assert [f.metadata["flag"] for f in FLAGGED] == ["--outcome", "--threshold", "--beta", "--floor", "--noise-std",
-                                                     "--noise-samples", "--chunk-size", "--span", "--rollouts",
-                                                     "--max-steps"]
+    assert [f.metadata["flag"] for f in FLAGGED] == [
+        "--outcome",
+        "--threshold",
+        "--beta",
+        "--floor",
+        "--noise-std",
+        "--noise-samples",
+        "--chunk-size",
+        "--span",
+        "--rollouts",
+        "--max-steps",
+    ]
     for f in FLAGGED:
         line = lines[f.metadata["flag"]]
         assert help_text(f.name, flag_name) in line and (f.metadata["flag_help"] or "") in line
@@ -88,10 +109,19 @@ def test_explain_flags_are_credit_config_metadata(capsys, monkeypatch):
             assert "{" + ",".join(f.metadata["choices"]) + "}" in line
 
 
-@pytest.mark.parametrize(("setting", "value"), [
-    ("threshold", "1.5"), ("beta", "-1"), ("floor", "2"), ("noise_std", "0"), ("noise_samples", "0"),
-    ("chunk_size", "0"), ("rollouts", "0"), ("max_steps", "0"),
-])
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("threshold", "1.5"),
+        ("beta", "-1"),
+        ("floor", "2"),
+        ("noise_std", "0"),
+        ("noise_samples", "0"),
+        ("chunk_size", "0"),
+        ("rollouts", "0"),
+        ("max_steps", "0"),
+    ],
+)
 def test_explain_errors_name_the_flag(tmp_path, capsys, setting, value):
     with pytest.raises(SettingError) as raised:
         CreditConfig(**{setting: (int if SETTINGS[setting].type == "int" else float)(value)})
@@ -119,14 +149,27 @@ def test_setting_error_carries_the_setting_and_the_problem(tmp_path):
 
 # Valid values of every setting (a new setting fails the round trip until it has a strategy here).
 VALUES = {
-    "estimator": st.sampled_from(ESTIMATORS), "outcome": st.sampled_from((None, *OUTCOMES)),
-    "threshold": st.floats(0.01, 0.99), "beta": st.floats(0.0, 10.0), "floor": st.floats(0.0, 1.0),
-    "noise_std": st.floats(1e-6, 1.0), "noise_samples": st.integers(1, 8), "chunk_size": st.integers(1, 64),
-    "apply_to": st.sampled_from((None, *APPLY_TO)), "replace_with": st.none() | st.integers(0, 10**6),
-    "reuse_prefix": st.sampled_from(("auto", True, False)), "span": st.sampled_from((None, *SPANS)),
-    "batch_size": st.none() | st.integers(1, 64), "rollouts": st.integers(1, 32), "max_steps": st.integers(1, 32),
-    "grail_scale": st.floats(0.0, 5.0), "grail_min": st.floats(0.0, 1.0), "grail_max": st.floats(1.0, 10.0),
-    "temperature": st.floats(0.05, 2.0), "refine": st.booleans(), "activation_checkpointing": st.booleans(),
+    "estimator": st.sampled_from(ESTIMATORS),
+    "outcome": st.sampled_from((None, *OUTCOMES)),
+    "threshold": st.floats(0.01, 0.99),
+    "beta": st.floats(0.0, 10.0),
+    "floor": st.floats(0.0, 1.0),
+    "noise_std": st.floats(1e-6, 1.0),
+    "noise_samples": st.integers(1, 8),
+    "chunk_size": st.integers(1, 64),
+    "apply_to": st.sampled_from((None, *APPLY_TO)),
+    "replace_with": st.none() | st.integers(0, 10**6),
+    "reuse_prefix": st.sampled_from(("auto", True, False)),
+    "span": st.sampled_from((None, *SPANS)),
+    "batch_size": st.none() | st.integers(1, 64),
+    "rollouts": st.integers(1, 32),
+    "max_steps": st.integers(1, 32),
+    "grail_scale": st.floats(0.0, 5.0),
+    "grail_min": st.floats(0.0, 1.0),
+    "grail_max": st.floats(1.0, 10.0),
+    "temperature": st.floats(0.05, 2.0),
+    "refine": st.booleans(),
+    "activation_checkpointing": st.booleans(),
 }
 
 
@@ -135,8 +178,9 @@ VALUES = {
 def test_oarconfig_round_trips_every_setting(tmp_path, values):
     assert set(VALUES) == set(SETTINGS)
     if values["refine"]:  # refine needs steps to refine
-        values.update(estimator="perturbation", span=values["span"] if values["span"] in ("line", "sentence") else
-                      "line")
+        values.update(
+            estimator="perturbation", span=values["span"] if values["span"] in ("line", "sentence") else "line"
+        )
     expected = CreditConfig(**values)
     given_values = {trainer_name(name): value for name, value in values.items()}
     given_values[ACTIVATION_CHECKPOINTING] = given_values.pop("activation_checkpointing")

@@ -59,7 +59,9 @@ def test_segments_of_tool_completions(tok):
     assert torch.equal(seg.tool, tool) and not plain.tool.any()
     assert seg.has_answer.tolist() == [False, True, True, False]
     assert plain.has_answer.tolist() == [True, True, True, True]
-    assert decoded(tok, ids[0], plain.answer[0]).strip() == "7"  # without the mask the tool's number would be the answer
+    assert (
+        decoded(tok, ids[0], plain.answer[0]).strip() == "7"
+    )  # without the mask the tool's number would be the answer
     assert decoded(tok, ids[1], seg.answer[1]).strip() == "8" and decoded(tok, ids[1], plain.answer[1]).strip() == "9"
     assert decoded(tok, ids[2], seg.answer[2]).strip() == "42"
     assert decoded(tok, ids[2], seg.reasoning[2]) == "Step 1: compute 100 - 58So the total is 42. "
@@ -89,8 +91,11 @@ TOOL_ROWS = [
     [("First, 12 + 30", MODEL), (" = 42.\n", TOOL), ("So the total is 42. So the final answer is \\boxed{42}.", MODEL)],
     [("We add the numbers: 7 * 6", MODEL), (" = 42\n", TOOL), ("The answer is 42.", MODEL)],
     [("First, 12 + 30 = 42. So", MODEL), (" The answer is 7.", TOOL)],  # no answer of its own
-    [("Step 1: compute 100 - 58", MODEL), (" = 42.\nStep 2: check it.\n", TOOL),
-     ("She has 5 apples and buys 3 more, so she has 8 apples. The answer is 8.", MODEL)],
+    [
+        ("Step 1: compute 100 - 58", MODEL),
+        (" = 42.\nStep 2: check it.\n", TOOL),
+        ("She has 5 apples and buys 3 more, so she has 8 apples. The answer is 8.", MODEL),
+    ],
 ]
 
 
@@ -120,12 +125,23 @@ def test_credit_over_the_models_tokens_only(tok, model, estimator):
     config = CreditConfig(estimator=estimator, apply_to="all")
     recorder = InputRecorder(model)
     try:
-        out = token_advantages(model, tok, prompt_ids, prompt_mask, ids, mask, advantages, config, model_mask=own,
-                               generator=torch.Generator().manual_seed(0))
+        out = token_advantages(
+            model,
+            tok,
+            prompt_ids,
+            prompt_mask,
+            ids,
+            mask,
+            advantages,
+            config,
+            model_mask=own,
+            generator=torch.Generator().manual_seed(0),
+        )
     finally:
         recorder.handle.remove()
-    plain = token_advantages(model, tok, prompt_ids, prompt_mask, ids, mask, advantages, config,
-                             generator=torch.Generator().manual_seed(0))
+    plain = token_advantages(
+        model, tok, prompt_ids, prompt_mask, ids, mask, advantages, config, generator=torch.Generator().manual_seed(0)
+    )
     seg, tool = out.segments, mask.bool() & ~own.bool()
     assert torch.equal(seg.tool, tool) and tool.any(1).all()
     assert seg.has_answer.tolist() == [True, True, False, True]
@@ -165,7 +181,7 @@ def assert_variants_keep_tool_tokens(calls, prompt_ids, prompt_mask, ids, mask, 
         for variant in call:
             w = variant.shape[0]
             diffs = [(r, (probe.input_ids[r, width - w :] != variant).nonzero().flatten()) for r in range(len(rows))]
-            (r, diff), = [(r, d) for r, d in diffs if len(d) == 1]
+            ((r, diff),) = [(r, d) for r, d in diffs if len(d) == 1]
             col = width - w + int(diff)
             assert probe.reasoning[r, col] and not tool[r, col]
             changed += 1
@@ -175,26 +191,49 @@ def assert_variants_keep_tool_tokens(calls, prompt_ids, prompt_mask, ids, mask, 
 def test_rollout_credit_refuses_a_model_mask(tok):
     prompt_ids, prompt_mask, ids, mask, own = tool_batch(tok)
     with pytest.raises(ValueError, match="rollout credit does not take a model_mask"):
-        token_advantages(None, tok, prompt_ids, prompt_mask, ids, mask, torch.ones(4), CreditConfig(estimator="rollout"),
-                         sampler=lambda p, k: [[[]] * k for _ in p], scorer=lambda r, c: [0.0] * len(c),
-                         model_mask=own)
+        token_advantages(
+            None,
+            tok,
+            prompt_ids,
+            prompt_mask,
+            ids,
+            mask,
+            torch.ones(4),
+            CreditConfig(estimator="rollout"),
+            sampler=lambda p, k: [[[]] * k for _ in p],
+            scorer=lambda r, c: [0.0] * len(c),
+            model_mask=own,
+        )
 
 
 # ------------------------------------------------------------------------------------------- property tests
 
-MODEL_PIECES = ["First, 12 + 30 = 42.", " So", " the total is 42.", "\nStep 2: check it.", " We add 7 * 6",
-                " The answer is 8.", " So the final answer is \\boxed{42}.", "\n#### 17", " 3/4"]
+MODEL_PIECES = [
+    "First, 12 + 30 = 42.",
+    " So",
+    " the total is 42.",
+    "\nStep 2: check it.",
+    " We add 7 * 6",
+    " The answer is 8.",
+    " So the final answer is \\boxed{42}.",
+    "\n#### 17",
+    " 3/4",
+]
 TOOL_PIECES = [" = 42.\n", " The answer is 7.", "\\boxed{9}", "#### 5\n", " 100 - 58", "\nAnswer: 3\n"]
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.integers(0, 8)), min_size=1, max_size=6),
-       st.lists(st.floats(-2, 2, allow_nan=False).filter(lambda a: abs(a) > 1e-3), min_size=1, max_size=1))
+@given(
+    st.lists(st.tuples(st.booleans(), st.integers(0, 8)), min_size=1, max_size=6),
+    st.lists(st.floats(-2, 2, allow_nan=False).filter(lambda a: abs(a) > 1e-3), min_size=1, max_size=1),
+)
 def test_tool_tokens_are_never_credited(tok, pieces, advantage):
     """Whatever the interleaving: the masks partition the tokens with the tool tokens apart, the answer is the one
     found in the model's own text, tool tokens get weight 0 and the Bi-Level mass is kept over the model's reasoning."""
-    parts = [(MODEL_PIECES[i % len(MODEL_PIECES)], MODEL) if by_model else (TOOL_PIECES[i % len(TOOL_PIECES)], TOOL)
-             for by_model, i in pieces]
+    parts = [
+        (MODEL_PIECES[i % len(MODEL_PIECES)], MODEL) if by_model else (TOOL_PIECES[i % len(TOOL_PIECES)], TOOL)
+        for by_model, i in pieces
+    ]
     ids, own = turns(tok, parts)
     completion_ids, mask, own_mask = batch_of(tok, [(ids, own)])
     seg = segment_completions(tok, completion_ids, mask, model_mask=own_mask)
@@ -212,11 +251,23 @@ def test_tool_tokens_are_never_credited(tok, pieces, advantage):
     crosses = final is not None and any(s < final.answer_end and e > final.answer_start for s, e in spans)
     assert bool(seg.has_answer[0]) == (final is not None and not crosses)
     if seg.has_answer[0]:
-        assert decoded(tok, completion_ids[0], seg.answer[0]).strip() == text[final.answer_start : final.answer_end].strip()
+        assert (
+            decoded(tok, completion_ids[0], seg.answer[0]).strip()
+            == text[final.answer_start : final.answer_end].strip()
+        )
         assert torch.equal(kinds[0] | tool[0], mask[0].bool())
     # weights: Bi-Level on invented importances over the model's reasoning tokens only
-    out = token_advantages(None, tok, completion_ids[:, :1], mask[:, :1], completion_ids, mask,
-                           torch.tensor(advantage), CreditConfig(estimator="none"), model_mask=own_mask)
+    out = token_advantages(
+        None,
+        tok,
+        completion_ids[:, :1],
+        mask[:, :1],
+        completion_ids,
+        mask,
+        torch.tensor(advantage),
+        CreditConfig(estimator="none"),
+        model_mask=own_mask,
+    )
     assert (out.weights[tool] == 0).all() and (out.advantages[tool] == 0).all()
     assert (out.weights[mask.bool() & ~tool] == 1).all()
     from oarl.credit import bilevel_weights

@@ -23,8 +23,14 @@ from oarl.models import warmstart
 from oarl.models.tiny import load_tiny
 from oarl.trainer import ACTIVATION_CHECKPOINTING
 
-SMALL_WARM_START = {"task": {}, "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
-                    "steps": 3, "batch_size": 4, "learning_rate": 1e-3, "seed": 0}
+SMALL_WARM_START = {
+    "task": {},
+    "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+    "steps": 3,
+    "batch_size": 4,
+    "learning_rate": 1e-3,
+    "seed": 0,
+}
 
 
 @pytest.fixture(params=[(True, True), (True, False), (False, False)], ids=["gpu-bf16", "gpu-no-bf16", "no-gpu"])
@@ -41,7 +47,9 @@ def test_the_decision(reported):
     assert gpu_available() is gpu and not gpu_available(use_cpu=True)
     assert default_device() == torch.device("cuda" if gpu else "cpu")
     assert default_device(use_cpu=True) == torch.device("cpu")
-    expected = {"use_cpu": False, "bf16": bf16, "fp16": False} if gpu else {"use_cpu": True, "bf16": False, "fp16": False}
+    expected = (
+        {"use_cpu": False, "bf16": bf16, "fp16": False} if gpu else {"use_cpu": True, "bf16": False, "fp16": False}
+    )
     assert mixed_precision() == expected
     assert mixed_precision(use_cpu=True) == {"use_cpu": True, "bf16": False, "fp16": False}
     assert mixed_precision(use_cpu=True, cpu_bf16=True)["bf16"]  # the SmolLM2 job on a CPU with bf16
@@ -51,12 +59,20 @@ def test_what_each_path_builds(reported, tmp_path):
     gpu, bf16 = reported
     # oarl train (RL): the GPU keeps GRPOConfig's activation checkpointing; the CPU turns it off
     rl = device_defaults()
-    assert rl == ({"use_cpu": False, "bf16": bf16, "fp16": False} if gpu
-                  else {"use_cpu": True, "bf16": False, "fp16": False, ACTIVATION_CHECKPOINTING: False})
+    assert rl == (
+        {"use_cpu": False, "bf16": bf16, "fp16": False}
+        if gpu
+        else {"use_cpu": True, "bf16": False, "fp16": False, ACTIVATION_CHECKPOINTING: False}
+    )
     assert device_defaults(use_cpu=True)["use_cpu"] and not device_defaults(use_cpu=True)["bf16"]
     # both warm starts (the tiny model's and SmolLM2's share sft_kwargs): no activation checkpointing anywhere
     sft = warmstart.sft_kwargs(SMALL_WARM_START, tmp_path, 10, warmup_steps=1, max_length=64)
-    assert (sft["use_cpu"], sft["bf16"], sft["fp16"], sft[ACTIVATION_CHECKPOINTING]) == (not gpu, gpu and bf16, False, False)
+    assert (sft["use_cpu"], sft["bf16"], sft["fp16"], sft[ACTIVATION_CHECKPOINTING]) == (
+        not gpu,
+        gpu and bf16,
+        False,
+        False,
+    )
     forced = warmstart.sft_kwargs(SMALL_WARM_START, tmp_path, 10, warmup_steps=1, max_length=64, use_cpu=True)
     assert forced["use_cpu"] and not forced["bf16"]
     # oarl eval's HF backend (auto: vLLM only with a GPU) and oarl explain take default_device(); OARConfig's bf16
@@ -97,10 +113,22 @@ def test_warm_start_then_rl_trainer_in_one_process(tmp_path, monkeypatch, rl_on_
     accelerate state to the RL config: before the fix, the RL trainer's accelerator kept the warm start's device."""
     monkeypatch.setenv("OARL_CACHE", str(tmp_path / "cache"))
     config = OARConfig(
-        output_dir=str(tmp_path / "run"), use_cpu=rl_on_cpu, bf16=False, **{ACTIVATION_CHECKPOINTING: False},
-        per_device_train_batch_size=4, num_generations=4, max_completion_length=12, max_steps=1,
-        logging_steps=1, save_strategy="no", report_to="none", seed=0, beta=0.0, dataloader_num_workers=0,
-        disable_tqdm=True, credit="gradient",
+        output_dir=str(tmp_path / "run"),
+        use_cpu=rl_on_cpu,
+        bf16=False,
+        **{ACTIVATION_CHECKPOINTING: False},
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=12,
+        max_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        beta=0.0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        credit="gradient",
     )
     assert PartialState()._cpu is rl_on_cpu
     path = warmstart.warm_start(SMALL_WARM_START, use_cpu=not rl_on_cpu, progress=False)
@@ -113,8 +141,13 @@ def test_warm_start_then_rl_trainer_in_one_process(tmp_path, monkeypatch, rl_on_
 
     model, tokenizer = load_tiny(path)
     rows = arithmetic.problems("train", 4, seed=0)
-    trainer = OARTrainer(model=model, reward_funcs=[arithmetic.reward], args=config, processing_class=tokenizer,
-                         train_dataset=arithmetic.as_dataset([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows]))
+    trainer = OARTrainer(
+        model=model,
+        reward_funcs=[arithmetic.reward],
+        args=config,
+        processing_class=tokenizer,
+        train_dataset=arithmetic.as_dataset([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows]),
+    )
     assert trainer.accelerator.state._cpu is rl_on_cpu
     assert trainer.accelerator.device == config.device == next(trainer.model.parameters()).device
     trainer.train()

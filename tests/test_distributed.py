@@ -56,29 +56,53 @@ BACKENDS = {
 # elements: the whole test model); 0 shards every parameter, as ZeRO-3 shards a 7B model's.
 DEEPSPEED_CONFIG = {
     "zero_optimization": {"stage3_param_persistence_threshold": 0},
-    "bf16": {"enabled": "auto"}, "gradient_clipping": "auto", "train_batch_size": "auto",
-    "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+    "bf16": {"enabled": "auto"},
+    "gradient_clipping": "auto",
+    "train_batch_size": "auto",
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
 }
 
 
 def launch(backend: str, lm_dir: Path, out: Path) -> subprocess.CompletedProcess:
     spec = BACKENDS[backend]
     bindir = os.path.dirname(sys.executable)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path), "DS_ACCELERATOR": "cpu",
-           "OARL_HANG_TIMEOUT": str(HANG_S), "ACCELERATE_MIXED_PRECISION": spec["precision"]}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "DS_ACCELERATOR": "cpu",
+        "OARL_HANG_TIMEOUT": str(HANG_S),
+        "ACCELERATE_MIXED_PRECISION": spec["precision"],
+    }
     script = [str(SCRIPT), str(lm_dir), str(out), backend, ",".join(CASES)]
     # On a machine without GPUs, `accelerate launch --cpu` starts several processes only through mpirun; the
     # torchrun-based launchers (multi-GPU, DeepSpeed, FSDP) do it anywhere, and the script's use_cpu=True selects gloo.
-    cmd = [os.path.join(bindir, "accelerate"), "launch", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", spec["precision"], "--dynamo_backend", "no"]
+    cmd = [
+        os.path.join(bindir, "accelerate"),
+        "launch",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        spec["precision"],
+        "--dynamo_backend",
+        "no",
+    ]
     if "recipe" in spec:
         cmd += ["--config_file", str(RECIPES / spec["recipe"])]
     elif "stage" in spec:
         config = copy.deepcopy(DEEPSPEED_CONFIG)
         config["zero_optimization"].update(stage=spec["stage"], **spec.get("zero", {}))
         (out / "ds.json").write_text(json.dumps(config))
-        cmd += ["--use_deepspeed", "--deepspeed_config_file", str(out / "ds.json"),
-                "--zero3_init_flag", str(spec["init_flag"]).lower()]
+        cmd += [
+            "--use_deepspeed",
+            "--deepspeed_config_file",
+            str(out / "ds.json"),
+            "--zero3_init_flag",
+            str(spec["init_flag"]).lower(),
+        ]
     else:
         cmd.append("--multi_gpu")
     cmd += script
@@ -119,9 +143,17 @@ def recompute(record: dict, lm_dir: Path):
     scorer = replay(record["scored"]) if record["scored"] else None
     autocast = record["autocast"]
     with threads(1), torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=bool(autocast)):
-        return token_advantages(model, tokenizer, *record["inputs"], record["config"], truncated=record["truncated"],
-                                generator=generator, sampler=sampler, scorer=scorer,
-                                max_completion_length=record["max_completion_length"])
+        return token_advantages(
+            model,
+            tokenizer,
+            *record["inputs"],
+            record["config"],
+            truncated=record["truncated"],
+            generator=generator,
+            sampler=sampler,
+            scorer=scorer,
+            max_completion_length=record["max_completion_length"],
+        )
 
 
 @pytest.mark.slow
@@ -138,7 +170,9 @@ def test_two_processes_unbalanced(backend, tiny_lm_dir, tmp_path):
         ranks = [torch.load(tmp_path / case / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
         for run in ranks:
             assert run["world"] == 2 and run["steps"] == MAX_STEPS
-            assert run["backend"] == "DistributedType." + {"ddp": "MULTI_CPU", "fsdp2": "FSDP"}.get(backend, "DEEPSPEED")
+            assert run["backend"] == "DistributedType." + {"ddp": "MULTI_CPU", "fsdp2": "FSDP"}.get(
+                backend, "DEEPSPEED"
+            )
             layout = run["layout"]
             sharded = {"zero3": "zero3_partitioned", "zero3-noinit": "zero3_partitioned", "fsdp2": "dtensors"}
             for key in ("zero3_partitioned", "dtensors"):  # every parameter sharded, or none
@@ -167,8 +201,9 @@ def test_two_processes_unbalanced(backend, tiny_lm_dir, tmp_path):
                 out = recompute(record, tiny_lm_dir)
                 where = f"{backend} {case} rank {rank} step {step}: "
                 for key in ("advantages", "importance"):
-                    torch.testing.assert_close(getattr(out, key), record[key], rtol=0, atol=0,
-                                               msg=lambda m: where + key + ": " + m)
+                    torch.testing.assert_close(
+                        getattr(out, key), record[key], rtol=0, atol=0, msg=lambda m: where + key + ": " + m
+                    )
                 reshaped += int((out.weights[out.segments.reasoning] != 1).sum())
         assert reshaped > 0 or case == "rollout"  # credit was assigned, not the uniform fallback everywhere
 
@@ -177,15 +212,42 @@ def oarl_train(recipe: str, lm_dir: Path, tmp_path: Path, *flags: str) -> subpro
     """`accelerate launch --config_file recipes/accelerate/RECIPE -m oarl.cli train` (the recipes' command) with 2
     CPU processes (fp32: --mixed_precision no), the tiny model and a JSONL of its sums, run folder tmp_path/run."""
     data = tmp_path / "sums.jsonl"
-    data.write_text("".join(json.dumps({"problem": p["prompt"][3:6], "answer": p["answer"]}) + "\n"
-                            for p in addition_prompts(32)))
+    data.write_text(
+        "".join(json.dumps({"problem": p["prompt"][3:6], "answer": p["answer"]}) + "\n" for p in addition_prompts(32))
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    cmd = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--config_file",
-           str(RECIPES / recipe), "--num_processes", "2",
-           "--mixed_precision", "no", "-m", "oarl.cli", "train", "--model", str(lm_dir), "--dataset", str(data),
-           "--prompt_template", "Q: {problem}=?\nA: ", "--max_steps", "2",
-           "--per_device_train_batch_size", "8", "--generation_batch_size", "16", "--num_generations", "4",
-           "--max_completion_length", "32", "--output_dir", str(tmp_path / "run"), *flags]
+    cmd = [
+        os.path.join(os.path.dirname(sys.executable), "accelerate"),
+        "launch",
+        "--config_file",
+        str(RECIPES / recipe),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "-m",
+        "oarl.cli",
+        "train",
+        "--model",
+        str(lm_dir),
+        "--dataset",
+        str(data),
+        "--prompt_template",
+        "Q: {problem}=?\nA: ",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "8",
+        "--generation_batch_size",
+        "16",
+        "--num_generations",
+        "4",
+        "--max_completion_length",
+        "32",
+        "--output_dir",
+        str(tmp_path / "run"),
+        *flags,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
 
 
@@ -216,8 +278,12 @@ def test_oarl_train_refuses_heldout_evaluation_under_sharded_backends(recipe, ti
     (On this CPU machine accelerate would run DDP instead of FSDP; the refusal reads the launch's settings.)"""
     proc = oarl_train(recipe, tiny_lm_dir, tmp_path, "--eval_size", "4")
     assert proc.returncode != 0
-    assert proc.stderr.count("held-out evaluation does not run under DeepSpeed ZeRO-3 or FSDP with several "
-                             "processes: set --eval_size 0") == 2, proc.stderr[-6000:]
+    assert (
+        proc.stderr.count(
+            "held-out evaluation does not run under DeepSpeed ZeRO-3 or FSDP with several processes: set --eval_size 0"
+        )
+        == 2
+    ), proc.stderr[-6000:]
     assert not (tmp_path / "run").exists()
 
 
@@ -239,8 +305,9 @@ def test_unsupported_backends_are_refused():
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     # FSDP1 (accelerate does not select FSDP on a CPU: its state, as the Trainer's accelerator would hold it)
-    fsdp1 = SimpleNamespace(state=SimpleNamespace(deepspeed_plugin=None,
-                                                  fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=1)))
+    fsdp1 = SimpleNamespace(
+        state=SimpleNamespace(deepspeed_plugin=None, fsdp_plugin=FullyShardedDataParallelPlugin(fsdp_version=1))
+    )
     with pytest.raises(ValueError, match="supports FSDP2, not FSDP1: set fsdp_version: 2"):
         check_supported(fsdp1)
     # a DeepSpeed engine without ZeRO-3's start-of-forward hook (another DeepSpeed version): a clear error, no hang

@@ -83,17 +83,31 @@ def tiny_dir(tmp_path_factory):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-    corpus = ["What is 12+7? The answer is 19.", "Cities A and B are 45 miles apart.", "\\boxed{\\frac{1}{2}} #### 18"] * 20
+    corpus = [
+        "What is 12+7? The answer is 19.",
+        "Cities A and B are 45 miles apart.",
+        "\\boxed{\\frac{1}{2}} #### 18",
+    ] * 20
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>", "<unk>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<eos>", "<unk>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(corpus, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = Qwen2ForCausalLM(config)
@@ -130,23 +144,60 @@ class Oracle:
         self.gold_by_prompt, self.wrong = gold_by_prompt, wrong
 
     def generate(self, prompts, n, sampling):
-        return [[{"text": f"Reasoning. \\boxed{{{'-99' if self.wrong and j == 0 else self.gold_by_prompt(p)}}}", "num_tokens": 5,
-                  "finish_reason": "stop"} for j in range(n)] for p in prompts]
+        return [
+            [
+                {
+                    "text": f"Reasoning. \\boxed{{{'-99' if self.wrong and j == 0 else self.gold_by_prompt(p)}}}",
+                    "num_tokens": 5,
+                    "finish_reason": "stop",
+                }
+                for j in range(n)
+            ]
+            for p in prompts
+        ]
 
 
 @needs_data
 def test_eval_end_to_end_with_cli_resume_and_compare(tiny_dir, tmp_path, capsys, one_thread):
     run_dir = tiny_dir.parent
-    common = ["eval", "--model", str(run_dir), "--benchmarks", "gsm8k,amc23,arithmetic", "--limit", "3", "--n", "2",
-              "--k", "1,2", "--max-new-tokens", "6", "--batch-size", "2", "--data-dir", str(DATA_DIR), "--no-progress"]
+    common = [
+        "eval",
+        "--model",
+        str(run_dir),
+        "--benchmarks",
+        "gsm8k,amc23,arithmetic",
+        "--limit",
+        "3",
+        "--n",
+        "2",
+        "--k",
+        "1,2",
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "2",
+        "--data-dir",
+        str(DATA_DIR),
+        "--no-progress",
+    ]
     assert main(common) == 0
     (out,) = run_dir.glob("eval-*")  # a train run keeps its evaluation next to it, in a folder named by the settings
     results = json.loads((out / "results.json").read_text())
     assert set(results["benchmarks"]) == {"gsm8k", "amc23", "arithmetic"}
     for b in results["benchmarks"].values():
-        assert b["problems"] == 3 and set(b) >= {"avg@2", "avg@2_se", "pass@1", "pass@2", "maj@2", "no_answer_frac", "mean_length"}
+        assert b["problems"] == 3 and set(b) >= {
+            "avg@2",
+            "avg@2_se",
+            "pass@1",
+            "pass@2",
+            "maj@2",
+            "no_answer_frac",
+            "mean_length",
+        }
     s = results["settings"]
-    assert (s["n"], s["max_new_tokens"], s["prompt_format"], s["seed"]) == (2, 6, "plain", 0) and results["backend"] == "hf"
+    assert (s["n"], s["max_new_tokens"], s["prompt_format"], s["seed"]) == (2, 6, "plain", 0) and results[
+        "backend"
+    ] == "hf"
     samples = read_samples(out / "samples.jsonl")
     assert len(samples) == 3 * 3 * 2
     assert set(samples[0]) >= {"prompt", "completion", "pred", "gold", "correct", "num_tokens"}
@@ -157,8 +208,18 @@ def test_eval_end_to_end_with_cli_resume_and_compare(tiny_dir, tmp_path, capsys,
     from oarl.models.loading import load_model
 
     model, tokenizer = load_model(str(tiny_dir))
-    cfg = EvalConfig(model=str(run_dir), benchmarks=["gsm8k", "amc23", "arithmetic"], data_dir=str(DATA_DIR), limit=3, n=2,
-                     k=[1, 2], max_new_tokens=6, batch_size=2, output_dir=str(tmp_path / "resumed"), progress=False)
+    cfg = EvalConfig(
+        model=str(run_dir),
+        benchmarks=["gsm8k", "amc23", "arithmetic"],
+        data_dir=str(DATA_DIR),
+        limit=3,
+        n=2,
+        k=[1, 2],
+        max_new_tokens=6,
+        batch_size=2,
+        output_dir=str(tmp_path / "resumed"),
+        progress=False,
+    )
     hf = HFBackend(model, tokenizer, batch_size=2)
     with pytest.raises(KeyboardInterrupt):
         run_eval(cfg, backend=Counting(hf, fail_after=1), tokenizer=tokenizer)
@@ -174,7 +235,9 @@ def test_eval_end_to_end_with_cli_resume_and_compare(tiny_dir, tmp_path, capsys,
         run_eval(EvalConfig(**{**cfg.__dict__, "temperature": 0.1}), backend=hf, tokenizer=tokenizer)
 
     # compare: one column per run
-    assert main(["eval", "--compare", str(run_dir), str(tmp_path / "resumed"), "--output", str(tmp_path / "cmp.md")]) == 0
+    assert (
+        main(["eval", "--compare", str(run_dir), str(tmp_path / "resumed"), "--output", str(tmp_path / "cmp.md")]) == 0
+    )
     table = (tmp_path / "cmp.md").read_text()
     assert table.count("| gsm8k | avg@2 |") == 1 and len(table.splitlines()[0].split("|")) == 2 + 2 + 2
 
@@ -191,17 +254,32 @@ def test_scoring_with_an_oracle_and_rows_without_gold(tmp_path):
             gold[r["problem"]] = r["answer"]
     gold["1+1?"] = "2"
     lookup = lambda prompt: next(a for p, a in gold.items() if prompt.startswith(p))  # noqa: E731
-    cfg = EvalConfig(model="oracle", benchmarks=["math500", "gsm8k", "amc23", "minerva", str(bad)], data_dir=str(DATA_DIR),
-                     limit=4, n=3, k=[1, 3], output_dir=str(tmp_path / "right"), progress=False)
+    cfg = EvalConfig(
+        model="oracle",
+        benchmarks=["math500", "gsm8k", "amc23", "minerva", str(bad)],
+        data_dir=str(DATA_DIR),
+        limit=4,
+        n=3,
+        k=[1, 3],
+        output_dir=str(tmp_path / "right"),
+        progress=False,
+    )
     res = run_eval(cfg, backend=Oracle(lookup), tokenizer=None)
     for name in ("math500", "gsm8k", "amc23", "minerva", "mixed"):
         b = res["benchmarks"][name]
         assert b["avg@3"] == 1.0 and b["maj@3"] == 1.0 and b["no_answer_frac"] == 0.0, name
     assert res["benchmarks"]["mixed"]["problems"] == 1
     assert res["benchmarks"]["mixed"]["skipped_rows"] == [{"source": f"{bad}:2", "reason": "no 'answer' field"}]
-    res = run_eval(EvalConfig(**{**cfg.__dict__, "output_dir": str(tmp_path / "wrong")}), backend=Oracle(lookup, wrong=True))
+    res = run_eval(
+        EvalConfig(**{**cfg.__dict__, "output_dir": str(tmp_path / "wrong")}), backend=Oracle(lookup, wrong=True)
+    )
     b = res["benchmarks"]["gsm8k"]
-    assert b["avg@3"] == pytest.approx(2 / 3) and b["pass@1"] == pytest.approx(2 / 3) and b["pass@3"] == 1.0 and b["maj@3"] == 1.0
+    assert (
+        b["avg@3"] == pytest.approx(2 / 3)
+        and b["pass@1"] == pytest.approx(2 / 3)
+        and b["pass@3"] == 1.0
+        and b["maj@3"] == 1.0
+    )
 
 
 def test_evaluate_model_in_memory(tiny_dir):
@@ -211,20 +289,45 @@ def test_evaluate_model_in_memory(tiny_dir):
 
     model, tokenizer = load_model(str(tiny_dir))
     text = "What is 12+7? The answer is 19."  # not AutoTokenizer's Qwen2Tokenizer, which has other ids
-    assert tokenizer(text, add_special_tokens=False)["input_ids"] == Tokenizer.from_file(str(tiny_dir / "tokenizer.json")).encode(text).ids
+    assert (
+        tokenizer(text, add_special_tokens=False)["input_ids"]
+        == Tokenizer.from_file(str(tiny_dir / "tokenizer.json")).encode(text).ids
+    )
     model.train()
     state = torch.random.get_rng_state()
-    problems = [{"problem": "12+7", "answer": "19"}, {"problem": "3*4", "answer": 12}, {"problem": "5-2", "answer": "3"}]
-    out = evaluate_model(model, tokenizer, problems, n=2, k_list=[1, 2], prompt_template="Q: {problem}\nA: ",
-                         max_new_tokens=4, batch_size=2, return_samples=True)
+    problems = [
+        {"problem": "12+7", "answer": "19"},
+        {"problem": "3*4", "answer": 12},
+        {"problem": "5-2", "answer": "3"},
+    ]
+    out = evaluate_model(
+        model,
+        tokenizer,
+        problems,
+        n=2,
+        k_list=[1, 2],
+        prompt_template="Q: {problem}\nA: ",
+        max_new_tokens=4,
+        batch_size=2,
+        return_samples=True,
+    )
     assert out["problems"] == 3 and 0.0 <= out["avg@2"] <= 1.0 and "avg@2_se" in out and "pass@2" in out
     assert out["samples"][0]["prompt"] == "Q: 12+7\nA: " and len(out["samples"]) == 6
     assert out["avg@n"] == out["avg@2"] and out["avg@n_se"] == out["avg@2_se"] and out["maj@n"] == out["maj@2"]
     plain = evaluate_model(model, tokenizer, problems[:1], n=1, max_new_tokens=2, return_samples=True)
     assert plain["samples"][0]["prompt"] == "12+7"  # no template: the problem as it is
     assert model.training and torch.equal(torch.random.get_rng_state(), state)
-    again = evaluate_model(model, tokenizer, problems, n=2, k_list=[1], prompt_template="Q: {problem}\nA: ", max_new_tokens=4,
-                           batch_size=2, return_samples=True)
+    again = evaluate_model(
+        model,
+        tokenizer,
+        problems,
+        n=2,
+        k_list=[1],
+        prompt_template="Q: {problem}\nA: ",
+        max_new_tokens=4,
+        batch_size=2,
+        return_samples=True,
+    )
     assert [s["completion"] for s in again["samples"]] == [s["completion"] for s in out["samples"]]  # seeded
 
 
@@ -255,17 +358,31 @@ def test_a_prompt_longer_than_the_context_is_skipped_with_its_reason(tiny_dir, t
 
     model, tokenizer = load_model(str(tiny_dir))
     path = tmp_path / "long.jsonl"
-    path.write_text(json.dumps({"problem": "What is 12+7?", "answer": "19"}) + "\n"
-                    + json.dumps({"problem": "What is 12+7? " * 400, "answer": "19"}) + "\n")
-    cfg = EvalConfig(model=str(tiny_dir), benchmarks=[str(path)], n=1, k=[1], max_new_tokens=2,
-                     output_dir=str(tmp_path / "out"), progress=False)
+    path.write_text(
+        json.dumps({"problem": "What is 12+7?", "answer": "19"})
+        + "\n"
+        + json.dumps({"problem": "What is 12+7? " * 400, "answer": "19"})
+        + "\n"
+    )
+    cfg = EvalConfig(
+        model=str(tiny_dir),
+        benchmarks=[str(path)],
+        n=1,
+        k=[1],
+        max_new_tokens=2,
+        output_dir=str(tmp_path / "out"),
+        progress=False,
+    )
     backend = Counting(HFBackend(model, tokenizer))
     res = run_eval(cfg, backend=backend, tokenizer=tokenizer)
     assert backend.prompts == [build_prompt({"problem": "What is 12+7?"}, tokenizer, None, False)]
     [skipped] = res["benchmarks"]["long"]["skipped_rows"]
     assert skipped["source"] == f"{path}:2"
-    assert re.fullmatch(r"a prompt of \d+ tokens leaves no room for a completion in the model's context of 1024 "
-                        r"tokens", skipped["reason"])
+    assert re.fullmatch(
+        r"a prompt of \d+ tokens leaves no room for a completion in the model's context of 1024 "
+        r"tokens",
+        skipped["reason"],
+    )
 
 
 @needs_user_namespaces
@@ -277,13 +394,27 @@ def test_a_full_disk_is_one_line_with_the_command_that_continues(tmp_path):
 
     disk = tmp_path / "disk"
     disk.mkdir()
-    args = ["eval", "--model", "tiny", "--benchmarks", "arithmetic", "--limit", "8", "--max-new-tokens", "4",
-            "--no-progress", "--output-dir", str(disk / "out")]
+    args = [
+        "eval",
+        "--model",
+        "tiny",
+        "--benchmarks",
+        "arithmetic",
+        "--limit",
+        "8",
+        "--max-new-tokens",
+        "4",
+        "--no-progress",
+        "--output-dir",
+        str(disk / "out"),
+    ]
     script = f"mount -t tmpfs -o size=4k tmpfs {disk} || exit 99; exec {shlex.join([sys.executable, '-m', 'oarl.cli', *args])}"
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert proc.stderr.splitlines()[-1] == ("oarl eval: error: No space left on device while writing the evaluation: "
-                                            f"free space on its disk, then continue with: oarl {shlex.join(args)}")
+    assert proc.stderr.splitlines()[-1] == (
+        "oarl eval: error: No space left on device while writing the evaluation: "
+        f"free space on its disk, then continue with: oarl {shlex.join(args)}"
+    )
 
 
 def test_evaluate_model_on_the_arithmetic_task(tiny_dir):
@@ -322,17 +453,24 @@ def test_default_report_folder_is_unique_to_the_settings(tmp_path, monkeypatch):
     first = run_eval(cfg, backend=oracle)
     second = run_eval(EvalConfig(**{**cfg.__dict__, "n": 3}), backend=oracle)
     assert first["output_dir"] != second["output_dir"] and second["benchmarks"]["set"]["avg@3"] == 1.0
-    assert Path(first["output_dir"]).parent == Path("reports") and Path(first["output_dir"]).name.startswith("eval-oracle-")
+    assert Path(first["output_dir"]).parent == Path("reports") and Path(first["output_dir"]).name.startswith(
+        "eval-oracle-"
+    )
     assert run_eval(cfg, backend=oracle)["generated_problems"] == 0  # the same settings: resumed
 
     with pytest.raises(FileNotFoundError, match="unknown benchmark 'math5000'"):
-        run_eval(EvalConfig(**{**cfg.__dict__, "benchmarks": ["math5000"], "output_dir": first["output_dir"],
-                               "temperature": 0.1}), backend=oracle)
+        run_eval(
+            EvalConfig(
+                **{**cfg.__dict__, "benchmarks": ["math5000"], "output_dir": first["output_dir"], "temperature": 0.1}
+            ),
+            backend=oracle,
+        )
     for output_dir in (None, "elsewhere/report"):
         with pytest.raises(RuntimeError):
             run_eval(EvalConfig(**{**cfg.__dict__, "seed": 7, "output_dir": output_dir}), backend=Failing())
-    assert sorted(p.name for p in Path("reports").iterdir()) == sorted({Path(first["output_dir"]).name,
-                                                                        Path(second["output_dir"]).name})
+    assert sorted(p.name for p in Path("reports").iterdir()) == sorted(
+        {Path(first["output_dir"]).name, Path(second["output_dir"]).name}
+    )
     assert not Path("elsewhere").exists()
 
 
@@ -340,30 +478,55 @@ def test_list_golds_and_templates_naming_fields(tmp_path, capsys):
     """A word problem split over two fields reaches the prompt whole (auto-detected, or by a template naming the
     fields); a list gold is a set of acceptable answers in the scoring."""
     path = tmp_path / "word.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"Body": "Dan has \\frac{1}{2} cake.", "Question": "How much cake?", "Answer": ["$\\frac{1}{2}$"]},
-        {"Body": "x^2 = 1.", "Question": "What is x?", "Answer": ["1", "-1"]},
-    ]))
+    path.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"Body": "Dan has \\frac{1}{2} cake.", "Question": "How much cake?", "Answer": ["$\\frac{1}{2}$"]},
+                {"Body": "x^2 = 1.", "Question": "What is x?", "Answer": ["1", "-1"]},
+            ]
+        )
+    )
     answers = {"Dan": "0.5", "x^2": "-1"}  # the second acceptable answer of the list scores too
     oracle = Oracle(lambda p: next(a for k, a in answers.items() if k in p))
-    cfg = EvalConfig(model="oracle", benchmarks=[str(path)], n=1, k=[1], progress=False, chat_template="off",
-                     output_dir=str(tmp_path / "auto"))
+    cfg = EvalConfig(
+        model="oracle",
+        benchmarks=[str(path)],
+        n=1,
+        k=[1],
+        progress=False,
+        chat_template="off",
+        output_dir=str(tmp_path / "auto"),
+    )
     res = run_eval(cfg, backend=oracle)
     samples = read_samples(tmp_path / "auto" / "samples.jsonl")
     assert samples[0]["prompt"].startswith("Dan has \\frac{1}{2} cake. How much cake?\n")
     assert res["benchmarks"]["word"]["avg@1"] == 1.0 and samples[1]["gold"] == ["1", "-1"]
 
-    templated = EvalConfig(**{**cfg.__dict__, "prompt_template": "{Question} Context: {Body}",
-                              "output_dir": str(tmp_path / "templated")})
+    templated = EvalConfig(
+        **{**cfg.__dict__, "prompt_template": "{Question} Context: {Body}", "output_dir": str(tmp_path / "templated")}
+    )
     run_eval(templated, backend=oracle)
     samples = read_samples(tmp_path / "templated" / "samples.jsonl")
-    assert [s["prompt"] for s in samples] == ["How much cake? Context: Dan has \\frac{1}{2} cake.",
-                                              "What is x? Context: x^2 = 1."]
+    assert [s["prompt"] for s in samples] == [
+        "How much cake? Context: Dan has \\frac{1}{2} cake.",
+        "What is x? Context: x^2 = 1.",
+    ]
     assert "replaces the whole default prompt, its answer instruction included" in capsys.readouterr().err
-    run_eval(EvalConfig(**{**templated.__dict__, "prompt_template": "{Question} {Body} The answer is",
-                           "output_dir": str(tmp_path / "asks")}), backend=oracle)
+    run_eval(
+        EvalConfig(
+            **{
+                **templated.__dict__,
+                "prompt_template": "{Question} {Body} The answer is",
+                "output_dir": str(tmp_path / "asks"),
+            }
+        ),
+        backend=oracle,
+    )
     assert "answer instruction" not in capsys.readouterr().err  # a template that asks for the answer: no note
     with pytest.raises(ValueError, match=r"\{Qestion\}.*Body, Question, Answer, problem.*Did you mean \{Question\}"):
-        run_eval(EvalConfig(**{**templated.__dict__, "prompt_template": "{Qestion}", "output_dir": str(tmp_path / "x")}),
-                 backend=oracle)
+        run_eval(
+            EvalConfig(**{**templated.__dict__, "prompt_template": "{Qestion}", "output_dir": str(tmp_path / "x")}),
+            backend=oracle,
+        )
     assert not (tmp_path / "x").exists()

@@ -77,8 +77,14 @@ def test_html_escapes_and_keeps_one_span_per_token_in_order():
     tokens = ["<script>", "alert(1)", "</script>", " ", "a\"b'", "\n", "&amp;", "\t", "=", "7", "."]
     segments = ["reasoning"] * 8 + ["conclusion", "answer", "rest"]
     n = len(tokens)
-    page = render_html(tokens, [float(i) for i in range(n)], [0.5 + 0.1 * i for i in range(n)], segments,
-                       title="<b>t</b>", advantage=1.0)
+    page = render_html(
+        tokens,
+        [float(i) for i in range(n)],
+        [0.5 + 0.1 * i for i in range(n)],
+        segments,
+        title="<b>t</b>",
+        advantage=1.0,
+    )
     assert "<script" not in page.lower().replace("&lt;script", "")  # only escaped
     assert "&lt;script&gt;" in page and "&lt;b&gt;t&lt;/b&gt;" in page
     assert "http://" not in page and "https://" not in page  # self-contained
@@ -169,9 +175,15 @@ def test_step_helpers_by_hand():
 
 def _row(source, steps, rollout, other, error_span=None):
     n = len(steps)
-    return {"source": source, "has_answer": True, "steps": steps, "spans": [[i, i + 1] for i in range(n)],
-            "segments": ["reasoning" if s >= 0 else "answer" for s in steps], "error_span": error_span,
-            "importance": {"rollout": rollout, "other": other}}
+    return {
+        "source": source,
+        "has_answer": True,
+        "steps": steps,
+        "spans": [[i, i + 1] for i in range(n)],
+        "segments": ["reasoning" if s >= 0 else "answer" for s in steps],
+        "error_span": error_span,
+        "importance": {"rollout": rollout, "other": other},
+    }
 
 
 def test_summarize_constructed_report():
@@ -220,7 +232,7 @@ class ArithmeticSampler:
             conts = []
             for j in range(k):
                 value = int(committed.group(1)) if committed else a + b + (j % 2)
-                rest = f"{a}+{b}={value}. The answer is {value}."[len(written):]
+                rest = f"{a}+{b}={value}. The answer is {value}."[len(written) :]
                 conts.append(self.tok(rest, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id])
             out.append(conts)
         return out
@@ -234,10 +246,23 @@ def test_explain_batch_all_estimators(tiny_lm_dir):
     golds = ["7", "4"]
 
     def scorer(rows, ids):
-        return [float(re.search(r"answer is (-?\d+)", tokenizer.decode(c)).group(1) == golds[r]) for r, c in zip(rows, ids)]
+        return [
+            float(re.search(r"answer is (-?\d+)", tokenizer.decode(c)).group(1) == golds[r]) for r, c in zip(rows, ids)
+        ]
 
-    out = explain_batch(model, tokenizer, prompts, completions, estimators, pivots=[(4, 5), None], threshold=0.4,
-                        span="token", max_steps=3, sampler=ArithmeticSampler(tokenizer), scorer=scorer)
+    out = explain_batch(
+        model,
+        tokenizer,
+        prompts,
+        completions,
+        estimators,
+        pivots=[(4, 5), None],
+        threshold=0.4,
+        span="token",
+        max_steps=3,
+        sampler=ArithmeticSampler(tokenizer),
+        scorer=scorer,
+    )
     first, second = out["completions"]
     assert first["tokens"] == list(completions[0]) and "".join(second["tokens"]) == completions[1]
     assert first["has_answer"] and not second["has_answer"] and second["note"] == NO_ANSWER_NOTE
@@ -260,7 +285,7 @@ def test_explain_batch_all_estimators(tiny_lm_dir):
     page = out["html"]
     spans = token_spans(page)
     assert len(spans) == len(estimators) * (len(completions[0]) + len(completions[1]))
-    assert "".join(s["text"] for s in spans[-len(completions[1]):]) == completions[1]  # char tokens: < and > escaped
+    assert "".join(s["text"] for s in spans[-len(completions[1]) :]) == completions[1]  # char tokens: < and > escaped
     assert "<so>" not in page and ">&lt;</span>" in page and NO_ANSWER_NOTE in page and "delta V -0.5" in page
     assert sum("pivot" in s["attrs"]["class"].split() for s in spans) == len(estimators)
     assert len(out["sections"]) == 2 and len(out["sections"][0]) == len(estimators)
@@ -278,8 +303,9 @@ def test_explain_batch_tool_spans(tiny_lm_dir):
     tool = (completion.index("The answer is 9."), len(completion))  # what the tool printed
     call = (completion.index(" ["), completion.index("] ") + 1)  # pretend the call's text was a tool's too
     estimators = ("gradient", "perturbation", "entropy", "grail")
-    out = explain_batch(model, tokenizer, ["Q: 3+4=?\nA: "], [completion], estimators, tool_spans=[[call, tool]],
-                        span="token")
+    out = explain_batch(
+        model, tokenizer, ["Q: 3+4=?\nA: "], [completion], estimators, tool_spans=[[call, tool]], span="token"
+    )
     (row,) = out["completions"]
     labels = row["segments"]
     is_tool = [call[0] <= i < call[1] or i >= tool[0] for i in range(len(completion))]
@@ -295,8 +321,9 @@ def test_explain_batch_tool_spans(tiny_lm_dir):
     assert sum("seg-tool" in s["attrs"]["class"].split() for s in spans) == len(estimators) * sum(is_tool)
     assert "written by a tool or an environment" in out["html"] and "tool tokens 27" in out["html"]
     with pytest.raises(ValueError, match="rollout credit cannot explain completions with tool spans"):
-        explain_batch(model, tokenizer, ["Q"], [completion], ["rollout"], tool_spans=[[tool]], sampler=object(),
-                      scorer=object())
+        explain_batch(
+            model, tokenizer, ["Q"], [completion], ["rollout"], tool_spans=[[tool]], sampler=object(), scorer=object()
+        )
     with pytest.raises(ValueError, match="1 tool span lists but 2 completions"):
         explain_batch(model, tokenizer, ["Q", "Q"], [completion] * 2, ["entropy"], tool_spans=[[tool]])
 
@@ -314,8 +341,25 @@ def test_cli_explain_on_jsonl(tiny_lm_dir, tmp_path, capsys):
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "explain"
     # One sentence per completion here: token steps (merged into 4) give the benchmark something to rank.
-    status = main(["explain", "--model", str(tiny_lm_dir), "--completions", str(data), "--output", str(out),
-                   "--span", "token", "--max-steps", "4", "--rollouts", "4", "--max-new-tokens", "30"])
+    status = main(
+        [
+            "explain",
+            "--model",
+            str(tiny_lm_dir),
+            "--completions",
+            str(data),
+            "--output",
+            str(out),
+            "--span",
+            "token",
+            "--max-steps",
+            "4",
+            "--rollouts",
+            "4",
+            "--max-new-tokens",
+            "30",
+        ]
+    )
     assert status == 0
     page = (out / "heatmap.html").read_text()
     report = json.loads((out / "agreement.json").read_text())
@@ -329,14 +373,17 @@ def test_cli_explain_on_jsonl(tiny_lm_dir, tmp_path, capsys):
     assert (out / "agreement.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "does not exist"),
-    ("{not json}\n", "c.jsonl:1: not valid JSON"),
-    ('{"prompt": "Q"}\n', "'completion' missing"),
-    ('{"prompt": "Q", "completion": "ab", "error_span": [1, 9]}\n', "error_span"),
-    ('{"prompt": "Q", "completion": "ab", "tool_spans": [[1, 9]]}\n', "tool_spans must be a list of [start, end]"),
-    ("\n", "no rows"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        ("{not json}\n", "c.jsonl:1: not valid JSON"),
+        ('{"prompt": "Q"}\n', "'completion' missing"),
+        ('{"prompt": "Q", "completion": "ab", "error_span": [1, 9]}\n', "error_span"),
+        ('{"prompt": "Q", "completion": "ab", "tool_spans": [[1, 9]]}\n', "tool_spans must be a list of [start, end]"),
+        ("\n", "no rows"),
+    ],
+)
 def test_cli_explain_bad_inputs(tmp_path, capsys, content, message):
     data = tmp_path / "c.jsonl"
     if content is not None:
@@ -388,8 +435,24 @@ def test_cli_explain_samples_from_a_run_directory(tiny_lm_dir, tmp_path, capsys)
     run = tmp_path / "run"
     shutil.copytree(tiny_lm_dir, run / "final_model")  # the layout `oarl train` leaves
     out = tmp_path / "explain"
-    assert main(["explain", "--model", str(run), "--n", "2", "--max-new-tokens", "30", "--estimators", "entropy,gradient",
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                str(run),
+                "--n",
+                "2",
+                "--max-new-tokens",
+                "30",
+                "--estimators",
+                "entropy,gradient",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "agreement.json").read_text())
     rows = [json.loads(line) for line in (out / "credit.jsonl").read_text().splitlines()]
     assert report["completions"] == 4 and [r["source"] for r in rows] == ["sampled"] * 2 + ["demo"] * 2
@@ -400,8 +463,25 @@ def test_cli_explain_samples_from_a_run_directory(tiny_lm_dir, tmp_path, capsys)
 @pytest.mark.parametrize("task", ["tree", "chain"])
 def test_cli_explain_demos_of_either_task_form(tiny_lm_dir, tmp_path, task):
     out = tmp_path / "explain"
-    assert main(["explain", "--model", str(tiny_lm_dir), "--demos", "--task", task, "--n", "3",
-                 "--estimators", "entropy", "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                str(tiny_lm_dir),
+                "--demos",
+                "--task",
+                task,
+                "--n",
+                "3",
+                "--estimators",
+                "entropy",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in (out / "credit.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(("(" in r["prompt"]) == (task == "tree") for r in rows)
     report = json.loads((out / "agreement.json").read_text())

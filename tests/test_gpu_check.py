@@ -12,9 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_smoke(tmp_path):
     report = tmp_path / "gpu_check.md"
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--output", str(report)],
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--output", str(report)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(report.with_suffix(".json").read_text())
     parts = results["parts"]

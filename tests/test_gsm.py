@@ -91,8 +91,9 @@ def test_wrong_field_name_lists_a_few_rows(tmp_path):
     with pytest.raises(ValueError) as info:
         load_train_dataset(str(path), problem_field="problem")
     assert str(info.value) == f"q: none of its 30 row(s) can be used; 30 of them: no 'problem' text (first: {path}:1)"
-    path = write_jsonl(tmp_path / "some.jsonl", [{"question": f"{i}+1?", "answer": i + 1 if i % 2 else None}
-                                                 for i in range(30)])
+    path = write_jsonl(
+        tmp_path / "some.jsonl", [{"question": f"{i}+1?", "answer": i + 1 if i % 2 else None} for i in range(30)]
+    )
     message = str(pytest.raises(ValueError, load_train_dataset, str(path)).value)  # training refuses broken rows
     assert f"{path}:1:" in message and "'answer'" in message and "and 5 more" in message
     assert len(message.splitlines()) == 12

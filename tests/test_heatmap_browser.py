@@ -34,8 +34,30 @@ return Array.from(document.querySelectorAll('div.text > span.tok')).map(el => {
 });
 """
 
-TOKENS = ["Let", " x", " =", " 12", ".", "\n", "Then", " <b>", "&amp;", "\t", "x", " +", " 30", " =", " 42", ".", " ",
-          "T: 42", "\n", "The answer is ", "42", "<eos>"]
+TOKENS = [
+    "Let",
+    " x",
+    " =",
+    " 12",
+    ".",
+    "\n",
+    "Then",
+    " <b>",
+    "&amp;",
+    "\t",
+    "x",
+    " +",
+    " 30",
+    " =",
+    " 42",
+    ".",
+    " ",
+    "T: 42",
+    "\n",
+    "The answer is ",
+    "42",
+    "<eos>",
+]
 SEGMENTS = ["reasoning"] * 17 + ["tool", "tool", "conclusion", "answer", "rest"]  # a tool's output before the answer
 WEIGHTS = [0.1, 0.3, 0.5, 4.0, 0.8, 1.0, 0.2, 2.5, 1.5, 0.6, 0.7, 1.2, 3.0, 0.9, 6.0, 1.0, 0.4, 0.0, 0.0, 1.0, 1.0, 1.0]
 TOOL_BACKGROUND = "rgb(255, 243, 207)"  # .seg-tool in oarl.report.heatmap.CSS
@@ -48,8 +70,16 @@ def shown(token: str) -> str:
 
 @pytest.fixture()
 def page(tmp_path):
-    html = render_html(TOKENS, [w * 0.1 for w in WEIGHTS], WEIGHTS, SEGMENTS, advantage=1.0, estimator="gradient",
-                       prompt="Q: 12 + 30?", pivot=[t == " 42" for t in TOKENS])
+    html = render_html(
+        TOKENS,
+        [w * 0.1 for w in WEIGHTS],
+        WEIGHTS,
+        SEGMENTS,
+        advantage=1.0,
+        estimator="gradient",
+        prompt="Q: 12 + 30?",
+        pivot=[t == " 42" for t in TOKENS],
+    )
     path = tmp_path / "heatmap.html"
     path.write_text(html, encoding="utf-8")
     return path
@@ -92,9 +122,29 @@ def test_screenshot_is_the_whole_page(page, tmp_path):
 
 def test_cli_explain_png(tiny_lm_dir, tmp_path):
     data = tmp_path / "c.jsonl"
-    data.write_text(json.dumps({"prompt": "Q: 3+4=?\nA: ", "completion": "3+4=8. The answer is 8.", "answer": "7",
-                                "error_span": [4, 5]}) + "\n")
+    data.write_text(
+        json.dumps(
+            {"prompt": "Q: 3+4=?\nA: ", "completion": "3+4=8. The answer is 8.", "answer": "7", "error_span": [4, 5]}
+        )
+        + "\n"
+    )
     out = tmp_path / "explain"
-    assert main(["explain", "--model", str(tiny_lm_dir), "--completions", str(data), "--output", str(out),
-                 "--estimators", "entropy,gradient", "--png", "1"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--model",
+                str(tiny_lm_dir),
+                "--completions",
+                str(data),
+                "--output",
+                str(out),
+                "--estimators",
+                "entropy,gradient",
+                "--png",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert (out / "heatmap.png").read_bytes()[:4] == b"\x89PNG" and not (out / "heatmap_first.html").exists()

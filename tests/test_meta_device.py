@@ -98,8 +98,10 @@ def probes(tok):
     """Prompt ⊕ completion probes [B, P + T] with reasoning / answer masks and line / sentence ids (-1 elsewhere)."""
     prompt_ids, prompt_mask, completion_ids, completion_mask = make_batch(tok)
     no_prompt = torch.zeros_like(prompt_mask, dtype=torch.bool)
-    out = {"ids": torch.cat([prompt_ids, completion_ids], 1),
-           "attn": torch.cat([prompt_mask, completion_mask], 1).bool()}
+    out = {
+        "ids": torch.cat([prompt_ids, completion_ids], 1),
+        "attn": torch.cat([prompt_mask, completion_mask], 1).bool(),
+    }
     for span in ("line", "sentence"):
         seg = segment_completions(tok, completion_ids, completion_mask, span=span)
         out[span] = torch.cat([torch.full_like(prompt_ids, -1), seg.steps], 1)
@@ -117,10 +119,21 @@ def probes(tok):
 @pytest.mark.parametrize("reuse_prefix", [False, "auto"])
 def test_perturbation(model, tok, probes, mode, steps, reuse_prefix):
     span = steps.split("-")[0]
-    out = same_under_meta(lambda: perturbation_importance(
-        model, probes["ids"], probes["attn"], probes["reasoning"], probes["answer"], mode=mode, chunk_size=3,
-        pad_token_id=tok.pad_token_id, reuse_prefix=reuse_prefix, span_ids=probes.get(span),
-        refine=0.4 if steps.endswith("refine") else None))
+    out = same_under_meta(
+        lambda: perturbation_importance(
+            model,
+            probes["ids"],
+            probes["attn"],
+            probes["reasoning"],
+            probes["answer"],
+            mode=mode,
+            chunk_size=3,
+            pad_token_id=tok.pad_token_id,
+            reuse_prefix=reuse_prefix,
+            span_ids=probes.get(span),
+            refine=0.4 if steps.endswith("refine") else None,
+        )
+    )
     assert out.abs().sum() > 0
 
 
@@ -128,10 +141,19 @@ def test_perturbation(model, tok, probes, mode, steps, reuse_prefix):
 @pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("noise_samples", [1, 3])
 def test_gradient(model, probes, mode, checkpointing, noise_samples):
-    out = same_under_meta(lambda: gradient_importance(
-        model, probes["ids"], probes["attn"], probes["reasoning"], probes["answer"], mode=mode,
-        generator=torch.Generator().manual_seed(0), noise_samples=noise_samples,
-        activation_checkpointing=checkpointing))
+    out = same_under_meta(
+        lambda: gradient_importance(
+            model,
+            probes["ids"],
+            probes["attn"],
+            probes["reasoning"],
+            probes["answer"],
+            mode=mode,
+            generator=torch.Generator().manual_seed(0),
+            noise_samples=noise_samples,
+            activation_checkpointing=checkpointing,
+        )
+    )
     assert out.abs().sum() > 0
 
 
@@ -156,8 +178,11 @@ def test_rollout_and_its_sampler(model, tok):
     steps = torch.where(segments.reasoning, segments.steps, -1)
     rows = segments.has_answer.nonzero().squeeze(1)
     batch = (prompt_ids, prompt_mask, completion_ids, completion_mask, steps, rows)
-    magnitude, signed = same_under_meta(lambda: rollout_importance(
-        *batch, fixed_sampler, parity_scorer, rollouts=3, max_steps=2, max_completion_length=40))
+    magnitude, signed = same_under_meta(
+        lambda: rollout_importance(
+            *batch, fixed_sampler, parity_scorer, rollouts=3, max_steps=2, max_completion_length=40
+        )
+    )
     assert signed.abs().sum() > 0 and torch.equal(magnitude, signed.abs())
     # `oarl explain`'s sampler: generate() from the model, seeded per call
     model.generation_config.eos_token_id = tok.eos_token_id
@@ -175,7 +200,9 @@ CONFIGS = {
     "perturbation-line": CreditConfig(estimator="perturbation", span="line"),
     "perturbation-sentence-refine": CreditConfig(estimator="perturbation", span="sentence", refine=True),
     "gradient": CreditConfig(estimator="gradient", batch_size=1),
-    "gradient-checkpointing-3-draws": CreditConfig(estimator="gradient", activation_checkpointing=True, noise_samples=3),
+    "gradient-checkpointing-3-draws": CreditConfig(
+        estimator="gradient", activation_checkpointing=True, noise_samples=3
+    ),
     "entropy": CreditConfig(estimator="entropy", apply_to="positive"),
     "grail": CreditConfig(estimator="grail", apply_to="all"),
     "rollout": CreditConfig(estimator="rollout", rollouts=2, max_steps=3),
@@ -187,9 +214,18 @@ def test_token_advantages(model, tok, name):
     batch = make_batch(tok)
     truncated = torch.tensor([False, False, True, False])
     rollout = dict(sampler=fixed_sampler, scorer=parity_scorer, max_completion_length=40)
-    out = same_under_meta(lambda: token_advantages(
-        model, tok, *batch, ADVANTAGES, CONFIGS[name], truncated=truncated, generator=torch.Generator().manual_seed(0),
-        **(rollout if name == "rollout" else {})))
+    out = same_under_meta(
+        lambda: token_advantages(
+            model,
+            tok,
+            *batch,
+            ADVANTAGES,
+            CONFIGS[name],
+            truncated=truncated,
+            generator=torch.Generator().manual_seed(0),
+            **(rollout if name == "rollout" else {}),
+        )
+    )
     assert (out.importance != 0).any() == (name != "none")
 
 
@@ -210,9 +246,20 @@ def test_segments_and_weights(tok, model, span):
 def test_explain_batch(model, tok):
     """`oarl explain`'s credit pass: every estimator on the same completions, and the heat map."""
     completions = [c.removesuffix("<eos>") for c in COMPLETIONS[:3]]
-    out = same_under_meta(lambda: explain_batch(
-        model, tok, PROMPTS[:3], completions, ["perturbation", "gradient", "entropy", "grail", "rollout"],
-        batch_size=2, sampler=fixed_sampler, scorer=parity_scorer, max_completion_length=40, rollouts=2))
+    out = same_under_meta(
+        lambda: explain_batch(
+            model,
+            tok,
+            PROMPTS[:3],
+            completions,
+            ["perturbation", "gradient", "entropy", "grail", "rollout"],
+            batch_size=2,
+            sampler=fixed_sampler,
+            scorer=parity_scorer,
+            max_completion_length=40,
+            rollouts=2,
+        )
+    )
     assert out["completions"][0]["importance"]["perturbation"]
 
 
@@ -223,14 +270,17 @@ def test_explain_batch(model, tok):
 def generation_off_meta(monkeypatch):
     """TRL's generation (and the rollout sampler's generate calls inside it) runs off the meta device: it is TRL's
     code, not under test; everything oarl does around it stays under it."""
+
     def off_meta(method):
         def call(self, *args, **kwargs):
             with default_device(None):
                 return method(self, *args, **kwargs)
+
         return call
 
-    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions",
-                        off_meta(GRPOTrainer._generate_and_score_completions))
+    monkeypatch.setattr(
+        GRPOTrainer, "_generate_and_score_completions", off_meta(GRPOTrainer._generate_and_score_completions)
+    )
     monkeypatch.setattr(GRPOTrainer, "_generate_single_turn", off_meta(GRPOTrainer._generate_single_turn))
     yield
 
@@ -240,24 +290,47 @@ def trainer(tiny_lm_dir, tmp_path_factory):
     """OARTrainer on the trained tiny LM with bf16 autocast and activation checkpointing, as GPU users run it."""
     model, tokenizer = load_tiny(tiny_lm_dir)
     args = OARConfig(
-        output_dir=str(tmp_path_factory.mktemp("meta_trainer")), per_device_train_batch_size=8, num_generations=4,
-        max_completion_length=32, max_steps=1, logging_steps=1, save_strategy="no", report_to="none", seed=0,
-        bf16=True, use_cpu=True, beta=0.0, dataloader_num_workers=0, disable_tqdm=True,
-        credit_rollouts=2, credit_max_steps=2, **{ACTIVATION_CHECKPOINTING: True})
-    trainer = OARTrainer(model=model, reward_funcs=[addition_reward], args=args,
-                         train_dataset=Dataset.from_list(addition_prompts(8)), processing_class=tokenizer)
+        output_dir=str(tmp_path_factory.mktemp("meta_trainer")),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=32,
+        max_steps=1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        bf16=True,
+        use_cpu=True,
+        beta=0.0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        credit_rollouts=2,
+        credit_max_steps=2,
+        **{ACTIVATION_CHECKPOINTING: True},
+    )
+    trainer = OARTrainer(
+        model=model,
+        reward_funcs=[addition_reward],
+        args=args,
+        train_dataset=Dataset.from_list(addition_prompts(8)),
+        processing_class=tokenizer,
+    )
     trainer.model.train()
     return trainer
 
 
-@pytest.mark.parametrize("credit", [
-    {"estimator": "perturbation"},  # prefix reuse: auto
-    {"estimator": "perturbation", "span": "sentence", "refine": True, "reuse_prefix": False},
-    {"estimator": "gradient", "noise_samples": 2},  # activation checkpointing: from the trainer's arguments
-    {"estimator": "entropy"},
-    {"estimator": "grail"},
-    {"estimator": "rollout"},
-], ids=lambda c: "-".join(str(v) for v in c.values()))
+@pytest.mark.parametrize(
+    "credit",
+    [
+        {"estimator": "perturbation"},  # prefix reuse: auto
+        {"estimator": "perturbation", "span": "sentence", "refine": True, "reuse_prefix": False},
+        {"estimator": "gradient", "noise_samples": 2},  # activation checkpointing: from the trainer's arguments
+        {"estimator": "entropy"},
+        {"estimator": "grail"},
+        {"estimator": "rollout"},
+    ],
+    ids=lambda c: "-".join(str(v) for v in c.values()),
+)
 def test_trainer_credit_step(trainer, monkeypatch, credit):
     monkeypatch.setattr(trainer, "credit_config", dataclasses.replace(trainer.credit_config, **credit))
     inputs = [dict(row) for row in addition_prompts(2, seed=0) for _ in range(4)]
@@ -275,4 +348,3 @@ def test_trainer_credit_step(trainer, monkeypatch, credit):
         assert credit_output.signed is not None
     else:
         assert (credit_output.importance != 0).any() and (credit_output.weights != 1).any()
-

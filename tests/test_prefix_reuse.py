@@ -29,9 +29,20 @@ class CacheCounter:
 
 
 def sliding_qwen2(window: int = 4):
-    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=window,
-                         max_window_layers=0, pad_token_id=PAD, bos_token_id=None, eos_token_id=1)
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=window,
+        max_window_layers=0,
+        pad_token_id=PAD,
+        bos_token_id=None,
+        eos_token_id=1,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return Qwen2ForCausalLM(config).double().eval()
@@ -53,8 +64,13 @@ KINDS = {"token": {}, "span": {"span": True}, "hierarchical": {"span": True, "re
 def test_auto_reuses_the_prefix_with_the_same_importances(kind, mode, architecture):
     model = tiny_qwen2(VOCAB) if architecture == "qwen2" else tiny_gpt2(VOCAB)
     ids, attn, reasoning, answer, span_ids = inputs()
-    options = dict(mode=mode, chunk_size=3, pad_token_id=PAD, span_ids=span_ids if KINDS[kind] else None,
-                   refine=KINDS[kind].get("refine"))
+    options = dict(
+        mode=mode,
+        chunk_size=3,
+        pad_token_id=PAD,
+        span_ids=span_ids if KINDS[kind] else None,
+        refine=KINDS[kind].get("refine"),
+    )
     recomputed = perturbation_importance(model, ids, attn, reasoning, answer, reuse_prefix=False, **options)
     counter = CacheCounter(model)
     try:
@@ -78,8 +94,9 @@ def test_sliding_window_model_recomputes_with_one_note(caplog):
     for reuse_prefix in ("auto", True, "auto"):  # True is accepted, and falls back the same way
         counter = CacheCounter(model)
         with caplog.at_level(logging.WARNING, logger=perturbation.__name__):
-            got = perturbation_importance(model, ids, attn, reasoning, answer, pad_token_id=PAD,
-                                          reuse_prefix=reuse_prefix)
+            got = perturbation_importance(
+                model, ids, attn, reasoning, answer, pad_token_id=PAD, reuse_prefix=reuse_prefix
+            )
         counter.handle.remove()
         assert not any(cached for _, cached in counter.calls)
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-9)

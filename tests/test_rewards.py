@@ -38,7 +38,17 @@ def test_verify_equivalent_answers(pred, gold):
 
 @pytest.mark.parametrize(
     "pred, gold",
-    [("17", "18"), ("18.5", "18"), ("6 pi", "6"), ("5 and 6", "5"), ("\\frac{1}{3}", "0.5"), ("(1, 2)", "(2, 1)"), ("x^2", "x^3"), ("", "3"), ("3", "")],
+    [
+        ("17", "18"),
+        ("18.5", "18"),
+        ("6 pi", "6"),
+        ("5 and 6", "5"),
+        ("\\frac{1}{3}", "0.5"),
+        ("(1, 2)", "(2, 1)"),
+        ("x^2", "x^3"),
+        ("", "3"),
+        ("3", ""),
+    ],
 )
 def test_verify_wrong_answers(pred, gold):
     assert not verify(pred, gold)
@@ -59,11 +69,18 @@ def test_accuracy_and_format_on_right_wrong_and_missing_answers():
 
 
 def test_missing_gold_is_unscorable_none():
-    assert accuracy(["The answer is 4.", "The answer is 4.", "The answer is 4."], [None, "", "  "]) == [None, None, None]
+    assert accuracy(["The answer is 4.", "The answer is 4.", "The answer is 4."], [None, "", "  "]) == [
+        None,
+        None,
+        None,
+    ]
 
 
 def test_conversational_completions():
-    conv = [[{"role": "assistant", "content": "The answer is 12."}], [{"role": "assistant", "content": [{"type": "text", "text": "\\boxed{3}"}]}]]
+    conv = [
+        [{"role": "assistant", "content": "The answer is 12."}],
+        [{"role": "assistant", "content": [{"type": "text", "text": "\\boxed{3}"}]}],
+    ]
     assert completion_text(conv[1]) == "\\boxed{3}"
     assert accuracy(conv, ["12", "4"]) == [1.0, 0.0]
     assert rewards.format(conv) == [1.0, 1.0]
@@ -96,7 +113,7 @@ def test_is_correct_and_answer_key():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(-10**6, 10**6), st.integers(-10**6, 10**6))
+@given(st.integers(-(10**6), 10**6), st.integers(-(10**6), 10**6))
 def test_integer_answers_property(a, b):
     """Integers are decided by the fast path (no worker): right iff equal, in any spelling."""
     assert accuracy([f"The answer is {a:,}."], [str(b)]) == [float(a == b)]
@@ -117,7 +134,9 @@ def test_pathological_expression_from_a_thread_is_bounded_and_scores_zero():
         t0 = time.perf_counter()
         out["bad"] = accuracy([f"The answer is {PATHOLOGICAL}."], ["5"], verify_timeout_s=1.0)
         elapsed["bad"] = time.perf_counter() - t0
-        out["good"] = accuracy(["The answer is \\sqrt{4}/4.", "The answer is \\sqrt{9}."], ["0.5", "4"], verify_timeout_s=1.0)
+        out["good"] = accuracy(
+            ["The answer is \\sqrt{4}/4.", "The answer is \\sqrt{9}."], ["0.5", "4"], verify_timeout_s=1.0
+        )
 
     timeouts_before = rewards.stats["timeouts"]
     thread = threading.Thread(target=score)
@@ -155,19 +174,36 @@ def test_many_threads_at_once():
 def test_think_format_is_the_r1_zero_structure():
     """open-r1's format_reward / R1-Zero's: <think>...</think> then <answer>...</answer>, nothing else; the opening
     <think> may be in the prompt (DeepSeek-R1's chat template, TinyZero's prompt)."""
-    right = ["<think>\n2 + 2 = 4\n</think>\n<answer>\n4\n</answer>", "<think>2+2=4</think><answer>4</answer>",
-             " Let me solve this step by step. 2 + 2 = 4 </think> <answer> 4 </answer>\n",
-             [{"role": "assistant", "content": "<think>x</think>\n<answer>\\boxed{4}</answer>"}]]
-    wrong = ["<think>2 + 2 = 4</think>", "<answer>4</answer>", "<think>a</think><answer>4</answer> and more text",
-             "<think>a</think><answer>4", "<think>a</think><answer> </answer>", "<think>a<think>b</think><answer>4</answer>",
-             "<think>a</think><answer>4</answer><answer>5</answer>", "The answer is 4.", "<think>a</think>text<answer>4</answer>"]
+    right = [
+        "<think>\n2 + 2 = 4\n</think>\n<answer>\n4\n</answer>",
+        "<think>2+2=4</think><answer>4</answer>",
+        " Let me solve this step by step. 2 + 2 = 4 </think> <answer> 4 </answer>\n",
+        [{"role": "assistant", "content": "<think>x</think>\n<answer>\\boxed{4}</answer>"}],
+    ]
+    wrong = [
+        "<think>2 + 2 = 4</think>",
+        "<answer>4</answer>",
+        "<think>a</think><answer>4</answer> and more text",
+        "<think>a</think><answer>4",
+        "<think>a</think><answer> </answer>",
+        "<think>a<think>b</think><answer>4</answer>",
+        "<think>a</think><answer>4</answer><answer>5</answer>",
+        "The answer is 4.",
+        "<think>a</think>text<answer>4</answer>",
+    ]
     assert rewards.think_format(right) == [1.0] * len(right)
     assert rewards.think_format(wrong) == [0.0] * len(wrong)
     assert accuracy(right, ["4"] * len(right)) == [1.0] * len(right)  # the answer inside the tags is what is scored
 
 
-@pytest.mark.parametrize("pred, gold, other", [("5, 5", "5", "6, 5"), ("0.5, \\frac12", "\\frac{1}{2}", "0.5, \\frac13"),
-                                               ("15\\frac{39}{40}, \\frac{639}{40}", "\\frac{639}{40}", "15, \\frac{639}{40}")])
+@pytest.mark.parametrize(
+    "pred, gold, other",
+    [
+        ("5, 5", "5", "6, 5"),
+        ("0.5, \\frac12", "\\frac{1}{2}", "0.5, \\frac13"),
+        ("15\\frac{39}{40}, \\frac{639}{40}", "\\frac{639}{40}", "15, \\frac{639}{40}"),
+    ],
+)
 def test_a_list_is_a_set_restating_one_answer_or_not(pred, gold, other):
     """Two boxes joined by "or" that restate one answer (MATH's ``\\boxed{15\\frac{39}{40}}, or
     \\boxed{\\frac{639}{40}}``) are that answer; a list with another item is not (math-verify's sets)."""
@@ -177,6 +213,7 @@ def test_a_list_is_a_set_restating_one_answer_or_not(pred, gold, other):
 
 # ----------------------------------------------------------------------------------------------------------
 # the worker dies with its parent, whatever the parent died of
+
 
 def _gone(pid: int) -> bool:
     """The process no longer runs: it does not exist, or it is a zombie (dead, not yet reaped by init)."""
@@ -251,8 +288,9 @@ time.sleep(600)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_worker_watching_its_parent_dies_with_it_without_the_linux_signal():
-    parent = subprocess.Popen([sys.executable, "-c", MIDDLE, WATCHER, str(rewards.WORKER_SCRIPT)],
-                              stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", MIDDLE, WATCHER, str(rewards.WORKER_SCRIPT)], stdout=subprocess.PIPE, text=True
+    )
     try:
         child = int(parent.stdout.readline())
         assert parent.stdout.readline() == "watching\n"
@@ -269,9 +307,19 @@ def test_worker_watching_its_parent_dies_with_it_without_the_linux_signal():
 
 # Longer than Python's 4,300-digit limit on int <-> str conversion, as a repetition loop writes them; and answers
 # too long to read at all.
-DEGENERATE = ["9" * 5000, "-" + "1" * 4400 + ".5", "\\frac{%s}{3}" % ("7" * 5000), "1" * 4400 + "/2", "12 " + "1" * 4400 + "/" + "2" * 4401,
-              "1" * 4400 + "\\%", "3.2" + "0" * 4400 + " million", "1011" * 1200 + "_3", ", ".join(["1"] * 3000),
-              "x+" * 20000 + "1", "\\sqrt{" * 3000 + "2" + "}" * 3000]
+DEGENERATE = [
+    "9" * 5000,
+    "-" + "1" * 4400 + ".5",
+    "\\frac{%s}{3}" % ("7" * 5000),
+    "1" * 4400 + "/2",
+    "12 " + "1" * 4400 + "/" + "2" * 4401,
+    "1" * 4400 + "\\%",
+    "3.2" + "0" * 4400 + " million",
+    "1011" * 1200 + "_3",
+    ", ".join(["1"] * 3000),
+    "x+" * 20000 + "1",
+    "\\sqrt{" * 3000 + "2" + "}" * 3000,
+]
 
 
 @pytest.mark.parametrize("answer", DEGENERATE, ids=lambda a: f"{a[:12]}..{len(a)}")

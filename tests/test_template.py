@@ -9,16 +9,19 @@ from oarl.data.template import PromptTemplate
 ROW = {"Body": "A train leaves at 3 pm.", "Question": "When does it arrive?", "problem": "P", "id": 7}
 
 
-@pytest.mark.parametrize("template, expected", [
-    ("{Body} {Question}", "A train leaves at 3 pm. When does it arrive?"),
-    ("{Body}{Question}", "A train leaves at 3 pm.When does it arrive?"),  # adjacent fields are two fields
-    ("{problem}\nPut the answer in \\boxed{}.", "P\nPut the answer in \\boxed{}."),
-    ("\\frac{1}{2} of {problem}", "\\frac{1}{2} of P"),  # a command's arguments are LaTeX
-    ("x^{n} + a_{ij} = \\text{cm} \\sqrt[3]{x} {problem}", "x^{n} + a_{ij} = \\text{cm} \\sqrt[3]{x} P"),
-    ("{{problem}} is {problem}", "{problem} is P"),  # doubled braces are literal braces
-    ("item {id}", "item 7"),  # non-text values as text
-    ("no fields at all", "no fields at all"),
-])
+@pytest.mark.parametrize(
+    "template, expected",
+    [
+        ("{Body} {Question}", "A train leaves at 3 pm. When does it arrive?"),
+        ("{Body}{Question}", "A train leaves at 3 pm.When does it arrive?"),  # adjacent fields are two fields
+        ("{problem}\nPut the answer in \\boxed{}.", "P\nPut the answer in \\boxed{}."),
+        ("\\frac{1}{2} of {problem}", "\\frac{1}{2} of P"),  # a command's arguments are LaTeX
+        ("x^{n} + a_{ij} = \\text{cm} \\sqrt[3]{x} {problem}", "x^{n} + a_{ij} = \\text{cm} \\sqrt[3]{x} P"),
+        ("{{problem}} is {problem}", "{problem} is P"),  # doubled braces are literal braces
+        ("item {id}", "item 7"),  # non-text values as text
+        ("no fields at all", "no fields at all"),
+    ],
+)
 def test_fill(template, expected):
     assert PromptTemplate(template, ROW).fill(ROW) == expected
 

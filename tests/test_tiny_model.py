@@ -71,7 +71,10 @@ def test_save_load_identical(tmp_path):
     m2, t2 = load_tiny(tmp_path / "m")
     assert t2(TEXT)["input_ids"] == tok(TEXT)["input_ids"]
     assert t2.get_vocab() == tok.get_vocab()
-    assert (t2.pad_token_id, t2.eos_token_id) == (tok.pad_token_id, tok.eos_token_id) and t2.pad_token_id != t2.eos_token_id
+    assert (t2.pad_token_id, t2.eos_token_id) == (
+        tok.pad_token_id,
+        tok.eos_token_id,
+    ) and t2.pad_token_id != t2.eos_token_id
     assert t2.padding_side == "left"
     x = torch.tensor([tok(TEXT)["input_ids"]])
     with torch.no_grad():
@@ -117,8 +120,14 @@ def test_warm_start_trains_then_hits_cache(tmp_path, monkeypatch):
     from oarl.models import warmstart
 
     monkeypatch.setenv("OARL_CACHE", str(tmp_path / "cache"))
-    cfg = {"task": {}, "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
-           "steps": 3, "batch_size": 4, "learning_rate": 1e-3, "seed": 0}
+    cfg = {
+        "task": {},
+        "model": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64},
+        "steps": 3,
+        "batch_size": 4,
+        "learning_rate": 1e-3,
+        "seed": 0,
+    }
     assert not warmstart.is_cached(cfg)
     path = warmstart.warm_start(cfg, log_every=1)
     assert path.startswith(str(tmp_path / "cache" / "warmstart"))

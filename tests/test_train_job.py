@@ -29,9 +29,24 @@ from conftest import addition_prompts, needs_user_namespaces
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The default job, shortened: a short warm start (cached under OARL_CACHE), 3 RL steps, a small held-out eval.
-SHORT = ["--sft_steps", "30", "--max_steps", "3", "--eval_size", "6", "--eval_samples", "2",
-         "--per_device_train_batch_size", "16", "--generation_batch_size", "16", "--num_generations", "4",
-         "--max_completion_length", "40"]
+SHORT = [
+    "--sft_steps",
+    "30",
+    "--max_steps",
+    "3",
+    "--eval_size",
+    "6",
+    "--eval_samples",
+    "2",
+    "--per_device_train_batch_size",
+    "16",
+    "--generation_batch_size",
+    "16",
+    "--num_generations",
+    "4",
+    "--max_completion_length",
+    "40",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +56,9 @@ def env(tmp_path_factory):
 
 
 def oarl(args, env, **kw):
-    return subprocess.run([sys.executable, "-m", "oarl.cli", "train", *args], env=env, capture_output=True,
-                          text=True, timeout=900, **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "oarl.cli", "train", *args], env=env, capture_output=True, text=True, timeout=900, **kw
+    )
 
 
 def test_default_job_writes_the_run_directory(tmp_path, env):
@@ -86,8 +102,10 @@ def test_default_job_writes_the_run_directory(tmp_path, env):
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 3 and set(summary["heldout_after"]) == {"test", "hard"}
-    assert summary["heldout_curve"]["test"] == [[0, summary["heldout_before"]["test"]["avg"]],
-                                                [3, summary["heldout_after"]["test"]["avg"]]]
+    assert summary["heldout_curve"]["test"] == [
+        [0, summary["heldout_before"]["test"]["avg"]],
+        [3, summary["heldout_after"]["test"]["avg"]],
+    ]
 
     # The resolved config re-loads into the same settings.
     train_args, config = parse_args(["--config", str(run / "config.yaml")])
@@ -102,20 +120,46 @@ def uninterrupted(tmp_path_factory, env, tiny_lm_dir):
     tmp_path = tmp_path_factory.mktemp("uninterrupted")
     data = tmp_path / "sums.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in addition_prompts(16)))
-    args = ["--model", str(tiny_lm_dir), "--dataset", str(data), "--prompt_template", "{problem}", "--max_steps", "8",
-            "--eval_size", "8", "--eval_samples", "2", "--learning_rate", "1e-4", "--per_device_train_batch_size", "8",
-            "--generation_batch_size", "16", "--num_generations", "4", "--max_completion_length", "32",
-            "--save_steps", "5"]
+    args = [
+        "--model",
+        str(tiny_lm_dir),
+        "--dataset",
+        str(data),
+        "--prompt_template",
+        "{problem}",
+        "--max_steps",
+        "8",
+        "--eval_size",
+        "8",
+        "--eval_samples",
+        "2",
+        "--learning_rate",
+        "1e-4",
+        "--per_device_train_batch_size",
+        "8",
+        "--generation_batch_size",
+        "16",
+        "--num_generations",
+        "4",
+        "--max_completion_length",
+        "32",
+        "--save_steps",
+        "5",
+    ]
     full = tmp_path / "full"
     proc = oarl([*args, "--output_dir", str(full)], env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return args, full
 
 
-@pytest.mark.parametrize("stop, status, said", [(signal.SIGINT, 130, "interrupted"),
-                                                (signal.SIGTERM, 143, "terminated (SIGTERM)")], ids=["SIGINT", "SIGTERM"])
-def test_ctrl_c_or_sigterm_then_resume_reproduces_the_uninterrupted_run(stop, status, said, tmp_path, env,
-                                                                         uninterrupted):
+@pytest.mark.parametrize(
+    "stop, status, said",
+    [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_ctrl_c_or_sigterm_then_resume_reproduces_the_uninterrupted_run(
+    stop, status, said, tmp_path, env, uninterrupted
+):
     """Ctrl-C (SIGINT) or a scheduler's SIGTERM stops the run at once with the command that continues it; the resumed
     run ends with the same parameters and metrics as a run that was never interrupted, down to the last row's
     train_loss (the whole run's mean). The checkpoint it resumes from (step 5) falls inside a generation batch
@@ -127,10 +171,16 @@ def test_ctrl_c_or_sigterm_then_resume_reproduces_the_uninterrupted_run(stop, st
 
     # a shell that starts a job in the background (`make test &`, nohup) makes it ignore SIGINT, and Python then
     # installs no KeyboardInterrupt handler: give the run the default disposition, as a terminal's Ctrl-C finds it
-    proc = subprocess.Popen([sys.executable, "-m", "oarl.cli", "train", *args, "--output_dir", str(cut)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oarl.cli", "train", *args, "--output_dir", str(cut)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 600
+
     def checkpoint_written(path):  # trainer_state.json is written last, and whole (a Ctrl-C while it is being
         try:  # written leaves a checkpoint that resume rightly drops: test_resume_skips_a_half_written_checkpoint)
             return bool(json.loads(path.read_text()))
@@ -191,10 +241,35 @@ def test_resume_of_a_finished_run(tmp_path, env, tiny_lm_dir):
     data = tmp_path / "sums.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in addition_prompts(16)))
     run = tmp_path / "run"
-    proc = oarl(["--model", str(tiny_lm_dir), "--dataset", str(data), "--prompt_template", "{problem}", "--max_steps", "2",
-                 "--eval_size", "4", "--eval_samples", "2", "--per_device_train_batch_size", "8",
-                 "--generation_batch_size", "8", "--num_generations", "4", "--max_completion_length", "24",
-                 "--save_steps", "1", "--output_dir", str(run)], env)
+    proc = oarl(
+        [
+            "--model",
+            str(tiny_lm_dir),
+            "--dataset",
+            str(data),
+            "--prompt_template",
+            "{problem}",
+            "--max_steps",
+            "2",
+            "--eval_size",
+            "4",
+            "--eval_samples",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--generation_batch_size",
+            "8",
+            "--num_generations",
+            "4",
+            "--max_completion_length",
+            "24",
+            "--save_steps",
+            "1",
+            "--output_dir",
+            str(run),
+        ],
+        env,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
     def files():
@@ -203,15 +278,18 @@ def test_resume_of_a_finished_run(tmp_path, env, tiny_lm_dir):
     finished = files()
     again = oarl(["--resume", str(run)], env)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert again.stdout.splitlines() == [f"{run} is complete (2 steps; nothing trained or overwritten); to train "
-                                         f"further: oarl train --resume {run} --max_steps N with N > 2 (in an "
-                                         "`oarl compare` folder: the same compare command with --max_steps N, for "
-                                         "every run)"]
+    assert again.stdout.splitlines() == [
+        f"{run} is complete (2 steps; nothing trained or overwritten); to train "
+        f"further: oarl train --resume {run} --max_steps N with N > 2 (in an "
+        "`oarl compare` folder: the same compare command with --max_steps N, for "
+        "every run)"
+    ]
     assert files() == finished
     refused = oarl(["--resume", str(run), "--max_steps", "1"], env)
     assert refused.returncode == 2 and refused.stderr.splitlines()[-1] == (
         f"oarl train: error: --max_steps 1: {run} has already trained 2 steps; give more to train further "
-        f"(oarl train --resume {run} --max_steps 3 or more)")
+        f"(oarl train --resume {run} --max_steps 3 or more)"
+    )
     assert files() == finished
 
     more = oarl(["--resume", str(run), "--max_steps", "3"], env)
@@ -250,9 +328,15 @@ def test_summary_counts_the_problems_of_each_split():
     def numbers(n):
         return {"avg": 0.5, "se": 0.01, "n_problems": n, "n_samples": 4}
 
-    summary = {"heldout_before": {"test": numbers(256), "hard": numbers(128)}, "steps": 3, "wall_time_s": 9.0,
-               "credit": "gradient", "credit_overhead": 0.1, "run_dir": "runs/x",
-               "heldout_after": {"test": numbers(256), "hard": numbers(128)}}
+    summary = {
+        "heldout_before": {"test": numbers(256), "hard": numbers(128)},
+        "steps": 3,
+        "wall_time_s": 9.0,
+        "credit": "gradient",
+        "credit_overhead": 0.1,
+        "run_dir": "runs/x",
+        "heldout_after": {"test": numbers(256), "hard": numbers(128)},
+    }
     assert "(avg@4 over 256 test, 128 hard problems, ± one standard error)" in format_summary(summary)
     summary["heldout_after"]["hard"] = numbers(256)
     assert "(avg@4 over 256 problems per split, ± one standard error)" in format_summary(summary)
@@ -269,21 +353,44 @@ def test_a_full_disk_stops_with_one_line_and_the_run_resumes(tmp_path, env):
     out.mkdir()
     run = disk / "run"
     train = [sys.executable, "-m", "oarl.cli", "train"]
-    args = ["--sft_steps", "30", "--max_steps", "2", "--save_steps", "1", "--eval_size", "4", "--eval_samples", "1",
-            "--per_device_train_batch_size", "8", "--generation_batch_size", "8", "--num_generations", "4",
-            "--max_completion_length", "16", "--output_dir", str(run)]
-    script = (f"mount -t tmpfs -o size=20m tmpfs {disk} || exit 99; {shlex.join(train + args)} 2> {out}/full.err; "
-              f"echo $? > {out}/full.rc; ls {run} > {out}/left; mount -o remount,size=200m {disk}; "
-              f"{shlex.join(train + ['--resume', str(run)])} > /dev/null 2> {out}/resumed.err; echo $? > {out}/resumed.rc; "
-              f"cp {run}/summary.json {out}/")
+    args = [
+        "--sft_steps",
+        "30",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "1",
+        "--eval_size",
+        "4",
+        "--eval_samples",
+        "1",
+        "--per_device_train_batch_size",
+        "8",
+        "--generation_batch_size",
+        "8",
+        "--num_generations",
+        "4",
+        "--max_completion_length",
+        "16",
+        "--output_dir",
+        str(run),
+    ]
+    script = (
+        f"mount -t tmpfs -o size=20m tmpfs {disk} || exit 99; {shlex.join(train + args)} 2> {out}/full.err; "
+        f"echo $? > {out}/full.rc; ls {run} > {out}/left; mount -o remount,size=200m {disk}; "
+        f"{shlex.join(train + ['--resume', str(run)])} > /dev/null 2> {out}/resumed.err; echo $? > {out}/resumed.rc; "
+        f"cp {run}/summary.json {out}/"
+    )
     proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode != 99, proc.stderr
     err = (out / "full.err").read_text()
     assert (out / "full.rc").read_text().strip() == "1", err[-3000:]
     assert "Traceback" not in err, err[-3000:]
-    assert err.splitlines()[-1] == (f"oarl train: error: No space left on device while writing {run}: free space on its "
-                                    "disk; a checkpoint of this run takes 12 MiB (--save_total_limit N keeps the last "
-                                    f"N), then continue with: oarl train --resume {run}")
+    assert err.splitlines()[-1] == (
+        f"oarl train: error: No space left on device while writing {run}: free space on its "
+        "disk; a checkpoint of this run takes 12 MiB (--save_total_limit N keeps the last "
+        f"N), then continue with: oarl train --resume {run}"
+    )
     assert "checkpoint-1" in (out / "left").read_text().split() and "checkpoint-2" not in (out / "left").read_text()
     assert (out / "resumed.rc").read_text().strip() == "0", (out / "resumed.err").read_text()[-3000:]
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
@@ -339,8 +446,13 @@ def test_each_recipe_equals_its_job(job):
     as_run = lambda args, config: {k: v for k, v in resolved_config(args, config).items() if k not in train_fields}  # noqa: E731
     assert as_run(recipe_args, recipe_config) == as_run(job_args, job_config)
     regime = job.regime()
-    for key, value in {"model": job.model, "dataset": job.dataset, "sft_steps": regime.sft_steps,
-                       "eval_size": regime.eval_problems, "eval_samples": regime.eval_samples}.items():
+    for key, value in {
+        "model": job.model,
+        "dataset": job.dataset,
+        "sft_steps": regime.sft_steps,
+        "eval_size": regime.eval_problems,
+        "eval_samples": regime.eval_samples,
+    }.items():
         assert getattr(recipe_args, key) in (value, None), key  # None: the job's (the embedded recipe leaves the
         # warm start and held-out sizes to --task)
 
@@ -349,8 +461,12 @@ def test_compare_summary_by_hand():
     from oarl.commands.compare import summarize, to_markdown
 
     def run(before, after, se):
-        return {"heldout_before": {"test": {"avg": before, "se": se}}, "heldout_after": {"test": {"avg": after, "se": se}},
-                "credit_overhead": 0.1, "wall_time_s": 10.0}
+        return {
+            "heldout_before": {"test": {"avg": before, "se": se}},
+            "heldout_after": {"test": {"avg": after, "se": se}},
+            "credit_overhead": 0.1,
+            "wall_time_s": 10.0,
+        }
 
     table = summarize({"none": [run(0.4, 0.5, 0.03), run(0.4, 0.7, 0.04)], "gradient": [run(0.4, 0.8, 0.03)]})
     none, grad = table["test"]["none"], table["test"]["gradient"]
@@ -360,16 +476,24 @@ def test_compare_summary_by_hand():
     assert "| gradient | 0.400 | 0.800 ± 0.030 | 0.800 | +0.400 ± 0.042 | +0.200 ± 0.039 |" in to_markdown(table, 2)
     assert "vs_none_seeds_se" not in grad  # one seed against two: no per-seed differences
     # per-seed differences 0.3 - 0.1 and 0.8 - 0.7 (0.2, 0.1): stdev 0.0707, over sqrt(2) seeds 0.05
-    two = summarize({"none": [run(0.4, 0.1, 0.03), run(0.4, 0.7, 0.03)], "gradient": [run(0.4, 0.3, 0.03), run(0.4, 0.8, 0.03)]})
+    two = summarize(
+        {"none": [run(0.4, 0.1, 0.03), run(0.4, 0.7, 0.03)], "gradient": [run(0.4, 0.3, 0.03), run(0.4, 0.8, 0.03)]}
+    )
     assert two["test"]["gradient"]["vs_none_seeds_se"] == pytest.approx(0.05)
     assert "| +0.150 ± 0.030 (± 0.050) |" in to_markdown(two, 2)
     # steps to GRPO's final accuracy (0.55 here), from the mean curve over the steps every seed evaluated
     curve = lambda *points: {"heldout_curve": {"test": [list(p) for p in points]}}  # noqa: E731
-    runs = {"none": [{**run(0.4, 0.5, 0.03), **curve((0, 0.4), (10, 0.5), (20, 0.5))},
-                     {**run(0.4, 0.6, 0.03), **curve((0, 0.4), (5, 0.9), (10, 0.4), (20, 0.6))}],
-            "gradient": [{**run(0.4, 0.7, 0.03), **curve((0, 0.4), (10, 0.7), (20, 0.7))},
-                         {**run(0.4, 0.5, 0.03), **curve((0, 0.4), (10, 0.5), (20, 0.5))}],
-            "entropy": [{**run(0.4, 0.5, 0.03), **curve((0, 0.4), (20, 0.5))}] * 2}
+    runs = {
+        "none": [
+            {**run(0.4, 0.5, 0.03), **curve((0, 0.4), (10, 0.5), (20, 0.5))},
+            {**run(0.4, 0.6, 0.03), **curve((0, 0.4), (5, 0.9), (10, 0.4), (20, 0.6))},
+        ],
+        "gradient": [
+            {**run(0.4, 0.7, 0.03), **curve((0, 0.4), (10, 0.7), (20, 0.7))},
+            {**run(0.4, 0.5, 0.03), **curve((0, 0.4), (10, 0.5), (20, 0.5))},
+        ],
+        "entropy": [{**run(0.4, 0.5, 0.03), **curve((0, 0.4), (20, 0.5))}] * 2,
+    }
     table = summarize(runs)["test"]
     assert table["none"]["steps_to_none_final"] == (20, 20)  # step 5: one seed only
     assert table["gradient"]["steps_to_none_final"] == (10, 20)  # (0.7 + 0.5) / 2 = 0.6 >= 0.55 at step 10
@@ -394,13 +518,21 @@ def test_heldout_gain_paired_by_hand():
     # without per-problem numbers, or on other problems: the unpaired SE
     assert heldout_gain({"avg": 0.5, "se": 0.03}, {"avg": 0.6, "se": 0.04})[1] == pytest.approx(0.05)
     assert heldout_gain(before, {**after, "per_problem": [1.0] * 3})[1] == pytest.approx((0.2**2 + 0.14**2) ** 0.5)
-    runs = [{"heldout_before": {"test": before}, "heldout_after": {"test": after}, "credit_overhead": None,
-             "wall_time_s": 1.0}] * 2
+    runs = [
+        {
+            "heldout_before": {"test": before},
+            "heldout_after": {"test": after},
+            "credit_overhead": None,
+            "wall_time_s": 1.0,
+        }
+    ] * 2
     assert summarize({"none": runs})["test"]["none"]["gain_se"] == pytest.approx(se / 2**0.5)
     # against GRPO: seed against seed, paired over problems (here: the 'after' above against the 'before' one)
     grpo = [{**runs[0], "heldout_after": {"test": before}}] * 2
     table = summarize({"none": grpo, "gradient": runs})["test"]
-    assert table["gradient"]["vs_none"] == pytest.approx(0.25) and table["gradient"]["vs_none_se"] == pytest.approx(se / 2**0.5)
+    assert table["gradient"]["vs_none"] == pytest.approx(0.25) and table["gradient"]["vs_none_se"] == pytest.approx(
+        se / 2**0.5
+    )
     assert "vs_none" not in table["none"]
 
 
@@ -421,10 +553,31 @@ def test_compare_interrupted_says_how_to_continue(tmp_path, monkeypatch):
 def test_compare_command(tmp_path, env):
     """Also the chain form of the task (the default job's test covers the tree form)."""
     out = tmp_path / "cmp"
-    proc = subprocess.run([sys.executable, "-m", "oarl.cli", "compare", "--credits", "none,entropy", "--output_dir",
-                           str(out), *SHORT, "--max_steps", "1", "--eval_size", "2", "--save_strategy", "no",
-                           "--task", "chain"],
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oarl.cli",
+            "compare",
+            "--credits",
+            "none,entropy",
+            "--output_dir",
+            str(out),
+            *SHORT,
+            "--max_steps",
+            "1",
+            "--eval_size",
+            "2",
+            "--save_strategy",
+            "no",
+            "--task",
+            "chain",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert {p.name for p in out.iterdir()} >= {"none-seed0", "entropy-seed0", "compare.md", "compare.json"}
     table = json.loads((out / "compare.json").read_text())["table"]
@@ -441,19 +594,69 @@ def test_compare_command(tmp_path, env):
     summary = out / "none-seed0" / "summary.json"
     stamp = summary.stat().st_mtime_ns
     flags = [*SHORT, "--max_steps", "1", "--eval_size", "2", "--save_strategy", "no", "--task", "chain"]
-    proc = subprocess.run([sys.executable, "-m", "oarl.cli", "compare", "--credits", "none", "--seeds", "0,1",
-                           "--output_dir", str(out), *flags], env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oarl.cli",
+            "compare",
+            "--credits",
+            "none",
+            "--seeds",
+            "0,1",
+            "--output_dir",
+            str(out),
+            *flags,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert summary.stat().st_mtime_ns == stamp and "is complete" in proc.stdout
     assert json.loads((out / "compare.json").read_text())["seeds"] == [0, 1] and (out / "none-seed1").is_dir()
     # other settings on the same folder are refused before anything trains
-    proc = subprocess.run([sys.executable, "-m", "oarl.cli", "compare", "--credits", "none", "--output_dir", str(out),
-                           *flags, "--learning_rate", "0.5"], env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oarl.cli",
+            "compare",
+            "--credits",
+            "none",
+            "--output_dir",
+            str(out),
+            *flags,
+            "--learning_rate",
+            "0.5",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 2 and "holds a run with other settings (learning_rate:" in proc.stderr, proc.stderr
     # ... and so is a new estimator with other settings: it would not join a like-for-like table
-    proc = subprocess.run([sys.executable, "-m", "oarl.cli", "compare", "--credits", "gradient", "--output_dir",
-                           str(out), *flags, "--learning_rate", "0.5"], env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oarl.cli",
+            "compare",
+            "--credits",
+            "gradient",
+            "--output_dir",
+            str(out),
+            *flags,
+            "--learning_rate",
+            "0.5",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 2 and "-seed0 holds a run with other settings (learning_rate:" in proc.stderr
     assert not (out / "gradient-seed0").exists()
     from oarl.errors import UsageError
@@ -470,9 +673,29 @@ def test_compare_trains_further_with_a_larger_max_steps(tmp_path, env):
     def compare(steps):  # None: no --max_steps, the job's default
         i = SHORT.index("--max_steps")
         steps_flags = [] if steps is None else ["--max_steps", str(steps)]
-        return subprocess.run([sys.executable, "-m", "oarl.cli", "compare", "--credits", "none", "--output_dir",
-                               str(out), *SHORT[:i], *SHORT[i + 2:], "--eval_size", "2", "--save_steps", "1",
-                               *steps_flags], env=env, capture_output=True, text=True, timeout=900)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "oarl.cli",
+                "compare",
+                "--credits",
+                "none",
+                "--output_dir",
+                str(out),
+                *SHORT[:i],
+                *SHORT[i + 2 :],
+                "--eval_size",
+                "2",
+                "--save_steps",
+                "1",
+                *steps_flags,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
 
     assert compare(1).returncode == 0
     proc = compare(2)
@@ -498,10 +721,14 @@ def test_help_gives_the_jobs_defaults(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--model", "smollm2-135m", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert (f"(default: the regime's, {tiny.sft_steps} for tiny, {REGIMES['chain'].sft_steps} with --task chain, "
-            f"{smol.sft_steps} for smollm2-135m)") in text
-    assert tiny.eval_problems == smol.eval_problems and (
-        f"(default: {smol.eval_problems} for the embedded job ({tiny.hard_eval_problems} hard ones)") in text
+    assert (
+        f"(default: the regime's, {tiny.sft_steps} for tiny, {REGIMES['chain'].sft_steps} with --task chain, "
+        f"{smol.sft_steps} for smollm2-135m)"
+    ) in text
+    assert (
+        tiny.eval_problems == smol.eval_problems
+        and (f"(default: {smol.eval_problems} for the embedded job ({tiny.hard_eval_problems} hard ones)") in text
+    )
     assert f"(default: {smol.eval_samples} on --dataset word-problems, else {tiny.eval_samples})" in text
     assert "held-out evaluation. (default: None)" not in text and "(default: 0.1)" in text
     with pytest.raises(SystemExit):
@@ -543,12 +770,38 @@ def test_train_on_a_jsonl_file_with_a_held_out_part(tmp_path, env, tiny_lm_dir):
 
     data = tmp_path / "arith.jsonl"
     pairs = [divmod(i, 10) for i in random.Random(0).sample(range(100), 20)]  # 20 different sums
-    data.write_text("".join(json.dumps({"Body": "Add them.", "Question": f"Q: {a}+{b}=?\nA: ", "Answer": [str(a + b)]})
-                            + "\n" for a, b in pairs))
-    args = ["--model", str(tiny_lm_dir), "--dataset", str(data), "--prompt_template", "{Question}",
-            "--eval_fraction", "0.2", "--num_train_epochs", "1", "--per_device_train_batch_size", "8",
-            "--num_generations", "4", "--generation_batch_size", "8", "--max_completion_length", "32",
-            "--eval_samples", "2", "--save_strategy", "no", "--output_dir", str(tmp_path / "run")]
+    data.write_text(
+        "".join(
+            json.dumps({"Body": "Add them.", "Question": f"Q: {a}+{b}=?\nA: ", "Answer": [str(a + b)]}) + "\n"
+            for a, b in pairs
+        )
+    )
+    args = [
+        "--model",
+        str(tiny_lm_dir),
+        "--dataset",
+        str(data),
+        "--prompt_template",
+        "{Question}",
+        "--eval_fraction",
+        "0.2",
+        "--num_train_epochs",
+        "1",
+        "--per_device_train_batch_size",
+        "8",
+        "--num_generations",
+        "4",
+        "--generation_batch_size",
+        "8",
+        "--max_completion_length",
+        "32",
+        "--eval_samples",
+        "2",
+        "--save_strategy",
+        "no",
+        "--output_dir",
+        str(tmp_path / "run"),
+    ]
     proc = oarl(args, env)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stderr.count("arith: problem = Body + Question, gold answer = Answer") == 1
@@ -561,16 +814,20 @@ def test_train_on_a_jsonl_file_with_a_held_out_part(tmp_path, env, tiny_lm_dir):
 
     # the held-out part: disjoint from training, the same rows whatever the training seed
     def prompts(split, seed):
-        return set(load_train_dataset(str(data), split=split, seed=seed, holdout=0.2, prompt_template="{Question}",
-                                      conversational=False)["prompt"])
+        return set(
+            load_train_dataset(
+                str(data), split=split, seed=seed, holdout=0.2, prompt_template="{Question}", conversational=False
+            )["prompt"]
+        )
 
     assert len(prompts("test", 0)) == 4 and prompts("test", 0) == prompts("test", 3)
     assert not prompts("test", 0) & prompts("train", 0) and len(prompts("train", 0)) == 16
     # or a file of its own, every row of it
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": i + 1}) + "\n" for i in range(3)))
-    train, heldout = dataset_and_heldout(TrainArgs(dataset=str(data), eval_dataset=str(other)), config=SimpleNamespace(seed=0),
-                                          conversational=False)
+    train, heldout = dataset_and_heldout(
+        TrainArgs(dataset=str(data), eval_dataset=str(other)), config=SimpleNamespace(seed=0), conversational=False
+    )
     assert len(train) == 20 and [r["answer"] for r in heldout["test"]] == ["1", "2", "3"]
 
 
@@ -578,6 +835,7 @@ def test_no_empty_plots(tmp_path):
     """A run without held-out evaluation or credit pass gets no empty figure for them."""
     from oarl.report.plots import make_plots
 
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": 0.5, "reward_std": 0.1}) + "\n"
-                                                    for s in (1, 2)))
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "reward": 0.5, "reward_std": 0.1}) + "\n" for s in (1, 2))
+    )
     assert [p.name for p in make_plots(tmp_path)] == ["reward.png"]

@@ -20,17 +20,36 @@ from oarl.trainer import ACTIVATION_CHECKPOINTING
 from conftest import addition_prompts, addition_reward
 
 CREDIT_METRICS = [
-    "credit/time_s", "credit/overhead", "credit/skipped_frac", "credit/no_answer_frac", "credit/weight_std",
-    "credit/weight_max", "credit/suppressed_frac", "credit/boosted_frac",
+    "credit/time_s",
+    "credit/overhead",
+    "credit/skipped_frac",
+    "credit/no_answer_frac",
+    "credit/weight_std",
+    "credit/weight_max",
+    "credit/suppressed_frac",
+    "credit/boosted_frac",
 ]
 
 
 def cpu_args(cls, out, **kw):
     base = dict(
-        output_dir=str(out), per_device_train_batch_size=8, num_generations=4, max_completion_length=32,
-        max_steps=3, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", seed=0,
-        bf16=False, activation_checkpointing=False, use_cpu=True, beta=0.0, temperature=1.0,
-        dataloader_num_workers=0, disable_tqdm=True,
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=32,
+        max_steps=3,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        bf16=False,
+        activation_checkpointing=False,
+        use_cpu=True,
+        beta=0.0,
+        temperature=1.0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
     )
     base.update(kw)
     return cls(**base)
@@ -60,8 +79,9 @@ class RecordingOARTrainer(OARTrainer):
         return output
 
     def _compute_loss(self, model, inputs):
-        type(self).seen = (self.seen or []) + [(inputs["advantages"].detach().clone(),
-                                                 inputs["completion_mask"].clone())]
+        type(self).seen = (self.seen or []) + [
+            (inputs["advantages"].detach().clone(), inputs["completion_mask"].clone())
+        ]
         return super()._compute_loss(model, inputs)
 
 
@@ -70,8 +90,15 @@ def make_trainer(cls, lm_dir, out, reward_funcs=(addition_reward,), n_prompts=16
     dataset = Dataset.from_list(addition_prompts(n_prompts))
     args = cpu_args(OARConfig if issubclass(cls, OARTrainer) else GRPOConfig, out, **kw)
     rec = Recorder()
-    trainer = cls(model=model, reward_funcs=list(reward_funcs), args=args, train_dataset=dataset,
-                  processing_class=tokenizer, callbacks=[rec], **(trainer_kwargs or {}))
+    trainer = cls(
+        model=model,
+        reward_funcs=list(reward_funcs),
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[rec],
+        **(trainer_kwargs or {}),
+    )
     return trainer, rec
 
 
@@ -109,7 +136,8 @@ def test_arguments_as_grpo_trainer_takes_them(tiny_lm_dir, tmp_path, monkeypatch
         monkeypatch.setattr(transformers.training_args, "is_torch_bf16_gpu_available", lambda: True)
     grpo, oar = GRPOTrainer(**kwargs), OARTrainer(**kwargs)
     assert type(oar.args) is OARConfig and oar.credit_config == CreditConfig(
-        batch_size=oar.args.per_device_train_batch_size, activation_checkpointing=True)
+        batch_size=oar.args.per_device_train_batch_size, activation_checkpointing=True
+    )
     assert oar.args.output_dir == grpo.args.output_dir.removesuffix("-GRPO") + "-OAR"
     assert os.path.basename(oar.args.output_dir) == f"{os.path.basename(tiny_lm_dir)}-OAR"
     monkeypatch.undo()
@@ -119,7 +147,8 @@ def test_arguments_as_grpo_trainer_takes_them(tiny_lm_dir, tmp_path, monkeypatch
         trainer = OARTrainer(load_tiny(tiny_lm_dir)[0], [addition_reward], args, dataset, None, tokenizer)
     assert [r.getMessage() for r in caplog.records if r.name == "oarl.trainer"] == [
         "OARTrainer got a GRPOConfig: using it as an OARConfig with the default credit settings (credit='gradient'); "
-        "pass an OARConfig to choose them (credit='none' is plain GRPO)."]
+        "pass an OARConfig to choose them (credit='none' is plain GRPO)."
+    ]
     assert type(trainer.args) is OARConfig and trainer.args.credit == "gradient"
     for f in dataclasses.fields(GRPOConfig):  # every setting as given (and as GRPOConfig resolved it)
         assert getattr(trainer.args, f.name) == getattr(args, f.name), f.name
@@ -129,8 +158,13 @@ def test_arguments_as_grpo_trainer_takes_them(tiny_lm_dir, tmp_path, monkeypatch
     with pytest.raises(TypeError, match="OARTrainer needs an OARConfig \\(or a GRPOConfig\\), got TrainingArguments"):
         from transformers import TrainingArguments
 
-        OARTrainer(model=model, reward_funcs=addition_reward, train_dataset=dataset, processing_class=tokenizer,
-                   args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
+        OARTrainer(
+            model=model,
+            reward_funcs=addition_reward,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True),
+        )
 
 
 # What OARTrainer supports of GRPOConfig, each case a real run of 2 steps (the README's list, "With TRL"). TRL's loss
@@ -144,8 +178,10 @@ SUPPORTED = {
     "sapo-top_entropy_quantile": ("entropy", dict(loss_type="sapo", top_entropy_quantile=0.5)),
     "luspo-sequence": ("gradient", dict(loss_type="luspo", importance_sampling_level="sequence")),
     "vespo": ("gradient", dict(loss_type="vespo")),
-    "gspo-kl-delta": ("gradient", dict(importance_sampling_level="sequence", beta=0.04, delta=1.5,
-                                       off_policy_mask_threshold=0.5)),
+    "gspo-kl-delta": (
+        "gradient",
+        dict(importance_sampling_level="sequence", beta=0.04, delta=1.5, off_policy_mask_threshold=0.5),
+    ),
     "peft-lora": ("gradient", dict()),
 }
 
@@ -162,8 +198,16 @@ def test_supported_grpo_options(tiny_lm_dir, tmp_path, case):
 
         extra["peft_config"] = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     RecordingOARTrainer.seen = None
-    trainer, rec = make_trainer(RecordingOARTrainer, tiny_lm_dir, tmp_path, credit=credit, credit_chunk_size=7,
-                                max_steps=2, trainer_kwargs=extra, **options)
+    trainer, rec = make_trainer(
+        RecordingOARTrainer,
+        tiny_lm_dir,
+        tmp_path,
+        credit=credit,
+        credit_chunk_size=7,
+        max_steps=2,
+        trainer_kwargs=extra,
+        **options,
+    )
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     assert trainer.state.global_step == 2
@@ -177,8 +221,9 @@ def test_supported_grpo_options(tiny_lm_dir, tmp_path, case):
     computed = [p.credit.advantages for p in trainer.credit_passes]  # [N, T] each
     for advantages, mask in RecordingOARTrainer.seen:  # (B, T): rows of one credit pass, shuffled by TRL
         assert advantages.shape == mask.shape
-        assert any(all((c == row).all(1).any() for row in advantages) for c in computed if c.shape[1] == advantages.shape[1]), \
-            "the loss saw advantages that no credit pass computed"
+        assert any(
+            all((c == row).all(1).any() for row in advantages) for c in computed if c.shape[1] == advantages.shape[1]
+        ), "the loss saw advantages that no credit pass computed"
     if case == "bnpo-num_iterations":  # both iterations train on the one generation batch's advantages
         first, second = (torch.sort(a.flatten()).values for a, _ in RecordingOARTrainer.seen)
         assert torch.equal(first, second)
@@ -236,8 +281,15 @@ def test_grail_in_training(tiny_lm_dir, tmp_path):
 def test_rollout_in_training(tiny_lm_dir, tmp_path):
     RecordingOARTrainer.seen = None
     # One reasoning sentence per completion in this task: token steps, merged into 4 groups, vary the credit.
-    trainer, rec = make_trainer(RecordingOARTrainer, tiny_lm_dir, tmp_path, credit="rollout", credit_span="token",
-                                credit_max_steps=4, credit_rollouts=3)
+    trainer, rec = make_trainer(
+        RecordingOARTrainer,
+        tiny_lm_dir,
+        tmp_path,
+        credit="rollout",
+        credit_span="token",
+        credit_max_steps=4,
+        credit_rollouts=3,
+    )
     generated = []
     real = trainer._generate_single_turn
 
@@ -274,17 +326,27 @@ def _none_sometimes(completions, answer, **kwargs):
 def test_bad_inputs_do_not_stop_training(tiny_lm_dir, tmp_path):
     # Rewards that are sometimes None, and a completion budget so short that every completion is truncated
     # before its answer: nothing to reshape, training goes on and the metrics say so.
-    trainer, rec = make_trainer(OARTrainer, tiny_lm_dir, tmp_path / "trunc", reward_funcs=(_none_sometimes,),
-                                max_completion_length=6, credit="gradient")
+    trainer, rec = make_trainer(
+        OARTrainer,
+        tiny_lm_dir,
+        tmp_path / "trunc",
+        reward_funcs=(_none_sometimes,),
+        max_completion_length=6,
+        credit="gradient",
+    )
     trainer.train()
     assert trainer.state.global_step == 3
     no_answer = [r["credit/no_answer_frac"] for r in rec.logs if "credit/no_answer_frac" in r]
     assert no_answer and all(v == 1.0 for v in no_answer)
 
     # An all-correct reward: every group has zero variance, so every completion is skipped.
-    trainer, rec = make_trainer(OARTrainer, tiny_lm_dir, tmp_path / "allright",
-                                reward_funcs=(lambda completions, **kw: [1.0] * len(completions),),
-                                credit="perturbation")
+    trainer, rec = make_trainer(
+        OARTrainer,
+        tiny_lm_dir,
+        tmp_path / "allright",
+        reward_funcs=(lambda completions, **kw: [1.0] * len(completions),),
+        credit="perturbation",
+    )
     trainer.train()
     skipped = [r["credit/skipped_frac"] for r in rec.logs if "credit/skipped_frac" in r]
     assert skipped and all(v == 1.0 for v in skipped)
@@ -315,30 +377,67 @@ def test_config_validation_and_parsing(tmp_path):
     from trl import TrlParser
 
     (cfg,) = TrlParser((OARConfig,)).parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--credit", "perturbation", "--credit_beta", "1.0", "--use_cpu", "true",
-         "--bf16", "false", "--credit_outcome", "answer_joint"])
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--credit",
+            "perturbation",
+            "--credit_beta",
+            "1.0",
+            "--use_cpu",
+            "true",
+            "--bf16",
+            "false",
+            "--credit_outcome",
+            "answer_joint",
+        ]
+    )
     # the pass size and OAR-G's checkpointing follow the training step (GRPOConfig checkpoints by default)
-    assert cfg.credit_config() == CreditConfig(estimator="perturbation", beta=1.0, outcome="answer_joint",
-                                               batch_size=cfg.per_device_train_batch_size, activation_checkpointing=True)
+    assert cfg.credit_config() == CreditConfig(
+        estimator="perturbation",
+        beta=1.0,
+        outcome="answer_joint",
+        batch_size=cfg.per_device_train_batch_size,
+        activation_checkpointing=True,
+    )
     (cfg,) = TrlParser((OARConfig,)).parse_args_into_dataclasses(
-        ["--output_dir", str(tmp_path), "--use_cpu", "true", "--bf16", "false", "--credit_batch_size", "3",
-         f"--{ACTIVATION_CHECKPOINTING}", "false", "--credit_span", "line", "--credit_refine", "true",
-         "--credit", "perturbation"])
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--use_cpu",
+            "true",
+            "--bf16",
+            "false",
+            "--credit_batch_size",
+            "3",
+            f"--{ACTIVATION_CHECKPOINTING}",
+            "false",
+            "--credit_span",
+            "line",
+            "--credit_refine",
+            "true",
+            "--credit",
+            "perturbation",
+        ]
+    )
     assert cfg.credit_config() == CreditConfig(estimator="perturbation", batch_size=3, span="line", refine=True)
     with pytest.raises(ValueError, match="^credit_refine needs reasoning steps"):
         cpu_args(OARConfig, tmp_path, credit="perturbation", credit_refine=True)
     with pytest.raises(ValueError, match="^credit_refine needs reasoning steps"):
         cpu_args(OARConfig, tmp_path, credit="gradient", credit_span="line", credit_refine=True)
     yaml_file = tmp_path / "c.yaml"
-    yaml_file.write_text(f"output_dir: {tmp_path}\ncredit: entropy\ncredit_threshold: 0.25\nuse_cpu: true\nbf16: false\n")
+    yaml_file.write_text(
+        f"output_dir: {tmp_path}\ncredit: entropy\ncredit_threshold: 0.25\nuse_cpu: true\nbf16: false\n"
+    )
     (cfg,) = TrlParser((OARConfig,)).parse_args_and_config(["--config", str(yaml_file)])
     assert cfg.credit == "entropy" and cfg.credit_threshold == 0.25
 
 
 def test_overhead_counts_steps_that_reuse_a_generation_batch(tiny_lm_dir, tmp_path):
     # Two optimizer steps per generation batch: the credit pass runs on steps 1 and 3 only.
-    trainer, rec = make_trainer(OARTrainer, tiny_lm_dir, tmp_path, credit="entropy", max_steps=4,
-                                generation_batch_size=16)
+    trainer, rec = make_trainer(
+        OARTrainer, tiny_lm_dir, tmp_path, credit="entropy", max_steps=4, generation_batch_size=16
+    )
     trainer.train()
     rows = [r for r in rec.logs if "loss" in r]
     assert [("credit/time_s" in r) for r in rows] == [True, False, True, False]
@@ -357,17 +456,24 @@ class PassRecorder:
         self.handle = self.block.mlp.register_forward_hook(self.hook)
 
     def hook(self, module, args, output):
-        self.calls.append({"training": module.training, "grad": torch.is_grad_enabled(),
-                           "autocast": torch.is_autocast_enabled("cpu"), "dtype": output.dtype,
-                           "checkpointed": "forward" in self.block.__dict__})
+        self.calls.append(
+            {
+                "training": module.training,
+                "grad": torch.is_grad_enabled(),
+                "autocast": torch.is_autocast_enabled("cpu"),
+                "dtype": output.dtype,
+                "checkpointed": "forward" in self.block.__dict__,
+            }
+        )
 
 
 @pytest.mark.parametrize("credit", ["gradient", "perturbation"])
 def test_bf16_autocast_and_activation_checkpointing(tiny_lm_dir, tmp_path, credit):
     """bf16=True on CPU (autocast) with activation checkpointing, as GPU users run: the credit pass runs under the
     same autocast, OAR-G's backward is checkpointed, and the weights are finite and reshaped."""
-    trainer, rec = make_trainer(RecordingOARTrainer, tiny_lm_dir, tmp_path, credit=credit, bf16=True,
-                                **{ACTIVATION_CHECKPOINTING: True})
+    trainer, rec = make_trainer(
+        RecordingOARTrainer, tiny_lm_dir, tmp_path, credit=credit, bf16=True, **{ACTIVATION_CHECKPOINTING: True}
+    )
     assert trainer.credit_config.activation_checkpointing
     assert trainer.credit_config.batch_size == trainer.args.per_device_train_batch_size
     recorder = PassRecorder(trainer.model)

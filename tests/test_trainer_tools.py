@@ -61,14 +61,35 @@ def tool_trainer(lm_dir, out, credit, max_steps=1, **trainer_kwargs):
     """A 1-step OARTrainer on the calculator task (GRAIL on every completion, not only the negative ones)."""
     model, tokenizer = load_tiny(lm_dir)
     args = OARConfig(
-        output_dir=str(out), per_device_train_batch_size=8, num_generations=4, max_completion_length=64,
-        max_steps=max_steps, learning_rate=1e-3, logging_steps=1, save_strategy="no", report_to="none", seed=0,
-        bf16=False, activation_checkpointing=False, use_cpu=True, beta=0.0, temperature=1.0, disable_tqdm=True,
-        credit=credit, credit_chunk_size=16, credit_apply_to="all",
+        output_dir=str(out),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=64,
+        max_steps=max_steps,
+        learning_rate=1e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        bf16=False,
+        activation_checkpointing=False,
+        use_cpu=True,
+        beta=0.0,
+        temperature=1.0,
+        disable_tqdm=True,
+        credit=credit,
+        credit_chunk_size=16,
+        credit_apply_to="all",
     )
     dataset = Dataset.from_list(tool_prompts(8, seed=1))
-    trainer = ToolRecordingTrainer(model=model, reward_funcs=[answer_distance], args=args, train_dataset=dataset,
-                                   processing_class=tokenizer, **trainer_kwargs)
+    trainer = ToolRecordingTrainer(
+        model=model,
+        reward_funcs=[answer_distance],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        **trainer_kwargs,
+    )
     return trainer, tokenizer
 
 
@@ -84,7 +105,9 @@ def check_tool_credit(trainer, tokenizer, credit: str) -> int:
         assert torch.equal(seg.tool, tool)
         assert tool.any(1).float().mean() >= 0.5, "the warm-started model should call the tool in most completions"
         # tool tokens: nothing credited, nothing trained on
-        assert (out.importance[tool] == 0).all() and (out.weights[tool] == 0).all() and (out.advantages[tool] == 0).all()
+        assert (
+            (out.importance[tool] == 0).all() and (out.weights[tool] == 0).all() and (out.advantages[tool] == 0).all()
+        )
         assert not (tool & (seg.reasoning | seg.conclusion | seg.answer | seg.rest)).any()
         for b in range(ids.shape[0]):
             row = ids[b][mask[b].bool()]
@@ -136,11 +159,17 @@ def scripted_rollouts(prompts, trainer):
     tok = trainer.processing_class
     out = {"prompt_ids": [], "completion_ids": [], "logprobs": None, "env_mask": []}
     for i, prompt in enumerate(prompts):
-        out["prompt_ids"].append(tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                         return_dict=True)["input_ids"])
+        out["prompt_ids"].append(
+            tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        )
         value = calc(re.sub(r"[()]", "", prompt[0]["content"].removesuffix("=?")))
-        turns = [("[calc expr=1+1]", 1), (tok.eos_token, 1), ("T: 2\nA: ", 0),
-                 (f"So {value}. The answer is {int(value) + (0, 1, 3, 6)[i % 4]}.", 1), (tok.eos_token, 1)]
+        turns = [
+            ("[calc expr=1+1]", 1),
+            (tok.eos_token, 1),
+            ("T: 2\nA: ", 0),
+            (f"So {value}. The answer is {int(value) + (0, 1, 3, 6)[i % 4]}.", 1),
+            (tok.eos_token, 1),
+        ]
         ids, mask = [], []
         for text, own in turns:
             piece = tok(text, add_special_tokens=False)["input_ids"]
@@ -154,14 +183,17 @@ def test_rollout_func_env_mask(tool_lm_dir, tmp_path):
     """A rollout_func's env_mask reaches the credit as TRL's tool_mask: the environment's tokens get no credit."""
     trainer, tokenizer = tool_trainer(tool_lm_dir, tmp_path, "entropy", rollout_func=scripted_rollouts)
     trainer.train()
-    (batch, tool_mask), = trainer.passes
+    ((batch, tool_mask),) = trainer.passes
     assert (batch.completion_mask.bool() & (tool_mask == 0)).sum(1).tolist() == [8] * 8  # "T: 2\nA: "
     assert check_tool_credit(trainer, tokenizer, "entropy") == 8  # every completion has signal, an answer, a tool span
 
 
 @pytest.mark.parametrize("way", ["tools", "environment_factory", "rollout_func"])
 def test_rollout_credit_refuses_tools(tool_lm_dir, tmp_path, way):
-    kwargs = {"tools": dict(tools=[calc]), "environment_factory": dict(environment_factory=CalculatorEnv),
-              "rollout_func": dict(rollout_func=scripted_rollouts)}[way]
+    kwargs = {
+        "tools": dict(tools=[calc]),
+        "environment_factory": dict(environment_factory=CalculatorEnv),
+        "rollout_func": dict(rollout_func=scripted_rollouts),
+    }[way]
     with pytest.raises(ValueError, match="with tools, environments or a rollout_func the continuations would need"):
         tool_trainer(tool_lm_dir, tmp_path, "rollout", **kwargs)

@@ -55,8 +55,18 @@ def engine():
 
 
 def cfg(tmp_path, name, **kw) -> EvalConfig:
-    base = dict(model="tiny", benchmarks=["arithmetic"], limit=24, n=2, k=[1, 2], temperature=0.0, max_new_tokens=48,
-                batch_size=8, output_dir=str(tmp_path / name), progress=False)
+    base = dict(
+        model="tiny",
+        benchmarks=["arithmetic"],
+        limit=24,
+        n=2,
+        k=[1, 2],
+        temperature=0.0,
+        max_new_tokens=48,
+        batch_size=8,
+        output_dir=str(tmp_path / name),
+        progress=False,
+    )
     return EvalConfig(**{**base, **kw})
 
 
@@ -85,7 +95,11 @@ def test_greedy_answers_equal_between_backends(engine, tmp_path):
         assert set(s) == set(samples_h[key])
         # Greedy: the same completion, the same answer, the same length.
         assert (s["completion"], s["pred"], s["num_tokens"], s["finish_reason"]) == (
-            samples_h[key]["completion"], samples_h[key]["pred"], samples_h[key]["num_tokens"], samples_h[key]["finish_reason"]), key
+            samples_h[key]["completion"],
+            samples_h[key]["pred"],
+            samples_h[key]["num_tokens"],
+            samples_h[key]["finish_reason"],
+        ), key
     assert strip(res_v) == strip(res_h)  # the same numbers
     bench = res_v["benchmarks"]["arithmetic"]
     assert bench["avg@2"] >= 0.8 and bench["no_answer_frac"] == 0.0, bench  # the warm start solves most problems
@@ -106,7 +120,9 @@ def test_stop_strings_cut_alike(engine, tmp_path):
 def test_sampling_is_seeded_per_prompt_so_resume_is_exact(engine, tmp_path):
     vllm_backend, _, tokenizer = engine
     sampled = cfg(tmp_path, "whole", temperature=1.0, top_p=0.95, n=4, k=[1, 4], limit=16, batch_size=4)
-    whole = by_key(read_samples(Path(run_eval(sampled, backend=vllm_backend, tokenizer=tokenizer)["output_dir"]) / "samples.jsonl"))
+    whole = by_key(
+        read_samples(Path(run_eval(sampled, backend=vllm_backend, tokenizer=tokenizer)["output_dir"]) / "samples.jsonl")
+    )
     assert len({s["completion"] for s in whole.values()}) > 16  # sampled: not n copies of one completion
     parted = replace(sampled, output_dir=str(tmp_path / "parted"))
     with pytest.raises(KeyboardInterrupt):
@@ -118,7 +134,11 @@ def test_sampling_is_seeded_per_prompt_so_resume_is_exact(engine, tmp_path):
     resumed = by_key(read_samples(tmp_path / "parted" / "samples.jsonl"))
     assert {k: s["completion"] for k, s in resumed.items()} == {k: s["completion"] for k, s in whole.items()}
     other_seed = replace(sampled, output_dir=str(tmp_path / "seed1"), seed=1)
-    other = by_key(read_samples(Path(run_eval(other_seed, backend=vllm_backend, tokenizer=tokenizer)["output_dir"]) / "samples.jsonl"))
+    other = by_key(
+        read_samples(
+            Path(run_eval(other_seed, backend=vllm_backend, tokenizer=tokenizer)["output_dir"]) / "samples.jsonl"
+        )
+    )
     assert [s["completion"] for s in other.values()] != [s["completion"] for s in whole.values()]
 
 
@@ -142,8 +162,26 @@ def test_cli_backend_vllm(tmp_path, capsys):
     from oarl.cli import main
 
     out = tmp_path / "cli"
-    args = ["eval", "--model", "tiny", "--benchmarks", "arithmetic", "--limit", "8", "--n", "2", "--temperature", "0",
-            "--max-new-tokens", "48", "--backend", "vllm", "--output-dir", str(out), "--no-progress"]
+    args = [
+        "eval",
+        "--model",
+        "tiny",
+        "--benchmarks",
+        "arithmetic",
+        "--limit",
+        "8",
+        "--n",
+        "2",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "48",
+        "--backend",
+        "vllm",
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ]
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["backend"] == "vllm" and results["benchmarks"]["arithmetic"]["problems"] == 8
@@ -156,14 +194,27 @@ def test_a_tokenizer_vllm_would_misread_is_refused(tmp_path):
 
     path = old_format_tiny_dir(tmp_path / "old")
     with pytest.raises(ValueError, match="build_tokenizer\\(\\).save_pretrained"):
-        run_eval(EvalConfig(model=str(path), benchmarks=["arithmetic"], limit=2, backend="vllm",
-                            output_dir=str(tmp_path / "out"), progress=False))
+        run_eval(
+            EvalConfig(
+                model=str(path),
+                benchmarks=["arithmetic"],
+                limit=2,
+                backend="vllm",
+                output_dir=str(tmp_path / "out"),
+                progress=False,
+            )
+        )
 
 
 def test_trainer_colocated_vllm(tmp_path):
     """OARTrainer(use_vllm=True, vllm_mode="colocate"): 3 steps of OAR-G on vLLM's completions (tests/vllm_train.py)."""
-    proc = subprocess.run([sys.executable, str(TESTS / "vllm_train.py"), str(tmp_path)], env=ENV, capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(TESTS / "vllm_train.py"), str(tmp_path)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert "VLLM-TRAIN-OK steps=3" in proc.stdout
 
@@ -171,9 +222,30 @@ def test_trainer_colocated_vllm(tmp_path):
 def test_oarl_train_use_vllm(tmp_path):
     """`oarl train --use_vllm`: generation and the held-out evaluation through the colocated engine."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "oarl.cli", "train", "--use_vllm", "true", "--max_steps", "2", "--eval_size", "8",
-           "--eval_samples", "2", "--per_device_train_batch_size", "16", "--generation_batch_size", "16",
-           "--num_generations", "4", "--max_completion_length", "40", "--output_dir", str(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "oarl.cli",
+        "train",
+        "--use_vllm",
+        "true",
+        "--max_steps",
+        "2",
+        "--eval_size",
+        "8",
+        "--eval_samples",
+        "2",
+        "--per_device_train_batch_size",
+        "16",
+        "--generation_batch_size",
+        "16",
+        "--num_generations",
+        "4",
+        "--max_completion_length",
+        "40",
+        "--output_dir",
+        str(run),
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     summary = json.loads((run / "summary.json").read_text())
@@ -181,4 +253,6 @@ def test_oarl_train_use_vllm(tmp_path):
     assert set(summary["heldout_before"]) == set(summary["heldout_after"]) == {"test", "hard"}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "loss" in r]
-    assert len(logged) == 2 and all("credit/weight_std" in r and "sampling/sampling_logp_difference/max" in r for r in logged)
+    assert len(logged) == 2 and all(
+        "credit/weight_std" in r and "sampling/sampling_logp_difference/max" in r for r in logged
+    )

@@ -111,15 +111,42 @@ def test_smollm2_job_end_to_end(tmp_path):
         (cache / "models" / "smollm2-135m").symlink_to(converted)
     env = {**os.environ, "OARL_CACHE": str(cache), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     run = tmp_path / "run"
-    args = ["--model", "smollm2-135m", "--sft_steps", "1", "--max_steps", "1", "--num_generations", "2",
-            "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--max_completion_length", "24",
-            "--eval_size", "2", "--eval_samples", "1", "--bf16", "true", "--output_dir", str(run)]
-    proc = subprocess.run([sys.executable, "-m", "oarl.cli", "train", *args], env=env, capture_output=True, text=True,
-                          timeout=1800)
+    args = [
+        "--model",
+        "smollm2-135m",
+        "--sft_steps",
+        "1",
+        "--max_steps",
+        "1",
+        "--num_generations",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+        "--max_completion_length",
+        "24",
+        "--eval_size",
+        "2",
+        "--eval_samples",
+        "1",
+        "--bf16",
+        "true",
+        "--output_dir",
+        str(run),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "oarl.cli", "train", *args], env=env, capture_output=True, text=True, timeout=1800
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert gguf.is_file()
-    for phase in ("runs once", "warm start (once, then cached): 100%", "held-out test (before): 100%",
-                  "held-out test (after): 100%", "oarl train:"):
+    for phase in (
+        "runs once",
+        "warm start (once, then cached): 100%",
+        "held-out test (before): 100%",
+        "held-out test (after): 100%",
+        "oarl train:",
+    ):
         assert phase in proc.stdout + proc.stderr, phase
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 1 and summary["credit"] == "gradient"

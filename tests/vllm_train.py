@@ -42,8 +42,9 @@ def check_sync(trainer, before: torch.Tensor, ids: list[int], n_prompt: int, wha
     engine = engine_logprobs(trainer, ids, n_prompt)
     error = (engine - policy_logprobs(trainer.model, ids, n_prompt)).abs().mean().item()
     stale = (engine - before).abs().mean().item()
-    print(f"{what}: |engine - policy| = {error:.4f}, |engine - policy before| = {stale:.4f} (nats per token)",
-          flush=True)
+    print(
+        f"{what}: |engine - policy| = {error:.4f}, |engine - policy before| = {stale:.4f} (nats per token)", flush=True
+    )
     assert error < 0.03, (what, error, stale)
     return stale
 
@@ -54,19 +55,37 @@ def main(out_dir: str) -> None:
     rows = arithmetic.problems("train", 32, seed=0)
     dataset = arithmetic.as_dataset([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
     args = OARConfig(
-        output_dir=out_dir, per_device_train_batch_size=16, num_generations=8, max_completion_length=48, max_steps=3,
-        learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to="none", seed=0, bf16=False,
-        use_cpu=True, beta=0.0, temperature=1.0, dataloader_num_workers=0, disable_tqdm=True, credit="gradient",
-        use_vllm=True, vllm_mode="colocate", vllm_gpu_memory_utilization=0.2, **{ACTIVATION_CHECKPOINTING: False},
+        output_dir=out_dir,
+        per_device_train_batch_size=16,
+        num_generations=8,
+        max_completion_length=48,
+        max_steps=3,
+        learning_rate=1e-4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        bf16=False,
+        use_cpu=True,
+        beta=0.0,
+        temperature=1.0,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        credit="gradient",
+        use_vllm=True,
+        vllm_mode="colocate",
+        vllm_gpu_memory_utilization=0.2,
+        **{ACTIVATION_CHECKPOINTING: False},
     )
-    trainer = RecordingOARTrainer(model=model, reward_funcs=[arithmetic.reward], args=args, train_dataset=dataset,
-                                  processing_class=tokenizer)
+    trainer = RecordingOARTrainer(
+        model=model, reward_funcs=[arithmetic.reward], args=args, train_dataset=dataset, processing_class=tokenizer
+    )
     # The fixed completion: the policy's greedy answer to another problem, which it finds unlikely here (its own
     # answer has log-probabilities near 0 that no change of the weights moves).
     prompt_ids, other_ids = (tokenizer(row["prompt"])["input_ids"] for row in rows[:2])
     with torch.no_grad():
         other = model.generate(torch.tensor([other_ids]), max_new_tokens=24, do_sample=False)[0]
-    ids = prompt_ids + other[len(other_ids):].tolist()
+    ids = prompt_ids + other[len(other_ids) :].tolist()
     initial = policy_logprobs(model, ids, len(prompt_ids))  # (T,) before training
     trainer.train()
     assert trainer.state.global_step == 3, trainer.state.global_step

@@ -34,8 +34,12 @@ ROOT = HERE.parents[1]
 SAMPLES = {"smollm2": HERE / "smollm2_samples.jsonl", "qwen": HERE / "qwen_math_samples.jsonl"}
 BASELINE = "3d520c2"  # main before issue 9
 DATA = Path(os.environ.get("OARL_DATA_DIR") or ROOT.parent / "shared" / "data" / "benchmarks")  # as the tests
-SOLUTIONS = {"math500": ("math500.jsonl", "solution"), "aime24": ("aime24.jsonl", "solution"),
-             "minerva": ("minerva_math.jsonl", "solution"), "gsm8k": ("gsm8k.jsonl", "answer")}
+SOLUTIONS = {
+    "math500": ("math500.jsonl", "solution"),
+    "aime24": ("aime24.jsonl", "solution"),
+    "minerva": ("minerva_math.jsonl", "solution"),
+    "gsm8k": ("gsm8k.jsonl", "answer"),
+}
 
 # Runs in a child process with PYTHONPATH set to one version of oarl: prints one JSON object.
 _CHILD = r"""
@@ -70,8 +74,13 @@ print(json.dumps(out))
 def score(src: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src))
     samples = {name: str(path) for name, path in SAMPLES.items() if path.exists()}
-    res = subprocess.run([sys.executable, "-c", _CHILD, str(DATA), json.dumps(SOLUTIONS), json.dumps(samples)],
-                         env=env, capture_output=True, text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(DATA), json.dumps(SOLUTIONS), json.dumps(samples)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -98,16 +107,25 @@ def main() -> None:
     for name in SOLUTIONS:
         fails = [r for r in after["solutions"][name] if not r["ok"]]
         changed = [(x, y) for x, y in zip(before["solutions"][name], after["solutions"][name]) if x["ok"] != y["ok"]]
-        print(f"\n{name}: {len(fails)} failures after, {len(changed)} verdicts changed "
-              f"({sum(y['ok'] for _, y in changed)} to right, {sum(not y['ok'] for _, y in changed)} to wrong)")
+        print(
+            f"\n{name}: {len(fails)} failures after, {len(changed)} verdicts changed "
+            f"({sum(y['ok'] for _, y in changed)} to right, {sum(not y['ok'] for _, y in changed)} to wrong)"
+        )
         for x, y in changed:
-            print(f"  changed {y['id']}: {x['pred']!r} {'right' if x['ok'] else 'wrong'} -> {y['pred']!r} "
-                  f"{'right' if y['ok'] else 'wrong'} (gold {y['gold']!r})")
-        moved = [(x, y) for x, y in zip(before["solutions"][name], after["solutions"][name])
-                 if x["pred"] != y["pred"] and x["ok"] == y["ok"]]
+            print(
+                f"  changed {y['id']}: {x['pred']!r} {'right' if x['ok'] else 'wrong'} -> {y['pred']!r} "
+                f"{'right' if y['ok'] else 'wrong'} (gold {y['gold']!r})"
+            )
+        moved = [
+            (x, y)
+            for x, y in zip(before["solutions"][name], after["solutions"][name])
+            if x["pred"] != y["pred"] and x["ok"] == y["ok"]
+        ]
         print(f"  extracted answer changed, same verdict: {len(moved)}")
         for x, y in moved:
-            print(f"    {y['id']}: {x['pred']!r} -> {y['pred']!r} ({'right' if y['ok'] else 'wrong'}, gold {y['gold']!r})")
+            print(
+                f"    {y['id']}: {x['pred']!r} -> {y['pred']!r} ({'right' if y['ok'] else 'wrong'}, gold {y['gold']!r})"
+            )
         if args.failures:
             for r in fails:
                 why = "no final answer found" if r["pred"] is None else f"extracted {r['pred']!r} != gold {r['gold']!r}"
@@ -131,23 +149,32 @@ def compare_samples(title: str, path: Path, before: list[dict], after: list[dict
     print(f"\n{title} ({path.name}): accuracy before -> after, answer found")
     groups = Counter((s.get("benchmark", "gsm8k"), s.get("style", s.get("source", "").split("#")[0])) for s in samples)
     for key in sorted(groups):
-        idx = [i for i, s in enumerate(samples)
-               if (s.get("benchmark", "gsm8k"), s.get("style", s.get("source", "").split("#")[0])) == key]
+        idx = [
+            i
+            for i, s in enumerate(samples)
+            if (s.get("benchmark", "gsm8k"), s.get("style", s.get("source", "").split("#")[0])) == key
+        ]
         acc = [_rate([res[i] for i in idx]) for res in (before, after)]
         found = [sum(res[i]["pred"] is not None for i in idx) / len(idx) for res in (before, after)]
-        print(f"  {key[0]:<8} {key[1]:<7} n={len(idx):>3}  acc {acc[0]:6.1%} -> {acc[1]:6.1%}   "
-              f"answer found {found[0]:6.1%} -> {found[1]:6.1%}")
+        print(
+            f"  {key[0]:<8} {key[1]:<7} n={len(idx):>3}  acc {acc[0]:6.1%} -> {acc[1]:6.1%}   "
+            f"answer found {found[0]:6.1%} -> {found[1]:6.1%}"
+        )
     changed = [i for i in range(len(samples)) if before[i]["ok"] != after[i]["ok"]]
     moved = [i for i in range(len(samples)) if before[i]["pred"] != after[i]["pred"]]
-    print(f"  verdicts changed: {len(changed)} ({sum(after[i]['ok'] for i in changed)} wrong -> right, "
-          f"{sum(not after[i]['ok'] for i in changed)} right -> wrong); extracted answer changed: {len(moved)}")
+    print(
+        f"  verdicts changed: {len(changed)} ({sum(after[i]['ok'] for i in changed)} wrong -> right, "
+        f"{sum(not after[i]['ok'] for i in changed)} right -> wrong); extracted answer changed: {len(moved)}"
+    )
     for i in moved:
         s, b, a = samples[i], before[i], after[i]
         tail = s["completion"][-160:].replace("\n", "\\n")
         mark = "VERDICT" if b["ok"] != a["ok"] else "answer "
         where = s.get("id", s.get("source"))
-        print(f"  {mark} #{i} {where} gold {s['gold']!r}: {b['pred']!r} {'right' if b['ok'] else 'wrong'}"
-              f" -> {a['pred']!r} {'right' if a['ok'] else 'wrong'}\n      ...{tail}")
+        print(
+            f"  {mark} #{i} {where} gold {s['gold']!r}: {b['pred']!r} {'right' if b['ok'] else 'wrong'}"
+            f" -> {a['pred']!r} {'right' if a['ok'] else 'wrong'}\n      ...{tail}"
+        )
 
 
 if __name__ == "__main__":

@@ -55,8 +55,12 @@ def main() -> None:
         model, tok = load_model("smollm2-135m")
         backend = HFBackend(model, tok, batch_size=args.batch_size)
     # vLLM 0.32 on CPU fails on per-request seeds ("CPU Generator does not use offset"): its engine is seeded
-    sampling = Sampling(temperature=args.temperature, top_p=0.95, max_new_tokens=args.max_new_tokens,
-                        seed=None if args.backend == "vllm" else args.seed)
+    sampling = Sampling(
+        temperature=args.temperature,
+        top_p=0.95,
+        max_new_tokens=args.max_new_tokens,
+        seed=None if args.backend == "vllm" else args.seed,
+    )
     done = set()
     if args.out.exists():  # resume: a (benchmark, id, style) already written is not sampled again
         done = {(r["benchmark"], r["id"], r["style"]) for r in map(json.loads, args.out.open())}
@@ -73,9 +77,21 @@ def main() -> None:
                 gens = backend.generate(prompts, 1, sampling)
                 with args.out.open("a") as f:
                     for r, (g,) in zip(chunk, gens):
-                        f.write(json.dumps({"benchmark": name, "id": r["id"], "style": style, "gold": r["answer"],
-                                            "completion": g["text"], "num_tokens": g["num_tokens"],
-                                            "finish_reason": g["finish_reason"], "backend": args.backend}) + "\n")
+                        f.write(
+                            json.dumps(
+                                {
+                                    "benchmark": name,
+                                    "id": r["id"],
+                                    "style": style,
+                                    "gold": r["answer"],
+                                    "completion": g["text"],
+                                    "num_tokens": g["num_tokens"],
+                                    "finish_reason": g["finish_reason"],
+                                    "backend": args.backend,
+                                }
+                            )
+                            + "\n"
+                        )
                 print(f"{name}/{style}: {start + len(chunk)}/{len(todo)} rows, {time.time() - t0:.0f}s", flush=True)
 
 

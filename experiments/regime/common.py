@@ -14,13 +14,28 @@ SEQUENCES_PER_BATCH = 512  # completions generated together (prompts x n)
 def heldout(model, tokenizer, rows, *, n=4, temperature=1.0, max_new_tokens=56, seed=0) -> dict:
     """``{avg, se, n_problems, n_samples, per_problem, example}`` of ``rows`` (``prompt``, ``answer``) with n samples
     each at ``temperature`` (0: greedy), in the form of ``oarl train``'s held-out numbers."""
-    res = evaluate_model(model, tokenizer, rows, n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
-                         batch_size=max(1, SEQUENCES_PER_BATCH // n), return_samples=True)
+    res = evaluate_model(
+        model,
+        tokenizer,
+        rows,
+        n=n,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=max(1, SEQUENCES_PER_BATCH // n),
+        return_samples=True,
+    )
     by_problem: dict = {}
     for sample in res["samples"]:
         by_problem.setdefault(sample["id"], []).append(float(sample["correct"]))
-    return {"avg": res["avg@n"], "se": res["avg@n_se"], "n_problems": len(rows), "n_samples": n,
-            "per_problem": [sum(c) / len(c) for c in by_problem.values()], "example": res["samples"][0]["completion"]}
+    return {
+        "avg": res["avg@n"],
+        "se": res["avg@n_se"],
+        "n_problems": len(rows),
+        "n_samples": n,
+        "per_problem": [sum(c) / len(c) for c in by_problem.values()],
+        "example": res["samples"][0]["completion"],
+    }
 
 
 def evaluate(model, tokenizer, rows, *, n=4, temperature=1.0, max_new_tokens=56, seed=0, greedy_too=True):

@@ -43,9 +43,15 @@ hard = None if a.no_hard else problems("hard", R.hard_eval_problems, seed=R.seed
 
 
 def run_eval(model, tok):
-    out = {"test": evaluate(model, tok, test, n=R.eval_samples, temperature=R.temperature, max_new_tokens=R.max_completion_length)}
+    out = {
+        "test": evaluate(
+            model, tok, test, n=R.eval_samples, temperature=R.temperature, max_new_tokens=R.max_completion_length
+        )
+    }
     if hard:
-        out["hard"] = evaluate(model, tok, hard, n=R.eval_samples, temperature=R.temperature, max_new_tokens=R.hard_max_new_tokens)
+        out["hard"] = evaluate(
+            model, tok, hard, n=R.eval_samples, temperature=R.temperature, max_new_tokens=R.hard_max_new_tokens
+        )
     return out
 
 
@@ -60,16 +66,31 @@ else:
 times["eval_before"] = time.perf_counter() - t
 
 model, tok = load_tiny(path)
-train = as_dataset([{"prompt": r["prompt"], "answer": r["answer"]} for r in problems("train", R.n_rl_prompts, seed=R.seed + 1)])
-kw = dict(R.grpo_kwargs(), max_steps=a.rl_steps, seed=a.seed, output_dir=f"/tmp/oarl_default_{os.getpid()}",
-          lr_scheduler_type="constant", bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False,
-          report_to="none", logging_steps=5, save_strategy="no", disable_tqdm=True)
+train = as_dataset(
+    [{"prompt": r["prompt"], "answer": r["answer"]} for r in problems("train", R.n_rl_prompts, seed=R.seed + 1)]
+)
+kw = dict(
+    R.grpo_kwargs(),
+    max_steps=a.rl_steps,
+    seed=a.seed,
+    output_dir=f"/tmp/oarl_default_{os.getpid()}",
+    lr_scheduler_type="constant",
+    bf16=False,
+    fp16=False,
+    use_cpu=True,
+    gradient_checkpointing=False,
+    report_to="none",
+    logging_steps=5,
+    save_strategy="no",
+    disable_tqdm=True,
+)
 if a.credit == "none":
     from trl import GRPOConfig as Cfg
     from trl import GRPOTrainer as Trainer
 else:
     from oarl.trainer import OARConfig as Cfg
     from oarl.trainer import OARTrainer as Trainer
+
     kw["credit"] = a.credit
 t = time.perf_counter()
 trainer = Trainer(model=model, reward_funcs=reward, args=Cfg(**kw), train_dataset=train, processing_class=tok)

@@ -35,7 +35,9 @@ ap.add_argument("--mcl", type=int, default=DEFAULT_REGIME.max_completion_length)
 ap.add_argument("--loss", default=None, help="GRPOConfig.loss_type")
 ap.add_argument("--scale", default=None, help="GRPOConfig.scale_rewards")
 ap.add_argument("--credit", default="none")
-ap.add_argument("--gen-mult", type=int, default=1, help="generation batch = gen_mult x train batch (steps_per_generation)")
+ap.add_argument(
+    "--gen-mult", type=int, default=1, help="generation batch = gen_mult x train batch (steps_per_generation)"
+)
 ap.add_argument("--iters", type=int, default=1, help="num_iterations")
 ap.add_argument("--threads", type=int, default=1)
 ap.add_argument("--eval-problems", type=int, default=DEFAULT_REGIME.eval_problems)
@@ -80,13 +82,34 @@ for k, v in before.items():
     print(f"[{a.tag}] before {k}: {fmt(v)}")
 
 model, tok = load_tiny(path)
-train = as_dataset([{"prompt": r["prompt"], "answer": r["answer"]} for r in problems("train", DEFAULT_REGIME.n_rl_prompts, seed=1000 + a.seed, task=task)])
+train = as_dataset(
+    [
+        {"prompt": r["prompt"], "answer": r["answer"]}
+        for r in problems("train", DEFAULT_REGIME.n_rl_prompts, seed=1000 + a.seed, task=task)
+    ]
+)
 common = dict(
-    output_dir=f"/tmp/grpo_probe_{os.getpid()}", learning_rate=a.lr, max_steps=a.rl_steps, lr_scheduler_type="constant",
-    num_generations=a.G, per_device_train_batch_size=a.prompts * a.G, generation_batch_size=a.gen_mult * a.prompts * a.G, num_iterations=a.iters,
-    max_completion_length=a.mcl, temperature=1.0, beta=0.0, bf16=False, fp16=False, use_cpu=True,
-    gradient_checkpointing=False, report_to="none", logging_steps=5, save_strategy="no", seed=a.seed,
-    disable_tqdm=True, shuffle_dataset=True,
+    output_dir=f"/tmp/grpo_probe_{os.getpid()}",
+    learning_rate=a.lr,
+    max_steps=a.rl_steps,
+    lr_scheduler_type="constant",
+    num_generations=a.G,
+    per_device_train_batch_size=a.prompts * a.G,
+    generation_batch_size=a.gen_mult * a.prompts * a.G,
+    num_iterations=a.iters,
+    max_completion_length=a.mcl,
+    temperature=1.0,
+    beta=0.0,
+    bf16=False,
+    fp16=False,
+    use_cpu=True,
+    gradient_checkpointing=False,
+    report_to="none",
+    logging_steps=5,
+    save_strategy="no",
+    seed=a.seed,
+    disable_tqdm=True,
+    shuffle_dataset=True,
 )
 if a.loss:
     common["loss_type"] = a.loss
@@ -94,10 +117,12 @@ if a.scale:
     common["scale_rewards"] = a.scale
 if a.credit == "none":
     from trl import GRPOConfig, GRPOTrainer
+
     args = GRPOConfig(**common)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=train, processing_class=tok)
 else:
     from oarl.trainer import OARConfig, OARTrainer
+
     args = OARConfig(credit=a.credit, **common)
     trainer = OARTrainer(model=model, reward_funcs=reward, args=args, train_dataset=train, processing_class=tok)
 t0 = time.perf_counter()
@@ -114,4 +139,6 @@ for k, v in after.items():
     d, dse = heldout_gain(before[k], v)
     z = (v["avg"] - before[k]["avg"]) / before[k]["se"]
     print(f"[{a.tag}] after  {k}: {fmt(v)} | delta={d:+.3f} paired_se={dse:.3f} (delta/se_before={z:.1f})")
-print(f"[{a.tag}] rl={t_rl:.1f}s ({t_rl/a.rl_steps:.2f}s/step) eval_after={t_ev:.1f}s total={time.perf_counter()-T0:.1f}s")
+print(
+    f"[{a.tag}] rl={t_rl:.1f}s ({t_rl / a.rl_steps:.2f}s/step) eval_after={t_ev:.1f}s total={time.perf_counter() - T0:.1f}s"
+)

@@ -1,6 +1,6 @@
 """Warm start with a given config, then evaluate it: avg@n at T=1 and greedy on test and hard.
 
-    python experiments/regime/sft_probe.py --steps 300 --lr 2e-3 [--ops +-*] [--flaw 0.3] [--hidden 128 ...]
+python experiments/regime/sft_probe.py --steps 300 --lr 2e-3 [--ops +-*] [--flaw 0.3] [--hidden 128 ...]
 """
 
 import argparse
@@ -53,7 +53,9 @@ t0 = time.perf_counter()
 path = warm_start(cfg)
 info = json.load(open(path + "/warmstart.json"))
 model, tok = load_tiny(path)
-print(f"warm start {path} params={num_parameters(model)} train={info['train_seconds']:.1f}s (wall {time.perf_counter()-t0:.1f}s) final_loss={info['final_loss']}")
+print(
+    f"warm start {path} params={num_parameters(model)} train={info['train_seconds']:.1f}s (wall {time.perf_counter() - t0:.1f}s) final_loss={info['final_loss']}"
+)
 tk = dict(cfg["task"], steps=tuple(cfg["task"]["steps"]), hard_steps=tuple(cfg["task"]["hard_steps"]))
 task = ArithmeticTask(**tk)
 test = problems("test", a.eval_problems, seed=0, task=task)

@@ -31,7 +31,9 @@ while not (cut / f"checkpoint-{k}" / "trainer_state.json").exists():
 proc.send_signal(signal.SIGINT)
 sent = time.perf_counter()
 stderr = proc.communicate()[1]
-print(f"stopped {time.perf_counter() - sent:.2f} s after SIGINT, exit status {proc.returncode}: {stderr.splitlines()[-1]}")
+print(
+    f"stopped {time.perf_counter() - sent:.2f} s after SIGINT, exit status {proc.returncode}: {stderr.splitlines()[-1]}"
+)
 resumed = subprocess.run([*oarl, "--resume", str(cut)], capture_output=True, text=True)
 assert resumed.returncode == 0, resumed.stderr[-3000:]
 print("'missing keys' warning on resume:", "missing keys" in resumed.stderr)
@@ -40,5 +42,8 @@ a, b = (load_file(d / "final_model" / "model.safetensors") for d in (full, cut))
 print("max |parameter difference|:", max((a[n] - b[n]).abs().max().item() for n in a))
 for d in (full, cut):
     s = json.loads((d / "summary.json").read_text())
-    print(d.name, {split: round(r["avg"], 4) for split, r in s["heldout_after"].items()},
-          f"wall {s['wall_time_s']:.0f} s over {s.get('sessions', 1)} session(s)")
+    print(
+        d.name,
+        {split: round(r["avg"], 4) for split, r in s["heldout_after"].items()},
+        f"wall {s['wall_time_s']:.0f} s over {s.get('sessions', 1)} session(s)",
+    )

@@ -1,6 +1,6 @@
 """Per-run table of an `oarl compare` SmolLM2 study folder (experiments/smollm2/README.md 3h):
 
-    PYTHONPATH=src python experiments/smollm2/per_run_table.py runs/smol-p16
+PYTHONPATH=src python experiments/smollm2/per_run_table.py runs/smol-p16
 """
 
 import json
@@ -28,6 +28,8 @@ for credit, name in NAMES.items():
         before, after = s["heldout_before"]["test"], s["heldout_after"]["test"]
         gain, se = heldout_gain(before, after)
         share = "-" if s["credit_overhead"] is None else f"{s['credit_overhead']:.1%}"
-        print(f"| {name}, seed {seed} | {before['avg']:.3f} | {curve.get(10, float('nan')):.3f} | {after['avg']:.3f} | "
-              f"{gain:+.3f} ± {se:.3f} | {statistics.fmean(times):.0f} s ({min(times):.0f}-{max(times):.0f}) | "
-              f"{share} | {s['wall_time_s']:.0f} s ({s.get('sessions', 1)} sessions) |")
+        print(
+            f"| {name}, seed {seed} | {before['avg']:.3f} | {curve.get(10, float('nan')):.3f} | {after['avg']:.3f} | "
+            f"{gain:+.3f} ± {se:.3f} | {statistics.fmean(times):.0f} s ({min(times):.0f}-{max(times):.0f}) | "
+            f"{share} | {s['wall_time_s']:.0f} s ({s.get('sessions', 1)} sessions) |"
+        )

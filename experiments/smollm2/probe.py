@@ -27,13 +27,23 @@ def rows_for(args):
     if args.task == "words":
         from oarl.data.word_problems import INSTRUCTION, problems
 
-        rows = problems("test", args.problems, seed=args.seed, steps=(args.steps, args.steps), ops=args.ops,
-                        max_operand=args.max_operand, max_value=args.max_value)
+        rows = problems(
+            "test",
+            args.problems,
+            seed=args.seed,
+            steps=(args.steps, args.steps),
+            ops=args.ops,
+            max_operand=args.max_operand,
+            max_value=args.max_value,
+        )
         return [{"problem": r["question"], "answer": r["answer"]} for r in rows], INSTRUCTION
     if args.task == "gsm-symbolic":
         from oarl.data.gsm import INSTRUCTION, gsm_symbolic_rows
 
-        return [{"problem": r["question"], "answer": r["answer"]} for r in gsm_symbolic_rows(args.problems, args.seed, "test")], INSTRUCTION
+        return [
+            {"problem": r["question"], "answer": r["answer"]}
+            for r in gsm_symbolic_rows(args.problems, args.seed, "test")
+        ], INSTRUCTION
     raise SystemExit(f"unknown task {args.task}")
 
 
@@ -60,9 +70,21 @@ def main():
     rows, instruction = rows_for(args)
     load0 = os.getloadavg()[0]
     t0 = time.perf_counter()
-    res = evaluate_model(model, tok, rows, n=args.n, prompt_template="{problem}\n" + instruction, chat=True,
-                         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                         seed=args.seed, batch_size=args.batch_size, progress=True, return_samples=True)
+    res = evaluate_model(
+        model,
+        tok,
+        rows,
+        n=args.n,
+        prompt_template="{problem}\n" + instruction,
+        chat=True,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=True,
+        return_samples=True,
+    )
     seconds = time.perf_counter() - t0
     samples = res.pop("samples")
     by_problem: dict = {}
@@ -70,10 +92,17 @@ def main():
         by_problem.setdefault(s["id"], []).append(bool(s["correct"]))
     # share of problems whose n samples disagree: the groups that carry a GRPO signal (the others' advantages are 0)
     spread = sum(0 < sum(c) < len(c) for c in by_problem.values()) / max(len(by_problem), 1)
-    record = {**vars(args), "avg": res["avg@n"], "se": res["avg@n_se"], "spread": round(spread, 3),
-              "no_answer": res["no_answer_frac"],
-              "truncated": res["truncated_frac"], "mean_tokens": res["mean_length"], "seconds": round(seconds, 1),
-              "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}
+    record = {
+        **vars(args),
+        "avg": res["avg@n"],
+        "se": res["avg@n_se"],
+        "spread": round(spread, 3),
+        "no_answer": res["no_answer_frac"],
+        "truncated": res["truncated_frac"],
+        "mean_tokens": res["mean_length"],
+        "seconds": round(seconds, 1),
+        "load": [round(load0, 1), round(os.getloadavg()[0], 1)],
+    }
     print(json.dumps(record))
     with open(OUT, "a") as f:
         f.write(json.dumps(record) + "\n")

@@ -26,8 +26,9 @@ torch.set_num_threads(1)
 model, tok = load_model(args.model)
 rows = problems("test", args.n, seed=SMOLLM2_REGIME.seed, **SMOLLM2_REGIME.task_kwargs())
 prompts = [build_prompt({"problem": r["question"]}, tok, "{problem}\n" + INSTRUCTION, chat=True) for r in rows]
-sampling = Sampling(temperature=args.temperature, top_p=1.0, max_new_tokens=SMOLLM2_REGIME.max_completion_length,
-                    seed=args.seed)
+sampling = Sampling(
+    temperature=args.temperature, top_p=1.0, max_new_tokens=SMOLLM2_REGIME.max_completion_length, seed=args.seed
+)
 gens = HFBackend(model, tok, batch_size=args.n, add_special_tokens=False).generate(prompts, 1, sampling)
 with open(args.out, "w") as f:
     for r, p, (g,) in zip(rows, prompts, gens):

@@ -1,6 +1,6 @@
 """Train (or find cached) the SmolLM2 warm start of a regime variant, then print its directory.
 
-    PYTHONPATH=src python experiments/smollm2/warmstart.py --sft-steps 50 --threads 1
+PYTHONPATH=src python experiments/smollm2/warmstart.py --sft-steps 50 --threads 1
 """
 
 from __future__ import annotations
@@ -23,10 +23,21 @@ ap.add_argument("--sft-batch-size", type=int, default=SMOLLM2_REGIME.sft_batch_s
 ap.add_argument("--threads", type=int, default=1)
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
-regime = dataclasses.replace(SMOLLM2_REGIME, sft_steps=args.sft_steps, sft_lr=args.sft_lr, sft_batch_size=args.sft_batch_size)
+regime = dataclasses.replace(
+    SMOLLM2_REGIME, sft_steps=args.sft_steps, sft_lr=args.sft_lr, sft_batch_size=args.sft_batch_size
+)
 load0, t0 = os.getloadavg()[0], time.perf_counter()
 path = warm_start(regime.warmstart_config(), log_every=5)
 info = json.load(open(os.path.join(path, "warmstart.json")))
-print(json.dumps({"path": path, "train_seconds": info["train_seconds"], "wall_s": round(time.perf_counter() - t0, 1),
-                  "final_loss": info["final_loss"], "losses": info["loss_history"],
-                  "load": [round(load0, 1), round(os.getloadavg()[0], 1)]}))
+print(
+    json.dumps(
+        {
+            "path": path,
+            "train_seconds": info["train_seconds"],
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "final_loss": info["final_loss"],
+            "losses": info["loss_history"],
+            "load": [round(load0, 1), round(os.getloadavg()[0], 1)],
+        }
+    )
+)

@@ -42,17 +42,48 @@ def main() -> None:
     started = time.perf_counter()
     model, tokenizer = load_tiny(warm_start(warmstart_config()))
     config = OARConfig(
-        output_dir="runs/tool-heatmap", per_device_train_batch_size=16, num_generations=4, max_completion_length=64,
-        max_steps=args.steps, learning_rate=1e-4, logging_steps=1, save_strategy="no", report_to="none", seed=0,
-        bf16=False, activation_checkpointing=False, use_cpu=True, beta=0.0, disable_tqdm=True, credit="gradient",
+        output_dir="runs/tool-heatmap",
+        per_device_train_batch_size=16,
+        num_generations=4,
+        max_completion_length=64,
+        max_steps=args.steps,
+        learning_rate=1e-4,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        bf16=False,
+        activation_checkpointing=False,
+        use_cpu=True,
+        beta=0.0,
+        disable_tqdm=True,
+        credit="gradient",
     )
-    trainer = PromptKeepingTrainer(model=model, reward_funcs=[accuracy], args=config, processing_class=tokenizer,
-                                   tools=[calc], train_dataset=Dataset.from_list(tool_prompts(64, seed=1)))
+    trainer = PromptKeepingTrainer(
+        model=model,
+        reward_funcs=[accuracy],
+        args=config,
+        processing_class=tokenizer,
+        tools=[calc],
+        train_dataset=Dataset.from_list(tool_prompts(64, seed=1)),
+    )
     trainer.train()
     for row in trainer.state.log_history:
         if "loss" in row:
-            print({k: round(row[k], 4) for k in ("step", "reward", "tools/call_frequency", "credit/no_answer_frac",
-                                                   "credit/weight_std", "credit/time_s") if k in row})
+            print(
+                {
+                    k: round(row[k], 4)
+                    for k in (
+                        "step",
+                        "reward",
+                        "tools/call_frequency",
+                        "credit/no_answer_frac",
+                        "credit/weight_std",
+                        "credit/time_s",
+                    )
+                    if k in row
+                }
+            )
 
     batch, (prompt_ids, prompt_mask) = trainer.last_credit, trainer.last_prompts
     tool = batch.credit.segments.tool
@@ -69,9 +100,16 @@ def main() -> None:
         headings.append(f"completion {b} of the last generation batch: advantage {float(batch.advantages[b]):+.2f}")
         if len(completions) == args.shown:
             break
-    explained = explain_batch(trainer.model, tokenizer, prompts, completions, ESTIMATORS, tool_spans=spans,
-                              headings=headings,
-                              title=f"oarl credit with a calculator tool: {args.steps} OAR-G steps of the tiny model")
+    explained = explain_batch(
+        trainer.model,
+        tokenizer,
+        prompts,
+        completions,
+        ESTIMATORS,
+        tool_spans=spans,
+        headings=headings,
+        title=f"oarl credit with a calculator tool: {args.steps} OAR-G steps of the tiny model",
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     page = out / "tool-heatmap.html"
@@ -80,16 +118,19 @@ def main() -> None:
         on_tool, on_call, on_steps = [], [], []
         for row in explained["completions"]:
             call = (row["completion"].find("[calc"), row["completion"].find("]") + 1)
-            for (start, _), imp, w, seg in zip(row["spans"], row["importance"][name], row["weights"][name],
-                                               row["segments"]):
+            for (start, _), imp, w, seg in zip(
+                row["spans"], row["importance"][name], row["weights"][name], row["segments"]
+            ):
                 if seg == "tool":
                     on_tool.append((imp, w))
                 elif seg == "reasoning":
                     (on_call if call[0] <= start < call[1] else on_steps).append(w)
-        print(f"{name:12s} tool tokens {len(on_tool)}: importance max {max(i for i, _ in on_tool):.3g}, weight max "
-              f"{max(w for _, w in on_tool):.3g}; mean weight on the call {sum(on_call) / len(on_call):.2f} "
-              f"({len(on_call)} tokens), on the pair results {sum(on_steps) / len(on_steps):.2f} ({len(on_steps)}); "
-              f"time {explained['time_s'][name]:.2f}s")
+        print(
+            f"{name:12s} tool tokens {len(on_tool)}: importance max {max(i for i, _ in on_tool):.3g}, weight max "
+            f"{max(w for _, w in on_tool):.3g}; mean weight on the call {sum(on_call) / len(on_call):.2f} "
+            f"({len(on_call)} tokens), on the pair results {sum(on_steps) / len(on_steps):.2f} ({len(on_steps)}); "
+            f"time {explained['time_s'][name]:.2f}s"
+        )
     try:
         from oarl.report.browser import BrowserUnavailable, screenshot
 

@@ -109,8 +109,18 @@ _DELIMITERS = r"(?:\s|\$|\\[()\[\]]|\\q?quad(?![A-Za-z])|\\[,;: ]|\*\*)*"
 _JOIN_WORD = r"(?:\\text\{\s*(?:and|or)\s*\}|(?:and|or)(?![A-Za-z]))"
 _BOX_JOINER = re.compile(
     _DELIMITERS
-    + r"(?:[,;]" + _DELIMITERS + r"(?:" + _JOIN_WORD + _DELIMITERS + r")?|" + _JOIN_WORD + _DELIMITERS + r")"
-    + r"(?:[A-Za-z](?:_\{?\w{1,3}\}?)?\s*=" + _DELIMITERS + r")?",
+    + r"(?:[,;]"
+    + _DELIMITERS
+    + r"(?:"
+    + _JOIN_WORD
+    + _DELIMITERS
+    + r")?|"
+    + _JOIN_WORD
+    + _DELIMITERS
+    + r")"
+    + r"(?:[A-Za-z](?:_\{?\w{1,3}\}?)?\s*="
+    + _DELIMITERS
+    + r")?",
     re.IGNORECASE,
 )
 _FORMULA_JOINER = re.compile(r"[ \t]*(?:,[ \t]*(?:(?:and|or)[ \t]+)?|(?:and|or)[ \t]+)", re.IGNORECASE)

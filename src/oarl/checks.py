@@ -52,15 +52,23 @@ def check_eval(cfg) -> None:
     require(is_count(cfg.n), "--n", cfg.n, "the number of samples per problem, >= 1")
     for k in cfg.k:
         require(is_count(k), "--k", k, "a list of integers >= 1 (pass@k; values above --n are dropped)")
-    require(is_number(cfg.temperature) and cfg.temperature >= 0, "--temperature", cfg.temperature,
-            "a number >= 0 (0: greedy)")
+    require(
+        is_number(cfg.temperature) and cfg.temperature >= 0,
+        "--temperature",
+        cfg.temperature,
+        "a number >= 0 (0: greedy)",
+    )
     require(is_number(cfg.top_p) and 0 < cfg.top_p <= 1, "--top-p", cfg.top_p, "a probability in (0, 1] (1: off)")
     require(is_count(cfg.max_new_tokens), "--max-new-tokens", cfg.max_new_tokens, "an integer >= 1")
     require(is_count(cfg.batch_size), "--batch-size", cfg.batch_size, "an integer >= 1")
     require(cfg.limit is None or is_count(cfg.limit), "--limit", cfg.limit, "an integer >= 1 (problems per benchmark)")
     require(is_seed(cfg.seed), "--seed", cfg.seed, SEED_RANGE)
-    require(is_number(cfg.verify_timeout_s) and cfg.verify_timeout_s > 0, "--verify-timeout", cfg.verify_timeout_s,
-            "a number of seconds > 0")
+    require(
+        is_number(cfg.verify_timeout_s) and cfg.verify_timeout_s > 0,
+        "--verify-timeout",
+        cfg.verify_timeout_s,
+        "a number of seconds > 0",
+    )
     for stop in cfg.stop:
         require(bool(stop), "--stop", repr(stop), "a non-empty string (an empty one would cut every completion)")
     require(cfg.backend in ("auto", "hf", "vllm"), "--backend", cfg.backend, "auto, hf or vllm")
@@ -74,8 +82,12 @@ def check_dtype(flag: str, dtype: str | None) -> None:
         return
     import torch  # lazy: the checks run at a command's start, before it needs torch (start-up time)
 
-    require(isinstance(getattr(torch, str(dtype), None), torch.dtype), flag, dtype,
-            "'auto' or a torch dtype such as float32, bfloat16, float16")
+    require(
+        isinstance(getattr(torch, str(dtype), None), torch.dtype),
+        flag,
+        dtype,
+        "'auto' or a torch dtype such as float32, bfloat16, float16",
+    )
 
 
 def check_device(flag: str, device: str | None) -> None:
@@ -96,12 +108,20 @@ def check_device(flag: str, device: str | None) -> None:
 def check_explain(args) -> None:
     """The settings of ``oarl explain`` that are not CreditConfig's (``CreditConfig`` checks those)."""
     require(args.n is None or is_count(args.n), "--n", args.n, "an integer >= 1")
-    require(is_number(args.temperature) and args.temperature >= 0, "--temperature", args.temperature,
-            "a number >= 0 (0: greedy)")
+    require(
+        is_number(args.temperature) and args.temperature >= 0,
+        "--temperature",
+        args.temperature,
+        "a number >= 0 (0: greedy)",
+    )
     require(is_count(args.max_new_tokens), "--max-new-tokens", args.max_new_tokens, "an integer >= 1")
     require(is_seed(args.seed), "--seed", args.seed, SEED_RANGE)
-    require(is_number(args.advantage) and args.advantage != 0, "--advantage", args.advantage,
-            "a finite nonzero number (a zero advantage skips the credit computation)")
+    require(
+        is_number(args.advantage) and args.advantage != 0,
+        "--advantage",
+        args.advantage,
+        "a finite nonzero number (a zero advantage skips the credit computation)",
+    )
     require(is_count(args.batch_size), "--batch-size", args.batch_size, "an integer >= 1")
     require(args.png is None or is_count(args.png), "--png", args.png, "an integer N >= 1")
     check_device("--device", args.device)
@@ -112,27 +132,62 @@ def check_explain(args) -> None:
 
 def check_train(train_args) -> None:
     """oarl's own settings of ``oarl train`` (``TrainArgs``)."""
-    require(train_args.train_size is None or is_count(train_args.train_size), "--train_size", train_args.train_size,
-            "the number of training problems, >= 1 (leave it out for the default)")
-    require(train_args.sft_steps is None or is_count(train_args.sft_steps, 0), "--sft_steps", train_args.sft_steps,
-            "an integer >= 0 (0: no warm start)")
-    require(train_args.eval_size is None or is_count(train_args.eval_size, 0), "--eval_size", train_args.eval_size,
-            "an integer >= 0 (0: no held-out evaluation)")
-    require(is_number(train_args.eval_fraction) and 0 < train_args.eval_fraction < 1, "--eval_fraction",
-            train_args.eval_fraction, "a fraction in (0, 1)")
-    require(train_args.eval_samples is None or is_count(train_args.eval_samples), "--eval_samples",
-            train_args.eval_samples, "an integer >= 1")
-    require(is_count(train_args.eval_every, 0), "--eval_every", train_args.eval_every,
-            "an integer >= 0 (0: only before and after training)")
+    require(
+        train_args.train_size is None or is_count(train_args.train_size),
+        "--train_size",
+        train_args.train_size,
+        "the number of training problems, >= 1 (leave it out for the default)",
+    )
+    require(
+        train_args.sft_steps is None or is_count(train_args.sft_steps, 0),
+        "--sft_steps",
+        train_args.sft_steps,
+        "an integer >= 0 (0: no warm start)",
+    )
+    require(
+        train_args.eval_size is None or is_count(train_args.eval_size, 0),
+        "--eval_size",
+        train_args.eval_size,
+        "an integer >= 0 (0: no held-out evaluation)",
+    )
+    require(
+        is_number(train_args.eval_fraction) and 0 < train_args.eval_fraction < 1,
+        "--eval_fraction",
+        train_args.eval_fraction,
+        "a fraction in (0, 1)",
+    )
+    require(
+        train_args.eval_samples is None or is_count(train_args.eval_samples),
+        "--eval_samples",
+        train_args.eval_samples,
+        "an integer >= 1",
+    )
+    require(
+        is_count(train_args.eval_every, 0),
+        "--eval_every",
+        train_args.eval_every,
+        "an integer >= 0 (0: only before and after training)",
+    )
 
 
 # GRPOConfig (and TrainingArguments) fields a run reads, with what they must be; None is always allowed where the
 # field's default is None. Floats must also be finite (every float field, listed here or not).
 COUNTS = {  # integers >= the value
-    "per_device_train_batch_size": 1, "per_device_eval_batch_size": 1, "gradient_accumulation_steps": 1,
-    "num_generations": 2, "num_generations_eval": 1, "generation_batch_size": 1, "steps_per_generation": 1,
-    "num_iterations": 1, "max_completion_length": 1, "dataloader_num_workers": 0, "save_total_limit": 0,
-    "top_k": 0, "vllm_tensor_parallel_size": 1, "num_completions_to_print": 0, "max_tool_calling_iterations": 1,
+    "per_device_train_batch_size": 1,
+    "per_device_eval_batch_size": 1,
+    "gradient_accumulation_steps": 1,
+    "num_generations": 2,
+    "num_generations_eval": 1,
+    "generation_batch_size": 1,
+    "steps_per_generation": 1,
+    "num_iterations": 1,
+    "max_completion_length": 1,
+    "dataloader_num_workers": 0,
+    "save_total_limit": 0,
+    "top_k": 0,
+    "vllm_tensor_parallel_size": 1,
+    "num_completions_to_print": 0,
+    "max_tool_calling_iterations": 1,
 }
 RANGES = {  # (low, high, low included, high included, what)
     "learning_rate": (0, math.inf, True, False, "a number >= 0"),

@@ -48,8 +48,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``oarl`` parser; the flags of ``command`` only (the one on the command line): a command's flags may
     come from its library (``oarl explain``'s credit flags are ``CreditConfig``'s), which ``oarl --help`` and the
     other commands need not load."""
-    parser = Parser(prog="oarl", description="RL with verifiable rewards and token-level credit (OAR).",
-                    epilog="--debug (anywhere) or OARL_DEBUG=1: show the traceback of an error.")
+    parser = Parser(
+        prog="oarl",
+        description="RL with verifiable rewards and token-level credit (OAR).",
+        epilog="--debug (anywhere) or OARL_DEBUG=1: show the traceback of an error.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in PASSTHROUGH.items():
@@ -128,9 +131,12 @@ def _dispatch(argv: list[str]) -> int:
     parser = build_parser(next((a for a in argv if a in COMMANDS), None))
     args, extra = parser.parse_known_args(argv)
     if extra:  # the subcommand's flags are what a misspelt one should be compared with
-        raise UsageError(f"unknown argument {extra[0]}.{unknown_flags_hint(args._parser, extra)} "
-                         f"(see `oarl {args.command} --help`)")
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        raise UsageError(
+            f"unknown argument {extra[0]}.{unknown_flags_hint(args._parser, extra)} (see `oarl {args.command} --help`)"
+        )
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     return args._run(args)
 
 

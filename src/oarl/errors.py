@@ -122,14 +122,21 @@ def explain(parser: argparse.ArgumentParser, message: str) -> str:
 # the flag on the right): `oarl train` takes data as --dataset and held-out settings as --eval_*; `oarl eval`
 # takes --benchmarks, --limit, --n, --max-new-tokens.
 FLAG_ALIASES = {
-    "--dataset": "--benchmarks", "--eval_dataset": "--benchmarks", "--eval_size": "--limit", "--eval_samples": "--n",
-    "--num_generations": "--n", "--max_completion_length": "--max-new-tokens", "--output_dir": "--output-dir",
-    "--benchmarks": "--eval_dataset", "--limit": "--eval_size", "--max-new-tokens": "--max_completion_length",
+    "--dataset": "--benchmarks",
+    "--eval_dataset": "--benchmarks",
+    "--eval_size": "--limit",
+    "--eval_samples": "--n",
+    "--num_generations": "--n",
+    "--max_completion_length": "--max-new-tokens",
+    "--output_dir": "--output-dir",
+    "--benchmarks": "--eval_dataset",
+    "--limit": "--eval_size",
+    "--max-new-tokens": "--max_completion_length",
 }
 
 
 def unknown_flags_hint(parser: argparse.ArgumentParser, tokens: list[str]) -> str:
-    """"Did you mean" for the first token of ``tokens`` that looks like a flag: this parser's name for a flag of
+    """ "Did you mean" for the first token of ``tokens`` that looks like a flag: this parser's name for a flag of
     the other command (FLAG_ALIASES), else the closest of ``parser``'s flags."""
     flag = next((t.split("=", 1)[0] for t in tokens if t.startswith("-")), None)
     if flag is None:

@@ -54,7 +54,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - prod
 
 
-def majority_correct(preds: Sequence[str | None], correct: Sequence[bool], timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+def majority_correct(
+    preds: Sequence[str | None], correct: Sequence[bool], timeout_s: float = DEFAULT_TIMEOUT_S
+) -> bool:
     """Is the majority-voted answer correct? Answers vote by value (``\\frac12``, ``0.5`` and ``\\dfrac12`` pool
     their votes); None does not vote; ties go to the answer seen first; no answer at all is wrong.
 
@@ -91,7 +93,9 @@ def benchmark_metrics(samples: list[dict], n: int, k_list: Sequence[int]) -> dic
     for k in k_list:
         if k <= n:
             out[f"pass@{k}"] = statistics.fmean(pass_at_k(n, sum(s["correct"] for s in g), k) for g in groups)
-    out[f"maj@{n}"] = statistics.fmean(float(majority_correct([s["pred"] for s in g], [s["correct"] for s in g])) for g in groups)
+    out[f"maj@{n}"] = statistics.fmean(
+        float(majority_correct([s["pred"] for s in g], [s["correct"] for s in g])) for g in groups
+    )
     flat = [s for g in groups for s in g]
     out["no_answer_frac"] = sum(s["pred"] is None for s in flat) / len(flat)
     out["mean_length"] = statistics.fmean(s["num_tokens"] for s in flat)
@@ -103,8 +107,13 @@ def benchmark_metrics(samples: list[dict], n: int, k_list: Sequence[int]) -> dic
 # scoring
 
 
-def score_generations(rows: list[dict], prompts: list[str], generations: list[list[dict]], benchmark: str,
-                      timeout_s: float = DEFAULT_TIMEOUT_S) -> list[dict]:
+def score_generations(
+    rows: list[dict],
+    prompts: list[str],
+    generations: list[list[dict]],
+    benchmark: str,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> list[dict]:
     """One sample record per generation: prompt, completion, parsed answer, gold, correct, length."""
     records = []
     for row, prompt, gens in zip(rows, prompts, generations, strict=True):
@@ -112,11 +121,21 @@ def score_generations(rows: list[dict], prompts: list[str], generations: list[li
         gold = golds[0] if len(golds) == 1 else golds or None
         for j, g in enumerate(gens):
             pred = extract_answer(g["text"])
-            records.append({
-                "benchmark": benchmark, "id": row["id"], "sample": j, "prompt": prompt, "completion": g["text"],
-                "pred": pred, "gold": gold, "correct": matches_gold(pred, golds, timeout_s),
-                "num_tokens": g["num_tokens"], "finish_reason": g["finish_reason"], "source": row.get("source"),
-            })
+            records.append(
+                {
+                    "benchmark": benchmark,
+                    "id": row["id"],
+                    "sample": j,
+                    "prompt": prompt,
+                    "completion": g["text"],
+                    "pred": pred,
+                    "gold": gold,
+                    "correct": matches_gold(pred, golds, timeout_s),
+                    "num_tokens": g["num_tokens"],
+                    "finish_reason": g["finish_reason"],
+                    "source": row.get("source"),
+                }
+            )
     return records
 
 
@@ -163,7 +182,9 @@ def evaluate_model(
     with tqdm(total=len(rows), desc=progress_desc, unit="problem", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(rows), batch_size):
             batch_rows, batch_prompts = rows[start : start + batch_size], prompts[start : start + batch_size]
-            samples += score_generations(batch_rows, batch_prompts, backend.generate(batch_prompts, n, sampling), "problems")
+            samples += score_generations(
+                batch_rows, batch_prompts, backend.generate(batch_prompts, n, sampling), "problems"
+            )
             bar.update(len(batch_rows))
     out = benchmark_metrics(samples, n, k_list)
     for name in ("avg@{}", "avg@{}_se", "maj@{}"):

@@ -15,8 +15,9 @@ import re
 MAX_EXPRESSION_CHARS = 400  # a plain-text answer is never longer; bounds the cost of degenerate completions
 MAX_FORMULA_CHARS = 4000  # nor is a $...$ / \[...\] answer
 
-_SKIP = re.compile(r"(?:[ \t]+|\n|\*\*?|__|(?:therefore|thus|hence|simply|just|exactly|clearly)\b,?|[:=](?!=))",
-                   re.IGNORECASE)
+_SKIP = re.compile(
+    r"(?:[ \t]+|\n|\*\*?|__|(?:therefore|thus|hence|simply|just|exactly|clearly)\b,?|[:=](?!=))", re.IGNORECASE
+)
 _LINE_TAIL = re.compile(r"[\s.*_$]*")  # what may follow an answer on its own line: a period, emphasis, a "$"
 _CURRENCY = re.compile(r"(?:\\\$|\$)(?=[ \t]*[-+]?[\d.])")  # "$18", "\$1,000": a currency sign, not a formula
 _FORMULAS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
@@ -32,8 +33,10 @@ _MATH_WORDS = {"pi", "sqrt", "infinity", "inf", "infty", "mod"}
 _JOINERS = {"and", "or"}
 _SCALES = {"thousand", "million", "billion", "trillion"}  # "3.2 million": part of the number
 # small numbers in words, a bounded table (0-99): "seven", "twenty-five"
-_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
-          "seventeen eighteen nineteen").split()
+_UNITS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen"
+).split()
 _TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
 NUMBER_WORDS = {w: n for n, w in enumerate(_UNITS)} | {w: 20 + 10 * n for n, w in enumerate(_TENS)}
 _TENS_RE, _ONES_RE = "|".join(_TENS), "|".join(_UNITS[1:10])
@@ -42,9 +45,36 @@ _NUMBER_WORD = re.compile(rf"(?:(?:{_TENS_RE})(?:[- ](?:{_ONES_RE}))?|{_UNITS_RE
 _ELLIPSIS = ("...", "…")
 # LaTeX commands after which an operand is expected (an operator or spacing), and spacing that changes nothing
 _LATEX_OPERATORS = {
-    "\\times", "\\cdot", "\\div", "\\pm", "\\mp", "\\le", "\\leq", "\\ge", "\\geq", "\\ne", "\\neq", "\\approx",
-    "\\to", "\\in", "\\cup", "\\cap", "\\setminus", "\\left", "\\right", "\\quad", "\\qquad", "\\,", "\\;",
-    "\\:", "\\!", "\\ ", "\\frac", "\\dfrac", "\\tfrac", "\\sqrt",
+    "\\times",
+    "\\cdot",
+    "\\div",
+    "\\pm",
+    "\\mp",
+    "\\le",
+    "\\leq",
+    "\\ge",
+    "\\geq",
+    "\\ne",
+    "\\neq",
+    "\\approx",
+    "\\to",
+    "\\in",
+    "\\cup",
+    "\\cap",
+    "\\setminus",
+    "\\left",
+    "\\right",
+    "\\quad",
+    "\\qquad",
+    "\\,",
+    "\\;",
+    "\\:",
+    "\\!",
+    "\\ ",
+    "\\frac",
+    "\\dfrac",
+    "\\tfrac",
+    "\\sqrt",
 }
 _OPERATORS = set("+-*/^_=<>|×÷·±∓−≤≥≠≈√")
 _POSTFIX = set("!%°'′")
@@ -240,7 +270,12 @@ def _plain_expression_end(text: str, i: int, end: int) -> int:
                     j, prev = nxt, "operator"
                     continue
                 break
-            if lower == "x" and spaced and prev == "operand" and _NUMBER.match(text, skip_spaces(text, word.end(), end), end):
+            if (
+                lower == "x"
+                and spaced
+                and prev == "operand"
+                and _NUMBER.match(text, skip_spaces(text, word.end(), end), end)
+            ):
                 j, prev = word.end(), "operator"  # "25 x 100": times
                 continue
             attached = not spaced and prev == "operand"  # "2x", "5cm", "12th"

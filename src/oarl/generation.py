@@ -54,7 +54,9 @@ def build_prompt(row: dict, tokenizer=None, template: str | None = None, chat: b
         return row["prompt"]
     text = PromptTemplate(template or (CHAT_TEMPLATE if chat else PLAIN_TEMPLATE)).fill(template_fields(row))
     if chat:
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
     return text
 
 
@@ -111,8 +113,14 @@ class HFBackend:
         try:
             for start in range(0, len(prompts), self.batch_size):
                 chunk = prompts[start : start + self.batch_size]
-                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=self.add_special_tokens).to(model.device)
-                if self.context and len(chunk) > 1 and self.context - enc["input_ids"].shape[1] < sampling.max_new_tokens:
+                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=self.add_special_tokens).to(
+                    model.device
+                )
+                if (
+                    self.context
+                    and len(chunk) > 1
+                    and self.context - enc["input_ids"].shape[1] < sampling.max_new_tokens
+                ):
                     # the longest prompt would cut every completion of the batch: each prompt alone, with its room
                     for prompt in chunk:
                         out += self.generate([prompt], n, sampling)
@@ -124,12 +132,21 @@ class HFBackend:
                 room = self.context - enc["input_ids"].shape[1] if self.context else sampling.max_new_tokens
                 if room < sampling.max_new_tokens and not self._warned:
                     self._warned = True
-                    logger.warning("a prompt of %d tokens leaves %d of max_new_tokens=%d in the model's %d-token "
-                                   "context: completions are cut there (finish_reason 'length')",
-                                   enc["input_ids"].shape[1], max(room, 0), sampling.max_new_tokens, self.context)
-                kwargs = dict(do_sample=do_sample, max_new_tokens=max(1, min(sampling.max_new_tokens, room)),
-                              num_return_sequences=k,
-                              pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos) or None)
+                    logger.warning(
+                        "a prompt of %d tokens leaves %d of max_new_tokens=%d in the model's %d-token "
+                        "context: completions are cut there (finish_reason 'length')",
+                        enc["input_ids"].shape[1],
+                        max(room, 0),
+                        sampling.max_new_tokens,
+                        self.context,
+                    )
+                kwargs = dict(
+                    do_sample=do_sample,
+                    max_new_tokens=max(1, min(sampling.max_new_tokens, room)),
+                    num_return_sequences=k,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=sorted(eos) or None,
+                )
                 if do_sample:
                     kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
                 # seeded per batch (by its first prompt), without touching the caller's random state
@@ -146,7 +163,9 @@ class HFBackend:
                         length = len(row) if length is None else length
                         text = tok.decode(row[:length], skip_special_tokens=True)
                         text, stopped = _cut_at_stop(text, sampling.stop)
-                        gens.append({"text": text, "num_tokens": length, "finish_reason": "stop" if stopped else finish})
+                        gens.append(
+                            {"text": text, "num_tokens": length, "finish_reason": "stop" if stopped else finish}
+                        )
                     out.append(gens * (n // k))
         finally:
             model.train(was_training)
@@ -159,8 +178,10 @@ class HFBackend:
 # anything else. oarl's CPU default is a fixed key/value cache instead (VLLM_CPU_KVCACHE_SPACE, in GiB), which only
 # needs that much free memory: 2 GiB hold about 45,000 tokens of SmolLM2-135M in float32.
 CPU_KV_CACHE_GIB = 2
-VLLM_INSTALL_HINT = ("install it with `pip install 'oarl[vllm]'` on a GPU machine, or follow the README's recipe "
-                     "'vLLM on a CPU' (`make test-vllm` builds such an environment in .venv-vllm)")
+VLLM_INSTALL_HINT = (
+    "install it with `pip install 'oarl[vllm]'` on a GPU machine, or follow the README's recipe "
+    "'vLLM on a CPU' (`make test-vllm` builds such an environment in .venv-vllm)"
+)
 
 
 class VLLMBackend:
@@ -186,8 +207,15 @@ class VLLMBackend:
         self.max_model_len = self.context = llm.llm_engine.model_config.max_model_len
 
     @classmethod
-    def start(cls, model_path: str, tokenizer, dtype: str | None = None, seed: int = 0, add_special_tokens: bool = True,
-              **engine_kwargs) -> VLLMBackend:
+    def start(
+        cls,
+        model_path: str,
+        tokenizer,
+        dtype: str | None = None,
+        seed: int = 0,
+        add_special_tokens: bool = True,
+        **engine_kwargs,
+    ) -> VLLMBackend:
         """Start an engine on the model directory (or hub name) ``model_path``; ``tokenizer`` is the one the HF
         backend would use (its ids must be AutoTokenizer's, see ``oarl.models.loading.auto_tokenizer_problem``).
         ``engine_kwargs`` go to ``vllm.LLM``; on vLLM's CPU backend chunked prefill is off (per-prompt seeds
@@ -198,7 +226,9 @@ class VLLMBackend:
 
         on_cpu = vllm_on_cpu()
         if on_cpu and not {"gpu_memory_utilization", "kv_cache_memory_bytes"} & set(engine_kwargs):
-            engine_kwargs["kv_cache_memory_bytes"] = int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB) << 30
+            engine_kwargs["kv_cache_memory_bytes"] = (
+                int(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or CPU_KV_CACHE_GIB) << 30
+            )
         if on_cpu:
             # A prompt prefilled in chunks has its sampled token discarded and its per-request generator rewound,
             # which CPU generators cannot do (vLLM 0.32: "CPU Generator does not use offset", the engine dies);
@@ -216,20 +246,30 @@ class VLLMBackend:
         for prompt in prompts:
             ids = self.tokenizer(prompt, add_special_tokens=self.add_special_tokens)["input_ids"]
             inputs.append({"prompt_token_ids": ids})
-            params.append(SamplingParams(
-                n=1 if greedy else n, temperature=max(sampling.temperature, 0.0), top_p=1.0 if greedy else sampling.top_p,
-                max_tokens=max(1, min(sampling.max_new_tokens, self.max_model_len - len(ids))),
-                seed=sampling.seed + zlib.crc32(prompt.encode("utf-8")), stop=list(sampling.stop) or None,
-                skip_special_tokens=True,
-            ))
+            params.append(
+                SamplingParams(
+                    n=1 if greedy else n,
+                    temperature=max(sampling.temperature, 0.0),
+                    top_p=1.0 if greedy else sampling.top_p,
+                    max_tokens=max(1, min(sampling.max_new_tokens, self.max_model_len - len(ids))),
+                    seed=sampling.seed + zlib.crc32(prompt.encode("utf-8")),
+                    stop=list(sampling.stop) or None,
+                    skip_special_tokens=True,
+                )
+            )
         out = []
         for result in self.llm.generate(inputs, params, use_tqdm=False):
             gens = []
             for o in result.outputs:
                 # vLLM keeps the end-of-sequence token (or a stop token id) in token_ids; a stop string has stop_reason str
                 ended_by_token = o.finish_reason == "stop" and not isinstance(o.stop_reason, str)
-                gens.append({"text": o.text, "num_tokens": len(o.token_ids) - int(ended_by_token),
-                             "finish_reason": o.finish_reason or "stop"})
+                gens.append(
+                    {
+                        "text": o.text,
+                        "num_tokens": len(o.token_ids) - int(ended_by_token),
+                        "finish_reason": o.finish_reason or "stop",
+                    }
+                )
             out.append(gens * n if greedy else gens)
         return out
 
@@ -241,8 +281,11 @@ def over_context(backend, prompt: str) -> str | None:
     if not context:
         return None
     n = len(backend.tokenizer(prompt, add_special_tokens=backend.add_special_tokens)["input_ids"])
-    return (f"a prompt of {n} tokens leaves no room for a completion in the model's context of {context} tokens"
-            if n >= context else None)
+    return (
+        f"a prompt of {n} tokens leaves no room for a completion in the model's context of {context} tokens"
+        if n >= context
+        else None
+    )
 
 
 def use_vllm(backend: str) -> bool:
@@ -255,8 +298,16 @@ def use_vllm(backend: str) -> bool:
     return backend == "vllm"
 
 
-def load_backend(model_path: str, backend: str = "auto", *, chat: bool | None = None, dtype: str | None = None,
-                 device: str | None = None, seed: int = 0, batch_size: int = 8):
+def load_backend(
+    model_path: str,
+    backend: str = "auto",
+    *,
+    chat: bool | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+):
     """``(backend, tokenizer, chat)`` for the model at ``model_path`` (a directory, hub name or named model):
     a :class:`VLLMBackend` or an :class:`HFBackend`, as ``backend`` ("auto", "hf", "vllm"; see :func:`use_vllm`)
     says. ``chat=None`` resolves to whether the tokenizer has a chat template. vLLM takes the token ids of
@@ -272,10 +323,16 @@ def load_backend(model_path: str, backend: str = "auto", *, chat: bool | None = 
                 chat = getattr(tokenizer, "chat_template", None) is not None
             engine = VLLMBackend.start(path, tokenizer, dtype=dtype, seed=seed, add_special_tokens=not chat)
             return engine, tokenizer, chat
-        fix = (f"re-save its tokenizer (same ids): python -c \"from oarl.models.tiny import build_tokenizer; "
-               f"build_tokenizer().save_pretrained('{path}')\"" if is_tiny_dir(path) else "use --backend hf")
+        fix = (
+            f're-save its tokenizer (same ids): python -c "from oarl.models.tiny import build_tokenizer; '
+            f"build_tokenizer().save_pretrained('{path}')\""
+            if is_tiny_dir(path)
+            else "use --backend hf"
+        )
         if backend == "vllm":
-            raise ValueError(f"--backend vllm: {problem}, so vLLM would not generate from the ids the model knows; {fix}")
+            raise ValueError(
+                f"--backend vllm: {problem}, so vLLM would not generate from the ids the model knows; {fix}"
+            )
         logger.warning("%s; generating with HF instead of vLLM (%s)", problem, fix)
     model, tokenizer = load_model(model_path, dtype=dtype, device=device or default_device())
     if chat is None:

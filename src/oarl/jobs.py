@@ -41,48 +41,108 @@ DEFAULT_EVAL_SAMPLES = 4  # samples per held-out problem (avg@n) unless a job's 
 class TrainArgs:
     """What to train on, and where the run goes (the RL settings are OARConfig's)."""
 
-    model: str = field(default="tiny", metadata={"help": "'tiny' (embedded, warm-started on arithmetic), "
-                                                  "'smollm2-135m' (offline GGUF), a Hugging Face name or a directory."})
-    dataset: str = field(default="arithmetic", metadata={"help": "'arithmetic' (embedded; the default of 'tiny'), "
-                                                         "'word-problems' (offline; the default of 'smollm2-135m'), "
-                                                         "'gsm-symbolic' (reasoning-gym, offline), 'gsm8k', 'math' "
-                                                         "(hub) or a .jsonl file."})
-    task: str = field(default="tree", metadata={"help": "Form of the embedded arithmetic task: 'tree' (pairs combined "
-                                                "in the answer) or 'chain' (one written step per operation).",
-                                                "choices": ["tree", "chain"]})
-    problem_field: str | None = field(default=None, metadata={"help": "Problem field of a JSONL dataset (default: "
-                                                              "detected as `oarl eval` does, a context field such as "
-                                                              "Body kept before the question)."})
-    answer_field: str | None = field(default=None, metadata={"help": "Gold-answer field of a JSONL dataset (default: "
-                                                             "detected; a list is a set of acceptable answers)."})
-    prompt_template: str | None = field(default=None, metadata={"help": "The prompt (user message for chat models) "
-                                                                "made of the row's fields, e.g. '{Body} {Question}'; "
-                                                                "{problem} is the detected problem. Used for training "
-                                                                "and held-out problems alike; no instruction is added."})
-    train_size: int | None = field(default=None, metadata={"help": "Number of training problems (default: "
-                                                           "the embedded regime's, or the whole dataset)."})
-    runs_dir: str = field(default="runs", metadata={"help": "Parent folder of run directories named "
-                                                   "<credit>-<model>-<time> (unless --output_dir names the run directory)."})
+    model: str = field(
+        default="tiny",
+        metadata={
+            "help": "'tiny' (embedded, warm-started on arithmetic), "
+            "'smollm2-135m' (offline GGUF), a Hugging Face name or a directory."
+        },
+    )
+    dataset: str = field(
+        default="arithmetic",
+        metadata={
+            "help": "'arithmetic' (embedded; the default of 'tiny'), "
+            "'word-problems' (offline; the default of 'smollm2-135m'), "
+            "'gsm-symbolic' (reasoning-gym, offline), 'gsm8k', 'math' "
+            "(hub) or a .jsonl file."
+        },
+    )
+    task: str = field(
+        default="tree",
+        metadata={
+            "help": "Form of the embedded arithmetic task: 'tree' (pairs combined "
+            "in the answer) or 'chain' (one written step per operation).",
+            "choices": ["tree", "chain"],
+        },
+    )
+    problem_field: str | None = field(
+        default=None,
+        metadata={
+            "help": "Problem field of a JSONL dataset (default: "
+            "detected as `oarl eval` does, a context field such as "
+            "Body kept before the question)."
+        },
+    )
+    answer_field: str | None = field(
+        default=None,
+        metadata={
+            "help": "Gold-answer field of a JSONL dataset (default: detected; a list is a set of acceptable answers)."
+        },
+    )
+    prompt_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "The prompt (user message for chat models) "
+            "made of the row's fields, e.g. '{Body} {Question}'; "
+            "{problem} is the detected problem. Used for training "
+            "and held-out problems alike; no instruction is added."
+        },
+    )
+    train_size: int | None = field(
+        default=None,
+        metadata={"help": "Number of training problems (default: the embedded regime's, or the whole dataset)."},
+    )
+    runs_dir: str = field(
+        default="runs",
+        metadata={
+            "help": "Parent folder of run directories named "
+            "<credit>-<model>-<time> (unless --output_dir names the run directory)."
+        },
+    )
     resume: str | None = field(default=None, metadata={"help": "A run directory to continue from its last checkpoint."})
-    sft_steps: int | None = field(default=None, metadata={"help": "Supervised warm-start steps of the tiny model, "
-                                                             "or of smollm2-135m on word problems (0: none) "
-                                                             "(default: the regime's, 600 for tiny, 300 with "
-                                                             "--task chain, 50 for smollm2-135m). Cached by config."})
-    eval_size: int | None = field(default=None, metadata={"help": "Held-out problems per split (default: 256 "
-                                                          "for the embedded job (128 hard ones) and the SmolLM2 "
-                                                          "job; gsm-symbolic "
-                                                          f"and hub datasets: {DEFAULT_EVAL_SIZE} of their test split; "
-                                                          "a .jsonl file: --eval_fraction of it). 0 disables held-out "
-                                                          "evaluation."})
-    eval_fraction: float = field(default=0.1, metadata={"help": "Fraction of a .jsonl training file held out for "
-                                                        "evaluation when --eval_size is not given (disjoint from "
-                                                        "training; the same rows for every seed)."})
-    eval_dataset: str | None = field(default=None, metadata={"help": "A .jsonl file (or dataset name) of held-out "
-                                                             "problems, instead of a part of the training file."})
-    eval_samples: int | None = field(default=None, metadata={"help": "Samples per held-out problem for avg@n "
-                                                              "(default: 2 on --dataset word-problems, else 4)."})
-    eval_every: int = field(default=0, metadata={"help": "Also evaluate held-out accuracy every N steps (0: only "
-                                                 "before and after training)."})
+    sft_steps: int | None = field(
+        default=None,
+        metadata={
+            "help": "Supervised warm-start steps of the tiny model, "
+            "or of smollm2-135m on word problems (0: none) "
+            "(default: the regime's, 600 for tiny, 300 with "
+            "--task chain, 50 for smollm2-135m). Cached by config."
+        },
+    )
+    eval_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Held-out problems per split (default: 256 "
+            "for the embedded job (128 hard ones) and the SmolLM2 "
+            "job; gsm-symbolic "
+            f"and hub datasets: {DEFAULT_EVAL_SIZE} of their test split; "
+            "a .jsonl file: --eval_fraction of it). 0 disables held-out "
+            "evaluation."
+        },
+    )
+    eval_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "Fraction of a .jsonl training file held out for "
+            "evaluation when --eval_size is not given (disjoint from "
+            "training; the same rows for every seed)."
+        },
+    )
+    eval_dataset: str | None = field(
+        default=None,
+        metadata={
+            "help": "A .jsonl file (or dataset name) of held-out problems, instead of a part of the training file."
+        },
+    )
+    eval_samples: int | None = field(
+        default=None,
+        metadata={"help": "Samples per held-out problem for avg@n (default: 2 on --dataset word-problems, else 4)."},
+    )
+    eval_every: int = field(
+        default=0,
+        metadata={"help": "Also evaluate held-out accuracy every N steps (0: only before and after training)."},
+    )
+
 
 @dataclass(frozen=True)
 class Job:
@@ -106,9 +166,16 @@ class Job:
         """The OARConfig settings of the job (they replace GRPOConfig's defaults, not the user's flags): the RL
         phase of its default regime, OAR-G, a log row per step, four checkpoints, no reporting integrations."""
         regime = self.regime()
-        return {**regime.grpo_kwargs(), "credit": "gradient", "logging_steps": 1, "save_strategy": "steps",
-                "save_steps": max(1, regime.rl_steps // 4), "report_to": "none", "dataloader_num_workers": 0,
-                **self.settings}
+        return {
+            **regime.grpo_kwargs(),
+            "credit": "gradient",
+            "logging_steps": 1,
+            "save_strategy": "steps",
+            "save_steps": max(1, regime.rl_steps // 4),
+            "report_to": "none",
+            "dataloader_num_workers": 0,
+            **self.settings,
+        }
 
     def warm_start(self, task: str = "tree", sft_steps: int | None = None, use_cpu: bool = False) -> str:
         """The directory of the job's warm-started model (trained once, then cached; ``warm_start`` says so and
@@ -122,12 +189,19 @@ class Job:
         return warm_start(regime.warmstart_config(), log_every=log_every, use_cpu=use_cpu)
 
 
-EMBEDDED = Job("embedded", "tiny", "arithmetic", arithmetic.REGIMES, "default.yaml", {"save_total_limit": 2},
-               chat=False)
+EMBEDDED = Job(
+    "embedded", "tiny", "arithmetic", arithmetic.REGIMES, "default.yaml", {"save_total_limit": 2}, chat=False
+)
 # a credit pass holds no more rows than a training micro-batch; OAR-P perturbs whole sentences (token by token it
 # costs ~50 training steps per 256-token completion on this model: experiments/smollm2/README.md)
-SMOLLM2 = Job("smollm2", "smollm2-135m", "word-problems", {"tree": SMOLLM2_REGIME}, "smollm2-135m-cpu.yaml",
-              {"credit_batch_size": SMOLLM2_REGIME.micro_batch_size, "credit_span": "sentence", "save_total_limit": 1})
+SMOLLM2 = Job(
+    "smollm2",
+    "smollm2-135m",
+    "word-problems",
+    {"tree": SMOLLM2_REGIME},
+    "smollm2-135m-cpu.yaml",
+    {"credit_batch_size": SMOLLM2_REGIME.micro_batch_size, "credit_span": "sentence", "save_total_limit": 1},
+)
 JOBS = (EMBEDDED, SMOLLM2)
 
 
@@ -172,18 +246,26 @@ def check_job(train_args: TrainArgs, config) -> None:
     """Values the dataclasses accept but a run cannot use (the GRPOConfig numbers: OARConfig's own check)."""
     check_train(train_args)
     if config.max_steps == 0:
-        raise UsageError("--max_steps 0 would still train one step: give the number of steps (>= 1), or -1 to train "
-                         "num_train_epochs; to evaluate a model without training, use `oarl eval --model ...`")
+        raise UsageError(
+            "--max_steps 0 would still train one step: give the number of steps (>= 1), or -1 to train "
+            "num_train_epochs; to evaluate a model without training, use `oarl eval --model ...`"
+        )
     if config.max_steps < -1:
-        raise UsageError(f"--max_steps {config.max_steps} would train num_train_epochs: give the number of steps "
-                         "(>= 1), or -1 to train num_train_epochs")
+        raise UsageError(
+            f"--max_steps {config.max_steps} would train num_train_epochs: give the number of steps "
+            "(>= 1), or -1 to train num_train_epochs"
+        )
     if train_args.eval_dataset and train_args.eval_size == 0:
-        raise UsageError(f"--eval_dataset {train_args.eval_dataset} would not be used: --eval_size 0 turns held-out "
-                         "evaluation off; drop one of the two")
+        raise UsageError(
+            f"--eval_dataset {train_args.eval_dataset} would not be used: --eval_size 0 turns held-out "
+            "evaluation off; drop one of the two"
+        )
     embedded = [f"--{f}" for f in ("prompt_template", "eval_dataset") if getattr(train_args, f)]
     if find_job(train_args.model, train_args.dataset) is EMBEDDED and embedded:
-        raise UsageError(f"{' and '.join(embedded)} apply to --dataset FILE or a named dataset; the embedded job (tiny "
-                         "model, arithmetic) asks its own prompts and holds out its own test and hard splits")
+        raise UsageError(
+            f"{' and '.join(embedded)} apply to --dataset FILE or a named dataset; the embedded job (tiny "
+            "model, arithmetic) asks its own prompts and holds out its own test and hard splits"
+        )
 
 
 def check_sources(train_args: TrainArgs) -> None:
@@ -191,8 +273,14 @@ def check_sources(train_args: TrainArgs) -> None:
     check_model_name(train_args.model)
     for name in filter(None, (train_args.dataset, train_args.eval_dataset)):
         if name not in DATASET_CHOICES or train_args.prompt_template:  # reads a file once; reports its fields
-            load_train_dataset(name, size=1, conversational=False, problem_field=train_args.problem_field,
-                               answer_field=train_args.answer_field, prompt_template=train_args.prompt_template)
+            load_train_dataset(
+                name,
+                size=1,
+                conversational=False,
+                problem_field=train_args.problem_field,
+                answer_field=train_args.answer_field,
+                prompt_template=train_args.prompt_template,
+            )
 
 
 def check_heldout_backend(train_args: TrainArgs, config) -> None:
@@ -205,8 +293,11 @@ def check_heldout_backend(train_args: TrainArgs, config) -> None:
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     fsdp = bool(config.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true")
     if train_args.eval_size != 0 and several and (is_deepspeed_zero3_enabled() or fsdp):
-        raise UsageError("held-out evaluation does not run under DeepSpeed ZeRO-3 or FSDP with several processes: "
-                         "set --eval_size 0, and evaluate the run's final_model afterwards with `oarl eval`")
+        raise UsageError(
+            "held-out evaluation does not run under DeepSpeed ZeRO-3 or FSDP with several processes: "
+            "set --eval_size 0, and evaluate the run's final_model afterwards with `oarl eval`"
+        )
+
 
 # ------------------------------------------------------------------------------------------------ model and data
 
@@ -237,8 +328,16 @@ def load_model_and_data(train_args: TrainArgs, config) -> Loaded:
     if job is EMBEDDED:
         model, tokenizer = load_tiny(job.warm_start(train_args.task, train_args.sft_steps, config.use_cpu))
         train, heldout = embedded_dataset_and_heldout(train_args, regime)
-        return Loaded(model, tokenizer, train, heldout, job.chat, [arithmetic.reward], eval_samples,
-                      {"hard": regime.hard_max_new_tokens})
+        return Loaded(
+            model,
+            tokenizer,
+            train,
+            heldout,
+            job.chat,
+            [arithmetic.reward],
+            eval_samples,
+            {"hard": regime.hard_max_new_tokens},
+        )
     path = job.warm_start(sft_steps=train_args.sft_steps, use_cpu=config.use_cpu) if job else train_args.model
     model, tokenizer = load_model(path)
     train, heldout = dataset_and_heldout(train_args, config, getattr(tokenizer, "chat_template", None) is not None)
@@ -256,8 +355,9 @@ def embedded_dataset_and_heldout(train_args: TrainArgs, regime: Regime):
     if n_eval:
         heldout = {
             "test": arithmetic.problems("test", n_eval, seed=regime.seed, task=regime.task),
-            "hard": arithmetic.problems("hard", min(n_eval, regime.hard_eval_problems), seed=regime.seed,
-                                        task=regime.task),
+            "hard": arithmetic.problems(
+                "hard", min(n_eval, regime.hard_eval_problems), seed=regime.seed, task=regime.task
+            ),
         }
     return train, {k: [{"problem": r["prompt"], "answer": r["answer"]} for r in v] for k, v in heldout.items()}
 
@@ -275,14 +375,25 @@ def dataset_and_heldout(train_args: TrainArgs, config, conversational: bool):
     holdout = None
     if own_file and n_eval != 0:
         holdout = n_eval if n_eval is not None else train_args.eval_fraction
-    kw = dict(seed=config.seed, problem_field=train_args.problem_field, answer_field=train_args.answer_field,
-              prompt_template=train_args.prompt_template, holdout=holdout)
-    train = load_train_dataset(train_args.dataset, split="train", size=train_args.train_size,
-                               conversational=conversational, **kw)
+    kw = dict(
+        seed=config.seed,
+        problem_field=train_args.problem_field,
+        answer_field=train_args.answer_field,
+        prompt_template=train_args.prompt_template,
+        holdout=holdout,
+    )
+    train = load_train_dataset(
+        train_args.dataset, split="train", size=train_args.train_size, conversational=conversational, **kw
+    )
     if n_eval == 0:
         return train, {}
     if own_split:
         kw["seed"] = own_split.seed
-    test = load_train_dataset(train_args.eval_dataset or train_args.dataset, split="test",
-                              size=None if holdout else n_eval, conversational=False, **kw)
+    test = load_train_dataset(
+        train_args.eval_dataset or train_args.dataset,
+        split="test",
+        size=None if holdout else n_eval,
+        conversational=False,
+        **kw,
+    )
     return train, {"test": [{"problem": p, "answer": a} for p, a in zip(test["prompt"], test["answer"])]}

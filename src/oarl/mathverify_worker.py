@@ -110,8 +110,10 @@ def use_exact_numbers() -> None:
 
     if _ORIGINAL is None:
         if not callable(getattr(grader, "sympy_numeric_eq", None)):
-            raise RuntimeError("math_verify.grader.sympy_numeric_eq is missing: this math-verify version is not "
-                               "supported (oarl needs math-verify>=0.9,<0.10)")
+            raise RuntimeError(
+                "math_verify.grader.sympy_numeric_eq is missing: this math-verify version is not "
+                "supported (oarl needs math-verify>=0.9,<0.10)"
+            )
         _ORIGINAL = grader.sympy_numeric_eq
     grader.sympy_numeric_eq = numeric_eq
 
@@ -128,7 +130,13 @@ def value_key(parsed: list) -> str | None:
     from math_verify import grader
 
     expr = grader.safe_sympy_doit(parsed[0])
-    if not isinstance(expr, Expr) or expr.free_symbols or expr.atoms(Float) or expr.has(UnevaluatedExpr) or not expr.is_number:
+    if (
+        not isinstance(expr, Expr)
+        or expr.free_symbols
+        or expr.atoms(Float)
+        or expr.has(UnevaluatedExpr)
+        or not expr.is_number
+    ):
         return None
     if expr.is_Rational:
         return f"q:{expr}"

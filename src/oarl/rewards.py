@@ -70,8 +70,22 @@ WORKER_START_TIMEOUT_S = 120.0  # importing sympy on a busy machine can take a w
 WORKER_RETRY_AFTER_S = 60.0  # after a failed worker start, use the fast path only for this long
 WORKER_MEMORY_LIMIT_BYTES = 4 * 1024**3  # address-space cap of the worker (POSIX), against runaway sympy
 
-__all__ = ["accuracy", "format", "think_format", "verify", "is_correct", "normalize_gold", "normalize_answer", "gold_answers", "matches_gold",
-           "completion_text", "answer_key", "group_by_value", "value_key", "shutdown_verifier"]
+__all__ = [
+    "accuracy",
+    "format",
+    "think_format",
+    "verify",
+    "is_correct",
+    "normalize_gold",
+    "normalize_answer",
+    "gold_answers",
+    "matches_gold",
+    "completion_text",
+    "answer_key",
+    "group_by_value",
+    "value_key",
+    "shutdown_verifier",
+]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -270,7 +284,9 @@ def _ask_worker(request: dict, timeout_s: float) -> dict | None:
         response = _worker.ask(request, timeout_s)
         if response is None:
             stats["timeouts"] += 1
-            logger.warning("math-verify gave no answer within %.1fs; scored 0: %s", timeout_s, json.dumps(request)[:200])
+            logger.warning(
+                "math-verify gave no answer within %.1fs; scored 0: %s", timeout_s, json.dumps(request)[:200]
+            )
             _worker.close()
             _worker = None
         return response
@@ -358,8 +374,14 @@ def group_by_value(answers: list[str | None], timeout_s: float = DEFAULT_TIMEOUT
             value = value_key(answer, timeout_s)
             label = label_of_value.get(value) if value is not None else None
             if label is None:
-                label = next((index for first, index, first_value in groups
-                              if (value is None or first_value is None) and verify(answer, first, timeout_s)), None)
+                label = next(
+                    (
+                        index
+                        for first, index, first_value in groups
+                        if (value is None or first_value is None) and verify(answer, first, timeout_s)
+                    ),
+                    None,
+                )
             if label is None:
                 label = i
                 groups.append((answer, i, value))

@@ -35,7 +35,14 @@ HELDOUT_BEFORE = "heldout_before.json"  # the held-out numbers before training (
 # Per-run values, and fields that GRPOConfig derives from others (writing them too would conflict on reload;
 # gradient_checkpointing is derived from activation_checkpointing since transformers 5.20, see
 # oarl.trl_fixes.ACTIVATION_CHECKPOINTING).
-SKIPPED_IN_CONFIG = ("resume", "output_dir", "run_name", "logging_dir", "steps_per_generation", "gradient_checkpointing")
+SKIPPED_IN_CONFIG = (
+    "resume",
+    "output_dir",
+    "run_name",
+    "logging_dir",
+    "steps_per_generation",
+    "gradient_checkpointing",
+)
 
 
 def resolve_model_path(model: str) -> str:
@@ -57,8 +64,11 @@ def resolved_config(train_args: TrainArgs, config, keep: tuple[str, ...] = ()) -
         if not f.init or name.startswith("_") or name in skipped:
             continue
         value = getattr(config, name)
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        )
         if hasattr(value, "value"):  # enums (lr_scheduler_type, save_strategy, ...)
             value = value.value
         is_default = value == default or (hasattr(default, "value") and value == default.value)
@@ -128,9 +138,16 @@ class WallClock:
         self.train_started = None
 
     def save(self) -> None:
-        _replace_json(self.path, {"seconds": self.seconds(), "sessions": self.sessions,
-                                  "train_seconds": self.train_seconds, "saved_at": time.time(),
-                                  "training": self.train_started is not None})
+        _replace_json(
+            self.path,
+            {
+                "seconds": self.seconds(),
+                "sessions": self.sessions,
+                "train_seconds": self.train_seconds,
+                "saved_at": time.time(),
+                "training": self.train_started is not None,
+            },
+        )
 
     @staticmethod
     def count_until_now(path: Path) -> None:
@@ -174,8 +191,13 @@ def truncate_metrics(path: Path, last_step: int, heldout_at_last: bool = True) -
     if not path.exists():
         return
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [r for r in rows if r["step"] < last_step or r["step"] == last_step and (
-        heldout_at_last or not any(k.startswith("heldout/") for k in r))]
+    kept = [
+        r
+        for r in rows
+        if r["step"] < last_step
+        or r["step"] == last_step
+        and (heldout_at_last or not any(k.startswith("heldout/") for k in r))
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
@@ -197,25 +219,34 @@ def resume_point(run_dir: Path, config) -> tuple[Path | None, bool | None]:
     saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     epochs = type(config).__dataclass_fields__["num_train_epochs"].default
     same_target = config.max_steps == saved.get("max_steps", -1) and (
-        config.max_steps > 0 or config.num_train_epochs == saved.get("num_train_epochs", epochs))
+        config.max_steps > 0 or config.num_train_epochs == saved.get("num_train_epochs", epochs)
+    )
     target = config.max_steps if config.max_steps > 0 else (state.get("max_steps") or finished) if same_target else None
     reached = max(done, finished or 0)
     quoted = shlex.quote(str(run_dir))
     if target is not None and reached >= target:
         if not same_target:
-            raise UsageError(f"--max_steps {config.max_steps}: {run_dir} has already trained {reached} steps; give "
-                             f"more to train further (oarl train --resume {quoted} --max_steps {reached + 1} or more)")
+            raise UsageError(
+                f"--max_steps {config.max_steps}: {run_dir} has already trained {reached} steps; give "
+                f"more to train further (oarl train --resume {quoted} --max_steps {reached + 1} or more)"
+            )
         if finished is not None and finished >= target:  # else a summary of an earlier, shorter target
-            print(f"{run_dir} is complete ({finished} steps; nothing trained or overwritten); to train further: "
-                  f"oarl train --resume {quoted} --max_steps N with N > {finished} (in an `oarl compare` folder: "
-                  "the same compare command with --max_steps N, for every run)")
+            print(
+                f"{run_dir} is complete ({finished} steps; nothing trained or overwritten); to train further: "
+                f"oarl train --resume {quoted} --max_steps N with N > {finished} (in an `oarl compare` folder: "
+                "the same compare command with --max_steps N, for every run)"
+            )
             return checkpoint, None
-        print(f"resuming {run_dir}: {checkpoint.name} reached step {target}; finishing without training (held-out "
-              "evaluation, final_model, summary.json)")
+        print(
+            f"resuming {run_dir}: {checkpoint.name} reached step {target}; finishing without training (held-out "
+            "evaluation, final_model, summary.json)"
+        )
         return checkpoint, False
     if finished is not None and checkpoint is None:
-        raise UsageError(f"{run_dir} finished without saving a checkpoint (save_strategy no): nothing to continue "
-                         "from; start a new run with more steps")
+        raise UsageError(
+            f"{run_dir} finished without saving a checkpoint (save_strategy no): nothing to continue "
+            "from; start a new run with more steps"
+        )
     start = f"{checkpoint.name} (step {done})" if checkpoint else "step 0 (no checkpoint was saved)"
     goal = f"to step {target}" if target is not None else f"for num_train_epochs {config.num_train_epochs:g}"
     print(f"resuming {run_dir} from {start} {goal}")
@@ -226,11 +257,19 @@ def disk_full_message(why: str, run_dir: Path) -> str:
     """One line for a run that stopped on a full disk: where, what a checkpoint takes, how to continue. A checkpoint
     left half-written is removed first (it is never resumed from, and its space is needed)."""
     checkpoint = last_complete_checkpoint(run_dir) if run_dir.is_dir() else None
-    size = "" if checkpoint is None else (
-        f"; a checkpoint of this run takes {sum(f.stat().st_size for f in checkpoint.iterdir()) / 2**20:.0f} MiB "
-        "(--save_total_limit N keeps the last N)")
-    then = (f"continue with: oarl train --resume {shlex.quote(str(run_dir))}" if run_dir.is_dir()
-            else "run the same command again")
+    size = (
+        ""
+        if checkpoint is None
+        else (
+            f"; a checkpoint of this run takes {sum(f.stat().st_size for f in checkpoint.iterdir()) / 2**20:.0f} MiB "
+            "(--save_total_limit N keeps the last N)"
+        )
+    )
+    then = (
+        f"continue with: oarl train --resume {shlex.quote(str(run_dir))}"
+        if run_dir.is_dir()
+        else "run the same command again"
+    )
     return f"{why} while writing {run_dir}: free space on its disk{size}, then {then}"
 
 
@@ -249,6 +288,7 @@ class MetricsWriter(TrainerCallback):
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             self.clock.save()
+
 
 class Progress(TrainerCallback):
     """One bar with the live reward, accuracy and credit overhead; its total is the Trainer's step count (from
@@ -283,6 +323,7 @@ class Progress(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:
             self.bar.close()
+
 
 class HeldoutEval(TrainerCallback):
     """Held-out evaluation every ``every`` steps (not after the last: the run's own "after" evaluation is that one):
@@ -336,8 +377,11 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{split:<8} {fmt(b):>16} {fmt(after):>16} {gain:>18}")
     if summary["heldout_after"]:
         counts = {split: r["n_problems"] for split, r in summary["heldout_after"].items()}
-        over = (f"{next(iter(counts.values()))} problems per split" if len(set(counts.values())) == 1
-                else ", ".join(f"{n} {split}" for split, n in counts.items()) + " problems")
+        over = (
+            f"{next(iter(counts.values()))} problems per split"
+            if len(set(counts.values())) == 1
+            else ", ".join(f"{n} {split}" for split, n in counts.items()) + " problems"
+        )
         n_samples = next(iter(summary["heldout_after"].values()))["n_samples"]
         lines.append(f"(avg@{n_samples} over {over}, ± one standard error)")
     overhead = summary["credit_overhead"]

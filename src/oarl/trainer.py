@@ -42,9 +42,9 @@ logger = logging.getLogger(__name__)
 
 # TRL 1.16 calls transformers 5's deprecated `is_gradient_checkpointing`, `gradient_checkpointing_enable` and
 # `..._disable` around every generation (trl/models/utils.py): TRL's to fix, not the user's; they filled run logs.
-warnings.filterwarnings("ignore", message=r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated",
-                        category=FutureWarning)
-
+warnings.filterwarnings(
+    "ignore", message=r"`(is_)?gradient_checkpointing(_enable|_disable)?` is deprecated", category=FutureWarning
+)
 
 
 @dataclass
@@ -133,8 +133,11 @@ def as_oar_config(args: GRPOConfig | None, model) -> OARConfig:
             setattr(converted, f.name, f.default if f.default is not MISSING else f.default_factory())
     check_grpo(converted)  # as OARConfig.__post_init__ does: every number means something
     converted.credit_config()  # validates, as OARConfig.__post_init__ does
-    logger.warning("OARTrainer got a GRPOConfig: using it as an OARConfig with the default credit settings "
-                   "(credit=%r); pass an OARConfig to choose them (credit='none' is plain GRPO).", converted.credit)
+    logger.warning(
+        "OARTrainer got a GRPOConfig: using it as an OARConfig with the default credit settings "
+        "(credit=%r); pass an OARConfig to choose them (credit='none' is plain GRPO).",
+        converted.credit,
+    )
     return converted
 
 
@@ -173,18 +176,25 @@ class OARTrainer(TRLFixes, GRPOTrainer):
             return
         # A fused Liger GRPO loss (TRL versions that offer one) computes the loss from (B,) advantages in its kernel.
         if getattr(args, "use_liger_loss", False):
-            raise ValueError("OAR needs per-token advantages, which the Liger GRPO loss does not take: set "
-                             "use_liger_loss=False, or credit='none'.")
-        if estimator == "rollout" and (self.tools or self.rollout_func is not None
-                                       or getattr(self, "environment_factories", None) is not None):
-            raise ValueError("Rollout credit samples plain continuations of each reasoning prefix and scores them with "
-                             "the reward functions; with tools, environments or a rollout_func the continuations "
-                             "would need the same tool / environment loop, which it does not run. Use another credit "
-                             "estimator (every other one takes TRL's tool_mask / env_mask).")
+            raise ValueError(
+                "OAR needs per-token advantages, which the Liger GRPO loss does not take: set "
+                "use_liger_loss=False, or credit='none'."
+            )
+        if estimator == "rollout" and (
+            self.tools or self.rollout_func is not None or getattr(self, "environment_factories", None) is not None
+        ):
+            raise ValueError(
+                "Rollout credit samples plain continuations of each reasoning prefix and scores them with "
+                "the reward functions; with tools, environments or a rollout_func the continuations "
+                "would need the same tool / environment loop, which it does not run. Use another credit "
+                "estimator (every other one takes TRL's tool_mask / env_mask)."
+            )
         check_supported(self.accelerator)
         if self._dist.is_zero3 and not args.ds3_gather_for_generation:
-            raise ValueError("With DeepSpeed ZeRO-3, OAR runs the full policy on each process the way TRL's "
-                             "generation does: set ds3_gather_for_generation=True, or credit='none'.")
+            raise ValueError(
+                "With DeepSpeed ZeRO-3, OAR runs the full policy on each process the way TRL's "
+                "generation does: set ds3_gather_for_generation=True, or credit='none'."
+            )
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
@@ -204,8 +214,15 @@ class OARTrainer(TRLFixes, GRPOTrainer):
         # leaves the sampling stream of generation as it was, and a resumed run draws the same noise.
         generator = torch.Generator(device=completion_ids.device)
         generator.manual_seed(hash((self.args.seed, self.state.global_step, self.accelerator.process_index)) % 2**63)
-        credit_args = (self._tokenizer, output["prompt_ids"], output["prompt_mask"], completion_ids, completion_mask,
-                       advantages, self.credit_config)
+        credit_args = (
+            self._tokenizer,
+            output["prompt_ids"],
+            output["prompt_mask"],
+            completion_ids,
+            completion_mask,
+            advantages,
+            self.credit_config,
+        )
         # Tokens a tool or an environment inserted (TRL's tool_mask, or a rollout_func's env_mask) are not the model's:
         # no credit, and the answer is read from the model's own text (oarl.credit.segments).
         model_mask = output.get("tool_mask")
@@ -219,15 +236,22 @@ class OARTrainer(TRLFixes, GRPOTrainer):
         any_signal = self.accelerator.gather((advantages != 0).any().float().reshape(1)).sum().item() > 0
         if self.credit_config.estimator == "rollout":  # no model pass: TRL's generation and reward functions
             sampler, scorer = self._rollout_callables(inputs, output["prompt_ids"][0][output["prompt_mask"][0].bool()])
-            credit = token_advantages(None, *credit_args, truncated=truncated, sampler=sampler, scorer=scorer,
-                                      max_completion_length=self.max_completion_length)
+            credit = token_advantages(
+                None,
+                *credit_args,
+                truncated=truncated,
+                sampler=sampler,
+                scorer=scorer,
+                max_completion_length=self.max_completion_length,
+            )
         elif any_signal:
             with (
                 credit_policy(self.model_wrapped, self.accelerator, self.args.gradient_checkpointing_kwargs) as policy,
                 self.accelerator.autocast(),  # the training step's mixed precision (bf16 / fp16), if any
             ):
-                credit = token_advantages(policy, *credit_args, truncated=truncated, generator=generator,
-                                          model_mask=model_mask)
+                credit = token_advantages(
+                    policy, *credit_args, truncated=truncated, generator=generator, model_mask=model_mask
+                )
         else:
             credit = token_advantages(None, *credit_args, truncated=truncated, model_mask=model_mask)  # all skipped
         credit.stats["time_s"] = time.perf_counter() - started  # the parameter gathering included
@@ -235,8 +259,9 @@ class OARTrainer(TRLFixes, GRPOTrainer):
         output["advantages"] = credit.advantages  # (B, T)
 
         # Each process reshapes its own slice: average the statistics over processes (time: the slowest one).
-        local = torch.tensor([credit.stats[k] for k in CREDIT_STATS], dtype=torch.float64,
-                             device=self.accelerator.device)
+        local = torch.tensor(
+            [credit.stats[k] for k in CREDIT_STATS], dtype=torch.float64, device=self.accelerator.device
+        )
         gathered = self.accelerator.gather(local.unsqueeze(0)).view(-1, len(CREDIT_STATS))
         for i, key in enumerate(CREDIT_STATS):
             value = gathered[:, i].max() if key == "time_s" else gathered[:, i].mean()
@@ -285,7 +310,9 @@ class OARTrainer(TRLFixes, GRPOTrainer):
             rows, completion_ids = rows + [0] * (most - count), completion_ids + [[]] * (most - count)
             texts = self.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
             prompts = [inputs[r]["prompt"] for r in rows]
-            completions = [[{"role": "assistant", "content": t}] for t in texts] if is_conversational(inputs[0]) else texts
+            completions = (
+                [[{"role": "assistant", "content": t}] for t in texts] if is_conversational(inputs[0]) else texts
+            )
             # Reward functions may log columns or metrics for the completions table: not for these continuations.
             saved = self._pending_extra_logs, self._pending_metrics
             self._pending_extra_logs, self._pending_metrics = defaultdict(list), defaultdict(list)

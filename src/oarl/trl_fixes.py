@@ -95,27 +95,37 @@ from oarl.devices import vllm_on_cpu
 
 # transformers 5.20 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing (the old name is a
 # deprecated alias); vLLM's CPU build needs transformers < 5.20, which knows only the old name.
-ACTIVATION_CHECKPOINTING = ("activation_checkpointing" if "activation_checkpointing" in GRPOConfig.__dataclass_fields__
-                            else "gradient_checkpointing")
+ACTIVATION_CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in GRPOConfig.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 
 
 def check_supported(accelerator) -> None:
     """Raises ValueError for a backend under which the credit pass cannot run: FSDP1, or ZeRO-3 whose parameters
     TRL does not gather (``ds3_gather_for_generation=False``; checked by the trainer, which has the setting)."""
     if DistributedBackend(accelerator).fsdp_version == 1:
-        raise ValueError("OAR's credit pass supports FSDP2, not FSDP1: set fsdp_version: 2 in the accelerate config "
-                         "(or fsdp_config={'fsdp_version': 2}), or credit='none'.")
+        raise ValueError(
+            "OAR's credit pass supports FSDP2, not FSDP1: set fsdp_version: 2 in the accelerate config "
+            "(or fsdp_config={'fsdp_version': 2}), or credit='none'."
+        )
 
 
 @contextlib.contextmanager
-def credit_policy(model_wrapped: nn.Module, accelerator, gradient_checkpointing_kwargs: dict | None = None
-                  ) -> Iterator[nn.Module]:
+def credit_policy(
+    model_wrapped: nn.Module, accelerator, gradient_checkpointing_kwargs: dict | None = None
+) -> Iterator[nn.Module]:
     """The unwrapped policy with all of its parameters on this process, whose forwards and backwards (to the inputs)
     issue no collective, for the duration of the block (see the module doc). Entering and leaving are collective:
     every process must enter, also one with nothing to compute. Transformers' activation checkpointing is off inside
     (as in TRL's generation); the credit pass checkpoints by itself when asked to."""
-    with unwrap_model_for_generation(model_wrapped, accelerator, gather_deepspeed3_params=True,
-                                     gradient_checkpointing_kwargs=gradient_checkpointing_kwargs) as policy:
+    with unwrap_model_for_generation(
+        model_wrapped,
+        accelerator,
+        gather_deepspeed3_params=True,
+        gradient_checkpointing_kwargs=gradient_checkpointing_kwargs,
+    ) as policy:
         if DistributedBackend(accelerator).is_zero3:
             fix = zero3_start_of_forward_hook_off(model_wrapped)
         elif any(isinstance(m, FSDPModule) for m in policy.modules()):
@@ -146,7 +156,8 @@ def zero3_start_of_forward_hook_off(engine) -> Iterator[None]:
         raise RuntimeError(
             f"DeepSpeed {deepspeed.__version__}: ZeRO-3's start-of-forward hook (DeepSpeedZeRoOffload.fwd_pre_hook, "
             "DeepSpeed 0.19) was not found on the model, so OAR's credit pass cannot be kept free of collectives. "
-            "Use deepspeed 0.19.x (the version oarl is tested with), or credit='none'.")
+            "Use deepspeed 0.19.x (the version oarl is tested with), or credit='none'."
+        )
     hook = hooks[handle.id]
     hooks[handle.id] = _no_op  # same key: the hook keeps its place, first among the root's pre-forward hooks
     try:
@@ -165,13 +176,17 @@ def fsdp2_unsharded(model: nn.Module) -> Iterator[None]:
     try:
         for module in modules:
             state = module._get_fsdp_state()
-            groups = [(g, g.post_forward_mesh_info, g.reshard_after_backward, g.reduce_grads, g.all_reduce_grads)
-                      for g in state._fsdp_param_groups]
+            groups = [
+                (g, g.post_forward_mesh_info, g.reshard_after_backward, g.reduce_grads, g.all_reduce_grads)
+                for g in state._fsdp_param_groups
+            ]
             was_unsharded = all(g.is_unsharded for g in state._fsdp_param_groups)
             saved.append((module, state, state._auto_reshard_after_forward, groups, was_unsharded))
     except AttributeError as e:
-        raise RuntimeError(f"torch {torch.__version__}: FSDP2's internal state has changed ({e}); OAR's credit pass "
-                           "is tested with torch 2.13. Use that version, or credit='none'.") from None
+        raise RuntimeError(
+            f"torch {torch.__version__}: FSDP2's internal state has changed ({e}); OAR's credit pass "
+            "is tested with torch 2.13. Use that version, or credit='none'."
+        ) from None
     for module in modules:
         module.set_reshard_after_forward(False, recurse=False)
         module.set_reshard_after_backward(False, recurse=False)
@@ -266,7 +281,9 @@ class TRLFixes:
 
     def _get_train_sampler(self, dataset=None):
         s = super()._get_train_sampler(dataset)
-        return EpochSeededRepeatSampler(s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle, s.seed)
+        return EpochSeededRepeatSampler(
+            s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle, s.seed
+        )
 
     def _oar_state_file(self, checkpoint: str) -> str:
         suffix = f"_{self.args.process_index}" if self.args.world_size > 1 else ""
@@ -280,11 +297,14 @@ class TRLFixes:
         mid_cycle = self._step % generate_every != 0  # the next steps reuse the buffered generation batch
         buffer = None
         if mid_cycle and self._buffered_inputs is not None:
-            buffer = [{k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()}
-                      for b in self._buffered_inputs]
+            buffer = [
+                {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in self._buffered_inputs
+            ]
         loss_total = self._total_loss_scalar + self._tr_loss.item()  # the Trainer's sum, and what it has not added yet
-        torch.save({"step": self._step, "buffered_inputs": buffer, "loss_total": loss_total, **self._resume_state()},
-                   self._oar_state_file(checkpoint))
+        torch.save(
+            {"step": self._step, "buffered_inputs": buffer, "loss_total": loss_total, **self._resume_state()},
+            self._oar_state_file(checkpoint),
+        )
         super()._save_checkpoint(model, trial)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
@@ -298,8 +318,10 @@ class TRLFixes:
         self._resumed_loss_total = state.get("loss_total")  # None: a checkpoint of an older version, without it
         if state["buffered_inputs"] is not None:
             device = self.accelerator.device
-            self._buffered_inputs = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
-                                     for b in state["buffered_inputs"]]
+            self._buffered_inputs = [
+                {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
+                for b in state["buffered_inputs"]
+            ]
 
     def _issue_warnings_after_load(self, load_result):
         # A checkpoint stores a tied weight (lm_head = input embeddings) once, under the embeddings' name, and

@@ -54,11 +54,16 @@ def summarize(summaries: dict[str, list[dict]]) -> dict:
             after, after_se = _mean_se([r["heldout_after"][split] for r in runs])
             before, _ = _mean_se([r["heldout_before"][split] for r in runs])
             gains = [heldout_gain(r["heldout_before"][split], r["heldout_after"][split]) for r in runs]
-            row[credit] = {"before": before, "after": after, "after_se": after_se, "gain": after - before,
-                           "gain_se": math.sqrt(sum(se**2 for _, se in gains)) / len(gains),
-                           "after_per_seed": [r["heldout_after"][split]["avg"] for r in runs],
-                           "overhead": _mean([r["credit_overhead"] for r in runs]),
-                           "train_time_s": _mean([r.get("train_time_s", r["wall_time_s"]) for r in runs])}
+            row[credit] = {
+                "before": before,
+                "after": after,
+                "after_se": after_se,
+                "gain": after - before,
+                "gain_se": math.sqrt(sum(se**2 for _, se in gains)) / len(gains),
+                "after_per_seed": [r["heldout_after"][split]["avg"] for r in runs],
+                "overhead": _mean([r["credit_overhead"] for r in runs]),
+                "train_time_s": _mean([r.get("train_time_s", r["wall_time_s"]) for r in runs]),
+            }
         if "none" in row:
             # only where GRPO gained: a final below the start would be "reached" before any training
             gained = row["none"]["after"] > row["none"]["before"]
@@ -72,8 +77,9 @@ def summarize(summaries: dict[str, list[dict]]) -> dict:
                     r["vs_none_se"] = math.hypot(r["after_se"], row["none"]["after_se"])
                     continue
                 # seed s against seed s: the same warm start, scored on the same problems
-                ses = [heldout_gain(g["heldout_after"][split], c["heldout_after"][split])[1]
-                       for c, g in zip(mine, grpo)]
+                ses = [
+                    heldout_gain(g["heldout_after"][split], c["heldout_after"][split])[1] for c, g in zip(mine, grpo)
+                ]
                 r["vs_none_se"] = math.sqrt(sum(se**2 for se in ses)) / len(ses)  # paired over problems
                 if len(mine) >= 2:  # the spread of the per-seed differences includes training's randomness
                     diffs = [a - b for a, b in zip(r["after_per_seed"], row["none"]["after_per_seed"])]
@@ -102,11 +108,14 @@ def _mean(values):
 def to_markdown(table: dict, n_seeds: int) -> str:
     lines = []
     for split, row in table.items():
-        lines += [f"### {split} (mean of {n_seeds} seed(s), ± one standard error over problems; gain: paired over "
-                  "problems; vs none: ± paired over problems, then (in brackets) over seeds)", "",
-                  "| credit | before | after | after per seed | gain | vs none | steps to none's final | credit overhead "
-                  "| training time |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"### {split} (mean of {n_seeds} seed(s), ± one standard error over problems; gain: paired over "
+            "problems; vs none: ± paired over problems, then (in brackets) over seeds)",
+            "",
+            "| credit | before | after | after per seed | gain | vs none | steps to none's final | credit overhead "
+            "| training time |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for credit, r in row.items():
             vs = f"{r['vs_none']:+.3f} ± {r['vs_none_se']:.3f}" if "vs_none" in r and credit != "none" else "-"
             if "vs_none_seeds_se" in r and credit != "none":
@@ -114,14 +123,21 @@ def to_markdown(table: dict, n_seeds: int) -> str:
             overhead = "-" if r["overhead"] is None else f"{r['overhead']:.1%}"
             per_seed = ", ".join(f"{a:.3f}" for a in r["after_per_seed"])
             steps = r.get("steps_to_none_final")
-            steps = "-" if steps is None else f"{steps[0]} of {steps[1]}" if steps[0] is not None else f"not in {steps[1]}"
-            lines.append(f"| {credit} | {r['before']:.3f} | {r['after']:.3f} ± {r['after_se']:.3f} | {per_seed} | "
-                         f"{r['gain']:+.3f} ± {r['gain_se']:.3f} | {vs} | {steps} | {overhead} | {r['train_time_s']:.0f} s |")
+            steps = (
+                "-" if steps is None else f"{steps[0]} of {steps[1]}" if steps[0] is not None else f"not in {steps[1]}"
+            )
+            lines.append(
+                f"| {credit} | {r['before']:.3f} | {r['after']:.3f} ± {r['after_se']:.3f} | {per_seed} | "
+                f"{r['gain']:+.3f} ± {r['gain_se']:.3f} | {vs} | {steps} | {overhead} | {r['train_time_s']:.0f} s |"
+            )
         if any("steps_to_none_final" in r for r in row.values()):
-            lines += ["", "steps to none's final: the first held-out evaluation (every --eval_every steps; with 0, only "
-                      "before and after training) at which the mean over seeds reaches none's final accuracy; - where "
-                      "none did not gain. training time: RL steps and the held-out evaluations during training "
-                      "(not the warm start, nor the evaluations before and after)."]
+            lines += [
+                "",
+                "steps to none's final: the first held-out evaluation (every --eval_every steps; with 0, only "
+                "before and after training) at which the mean over seeds reaches none's final accuracy; - where "
+                "none did not gain. training time: RL steps and the held-out evaluations during training "
+                "(not the warm start, nor the evaluations before and after).",
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -146,8 +162,10 @@ def _resumed_args(run_dir: Path, flags: list[str]):
         return train.parse_args(["--resume", str(run_dir), "--max_steps", str(asked["max_steps"])])
     if differ:
         shown = ", ".join(f"{k}: {saved.get(k)!r} there, {asked.get(k)!r} now" for k in differ[:3])
-        raise UsageError(f"{run_dir} holds a run with other settings ({shown}); give another --output_dir, or the "
-                         "same flags as that comparison")
+        raise UsageError(
+            f"{run_dir} holds a run with other settings ({shown}); give another --output_dir, or the "
+            "same flags as that comparison"
+        )
     return resumed
 
 
@@ -159,8 +177,10 @@ def _check_folder(out: Path, rest: list[str]) -> dict[Path, tuple]:
     for run_dir in sorted(out.glob("*-seed*")) if out.is_dir() else ():
         if (run_dir / "config.yaml").is_file():
             saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-            checked[run_dir] = _resumed_args(run_dir, [*rest, "--credit", saved["credit"], "--seed",
-                                                       str(saved["seed"]), "--output_dir", str(run_dir)])
+            checked[run_dir] = _resumed_args(
+                run_dir,
+                [*rest, "--credit", saved["credit"], "--seed", str(saved["seed"]), "--output_dir", str(run_dir)],
+            )
     return checked
 
 
@@ -177,8 +197,10 @@ def _share_heldout_before(run_dir: Path, seed: int) -> None:
         if (sibling / HELDOUT_BEFORE).is_file() and (sibling / "config.yaml").is_file():
             run_dir.mkdir(parents=True, exist_ok=True)
             save_heldout_before(run_dir, json.loads((sibling / HELDOUT_BEFORE).read_text()))
-            print(f"{run_dir.name}: held-out accuracy before training taken from {sibling.name} (same warm start, "
-                  "problems and seed)")
+            print(
+                f"{run_dir.name}: held-out accuracy before training taken from {sibling.name} (same warm start, "
+                "problems and seed)"
+            )
             return
 
 
@@ -192,8 +214,11 @@ def main(argv: list[str] | None = None) -> dict:
     from oarl.credit import ESTIMATORS  # lazy: torch loads when runs are compared, not for --help
 
     pre = _Parser(prog="oarl compare", add_help=False)
-    pre.add_argument("--credits", default="none,gradient,perturbation,entropy",
-                     help="comma-separated estimators to train with (default: %(default)s)")
+    pre.add_argument(
+        "--credits",
+        default="none,gradient,perturbation,entropy",
+        help="comma-separated estimators to train with (default: %(default)s)",
+    )
     pre.add_argument("--seeds", default="0", help="comma-separated seeds, one run each (default: %(default)s)")
     pre.add_argument("--output_dir", help="folder of the comparison (default: <runs_dir>/compare-<time>)")
     pre.add_argument("-h", "--help", action="store_true")
@@ -205,8 +230,10 @@ def main(argv: list[str] | None = None) -> dict:
     credits = [c.strip() for c in known.credits.split(",") if c.strip()]
     unknown = [c for c in credits if c not in ESTIMATORS]
     if not credits or unknown:
-        raise UsageError(f"--credits {known.credits!r}: choose among {', '.join(ESTIMATORS)}."
-                         f"{did_you_mean(unknown[0], ESTIMATORS) if unknown else ''}")
+        raise UsageError(
+            f"--credits {known.credits!r}: choose among {', '.join(ESTIMATORS)}."
+            f"{did_you_mean(unknown[0], ESTIMATORS) if unknown else ''}"
+        )
     try:
         seeds = [int(s) for s in known.seeds.split(",") if s.strip()]
     except ValueError:
@@ -218,20 +245,24 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         _run_all(out, seeds, credits, rest, summaries, checked)
     except Interrupted as exc:  # Ctrl-C or SIGTERM (its cause)
-        raise Interrupted(f"{stopped(exc.__cause__)}; to continue, run the same command with --output_dir "
-                          f"{shlex.quote(str(out))}: finished runs are reused and the interrupted one resumes") from exc.__cause__
+        raise Interrupted(
+            f"{stopped(exc.__cause__)}; to continue, run the same command with --output_dir "
+            f"{shlex.quote(str(out))}: finished runs are reused and the interrupted one resumes"
+        ) from exc.__cause__
     table = summarize(summaries)
     markdown = to_markdown(table, len(seeds))
     (out / "compare.md").write_text(markdown)
-    (out / "compare.json").write_text(json.dumps({"credits": credits, "seeds": seeds, "table": table,
-                                                  "runs": summaries}, indent=2))
+    (out / "compare.json").write_text(
+        json.dumps({"credits": credits, "seeds": seeds, "table": table, "runs": summaries}, indent=2)
+    )
     print(markdown)
     print(f"comparison: {out / 'compare.md'}")
     return table
 
 
-def _run_all(out: Path, seeds: list[int], credits: list[str], rest: list[str], summaries: dict,
-             checked: dict[Path, tuple]) -> None:
+def _run_all(
+    out: Path, seeds: list[int], credits: list[str], rest: list[str], summaries: dict, checked: dict[Path, tuple]
+) -> None:
     """Train (or reuse) every (credit, seed) run under ``out``, appending each summary to ``summaries``;
     ``checked``: the runs already there, as ``_check_folder`` returns them."""
     from oarl.runs import heldout_curve  # lazy: transformers loads when runs are compared, not for --help

@@ -50,7 +50,17 @@ HELP = "evaluate a model on math benchmarks (pass@k, avg@n, maj@n)"
 DEFAULT_BENCHMARKS = ("math500", "gsm8k", "aime24", "amc23", "minerva")
 SAMPLES_FILE, RESULTS_MD, CONFIG_FILE = "samples.jsonl", "results.md", "eval_config.json"
 # settings that change the samples: resuming with any of them different is refused
-RESUME_KEYS = ("model", "n", "temperature", "top_p", "max_new_tokens", "seed", "prompt_template", "chat_template", "stop")
+RESUME_KEYS = (
+    "model",
+    "n",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "seed",
+    "prompt_template",
+    "chat_template",
+    "stop",
+)
 
 
 def _int_list(text: str) -> list[int]:
@@ -75,52 +85,90 @@ class EvalConfig:
     """The settings of one ``oarl eval`` run; each field is the flag ``--<field-with-dashes>`` (or its metadata's
     ``flag``). Checked by ``oarl.checks.check_eval`` before any model is loaded."""
 
-    model: str | None = field(default=None, metadata=flag(
-        "model directory, hub name, 'tiny', or an `oarl train` run directory (its final_model/)"))
-    benchmarks: list[str] = field(default_factory=lambda: list(DEFAULT_BENCHMARKS), metadata=flag(
-        "comma-separated: math500, gsm8k, aime24, amc23, minerva, arithmetic, arithmetic-hard, a .jsonl path, or a "
-        "hub dataset name (default: %(default)s)", type=_names, default=",".join(DEFAULT_BENCHMARKS)))
-    data_dir: str | None = field(default=None, metadata=flag(
-        "folder of benchmark files (default: $OARL_DATA_DIR, else ../shared/data/benchmarks)"))
+    model: str | None = field(
+        default=None,
+        metadata=flag("model directory, hub name, 'tiny', or an `oarl train` run directory (its final_model/)"),
+    )
+    benchmarks: list[str] = field(
+        default_factory=lambda: list(DEFAULT_BENCHMARKS),
+        metadata=flag(
+            "comma-separated: math500, gsm8k, aime24, amc23, minerva, arithmetic, arithmetic-hard, a .jsonl path, or a "
+            "hub dataset name (default: %(default)s)",
+            type=_names,
+            default=",".join(DEFAULT_BENCHMARKS),
+        ),
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata=flag("folder of benchmark files (default: $OARL_DATA_DIR, else ../shared/data/benchmarks)"),
+    )
     limit: int | None = field(default=None, metadata=flag("first N problems of each benchmark"))
     n: int = field(default=1, metadata=flag("samples per problem (default: %(default)s)"))
-    k: list[int] = field(default_factory=lambda: [1], metadata=flag(
-        "pass@k values, comma-separated (default: 1 and n)", type=_int_list, default=None))
+    k: list[int] = field(
+        default_factory=lambda: [1],
+        metadata=flag("pass@k values, comma-separated (default: 1 and n)", type=_int_list, default=None),
+    )
     temperature: float = field(default=0.6, metadata=flag("sampling temperature, 0 = greedy (default: %(default)s)"))
     top_p: float = field(default=0.95, metadata=flag("nucleus sampling (default: %(default)s)"))
     max_new_tokens: int = field(default=1024, metadata=flag("completion length cap (default: %(default)s)"))
     seed: int = field(default=0, metadata=flag("sampling seed (default: %(default)s)"))
     batch_size: int = field(default=8, metadata=flag("problems per generate call, HF backend (default: %(default)s)"))
-    backend: str = field(default="auto", metadata=flag(
-        "generation engine: hf (Hugging Face generate), vllm (a vLLM engine, on a GPU or with vLLM's CPU build) or "
-        "auto (vLLM if installed and a GPU is present, else HF)", choices=("auto", "hf", "vllm")))
-    dtype: str | None = field(default=None, metadata=flag(
-        "model dtype (default float32 for HF; 'auto' = the checkpoint's)"))
-    device: str | None = field(default=None, metadata=flag(
-        "device for the HF backend (default: cuda if available, else cpu)"))
-    prompt_template: str | None = field(default=None, metadata=flag(
-        "prompt (plain) or user message (chat) made of the row's fields, in place of the default prompt and its "
-        "answer instruction: {problem} (the detected problem) or any field, e.g. '{Body} {Question}'; LaTeX braces "
-        "stay as they are, {{ and }} are literal braces"))
-    chat_template: str = field(default="auto", metadata=flag(
-        "use the tokenizer's chat template (auto: when it has one)", choices=("auto", "on", "off")))
-    stop: list[str] = field(default_factory=list, metadata=flag(
-        "stop string (repeatable); completions are cut there", action="append", default=[]))
-    output_dir: str | None = field(default=None, metadata=flag(
-        "report directory (default: <run>/eval-<hash> for a train run, else reports/eval-<model>-<hash>, the hash "
-        "of the sampling settings)"))
-    overwrite: bool = field(default=False, metadata=flag(
-        "discard samples of an earlier run instead of resuming", action="store_true"))
-    problem_field: str | None = field(default=None, metadata=flag(
-        "problem field of a .jsonl benchmark (default: auto-detected)"))
-    answer_field: str | None = field(default=None, metadata=flag(
-        "gold answer field of a .jsonl benchmark (default: auto-detected)"))
-    strict: bool = field(default=False, metadata=flag(
-        "fail on malformed benchmark rows instead of skipping them", action="store_true"))
-    verify_timeout_s: float = field(default=DEFAULT_TIMEOUT_S, metadata=flag(
-        "seconds per answer verification (default: %(default)s)", flag="--verify-timeout", metavar="VERIFY_TIMEOUT"))
-    progress: bool = field(default=True, metadata=flag(
-        "no progress bar", flag="--no-progress", action="store_false"))
+    backend: str = field(
+        default="auto",
+        metadata=flag(
+            "generation engine: hf (Hugging Face generate), vllm (a vLLM engine, on a GPU or with vLLM's CPU build) or "
+            "auto (vLLM if installed and a GPU is present, else HF)",
+            choices=("auto", "hf", "vllm"),
+        ),
+    )
+    dtype: str | None = field(
+        default=None, metadata=flag("model dtype (default float32 for HF; 'auto' = the checkpoint's)")
+    )
+    device: str | None = field(
+        default=None, metadata=flag("device for the HF backend (default: cuda if available, else cpu)")
+    )
+    prompt_template: str | None = field(
+        default=None,
+        metadata=flag(
+            "prompt (plain) or user message (chat) made of the row's fields, in place of the default prompt and its "
+            "answer instruction: {problem} (the detected problem) or any field, e.g. '{Body} {Question}'; LaTeX braces "
+            "stay as they are, {{ and }} are literal braces"
+        ),
+    )
+    chat_template: str = field(
+        default="auto",
+        metadata=flag("use the tokenizer's chat template (auto: when it has one)", choices=("auto", "on", "off")),
+    )
+    stop: list[str] = field(
+        default_factory=list,
+        metadata=flag("stop string (repeatable); completions are cut there", action="append", default=[]),
+    )
+    output_dir: str | None = field(
+        default=None,
+        metadata=flag(
+            "report directory (default: <run>/eval-<hash> for a train run, else reports/eval-<model>-<hash>, the hash "
+            "of the sampling settings)"
+        ),
+    )
+    overwrite: bool = field(
+        default=False, metadata=flag("discard samples of an earlier run instead of resuming", action="store_true")
+    )
+    problem_field: str | None = field(
+        default=None, metadata=flag("problem field of a .jsonl benchmark (default: auto-detected)")
+    )
+    answer_field: str | None = field(
+        default=None, metadata=flag("gold answer field of a .jsonl benchmark (default: auto-detected)")
+    )
+    strict: bool = field(
+        default=False, metadata=flag("fail on malformed benchmark rows instead of skipping them", action="store_true")
+    )
+    verify_timeout_s: float = field(
+        default=DEFAULT_TIMEOUT_S,
+        metadata=flag(
+            "seconds per answer verification (default: %(default)s)", flag="--verify-timeout", metavar="VERIFY_TIMEOUT"
+        ),
+    )
+    progress: bool = field(default=True, metadata=flag("no progress bar", flag="--no-progress", action="store_false"))
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -134,8 +182,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
         if "action" not in meta and "type" not in meta:
             kwargs["type"] = kinds[f.type]
         p.add_argument(name, **kwargs)
-    p.add_argument("--compare", nargs="+", metavar="RUN",
-                   help="instead of evaluating: one table with a column per report dir / results.json / train run")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RUN",
+        help="instead of evaluating: one table with a column per report dir / results.json / train run",
+    )
     p.add_argument("--output", help="with --compare: also write the table to this file")
 
 
@@ -160,8 +212,9 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:  # a full disk: samples so far are kept, the same command continues
         if (why := disk_full(exc, cfg.output_dir or ".")) is None:
             raise
-        raise DiskFull(f"{why} while writing the evaluation: free space on its disk, then continue with: "
-                       f"{again}") from exc
+        raise DiskFull(
+            f"{why} while writing the evaluation: free space on its disk, then continue with: {again}"
+        ) from exc
     print(results_markdown(results))
     print(f"wall time {results['wall_time_s']:.1f}s; outputs in {results['output_dir']}")
     return 0
@@ -194,13 +247,28 @@ def load_benchmark_rows(name: str, cfg: EvalConfig):
     """``(short name, rows)``: also the embedded arithmetic task as ``arithmetic`` / ``arithmetic-hard``."""
     if name in ("arithmetic", "arithmetic-test", "arithmetic-hard"):
         split = "hard" if name.endswith("hard") else "test"
-        size = cfg.limit or (arithmetic.DEFAULT_REGIME.hard_eval_problems if split == "hard" else arithmetic.DEFAULT_REGIME.eval_problems)
-        rows = [{"problem": f"What is {r['expression']}?", "prompt": r["prompt"], "answer": str(r["answer"]),
-                 "id": f"{name}/{i}", "source": f"arithmetic:{split}:seed{cfg.seed}:{i}"}
-                for i, r in enumerate(arithmetic.problems(split, size, seed=cfg.seed))]
+        size = cfg.limit or (
+            arithmetic.DEFAULT_REGIME.hard_eval_problems if split == "hard" else arithmetic.DEFAULT_REGIME.eval_problems
+        )
+        rows = [
+            {
+                "problem": f"What is {r['expression']}?",
+                "prompt": r["prompt"],
+                "answer": str(r["answer"]),
+                "id": f"{name}/{i}",
+                "source": f"arithmetic:{split}:seed{cfg.seed}:{i}",
+            }
+            for i, r in enumerate(arithmetic.problems(split, size, seed=cfg.seed))
+        ]
         return name, BenchmarkRows(rows, name=name)
-    rows = load_benchmark(name, data_dir=cfg.data_dir, limit=cfg.limit, problem_field=cfg.problem_field,
-                          answer_field=cfg.answer_field, strict=cfg.strict)
+    rows = load_benchmark(
+        name,
+        data_dir=cfg.data_dir,
+        limit=cfg.limit,
+        problem_field=cfg.problem_field,
+        answer_field=cfg.answer_field,
+        strict=cfg.strict,
+    )
     return (rows.name or Path(name).stem), rows
 
 
@@ -230,15 +298,26 @@ def run_eval(cfg: EvalConfig, backend=None, tokenizer=None) -> dict:
         for name, rows in benchmarks:
             PromptTemplate(cfg.prompt_template, template_fields(rows[0]), source=name)
         if not re.search(r"answer|boxed", cfg.prompt_template, re.IGNORECASE):
-            print("note: --prompt-template replaces the whole default prompt, its answer instruction included "
-                  f"(\"{CHAT_TEMPLATE.split(chr(10))[-1]}\" with a chat template, else "
-                  f"\"{PLAIN_TEMPLATE.split(chr(10))[1]}\"); yours asks for no final answer, and a completion "
-                  "without one scores 0", file=sys.stderr)
+            print(
+                "note: --prompt-template replaces the whole default prompt, its answer instruction included "
+                f'("{CHAT_TEMPLATE.split(chr(10))[-1]}" with a chat template, else '
+                f'"{PLAIN_TEMPLATE.split(chr(10))[1]}"); yours asks for no final answer, and a completion '
+                "without one scores 0",
+                file=sys.stderr,
+            )
 
     # resume: same settings, then the problems already complete in samples.jsonl
-    settings = {"model": model_path, "n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p,
-                "max_new_tokens": cfg.max_new_tokens, "seed": cfg.seed, "prompt_template": cfg.prompt_template,
-                "chat_template": cfg.chat_template, "stop": list(cfg.stop)}
+    settings = {
+        "model": model_path,
+        "n": cfg.n,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "max_new_tokens": cfg.max_new_tokens,
+        "seed": cfg.seed,
+        "prompt_template": cfg.prompt_template,
+        "chat_template": cfg.chat_template,
+        "stop": list(cfg.stop),
+    }
     out_dir = Path(cfg.output_dir) if cfg.output_dir else default_output_dir(cfg.model, settings)
     with removed_on_failure(out_dir, keep=lambda: bool(read_samples(out_dir / SAMPLES_FILE))):
         return _run_eval(cfg, backend, tokenizer, t0, model_path, k_list, chat, benchmarks, settings, out_dir)
@@ -276,7 +355,9 @@ def _run_eval(cfg, backend, tokenizer, t0, model_path, k_list, chat, benchmarks,
         old = json.loads(config_path.read_text())
         diff = {k: (old.get(k), settings[k]) for k in RESUME_KEYS if old.get(k) != settings[k]}
         if diff:
-            raise ValueError(f"{out_dir} holds samples made with other settings {diff}; use --overwrite or another --output-dir")
+            raise ValueError(
+                f"{out_dir} holds samples made with other settings {diff}; use --overwrite or another --output-dir"
+            )
     config_path.write_text(json.dumps(settings, indent=2))
     previous = read_samples(samples_path)
     done: dict[tuple[str, str], list[dict]] = {}
@@ -296,10 +377,21 @@ def _run_eval(cfg, backend, tokenizer, t0, model_path, k_list, chat, benchmarks,
             from transformers.utils import logging as hf_logging  # lazy: a run loads transformers, --help does not
 
             hf_logging.disable_progress_bar()
-        backend, tokenizer, chat = load_backend(model_path, cfg.backend, chat=chat, dtype=cfg.dtype, device=cfg.device,
-                                                seed=cfg.seed, batch_size=cfg.batch_size)
+        backend, tokenizer, chat = load_backend(
+            model_path,
+            cfg.backend,
+            chat=chat,
+            dtype=cfg.dtype,
+            device=cfg.device,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+        )
     elif chat is None:
-        chat = (getattr(tokenizer, "chat_template", None) is not None) if tokenizer is not None else old.get("chat_resolved", False)
+        chat = (
+            (getattr(tokenizer, "chat_template", None) is not None)
+            if tokenizer is not None
+            else old.get("chat_resolved", False)
+        )
     config_path.write_text(json.dumps({**settings, "chat_resolved": chat}, indent=2))
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed, list(cfg.stop))
     batch = max(1, cfg.batch_size)
@@ -310,7 +402,11 @@ def _run_eval(cfg, backend, tokenizer, t0, model_path, k_list, chat, benchmarks,
     with samples_path.open("a", encoding="utf-8") as f:
         for name, rows in benchmarks:
             if rows:
-                example_prompt[name] = build_prompt(rows[0], tokenizer, cfg.prompt_template, chat) if tokenizer is not None or not chat else None
+                example_prompt[name] = (
+                    build_prompt(rows[0], tokenizer, cfg.prompt_template, chat)
+                    if tokenizer is not None or not chat
+                    else None
+                )
             bar.set_description(name)
             for start in range(0, len(todo[name]), batch):
                 batch_rows = todo[name][start : start + batch]
@@ -319,7 +415,9 @@ def _run_eval(cfg, backend, tokenizer, t0, model_path, k_list, chat, benchmarks,
                 bar.update(len(batch_rows) - len(chunk))
                 if not chunk:
                     continue
-                records = score_generations(chunk, prompts, backend.generate(prompts, cfg.n, sampling), name, cfg.verify_timeout_s)
+                records = score_generations(
+                    chunk, prompts, backend.generate(prompts, cfg.n, sampling), name, cfg.verify_timeout_s
+                )
                 f.write("".join(json.dumps(r) + "\n" for r in records))
                 f.flush()
                 for r in records:
@@ -340,12 +438,21 @@ def _run_eval(cfg, backend, tokenizer, t0, model_path, k_list, chat, benchmarks,
         "model_path": model_path,
         "output_dir": str(out_dir),
         "backend": getattr(backend, "name", None) or "resumed",
-        "settings": {**settings, "k": k_list, "batch_size": cfg.batch_size, "benchmarks": cfg.benchmarks, "limit": cfg.limit,
-                     "prompt_format": "chat template" if chat else "plain",
-                     "prompt_template_used": cfg.prompt_template or (CHAT_TEMPLATE if chat else PLAIN_TEMPLATE),
-                     "own_prompt_benchmarks": [name for name, rows in benchmarks if rows and "prompt" in rows[0]
-                                               and not chat and cfg.prompt_template is None],
-                     "verify_timeout_s": cfg.verify_timeout_s},
+        "settings": {
+            **settings,
+            "k": k_list,
+            "batch_size": cfg.batch_size,
+            "benchmarks": cfg.benchmarks,
+            "limit": cfg.limit,
+            "prompt_format": "chat template" if chat else "plain",
+            "prompt_template_used": cfg.prompt_template or (CHAT_TEMPLATE if chat else PLAIN_TEMPLATE),
+            "own_prompt_benchmarks": [
+                name
+                for name, rows in benchmarks
+                if rows and "prompt" in rows[0] and not chat and cfg.prompt_template is None
+            ],
+            "verify_timeout_s": cfg.verify_timeout_s,
+        },
         "benchmarks": per_benchmark,
         "wall_time_s": time.perf_counter() - t0,
         "generated_problems": num_todo,

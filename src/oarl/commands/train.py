@@ -87,8 +87,10 @@ def parse_args(argv: list[str] | None = None):
     if known.resume and not known.config:
         config = Path(known.resume) / "config.yaml"
         if not config.is_file():
-            raise UsageError(f"--resume {known.resume}: no config.yaml there; give the run directory of an `oarl train` "
-                             "run (runs/<name>)")
+            raise UsageError(
+                f"--resume {known.resume}: no config.yaml there; give the run directory of an `oarl train` "
+                "run (runs/<name>)"
+            )
         argv = ["--config", str(config), *argv]
         known.config = str(config)
     from_yaml = {}
@@ -112,24 +114,32 @@ def parse_args(argv: list[str] | None = None):
     parser.set_defaults(**defaults)
     try:
         train_args, config, unknown_keys, unknown_args = parser.parse_args_and_config(
-            argv, return_remaining_strings=True, separate_remaining_strings=True)
+            argv, return_remaining_strings=True, separate_remaining_strings=True
+        )
     except ValueError as exc:
         given = any(a.split("=")[0] in ("--generation_batch_size", "--steps_per_generation") for a in argv) or {
-            "generation_batch_size", "steps_per_generation"} & set(from_yaml)
+            "generation_batch_size",
+            "steps_per_generation",
+        } & set(from_yaml)
         if "generation_batch_size" not in defaults or "generation_batch_size" not in str(exc) or given:
             raise
-        raise UsageError(f"{str(exc).rstrip('.')}: this job samples the completions of several steps in one "
-                         f"generation call (generation_batch_size {defaults['generation_batch_size']}); with another "
-                         "--per_device_train_batch_size, give --generation_batch_size too, a multiple of it (times "
-                         "the number of processes)") from None
+        raise UsageError(
+            f"{str(exc).rstrip('.')}: this job samples the completions of several steps in one "
+            f"generation call (generation_batch_size {defaults['generation_batch_size']}); with another "
+            "--per_device_train_batch_size, give --generation_batch_size too, a multiple of it (times "
+            "the number of processes)"
+        ) from None
     if unknown_args:
-        raise UsageError(f"unknown flag {unknown_args[0]}.{unknown_flags_hint(parser, unknown_args)} "
-                         "(see `oarl train --help`)")
+        raise UsageError(
+            f"unknown flag {unknown_args[0]}.{unknown_flags_hint(parser, unknown_args)} (see `oarl train --help`)"
+        )
     if unknown_keys:
         key = unknown_keys[0][2:]
         fields = [*TrainArgs.__dataclass_fields__, *OARConfig.__dataclass_fields__]
-        raise UsageError(f"unknown key {key!r} in {known.config}.{did_you_mean(key, fields)} (the keys are the "
-                         "flags of `oarl train --help`)")
+        raise UsageError(
+            f"unknown key {key!r} in {known.config}.{did_you_mean(key, fields)} (the keys are the "
+            "flags of `oarl train --help`)"
+        )
     check_job(train_args, config)
     return train_args, config
 
@@ -140,16 +150,19 @@ def _read_yaml(path: str):
     try:
         return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as exc:
-        raise UsageError(f"--config {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte "
-                         f"{exc.start + 1})") from None
+        raise UsageError(
+            f"--config {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at byte {exc.start + 1})"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
             tag = problem.split("tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
-            raise UsageError(f"--config {path}: the YAML tag {tag}{where} is not read: a config holds plain values "
-                             "(numbers, text, true/false, lists)") from None
+            raise UsageError(
+                f"--config {path}: the YAML tag {tag}{where} is not read: a config holds plain values "
+                "(numbers, text, true/false, lists)"
+            ) from None
         raise UsageError(f"--config {path}: invalid YAML{where}: {problem}") from None
 
 
@@ -171,7 +184,10 @@ def run_train(train_args: TrainArgs, config) -> dict:
     elif config.output_dir != AUTO_DIR:
         run_dir = Path(config.output_dir)
     else:
-        run_dir = Path(train_args.runs_dir) / f"{config.credit}-{Path(train_args.model).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = (
+            Path(train_args.runs_dir)
+            / f"{config.credit}-{Path(train_args.model).name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
     # With several processes (accelerate launch) every one runs this function; the main one alone checks, reads and
     # writes the run folder's own files, and the others wait for it: a check on each would race with the main one's
     # writes (a rank that saw another's config.yaml refused the run).
@@ -202,7 +218,9 @@ def run_train(train_args: TrainArgs, config) -> dict:
         raise DiskFull(disk_full_message(why, run_dir)) from exc
 
 
-def train_in(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | None = None, to_train: bool = True) -> dict:
+def train_in(
+    train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | None = None, to_train: bool = True
+) -> dict:
     """The run in ``run_dir``, from ``checkpoint`` if given; ``to_train=False``: only the end of a run whose
     checkpoint reached max_steps (the weights of the checkpoint, held-out evaluation, final_model, summary)."""
     # lazy: torch, transformers and TRL load when a run starts
@@ -227,8 +245,13 @@ def train_in(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | No
     )
     from oarl.trainer import OARTrainer
 
-    precision = "bf16 mixed precision (--bf16 false: float32)" if config.bf16 else "fp16 mixed precision" if config.fp16 \
+    precision = (
+        "bf16 mixed precision (--bf16 false: float32)"
+        if config.bf16
+        else "fp16 mixed precision"
+        if config.fp16
         else "float32"
+    )
     logging.getLogger(__name__).info("training on %s in %s", config.device, precision)  # oarl.devices' choice, or flags
     main = config.process_index == 0  # the only process that writes the run folder's own files (see run_train)
     clock = WallClock(run_dir / "wall_time.json", resumed=bool(train_args.resume))
@@ -260,15 +283,32 @@ def train_in(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | No
             max_new_tokens = loaded.max_new_tokens.get(split, config.max_completion_length)
             backend = trainer.generation_backend(add_special_tokens=not chat) if trainer is not None else None
             heldout_backend = "vllm" if backend is not None else "hf"
-            res = evaluate_model(m, tokenizer, rows, n=loaded.eval_samples, k_list=[1], prompt_template="{problem}", chat=chat,
-                                 temperature=config.temperature, max_new_tokens=max_new_tokens, seed=config.seed,
-                                 backend=backend, progress=True, progress_desc=f"held-out {split} ({when})",
-                                 return_samples=True)
+            res = evaluate_model(
+                m,
+                tokenizer,
+                rows,
+                n=loaded.eval_samples,
+                k_list=[1],
+                prompt_template="{problem}",
+                chat=chat,
+                temperature=config.temperature,
+                max_new_tokens=max_new_tokens,
+                seed=config.seed,
+                backend=backend,
+                progress=True,
+                progress_desc=f"held-out {split} ({when})",
+                return_samples=True,
+            )
             by_problem: dict = {}
             for sample in res["samples"]:
                 by_problem.setdefault(sample["id"], []).append(float(sample["correct"]))
-            out[split] = {"avg": res["avg@n"], "se": res["avg@n_se"], "n_problems": len(rows), "n_samples": loaded.eval_samples,
-                          "per_problem": [round(sum(c) / len(c), 4) for c in by_problem.values()]}
+            out[split] = {
+                "avg": res["avg@n"],
+                "se": res["avg@n_se"],
+                "n_problems": len(rows),
+                "n_samples": loaded.eval_samples,
+                "per_problem": [round(sum(c) / len(c), 4) for c in by_problem.values()],
+            }
         m.train(was_training)
         return out
 
@@ -279,10 +319,18 @@ def train_in(train_args: TrainArgs, config, run_dir: Path, checkpoint: Path | No
     if config.use_vllm and config.use_cpu:  # a fixed key/value cache for vLLM's CPU backend (see oarl.generation)
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(CPU_KV_CACHE_GIB))
     config.disable_tqdm = True
-    trainer = OARTrainer(model=model, reward_funcs=loaded.reward_funcs, args=config, train_dataset=loaded.train,
-                         processing_class=tokenizer,
-                         callbacks=[MetricsWriter(run_dir, clock), Progress(start_step),
-                                    HeldoutEval(run_dir, evaluate_heldout, train_args.eval_every)])
+    trainer = OARTrainer(
+        model=model,
+        reward_funcs=loaded.reward_funcs,
+        args=config,
+        train_dataset=loaded.train,
+        processing_class=tokenizer,
+        callbacks=[
+            MetricsWriter(run_dir, clock),
+            Progress(start_step),
+            HeldoutEval(run_dir, evaluate_heldout, train_args.eval_every),
+        ],
+    )
     before_file = run_dir / HELDOUT_BEFORE
     if not main:
         before = {}

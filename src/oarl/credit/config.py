@@ -79,9 +79,19 @@ def check_grail(scale: float, w_min: float, w_max: float) -> None:
         raise SettingError("grail_max", f"must be a finite number >= 1, got {w_max!r}")
 
 
-def setting(default, help: str, *, trainer: str, choices: tuple | None = None, grpo: bool = False,
-            trainer_default=MISSING, trainer_none: str | None = None, flag: str | None = None,
-            flag_default=None, flag_help: str | None = None):
+def setting(
+    default,
+    help: str,
+    *,
+    trainer: str,
+    choices: tuple | None = None,
+    grpo: bool = False,
+    trainer_default=MISSING,
+    trainer_none: str | None = None,
+    flag: str | None = None,
+    flag_default=None,
+    flag_help: str | None = None,
+):
     """A CreditConfig field whose metadata is the one source of the setting everywhere it is exposed.
 
     help:            what the setting does, for every reader; ``{name}`` stands for another setting's name as the
@@ -94,8 +104,16 @@ def setting(default, help: str, *, trainer: str, choices: tuple | None = None, g
     flag:            its ``oarl explain`` flag, if any; ``flag_default`` (None: CreditConfig's) and ``flag_help`` (a
                      sentence added to the help) are the command's own.
     """
-    metadata = {"help": help, "trainer": trainer, "choices": choices, "grpo": grpo, "trainer_none": trainer_none,
-                "flag": flag, "flag_default": flag_default, "flag_help": flag_help}
+    metadata = {
+        "help": help,
+        "trainer": trainer,
+        "choices": choices,
+        "grpo": grpo,
+        "trainer_none": trainer_none,
+        "flag": flag,
+        "flag_default": flag_default,
+        "flag_help": flag_help,
+    }
     if trainer_default is not MISSING:
         metadata["trainer_default"] = trainer_default
     return field(default=default, metadata=metadata)
@@ -110,93 +128,164 @@ class CreditConfig:
     """
 
     estimator: str = setting(
-        "gradient", "Token-importance estimator: 'none' (plain GRPO: uniform weights), 'perturbation' (OAR-P, one "
+        "gradient",
+        "Token-importance estimator: 'none' (plain GRPO: uniform weights), 'perturbation' (OAR-P, one "
         "forward per reasoning token), 'gradient' (OAR-G, one forward + one backward), 'entropy' (policy entropy of "
         "each reasoning token, a cheap GTPO-style baseline), 'grail' (GRAIL: gradient saliency of the answer's "
         "likelihood, z-scored weights instead of Bi-Level, on non-positive advantages by default) or 'rollout' "
         "(Monte-Carlo step credit |V(after step) - V(before step)|: {rollouts} continuations sampled at each "
         "reasoning-step boundary, the reference credit; expensive, and token_advantages needs a sampler and a scorer "
-        "for it).", choices=ESTIMATORS, trainer="credit")
+        "for it).",
+        choices=ESTIMATORS,
+        trainer="credit",
+    )
     outcome: str | None = setting(
-        None, "Outcome distribution p_final: 'last' (next-token distribution before the first answer token), "
+        None,
+        "Outcome distribution p_final: 'last' (next-token distribution before the first answer token), "
         "'answer_mean' (softmax of the mean answer logits) or 'answer_joint' (mean log-probability of the answer "
         "tokens). Default: 'last' for perturbation, 'answer_mean' otherwise.",
-        choices=OUTCOMES, trainer="credit_outcome", flag="--outcome")
+        choices=OUTCOMES,
+        trainer="credit_outcome",
+        flag="--outcome",
+    )
     threshold: float = setting(
-        0.4, "Bi-Level threshold quantile q in (0, 1): tokens below the q-quantile of a completion's normalised "
-        "importance are suppressed, the others boosted.", trainer="credit_threshold", flag="--threshold")
+        0.4,
+        "Bi-Level threshold quantile q in (0, 1): tokens below the q-quantile of a completion's normalised "
+        "importance are suppressed, the others boosted.",
+        trainer="credit_threshold",
+        flag="--threshold",
+    )
     beta: float = setting(
-        2.0, "Bi-Level boost beta >= 0: the most important token gets weight 1 + beta before the mass-preserving "
-        "rescale.", trainer="credit_beta", flag="--beta")
+        2.0,
+        "Bi-Level boost beta >= 0: the most important token gets weight 1 + beta before the mass-preserving rescale.",
+        trainer="credit_beta",
+        flag="--beta",
+    )
     floor: float = setting(
-        0.1, "Bi-Level floor w_min in [0, 1]: the smallest weight of a suppressed token before the mass-preserving "
-        "rescale.", trainer="credit_floor", flag="--floor")
+        0.1,
+        "Bi-Level floor w_min in [0, 1]: the smallest weight of a suppressed token before the mass-preserving rescale.",
+        trainer="credit_floor",
+        flag="--floor",
+    )
     noise_std: float = setting(
-        1e-3, "OAR-G: std of the Gaussian noise added to the reasoning embeddings (> 0).",
-        trainer="credit_noise_std", flag="--noise-std")
+        1e-3,
+        "OAR-G: std of the Gaussian noise added to the reasoning embeddings (> 0).",
+        trainer="credit_noise_std",
+        flag="--noise-std",
+    )
     noise_samples: int = setting(
-        1, "OAR-G: average the importances of this many independent noise draws (>= 1); one pass over that many "
+        1,
+        "OAR-G: average the importances of this many independent noise draws (>= 1); one pass over that many "
         "copies of the rows. One draw's importance is as noisy as it is large (a half-normal sample: its spread "
-        "equals its mean).", trainer="credit_noise_samples", flag="--noise-samples")
+        "equals its mean).",
+        trainer="credit_noise_samples",
+        flag="--noise-samples",
+    )
     chunk_size: int = setting(
-        32, "OAR-P: perturbed variants per forward pass (>= 1); bounds peak memory.",
-        trainer="credit_chunk_size", flag="--chunk-size")
+        32,
+        "OAR-P: perturbed variants per forward pass (>= 1); bounds peak memory.",
+        trainer="credit_chunk_size",
+        flag="--chunk-size",
+    )
     apply_to: str | None = setting(
-        None, "Reshape completions with 'all' advantages, only 'positive' or only 'negative' ones; the others keep "
+        None,
+        "Reshape completions with 'all' advantages, only 'positive' or only 'negative' ones; the others keep "
         "GRPO's uniform advantage. Default: 'negative' for grail (GRAIL's own default: non-positive advantages "
-        "only), 'all' otherwise.", choices=APPLY_TO, trainer="credit_apply_to")
+        "only), 'all' otherwise.",
+        choices=APPLY_TO,
+        trainer="credit_apply_to",
+    )
     replace_with: int | None = setting(
-        None, "OAR-P: token id that replaces a reasoning token (default: the tokenizer's pad id).",
-        trainer="credit_replace_with")
+        None,
+        "OAR-P: token id that replaces a reasoning token (default: the tokenizer's pad id).",
+        trainer="credit_replace_with",
+    )
     reuse_prefix: bool | str = setting(
-        "auto", "OAR-P: reuse the unperturbed forward's key/value cache before each variant's first replaced token "
+        "auto",
+        "OAR-P: reuse the unperturbed forward's key/value cache before each variant's first replaced token "
         "(same importances; each variant recomputes only the tokens after it). Default ('auto'; None in OARConfig) "
         "or True: on wherever the model's cache keeps every column (not with sliding-window layers: they "
         "recompute, with a note logged once); False: always recompute.",
-        trainer="credit_reuse_prefix", trainer_default=None)
+        trainer="credit_reuse_prefix",
+        trainer_default=None,
+    )
     span: str | None = setting(
-        None, "Reasoning steps: OAR-P perturbs one 'token' at a time, or a whole 'line' / 'sentence' (one pass per "
+        None,
+        "Reasoning steps: OAR-P perturbs one 'token' at a time, or a whole 'line' / 'sentence' (one pass per "
         "step instead of one per token; every token of the step gets the step's importance); rollout samples "
         "continuations at each step boundary. Default: 'token' for perturbation, 'sentence' for rollout.",
-        choices=SPANS, trainer="credit_span", flag="--span",
-        flag_help="Also the steps that the benchmark scores every estimator on.")
+        choices=SPANS,
+        trainer="credit_span",
+        flag="--span",
+        flag_help="Also the steps that the benchmark scores every estimator on.",
+    )
     batch_size: int | None = setting(
-        None, "Rows per credit pass: bounds the memory of the OAR-G and entropy passes on long completions. OAR-G "
+        None,
+        "Rows per credit pass: bounds the memory of the OAR-G and entropy passes on long completions. OAR-G "
         "with {noise_samples} K sends each completion K times, so it takes {batch_size} // K completions per pass "
         "(at least one). Results do not depend on it, except that OAR-G draws its noise per pass. Default: all "
         "completions that need one in one pass; OARTrainer's: per_device_train_batch_size, so that a pass never "
         "holds more rows than the training micro-batch that follows it.",
-        trainer="credit_batch_size", trainer_none="per_device_train_batch_size")
+        trainer="credit_batch_size",
+        trainer_none="per_device_train_batch_size",
+    )
     rollouts: int = setting(
-        4, "Rollout credit: continuations sampled per step boundary (K >= 1); V(prefix) is their mean reward (under "
+        4,
+        "Rollout credit: continuations sampled per step boundary (K >= 1); V(prefix) is their mean reward (under "
         "the run's reward functions in training, against the gold answer in `oarl explain`).",
-        trainer="credit_rollouts", flag="--rollouts", flag_default=16,
-        flag_help="More than training's 4 by default, since here it is the reference.")
+        trainer="credit_rollouts",
+        flag="--rollouts",
+        flag_default=16,
+        flag_help="More than training's 4 by default, since here it is the reference.",
+    )
     max_steps: int = setting(
-        8, "Rollout credit: at most this many steps per completion (>= 1); more are merged into this many groups of "
+        8,
+        "Rollout credit: at most this many steps per completion (>= 1); more are merged into this many groups of "
         "consecutive steps, as equal in size as possible (a group's tokens share its credit). A completion costs at "
-        "most ({max_steps} + 1) x {rollouts} continuations.", trainer="credit_max_steps", flag="--max-steps")
+        "most ({max_steps} + 1) x {rollouts} continuations.",
+        trainer="credit_max_steps",
+        flag="--max-steps",
+    )
     grail_scale: float = setting(
-        0.5, "GRAIL: spread sigma_w of the weights, w = clip(1 + sigma_w * z, w_min, w_max), >= 0. The default is "
-        "GRAIL's (its README and training config).", trainer="credit_grail_scale")
+        0.5,
+        "GRAIL: spread sigma_w of the weights, w = clip(1 + sigma_w * z, w_min, w_max), >= 0. The default is "
+        "GRAIL's (its README and training config).",
+        trainer="credit_grail_scale",
+    )
     grail_min: float = setting(
-        0.5, "GRAIL: smallest weight w_min in [0, 1]. The default is GRAIL's (its README and training config).",
-        trainer="credit_grail_min")
+        0.5,
+        "GRAIL: smallest weight w_min in [0, 1]. The default is GRAIL's (its README and training config).",
+        trainer="credit_grail_min",
+    )
     grail_max: float = setting(
-        5.0, "GRAIL: largest weight w_max >= 1, also the weight of the answer tokens. The default is GRAIL's (its "
-        "README and training config).", trainer="credit_grail_max")
+        5.0,
+        "GRAIL: largest weight w_max >= 1, also the weight of the answer tokens. The default is GRAIL's (its "
+        "README and training config).",
+        trainer="credit_grail_max",
+    )
     temperature: float = setting(
-        1.0, "GRAIL: the answer's log-probabilities are taken at the sampling temperature (logits / T), as GRAIL's "
-        "code does; > 0. OARTrainer passes its own temperature.", trainer="temperature", grpo=True)
+        1.0,
+        "GRAIL: the answer's log-probabilities are taken at the sampling temperature (logits / T), as GRAIL's "
+        "code does; > 0. OARTrainer passes its own temperature.",
+        trainer="temperature",
+        grpo=True,
+    )
     refine: bool = setting(
-        False, "OAR-P with {span} 'line' or 'sentence': hierarchical perturbation. Steps first, then token by token "
+        False,
+        "OAR-P with {span} 'line' or 'sentence': hierarchical perturbation. Steps first, then token by token "
         "inside the steps whose normalised importance reaches the Bi-Level threshold (the {threshold}-quantile of "
         "their completion; the other steps keep their step's importance); about (1 - {threshold}) of token-level's "
-        "cost.", trainer="credit_refine")
+        "cost.",
+        trainer="credit_refine",
+    )
     activation_checkpointing: bool = setting(
-        False, "OAR-G: keep only each block's input during the noisy forward and recompute its activations in the "
+        False,
+        "OAR-G: keep only each block's input during the noisy forward and recompute its activations in the "
         "backward (same result, less memory, about one more forward). OARTrainer follows the training arguments' "
-        "activation (gradient) checkpointing.", trainer="activation_checkpointing", grpo=True)
+        "activation (gradient) checkpointing.",
+        trainer="activation_checkpointing",
+        grpo=True,
+    )
 
     def __post_init__(self):
         check_choice("estimator", self.estimator, ESTIMATORS)
@@ -223,12 +312,16 @@ class CreditConfig:
             if not isinstance(getattr(self, name), bool):
                 raise SettingError(name, f"must be True or False, got {getattr(self, name)!r}")
         if self.refine and (self.estimator != "perturbation" or self.resolved_span() == "token"):
-            raise SettingError("refine", "needs reasoning steps to refine: use it with the perturbation estimator "
-                               "and span 'line' or 'sentence'")
+            raise SettingError(
+                "refine",
+                "needs reasoning steps to refine: use it with the perturbation estimator and span 'line' or 'sentence'",
+            )
         check_count("rollouts", self.rollouts)
         check_count("max_steps", self.max_steps)
         check_grail(self.grail_scale, self.grail_min, self.grail_max)
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
+        if not (
+            isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0
+        ):
             raise SettingError("temperature", f"must be a finite number > 0, got {self.temperature!r}")
 
     def resolved_outcome(self) -> str:
@@ -293,14 +386,18 @@ def add_credit_flags(parser) -> None:
         text = " ".join(filter(None, (help_text(f.name, flag_name), f.metadata["flag_help"])))
         shown = f.default if default is None else default
         text += "" if shown is None else f" (default: {shown})"
-        parser.add_argument(flag, dest=f.name, type=kind, default=default, choices=f.metadata["choices"],
-                            help=text.replace("%", "%%"))
+        parser.add_argument(
+            flag, dest=f.name, type=kind, default=default, choices=f.metadata["choices"], help=text.replace("%", "%%")
+        )
 
 
 def credit_overrides(args) -> dict:
     """The settings given by ``oarl explain``'s flags (parsed ``args``), as CreditConfig keyword arguments."""
-    return {f.name: getattr(args, f.name) for f in fields(CreditConfig)
-            if f.metadata["flag"] and getattr(args, f.name) is not None}
+    return {
+        f.name: getattr(args, f.name)
+        for f in fields(CreditConfig)
+        if f.metadata["flag"] and getattr(args, f.name) is not None
+    }
 
 
 def _fields_doc() -> str:
@@ -310,8 +407,10 @@ def _fields_doc() -> str:
         where = [f"OARConfig: {trainer_name(f.name)}" + (" (GRPOConfig's)" if f.metadata["grpo"] else "")]
         if f.metadata["flag"]:
             where.append(f"oarl explain: {f.metadata['flag']}")
-        parts.append(f"    {f.name} = {f.default!r} ({'; '.join(where)})\n"
-                     + textwrap.fill(help_text(f.name), 110, initial_indent=" " * 8, subsequent_indent=" " * 8))
+        parts.append(
+            f"    {f.name} = {f.default!r} ({'; '.join(where)})\n"
+            + textwrap.fill(help_text(f.name), 110, initial_indent=" " * 8, subsequent_indent=" " * 8)
+        )
     return "\n".join(parts)
 
 

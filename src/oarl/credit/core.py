@@ -34,8 +34,14 @@ from .rollout import Sampler, Scorer, rollout_importance
 from .segments import Segments, segment_completions
 
 STAT_KEYS = (
-    "time_s", "skipped_frac", "no_answer_frac", "nonfinite_frac",
-    "weight_std", "weight_max", "suppressed_frac", "boosted_frac",
+    "time_s",
+    "skipped_frac",
+    "no_answer_frac",
+    "nonfinite_frac",
+    "weight_std",
+    "weight_max",
+    "suppressed_frac",
+    "boosted_frac",
 )
 
 
@@ -64,14 +70,31 @@ def _estimate(model, tokenizer, ids, attn, reasoning, answer, steps, config: Cre
     mode = config.resolved_outcome()
     if config.estimator == "perturbation":
         return perturbation_importance(
-            model, ids, attn, reasoning, answer, mode=mode, chunk_size=config.chunk_size,
-            replace_with=config.replace_with, pad_token_id=tokenizer.pad_token_id, reuse_prefix=config.reuse_prefix,
-            span_ids=steps, refine=config.threshold if config.refine else None,
+            model,
+            ids,
+            attn,
+            reasoning,
+            answer,
+            mode=mode,
+            chunk_size=config.chunk_size,
+            replace_with=config.replace_with,
+            pad_token_id=tokenizer.pad_token_id,
+            reuse_prefix=config.reuse_prefix,
+            span_ids=steps,
+            refine=config.threshold if config.refine else None,
         )
     if config.estimator == "gradient":
         return gradient_importance(
-            model, ids, attn, reasoning, answer, mode=mode, noise_std=config.noise_std, generator=generator,
-            noise_samples=config.noise_samples, activation_checkpointing=config.activation_checkpointing,
+            model,
+            ids,
+            attn,
+            reasoning,
+            answer,
+            mode=mode,
+            noise_std=config.noise_std,
+            generator=generator,
+            noise_samples=config.noise_samples,
+            activation_checkpointing=config.activation_checkpointing,
         )
     if config.estimator == "grail":
         return grail_saliency(model, ids, attn, reasoning, answer, temperature=config.temperature)
@@ -109,12 +132,15 @@ def token_advantages(
     if config.estimator == "rollout" and (sampler is None or scorer is None):
         raise ValueError("estimator 'rollout' needs a sampler and a scorer (see oarl.credit.rollout)")
     if config.estimator == "rollout" and model_mask is not None:
-        raise ValueError("rollout credit does not take a model_mask: its continuations are sampled as plain text, "
-                         "without the tool calls or environment turns that the masked tokens come from. Use another "
-                         "estimator for completions with tool or environment tokens.")
+        raise ValueError(
+            "rollout credit does not take a model_mask: its continuations are sampled as plain text, "
+            "without the tool calls or environment turns that the masked tokens come from. Use another "
+            "estimator for completions with tool or environment tokens."
+        )
     span = config.resolved_span() if config.estimator in ("perturbation", "rollout") else "token"
-    segments = segment_completions(tokenizer, completion_ids, completion_mask, truncated, span=span,
-                                   model_mask=model_mask)
+    segments = segment_completions(
+        tokenizer, completion_ids, completion_mask, truncated, span=span, model_mask=model_mask
+    )
 
     eligible = advantages != 0  # [B]
     apply_to = config.resolved_apply_to()
@@ -133,8 +159,16 @@ def token_advantages(
     if config.estimator == "rollout":  # no model pass: continuations through the caller's sampler and scorer
         steps = segments.steps if segments.steps is not None else segments.reasoning.long().cumsum(1) - 1
         importance, signed = rollout_importance(
-            prompt_ids, prompt_mask, completion_ids, completion_mask, torch.where(segments.reasoning, steps, -1),
-            all_rows, sampler, scorer, rollouts=config.rollouts, max_steps=config.max_steps,
+            prompt_ids,
+            prompt_mask,
+            completion_ids,
+            completion_mask,
+            torch.where(segments.reasoning, steps, -1),
+            all_rows,
+            sampler,
+            scorer,
+            rollouts=config.rollouts,
+            max_steps=config.max_steps,
             max_completion_length=max_completion_length,
         )
         all_rows = all_rows[:0]
@@ -180,5 +214,6 @@ def token_advantages(
         "suppressed_frac": float((reasoning_weights < 1).float().mean()) if has else 0.0,
         "boosted_frac": float((reasoning_weights > 1).float().mean()) if has else 0.0,
     }
-    return CreditOutput(advantages=token_adv, weights=weights, importance=importance, segments=segments, stats=stats,
-                        signed=signed)
+    return CreditOutput(
+        advantages=token_adv, weights=weights, importance=importance, segments=segments, stats=stats, signed=signed
+    )

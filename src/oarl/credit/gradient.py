@@ -68,8 +68,9 @@ def gradient_importance(
         return importance.view(input_ids.shape[0], noise_samples, -1).mean(1)  # [B, L]
 
 
-def _gradient_importance(model, input_ids, attention_mask, reasoning_mask, answer_mask, mode, noise_std, generator,
-                         activation_checkpointing):
+def _gradient_importance(
+    model, input_ids, attention_mask, reasoning_mask, answer_mask, mode, noise_std, generator, activation_checkpointing
+):
     probe = align_to_end(input_ids, attention_mask, reasoning_mask, answer_mask, through_answer=mode != "last")
     importance = torch.zeros(probe.input_ids.shape, dtype=torch.float32, device=input_ids.device)  # [B, L']
     where = probe.reasoning.nonzero()  # [M, 2]
@@ -83,12 +84,17 @@ def _gradient_importance(model, input_ids, attention_mask, reasoning_mask, answe
             embeds = model.get_input_embeddings()(probe.input_ids).detach()  # [B, L', D]
             clean = final_outcome(
                 forward_logits(model, probe.attention_mask, keep, inputs_embeds=embeds),
-                probe.input_ids, probe.n_answer, mode,
+                probe.input_ids,
+                probe.n_answer,
+                mode,
             )  # [B, V] or [B]
             noise_device = generator.device if generator is not None else embeds.device
-            noise = torch.randn(
-                (where.shape[0], embeds.shape[-1]), generator=generator, device=noise_device, dtype=torch.float32
-            ).to(embeds) * noise_std  # [M, D]
+            noise = (
+                torch.randn(
+                    (where.shape[0], embeds.shape[-1]), generator=generator, device=noise_device, dtype=torch.float32
+                ).to(embeds)
+                * noise_std
+            )  # [M, D]
             noisy = embeds.clone()
             noisy[where[:, 0], where[:, 1]] += noise
         noisy.requires_grad_(True)
@@ -96,7 +102,9 @@ def _gradient_importance(model, input_ids, attention_mask, reasoning_mask, answe
             with record_function("oarl.gradient.noisy_forward"):
                 perturbed = final_outcome(
                     forward_logits(model, probe.attention_mask, keep, inputs_embeds=noisy),
-                    probe.input_ids, probe.n_answer, mode,
+                    probe.input_ids,
+                    probe.n_answer,
+                    mode,
                 )
                 objective = outcome_divergence(clean, perturbed, mode, clamp=False).sum()
             with record_function("oarl.gradient.backward"):

@@ -61,7 +61,9 @@ def grail_saliency(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     with torch.inference_mode(False):
-        tensors = [t.clone() if t.is_inference() else t for t in (input_ids, attention_mask, reasoning_mask, answer_mask)]
+        tensors = [
+            t.clone() if t.is_inference() else t for t in (input_ids, attention_mask, reasoning_mask, answer_mask)
+        ]
         probe = align_to_end(*tensors, through_answer=True)
         saliency = torch.zeros(probe.input_ids.shape, dtype=torch.float32, device=input_ids.device)  # [B, L']
         if not probe.reasoning.any():
@@ -81,7 +83,11 @@ def grail_saliency(
 
 
 def grail_weights(
-    saliency: Tensor, mask: Tensor, answer_mask: Tensor | None = None, scale: float = 0.5, w_min: float = 0.5,
+    saliency: Tensor,
+    mask: Tensor,
+    answer_mask: Tensor | None = None,
+    scale: float = 0.5,
+    w_min: float = 0.5,
     w_max: float = 5.0,
 ) -> Tensor:
     """[B, T] weights from saliencies [B, T] over the tokens of mask [B, T]: clip(1 + scale * z, w_min, w_max),
@@ -90,7 +96,9 @@ def grail_weights(
     check_grail(scale, w_min, w_max)
     mask = mask.bool() & ~nonfinite_rows(saliency, mask)[:, None]
     dtype = torch.promote_types(saliency.dtype, torch.float32)
-    log_s = torch.log(torch.where(mask, saliency.to(dtype), torch.ones((), dtype=dtype, device=saliency.device)) + LOG_EPS)
+    log_s = torch.log(
+        torch.where(mask, saliency.to(dtype), torch.ones((), dtype=dtype, device=saliency.device)) + LOG_EPS
+    )
     count = mask.sum(1, keepdim=True).clamp_min(1)  # [B, 1]
     mean = (log_s * mask).sum(1, keepdim=True) / count
     var = (((log_s - mean) ** 2) * mask).sum(1, keepdim=True) / count

@@ -83,8 +83,10 @@ def perturbation_importance(
     check_chunk_size(chunk_size)
     check_reuse_prefix(reuse_prefix)
     if refine is not None and (span_ids is None or not 0.0 < refine < 1.0):
-        raise ValueError(f"refine must be None or a quantile in (0, 1) used with span_ids, got {refine!r}"
-                         + ("" if span_ids is not None else " without span_ids"))
+        raise ValueError(
+            f"refine must be None or a quantile in (0, 1) used with span_ids, got {refine!r}"
+            + ("" if span_ids is not None else " without span_ids")
+        )
     if replace_with is None:
         replace_with = pad_token_id if pad_token_id is not None else getattr(model.config, "pad_token_id", None)
     if replace_with is None:
@@ -122,16 +124,20 @@ def _note_recomputation(model) -> None:
     name = type(model).__name__
     if name not in _NOTED:
         _NOTED.add(name)
-        logger.warning("OAR-P recomputes every perturbed variant with %s: its key/value cache does not keep every "
-                       "column (sliding-window or linear-attention layers), which prefix reuse needs. Same "
-                       "importances, at the cost of whole forwards.", name)
+        logger.warning(
+            "OAR-P recomputes every perturbed variant with %s: its key/value cache does not keep every "
+            "column (sliding-window or linear-attention layers), which prefix reuse needs. Same "
+            "importances, at the cost of whole forwards.",
+            name,
+        )
 
 
 class _Variants:
     """Sends groups of reasoning tokens, each replaced together, through the model in chunks."""
 
-    def __init__(self, model, probe: AlignedProbe, clean: Tensor, keep: int, mode: str, replace_with: int,
-                 chunk_size: int, cache):
+    def __init__(
+        self, model, probe: AlignedProbe, clean: Tensor, keep: int, mode: str, replace_with: int, chunk_size: int, cache
+    ):
         self.model, self.probe, self.clean, self.keep, self.mode = model, probe, clean, keep, mode
         self.replace_with, self.chunk_size, self.cache = replace_with, chunk_size, cache
 
@@ -145,7 +151,8 @@ class _Variants:
         variant_key, variant_of = torch.unique(tokens[:, 0] * span + group, return_inverse=True)  # [V], [M]
         variant_row = variant_key // span  # [V]
         first = torch.full_like(variant_row, self.probe.input_ids.shape[1]).scatter_reduce(
-            0, variant_of, tokens[:, 1], "amin")  # [V]: first replaced column
+            0, variant_of, tokens[:, 1], "amin"
+        )  # [V]: first replaced column
         # variant order: by first replaced column when reusing the prefix (a chunk starts where its variants do),
         # else by row (a chunk trims the padding its rows share)
         by_row = torch.arange(len(first), device=first.device)

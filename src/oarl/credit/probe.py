@@ -21,13 +21,13 @@ from torch.utils.checkpoint import checkpoint
 
 @dataclass
 class AlignedProbe:
-    input_ids: Tensor       # [N, L'] long, left padded, row b ends (last column) at its end token
+    input_ids: Tensor  # [N, L'] long, left padded, row b ends (last column) at its end token
     attention_mask: Tensor  # [N, L'] bool
-    reasoning: Tensor       # [N, L'] bool
-    answer: Tensor          # [N, L'] bool, the last n_answer[b] columns of row b
-    n_answer: Tensor        # [N] long
-    source: Tensor          # [N, L'] long: column of the original batch each aligned column came from
-    length: int             # L of the original batch
+    reasoning: Tensor  # [N, L'] bool
+    answer: Tensor  # [N, L'] bool, the last n_answer[b] columns of row b
+    n_answer: Tensor  # [N] long
+    source: Tensor  # [N, L'] long: column of the original batch each aligned column came from
+    length: int  # L of the original batch
 
     def to_original(self, values: Tensor) -> Tensor:
         """Scatter aligned [N, L'] values (0 where not attended) back to the original [N, L] layout."""
@@ -104,8 +104,14 @@ def align_to_end(
     )
 
 
-def forward_logits(model, attention_mask: Tensor, keep: int, input_ids: Tensor | None = None,
-                   inputs_embeds: Tensor | None = None, return_cache: bool = False):
+def forward_logits(
+    model,
+    attention_mask: Tensor,
+    keep: int,
+    input_ids: Tensor | None = None,
+    inputs_embeds: Tensor | None = None,
+    return_cache: bool = False,
+):
     """[N, keep, V] logits of the last `keep` columns of a left-padded batch, in float32 (float64 stays).
 
     return_cache: also return the key/value cache of every column (the model's cache object), for
@@ -143,7 +149,8 @@ def keeps_every_column(cache, length: int) -> bool:
     except TypeError:
         return False
     return bool(layers) and all(
-        len(layer) >= 2 and (len(layer) < 3 or layer[2] is None)
+        len(layer) >= 2
+        and (len(layer) < 3 or layer[2] is None)
         and all(isinstance(t, Tensor) and t.ndim == 4 and t.shape[2] == length for t in layer[:2])
         for layer in layers
     )
@@ -157,8 +164,10 @@ def prefix_cache(cache, rows: Tensor, split: int):
     layers = []
     for layer in cache:  # (keys, values[, sliding window]) per layer; keys [N, heads, L, head_dim]
         if len(layer) > 2 and layer[2] is not None:
-            raise ValueError("reuse_prefix needs a key/value cache of every column, and this model's cache has "
-                             "sliding-window layers: set reuse_prefix=False")
+            raise ValueError(
+                "reuse_prefix needs a key/value cache of every column, and this model's cache has "
+                "sliding-window layers: set reuse_prefix=False"
+            )
         layers.append((layer[0][rows, :, :split], layer[1][rows, :, :split]))
     return type(cache)(layers)
 
@@ -225,8 +234,10 @@ def activation_checkpointing(model, enabled: bool = True):
     """
     blocks = repeated_blocks(model) if enabled else None
     if enabled and blocks is None:
-        raise ValueError(f"activation_checkpointing: {type(model).__name__} has no nn.ModuleList of blocks to "
-                         "checkpoint; turn activation checkpointing off for the credit pass")
+        raise ValueError(
+            f"activation_checkpointing: {type(model).__name__} has no nn.ModuleList of blocks to "
+            "checkpoint; turn activation checkpointing off for the credit pass"
+        )
     saved = []
     try:
         for block in blocks or ():

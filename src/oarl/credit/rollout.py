@@ -103,8 +103,10 @@ def rollout_importance(
 
     continuations = sampler([p + c for _, p, c in prefixes], rollouts)
     if len(continuations) != len(prefixes) or any(len(c) != rollouts for c in continuations):
-        raise ValueError(f"the sampler must return {rollouts} continuations for each of the {len(prefixes)} prefixes, "
-                         f"got {[len(c) for c in continuations]}")
+        raise ValueError(
+            f"the sampler must return {rollouts} continuations for each of the {len(prefixes)} prefixes, "
+            f"got {[len(c) for c in continuations]}"
+        )
     score_rows, completions = [], []
     for (b, _, partial), conts in zip(prefixes, continuations):
         for cont in conts:
@@ -116,8 +118,9 @@ def rollout_importance(
     rewards = scorer(score_rows, completions)
     if len(rewards) != len(completions):
         raise ValueError(f"the scorer must return one reward per completion ({len(completions)}), got {len(rewards)}")
-    rewards = torch.tensor([float("nan") if r is None else float(r) for r in rewards], dtype=torch.float64,
-                           device=steps.device)
+    rewards = torch.tensor(
+        [float("nan") if r is None else float(r) for r in rewards], dtype=torch.float64, device=steps.device
+    )
     values = rewards.view(len(prefixes), rollouts).nanmean(1)  # [U] V(h) of each distinct prefix (NaN: unscorable)
 
     signed = torch.zeros(batch, length, dtype=torch.float64, device=steps.device)

@@ -51,13 +51,13 @@ STEP_BREAKS = {"line": re.compile(r"\n+"), "sentence": re.compile(r"\n+|(?<=[.!?
 
 @dataclass
 class Segments:
-    reasoning: Tensor   # [B, T] bool, completion coordinates
+    reasoning: Tensor  # [B, T] bool, completion coordinates
     conclusion: Tensor  # [B, T] bool
-    answer: Tensor      # [B, T] bool
-    rest: Tensor        # [B, T] bool
+    answer: Tensor  # [B, T] bool
+    rest: Tensor  # [B, T] bool
     has_answer: Tensor  # [B] bool
     steps: Tensor | None = None  # [B, T] long: reasoning step (line / sentence) of each reasoning token, else -1
-    tool: Tensor | None = None   # [B, T] bool: completion tokens the model did not write (model_mask 0); None: all False
+    tool: Tensor | None = None  # [B, T] bool: completion tokens the model did not write (model_mask 0); None: all False
 
 
 def _decode(tokenizer, ids: list[int]) -> str:
@@ -142,7 +142,11 @@ def own_text(text: str, foreign: list[tuple[int, int]]) -> str:
 
 
 def segment_completions(
-    tokenizer, completion_ids: Tensor, completion_mask: Tensor, truncated: Tensor | None = None, span: str = "token",
+    tokenizer,
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    truncated: Tensor | None = None,
+    span: str = "token",
     model_mask: Tensor | None = None,
 ) -> Segments:
     """Segment right-padded completions completion_ids [B, T] (valid where completion_mask [B, T] is 1).
@@ -156,8 +160,9 @@ def segment_completions(
     check_choice("span", span, SPANS)
     batch, length = completion_ids.shape
     if model_mask is not None and tuple(model_mask.shape) != (batch, length):
-        raise ValueError(f"model_mask must have the shape of completion_ids {(batch, length)}, got "
-                         f"{tuple(model_mask.shape)}")
+        raise ValueError(
+            f"model_mask must have the shape of completion_ids {(batch, length)}, got {tuple(model_mask.shape)}"
+        )
     # string work, on the CPU whatever the completions' device; the masks move to that device at the end
     cpu = torch.device("cpu")
     starts = torch.zeros(batch, length, dtype=torch.long, device=cpu)  # token char spans, [B, T]
@@ -187,8 +192,11 @@ def segment_completions(
         starts[b, cols], ends[b, cols] = span_tensor[:, 0], span_tensor[:, 1]
         bounds[b] = torch.tensor([final.statement_start, final.answer_start, final.answer_end], device=cpu)
         if span != "token":
-            breaks = torch.tensor([m.end() for m in STEP_BREAKS[span].finditer(text, 0, final.statement_start)],
-                                  dtype=torch.long, device=cpu)
+            breaks = torch.tensor(
+                [m.end() for m in STEP_BREAKS[span].finditer(text, 0, final.statement_start)],
+                dtype=torch.long,
+                device=cpu,
+            )
             step_of[b, cols] = torch.searchsorted(breaks, span_tensor[:, 0].contiguous(), right=True)
 
     has_answer = bounds[:, 0] >= 0  # [B]
@@ -202,6 +210,11 @@ def segment_completions(
     device = completion_ids.device
     steps = None if span == "token" else torch.where(reasoning, step_of, -1).to(device)
     return Segments(
-        reasoning=reasoning.to(device), conclusion=conclusion.to(device), answer=answer.to(device),
-        rest=rest.to(device), has_answer=has_answer.to(device), steps=steps, tool=(valid & ~own).to(device),
+        reasoning=reasoning.to(device),
+        conclusion=conclusion.to(device),
+        answer=answer.to(device),
+        rest=rest.to(device),
+        has_answer=has_answer.to(device),
+        steps=steps,
+        tool=(valid & ~own).to(device),
     )

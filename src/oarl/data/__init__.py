@@ -97,8 +97,9 @@ def _subsample(dataset, size: int | None, seed: int):
 # ------------------------------------------------------------------------------------------------ sources
 
 
-def _arithmetic(split: str, size: int | None, seed: int, instruction: str | None, conversational: bool,
-                template: str | None):
+def _arithmetic(
+    split: str, size: int | None, seed: int, instruction: str | None, conversational: bool, template: str | None
+):
     n = size if size is not None else arithmetic.DEFAULT_REGIME.n_rl_prompts
     rows = arithmetic.problems(split, n, seed=seed)
     if not conversational and template is None:  # the task's own "Q: (6+2)-(1+4)=?\nA: " of the tiny model
@@ -107,23 +108,29 @@ def _arithmetic(split: str, size: int | None, seed: int, instruction: str | None
     return _dataset(rows, instruction, conversational, template, "arithmetic")
 
 
-def _gsm_symbolic(split: str, size: int | None, seed: int, instruction: str, conversational: bool, template: str | None):
+def _gsm_symbolic(
+    split: str, size: int | None, seed: int, instruction: str, conversational: bool, template: str | None
+):
     n = size if size is not None else DEFAULT_SIZES["gsm-symbolic"]
     rows = [{"problem": r["question"], "answer": r["answer"], "fields": r} for r in gsm_symbolic_rows(n, seed, split)]
     return _dataset(rows, instruction, conversational, template, "gsm-symbolic")
 
 
-def _word_problems(split: str, size: int | None, seed: int, instruction: str, conversational: bool,
-                   template: str | None):
+def _word_problems(
+    split: str, size: int | None, seed: int, instruction: str, conversational: bool, template: str | None
+):
     regime = word_problems.SMOLLM2_REGIME
     n = size if size is not None else regime.n_rl_prompts
-    rows = [{"problem": r["question"], "answer": r["answer"], "fields": r}
-            for r in word_problems.problems(split, n, seed, **regime.task_kwargs())]
+    rows = [
+        {"problem": r["question"], "answer": r["answer"], "fields": r}
+        for r in word_problems.problems(split, n, seed, **regime.task_kwargs())
+    ]
     return _dataset(rows, instruction, conversational, template, "word-problems")
 
 
-def _hub(name: str, split: str, size: int | None, seed: int, instruction: str, conversational: bool,
-         template: str | None):
+def _hub(
+    name: str, split: str, size: int | None, seed: int, instruction: str, conversational: bool, template: str | None
+):
     from datasets import load_dataset
 
     path, config, schema = HUB_DATASETS[name]
@@ -157,16 +164,28 @@ def _read_jsonl(path: Path, mtime_ns: int, problem_field: str | None, answer_fie
     return tuple(load_jsonl(path, problem_field=problem_field, answer_field=answer_field, strict=True))
 
 
-def _jsonl(path: Path, split: str, size: int | None, seed: int, problem_field: str | None, answer_field: str | None,
-           instruction: str, conversational: bool, template: str | None, holdout: int | float | None):
+def _jsonl(
+    path: Path,
+    split: str,
+    size: int | None,
+    seed: int,
+    problem_field: str | None,
+    answer_field: str | None,
+    instruction: str,
+    conversational: bool,
+    template: str | None,
+    holdout: int | float | None,
+):
     if not path.is_file():
         raise ValueError(f"dataset file {str(path)!r} does not exist. {_valid_choices_text()}.")
     rows = list(_read_jsonl(path.resolve(), path.stat().st_mtime_ns, problem_field, answer_field))
     if holdout:  # a held-out part, the same for every training seed, so that runs compare on the same problems
         n_held = holdout if isinstance(holdout, int) else round(holdout * len(rows))
         if not 1 <= n_held < len(rows):
-            raise ValueError(f"{path}: cannot hold out {holdout} of its {len(rows)} row(s) for evaluation and train "
-                             "on the rest; give --eval_size N (problems) or --eval_fraction F with something left")
+            raise ValueError(
+                f"{path}: cannot hold out {holdout} of its {len(rows)} row(s) for evaluation and train "
+                "on the rest; give --eval_size N (problems) or --eval_fraction F with something left"
+            )
         order = random.Random(HOLDOUT_SEED).sample(range(len(rows)), len(rows))
         held = set(order[:n_held])
         rows = [r for i, r in enumerate(rows) if (i in held) == (split == "test")]
@@ -227,8 +246,9 @@ def load_train_dataset(
         return _hub(name, split, size, seed, instruction, conversational, prompt_template)
     path = Path(name).expanduser()
     if name.endswith(".jsonl") or path.is_file():
-        return _jsonl(path, split, size, seed, problem_field, answer_field, instruction, conversational, prompt_template,
-                      holdout)
+        return _jsonl(
+            path, split, size, seed, problem_field, answer_field, instruction, conversational, prompt_template, holdout
+        )
     close = difflib.get_close_matches(name.lower(), DATASET_CHOICES, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"unknown dataset {name!r}: {_valid_choices_text()}.{hint}")

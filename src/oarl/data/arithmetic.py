@@ -71,9 +71,11 @@ class ArithmeticTask:
     max_error: int = field(default=3, metadata={"help": "A flawed step is off by 1..max_error."})
     form: str = field(
         default="tree",
-        metadata={"help": "'chain': one written step per operation, the answer copies the last result. 'tree': "
-                  "bracketed pairs '(a+b)-(c+d)', one written step per pair, the answer combines the written "
-                  "results in the head (steps / hard_steps then count pairs)."},
+        metadata={
+            "help": "'chain': one written step per operation, the answer copies the last result. 'tree': "
+            "bracketed pairs '(a+b)-(c+d)', one written step per pair, the answer combines the written "
+            "results in the head (steps / hard_steps then count pairs)."
+        },
     )
 
     def __post_init__(self):
@@ -241,7 +243,9 @@ def _public(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
 
-def problems(split: str, n: int, seed: int = 0, task: ArithmeticTask | None = None, unique: bool | None = None) -> list[dict]:
+def problems(
+    split: str, n: int, seed: int = 0, task: ArithmeticTask | None = None, unique: bool | None = None
+) -> list[dict]:
     """``n`` problems of a split as dicts with ``prompt``, ``answer`` (gold, str), ``expression``,
     ``num_steps``, ``solution``. ``test``/``hard`` problems are distinct within the split (``unique``
     defaults to True for them, False for ``train``, which is a stream of draws)."""
@@ -265,7 +269,10 @@ def demos(n: int, seed: int = 0, task: ArithmeticTask | None = None) -> list[dic
         flaw = None
         if rng.random() < task.flaw_rate:
             for _ in range(100):  # a wrong result that keeps every written value in range
-                cand = (rng.randrange(len(sol)), rng.choice([d for d in range(-task.max_error, task.max_error + 1) if d]))
+                cand = (
+                    rng.randrange(len(sol)),
+                    rng.choice([d for d in range(-task.max_error, task.max_error + 1) if d]),
+                )
                 fsol, fans = _solve(task, row["_operands"], row["_ops"], flaw=cand)
                 if _valid(fsol, task, row["_ops"]) and fans != answer:
                     flaw, sol, answer = cand, fsol, fans
@@ -323,11 +330,23 @@ def reward(completions: list, answer: list, **kwargs) -> list[float]:
 DEFAULT_REGIME = Regime(
     task=ArithmeticTask(),
     model={"hidden_size": 128, "num_layers": 4, "num_heads": 4, "intermediate_size": 512},  # TinyConfig fields
-    sft_steps=600, sft_batch_size=64, sft_lr=2e-3,
-    rl_steps=40, rl_lr=1e-4, num_generations=8, prompts_per_step=8, steps_per_generation=4,
-    max_completion_length=48, temperature=1.0, beta=0.0, n_rl_prompts=4096,
+    sft_steps=600,
+    sft_batch_size=64,
+    sft_lr=2e-3,
+    rl_steps=40,
+    rl_lr=1e-4,
+    num_generations=8,
+    prompts_per_step=8,
+    steps_per_generation=4,
+    max_completion_length=48,
+    temperature=1.0,
+    beta=0.0,
+    n_rl_prompts=4096,
     # evaluation: avg@4 at the sampling temperature; the hard split's longer problems need longer completions
-    eval_problems=256, eval_samples=4, hard_eval_problems=128, hard_max_new_tokens=72,
+    eval_problems=256,
+    eval_samples=4,
+    hard_eval_problems=128,
+    hard_max_new_tokens=72,
 )
 DEFAULT_TASK = DEFAULT_REGIME.task
 # The embedded regimes by task form: "chain" is the first default (experiments/regime/README.md, sections 1-3), kept

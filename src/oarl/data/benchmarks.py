@@ -57,8 +57,18 @@ logger = logging.getLogger(__name__)
 
 PROBLEM_FIELDS = ("problem", "question", "Problem", "Question", "prompt")  # auto-detected, in this order
 # A story or context that comes before the question in word-problem sets (SVAMP's Body, reading sets' passage).
-CONTEXT_FIELDS = ("Body", "body", "context", "Context", "passage", "Passage", "story", "Story", "background",
-                  "Background")
+CONTEXT_FIELDS = (
+    "Body",
+    "body",
+    "context",
+    "Context",
+    "passage",
+    "Passage",
+    "story",
+    "Story",
+    "background",
+    "Background",
+)
 ANSWER_FIELDS = ("answer", "Answer", "final_answer", "solution", "Solution")
 SOLUTION_FIELDS = ("solution", "Solution")  # a gold taken from these is the last \boxed{} in the text
 ID_FIELDS = ("unique_id", "id", "idx", "ID")
@@ -87,11 +97,15 @@ class Schema:
 
 
 BENCHMARKS: dict[str, Schema] = {
-    "math500": Schema("problem", "answer", "field", "unique_id", "math500.jsonl", ("HuggingFaceH4/MATH-500", None, "test")),
+    "math500": Schema(
+        "problem", "answer", "field", "unique_id", "math500.jsonl", ("HuggingFaceH4/MATH-500", None, "test")
+    ),
     "gsm8k": Schema("question", "answer", "after_hash", "idx", "gsm8k.jsonl", ("openai/gsm8k", "main", "test")),
     "aime24": Schema("problem", "answer", "field", "id", "aime24.jsonl", ("HuggingFaceH4/aime_2024", None, "train")),
     "amc23": Schema("problem", "answer", "field", "id", "amc23.jsonl", ("math-ai/amc23", None, "test")),
-    "minerva": Schema("problem", "solution", "boxed", "idx", "minerva_math.jsonl", ("math-ai/minervamath", None, "test")),
+    "minerva": Schema(
+        "problem", "solution", "boxed", "idx", "minerva_math.jsonl", ("math-ai/minervamath", None, "test")
+    ),
 }
 ALIASES = {"math-500": "math500", "math_500": "math500", "minerva_math": "minerva", "aime": "aime24", "amc": "amc23"}
 
@@ -138,8 +152,10 @@ def _one_gold(value: Any, schema: Schema, where: str) -> str | None:
     if isinstance(value, (dict, list, tuple)):
         raise ValueError(f"{where} is a {type(value).__name__}, not an answer: {_short(value)}")
     if isinstance(value, float) and math.isinf(value):
-        raise ValueError(f"{where} is infinite (JSON's Infinity, or a number too large for a float such as 1e400): "
-                         "write a gold answer that large as text, e.g. \"1e400\"")
+        raise ValueError(
+            f"{where} is infinite (JSON's Infinity, or a number too large for a float such as 1e400): "
+            'write a gold answer that large as text, e.g. "1e400"'
+        )
     if schema.gold == "boxed":
         if not isinstance(value, str):
             raise ValueError(f"{where} is not text")
@@ -151,8 +167,10 @@ def _one_gold(value: Any, schema: Schema, where: str) -> str | None:
         raise ValueError(f"no '####' in {where}")
     golds = gold_answers(value)
     if golds and too_long(golds[0]):
-        raise ValueError(f"{where} is {len(golds[0])} characters long: the verifier reads answers of at most "
-                         f"{MAX_ANSWER_CHARS} (oarl.notation.MAX_ANSWER_CHARS)")
+        raise ValueError(
+            f"{where} is {len(golds[0])} characters long: the verifier reads answers of at most "
+            f"{MAX_ANSWER_CHARS} (oarl.notation.MAX_ANSWER_CHARS)"
+        )
     return golds[0] if golds else None
 
 
@@ -185,21 +203,38 @@ def _detect_schema(first: dict, problem_field: str | None, answer_field: str | N
     problem = problem_field or next((f for f in PROBLEM_FIELDS if f in first), PROBLEM_FIELDS[0])
     answer = answer_field or next((f for f in ANSWER_FIELDS if f in first), ANSWER_FIELDS[0])
     context = None if problem_field else next((f for f in CONTEXT_FIELDS if f in first and f != problem), None)
-    return Schema(problem, answer, "boxed" if answer in SOLUTION_FIELDS else "field", next((f for f in ID_FIELDS if f in first), None),
-                  context=context)
+    return Schema(
+        problem,
+        answer,
+        "boxed" if answer in SOLUTION_FIELDS else "field",
+        next((f for f in ID_FIELDS if f in first), None),
+        context=context,
+    )
 
 
 def _report_schema(name: str, schema: Schema, first: dict) -> None:
     """Say once which fields make the problem and the gold, and which fields are left out."""
     problem = [schema.context, schema.problem] if schema.context else [schema.problem]
     left = [f for f in first if f not in {*problem, schema.answer, schema.id}]
-    logger.info("%s: problem = %s, gold answer = %s%s%s", name, " + ".join(problem), schema.answer,
-                " (its last \\boxed{})" if schema.gold == "boxed" else "",
-                f"; not used: {', '.join(left)} (a prompt template can name any field)" if left else "")
+    logger.info(
+        "%s: problem = %s, gold answer = %s%s%s",
+        name,
+        " + ".join(problem),
+        schema.answer,
+        " (its last \\boxed{})" if schema.gold == "boxed" else "",
+        f"; not used: {', '.join(left)} (a prompt template can name any field)" if left else "",
+    )
 
 
-def _collect(records, schema: Schema | None, problem_field: str | None, answer_field: str | None, name: str,
-             limit: int | None, strict: bool) -> BenchmarkRows:
+def _collect(
+    records,
+    schema: Schema | None,
+    problem_field: str | None,
+    answer_field: str | None,
+    name: str,
+    limit: int | None,
+    strict: bool,
+) -> BenchmarkRows:
     """Rows from (index, source, raw record or the ValueError that reading it raised), the schema detected on
     the first record that is an object unless given; malformed records are skipped with their reason."""
     rows: list[dict] = []
@@ -235,8 +270,9 @@ def _finish(rows: list[dict], skipped: list[tuple[str, str]], name: str, strict:
         if not rows:  # one line: the commonest reason, with the first row that has it
             reason, count = Counter(why for _, why in skipped).most_common(1)[0]
             first = next(src for src, why in skipped if why == reason)
-            raise ValueError(f"{name}: none of its {len(skipped)} row(s) can be used; {count} of them: {reason} "
-                             f"(first: {first})")
+            raise ValueError(
+                f"{name}: none of its {len(skipped)} row(s) can be used; {count} of them: {reason} (first: {first})"
+            )
         if strict:
             if len(skipped) == 1:
                 raise ValueError(f"{name}: a malformed row, {skipped[0][0]}: {skipped[0][1]}")
@@ -262,8 +298,12 @@ def load_jsonl(
         from tqdm.auto import tqdm
 
         size = path.stat().st_size
-        with path.open("rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {path.name}",
-                                        disable=size <= PROGRESS_BYTES) as bar:
+        with (
+            path.open("rb") as f,
+            tqdm(
+                total=size, unit="B", unit_scale=True, desc=f"reading {path.name}", disable=size <= PROGRESS_BYTES
+            ) as bar,
+        ):
             line_no = 0
             while line := f.readline(MAX_ROW_BYTES + 2):
                 line_no += 1
@@ -284,13 +324,16 @@ def _record(line: bytes, f, bar, bom: bool = False) -> Any:
             line = f.readline(MAX_ROW_BYTES)
             size += len(line)
             bar.update(len(line))
-        return ValueError(f"a row of {size / 2**20:.1f} MiB, over the {MAX_ROW_BYTES >> 20} MiB limit of a row "
-                          "(oarl.data.benchmarks.MAX_ROW_BYTES)")
+        return ValueError(
+            f"a row of {size / 2**20:.1f} MiB, over the {MAX_ROW_BYTES >> 20} MiB limit of a row "
+            "(oarl.data.benchmarks.MAX_ROW_BYTES)"
+        )
     try:
         text = line.decode("utf-8-sig" if bom else "utf-8")
     except UnicodeDecodeError as e:
-        return ValueError(f"not UTF-8 text: byte 0x{line[e.start]:02x} at byte {e.start + 1} of the line (save the "
-                          "file as UTF-8)")
+        return ValueError(
+            f"not UTF-8 text: byte 0x{line[e.start]:02x} at byte {e.start + 1} of the line (save the file as UTF-8)"
+        )
     if not text.strip():
         return None
     try:
@@ -346,8 +389,10 @@ def load_benchmark(
         directory = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
         if directory is not None and not directory.is_dir():  # named by the user: a typo, not a reason to go online
             origin = "--data-dir" if data_dir is not None else "OARL_DATA_DIR"
-            raise FileNotFoundError(f"benchmark data dir {directory} ({origin}) does not exist: give the folder that "
-                                    f"holds {schema.file}, or leave {origin} unset to fetch {key} from the hub")
+            raise FileNotFoundError(
+                f"benchmark data dir {directory} ({origin}) does not exist: give the folder that "
+                f"holds {schema.file}, or leave {origin} unset to fetch {key} from the hub"
+            )
         if directory is not None and (directory / schema.file).is_file():
             return load_jsonl(directory / schema.file, name=key, schema=schema, limit=limit, strict=strict)
         hub_name, hub_config, hub_split = schema.hub
@@ -362,4 +407,6 @@ def load_benchmark(
         raise FileNotFoundError(f"no such benchmark file: {path}")
     if path.is_dir() or "/" in name_or_path:
         return load_hf(name_or_path, config, split, **fields)
-    raise FileNotFoundError(f"unknown benchmark {name_or_path!r}: expected one of {sorted(BENCHMARKS)}, a .jsonl path or a hub dataset name")
+    raise FileNotFoundError(
+        f"unknown benchmark {name_or_path!r}: expected one of {sorted(BENCHMARKS)}, a .jsonl path or a hub dataset name"
+    )

@@ -32,10 +32,19 @@ def warmstart_config(seed: int = 0) -> dict:
     (0.14M parameters), 300 supervised steps of 32 conversations (about 2 minutes on a loaded 2-core CPU, once;
     final loss about 0.08). Small and short on purpose: the tests train on it."""
     return {
-        "task": asdict(DEFAULT_TASK), "tools": "calculator",
-        "model": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "intermediate_size": 256,
-                  "max_position_embeddings": 128},
-        "steps": 300, "batch_size": 32, "learning_rate": 3e-3, "seed": seed,
+        "task": asdict(DEFAULT_TASK),
+        "tools": "calculator",
+        "model": {
+            "hidden_size": 64,
+            "num_layers": 2,
+            "num_heads": 4,
+            "intermediate_size": 256,
+            "max_position_embeddings": 128,
+        },
+        "steps": 300,
+        "batch_size": 32,
+        "learning_rate": 3e-3,
+        "seed": seed,
     }
 
 
@@ -80,8 +89,10 @@ def tool_prompts(n: int, split: str = "train", seed: int = 0, task: ArithmeticTa
     """``n`` conversational prompts (``prompt``: one user message ``"<expression>=?"``) with the gold ``answer``."""
     if (task or DEFAULT_TASK).form != "tree":
         raise ValueError("the calculator task takes the tree form")
-    return [{"prompt": [{"role": "user", "content": f"{r['expression']}=?"}], "answer": r["answer"]}
-            for r in problems(split, n, seed=seed, task=task)]
+    return [
+        {"prompt": [{"role": "user", "content": f"{r['expression']}=?"}], "answer": r["answer"]}
+        for r in problems(split, n, seed=seed, task=task)
+    ]
 
 
 def tool_conversations(n: int, seed: int = 0, task: ArithmeticTask | None = None) -> list[dict]:
@@ -97,11 +108,19 @@ def tool_conversations(n: int, seed: int = 0, task: ArithmeticTask | None = None
         head = results[0] + "".join(op + r for op, r in zip(_HEAD_OPS.findall(demo["expression"]), results[1:]))
         steps = demo["completion"][: demo["completion"].index("The answer is")]
         value = calc(head)
-        out.append({"messages": [
-            {"role": "user", "content": f"{demo['expression']}=?"},
-            {"role": "assistant", "content": steps,
-             "tool_calls": [{"type": "function", "function": {"name": "calc", "arguments": {"expr": head}}}]},
-            {"role": "tool", "name": "calc", "content": value},
-            {"role": "assistant", "content": f"The answer is {value}."},
-        ], "flawed": demo["flawed"]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"{demo['expression']}=?"},
+                    {
+                        "role": "assistant",
+                        "content": steps,
+                        "tool_calls": [{"type": "function", "function": {"name": "calc", "arguments": {"expr": head}}}],
+                    },
+                    {"role": "tool", "name": "calc", "content": value},
+                    {"role": "assistant", "content": f"The answer is {value}."},
+                ],
+                "flawed": demo["flawed"],
+            }
+        )
     return out

@@ -25,7 +25,9 @@ class Regime:
     """
 
     task: Any = None  # the task's frozen dataclass (ArithmeticTask, WordProblemTask): what problems look like
-    model: str | dict | None = None  # a base model's name, or the fields of a tiny model built from scratch (TinyConfig)
+    model: str | dict | None = (
+        None  # a base model's name, or the fields of a tiny model built from scratch (TinyConfig)
+    )
     seed: int = 0
     # supervised warm start (0 steps: none), cached by oarl.models.warmstart
     sft_steps: int = 0
@@ -53,8 +55,13 @@ class Regime:
         return asdict(self.task)
 
     def warmstart_config(self) -> dict:
-        cfg = {"task": self.task_kwargs(), "steps": self.sft_steps, "batch_size": self.sft_batch_size,
-               "learning_rate": self.sft_lr, "seed": self.seed}
+        cfg = {
+            "task": self.task_kwargs(),
+            "steps": self.sft_steps,
+            "batch_size": self.sft_batch_size,
+            "learning_rate": self.sft_lr,
+            "seed": self.seed,
+        }
         if isinstance(self.model, str):
             return {"base": self.model, **cfg}
         return {**cfg, "model": dict(self.model or {})}

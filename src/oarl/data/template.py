@@ -68,7 +68,9 @@ class PromptTemplate:
                 continue
             value = row.get(text)
             if value is None:
-                raise ValueError(_unknown_field(text, [k for k, v in row.items() if v is not None], self.template, source))
+                raise ValueError(
+                    _unknown_field(text, [k for k, v in row.items() if v is not None], self.template, source)
+                )
             out.append(value if isinstance(value, str) else str(value))
         return "".join(out)
 
@@ -76,5 +78,7 @@ class PromptTemplate:
 def _unknown_field(name: str, fields: list[str], template: str, source: str) -> str:
     close = difflib.get_close_matches(name, fields, n=1, cutoff=0.6) or [f for f in fields if f.lower() == name.lower()]
     hint = f" Did you mean {{{close[0]}}}?" if close else ""
-    return (f"prompt template {template!r} names the field {{{name}}}, which {source} does not have; its fields are "
-            f"{', '.join(fields)}.{hint} (Write {{{{ and }}}} for literal braces.)")
+    return (
+        f"prompt template {template!r} names the field {{{name}}}, which {source} does not have; its fields are "
+        f"{', '.join(fields)}.{hint} (Write {{{{ and }}}} for literal braces.)"
+    )

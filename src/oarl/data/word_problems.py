@@ -32,11 +32,34 @@ from oarl.data.regime import Regime
 TEST_FRACTION = 0.2
 SPLITS = ("train", "test")
 
-NAMES = [("Mia", "she", "her"), ("Leo", "he", "his"), ("Ava", "she", "her"), ("Sam", "he", "his"),
-         ("Nora", "she", "her"), ("Ben", "he", "his"), ("Lily", "she", "her"), ("Max", "he", "his"),
-         ("Emma", "she", "her"), ("Omar", "he", "his"), ("Zoe", "she", "her"), ("Jack", "he", "his")]
-ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "cookies", "coins", "cards", "shells", "toy cars",
-         "stamps", "balloons"]
+NAMES = [
+    ("Mia", "she", "her"),
+    ("Leo", "he", "his"),
+    ("Ava", "she", "her"),
+    ("Sam", "he", "his"),
+    ("Nora", "she", "her"),
+    ("Ben", "he", "his"),
+    ("Lily", "she", "her"),
+    ("Max", "he", "his"),
+    ("Emma", "she", "her"),
+    ("Omar", "he", "his"),
+    ("Zoe", "she", "her"),
+    ("Jack", "he", "his"),
+]
+ITEMS = [
+    "apples",
+    "marbles",
+    "stickers",
+    "books",
+    "pencils",
+    "cookies",
+    "coins",
+    "cards",
+    "shells",
+    "toy cars",
+    "stamps",
+    "balloons",
+]
 CONTAINERS = ["bags", "boxes", "packs"]
 
 
@@ -47,23 +70,38 @@ class Event:
     b: int = 0  # items per pack ("packs" only)
 
     def apply(self, count: int) -> int:
-        return count + self.a if self.kind == "gain" else count - self.a if self.kind == "loss" else count + self.a * self.b
+        return (
+            count + self.a
+            if self.kind == "gain"
+            else count - self.a
+            if self.kind == "loss"
+            else count + self.a * self.b
+        )
 
 
 def _story(rng: random.Random, name, pron, other, item, event: Event) -> tuple[str, str]:
     """(sentence of the question, clause of the worked solution) for one event."""
     P = pron.capitalize()
     if event.kind == "gain":
-        sentence = rng.choice([f"{P} buys {event.a} more {item}.", f"{P} finds {event.a} more {item}.",
-                               f"{other} gives {name} {event.a} more {item}."])
+        sentence = rng.choice(
+            [
+                f"{P} buys {event.a} more {item}.",
+                f"{P} finds {event.a} more {item}.",
+                f"{other} gives {name} {event.a} more {item}.",
+            ]
+        )
         return sentence, f"{P} gets {event.a} more"
     if event.kind == "loss":
-        sentence = rng.choice([f"{P} gives {event.a} {item} to {other}.", f"{P} loses {event.a} {item}.",
-                               f"{P} sells {event.a} {item}."])
+        sentence = rng.choice(
+            [f"{P} gives {event.a} {item} to {other}.", f"{P} loses {event.a} {item}.", f"{P} sells {event.a} {item}."]
+        )
         return sentence, f"{P} gives away {event.a}"
     container = rng.choice(CONTAINERS)
     sentence = f"{P} buys {event.a} {container} with {event.b} {item} in each."
-    return sentence, f"{P} buys {event.a} {container} of {event.b}, which is {event.a} x {event.b} = {event.a * event.b} {item}"
+    return (
+        sentence,
+        f"{P} buys {event.a} {container} of {event.b}, which is {event.a} x {event.b} = {event.a * event.b} {item}",
+    )
 
 
 def _draw(rng: random.Random, steps: tuple[int, int], max_value: int, max_operand: int, kinds: str):
@@ -73,7 +111,11 @@ def _draw(rng: random.Random, steps: tuple[int, int], max_value: int, max_operan
         events, count = [], start
         for _ in range(n):
             kind = {"+": "gain", "-": "loss", "*": "packs"}[rng.choice(kinds)]
-            event = Event(kind, rng.randint(2, 5), rng.randint(2, 5)) if kind == "packs" else Event(kind, rng.randint(1, max_operand))
+            event = (
+                Event(kind, rng.randint(2, 5), rng.randint(2, 5))
+                if kind == "packs"
+                else Event(kind, rng.randint(1, max_operand))
+            )
             count = event.apply(count)
             events.append(event)
             if not 0 <= count <= max_value:
@@ -109,8 +151,15 @@ def in_test_split(question: str) -> bool:
     return int.from_bytes(digest, "big") / 2**64 < TEST_FRACTION
 
 
-def problems(split: str, n: int, seed: int = 0, steps: tuple[int, int] = (2, 2), max_value: int = 50,
-             max_operand: int = 20, ops: str = "+-") -> list[dict]:
+def problems(
+    split: str,
+    n: int,
+    seed: int = 0,
+    steps: tuple[int, int] = (2, 2),
+    max_value: int = 50,
+    max_operand: int = 20,
+    ops: str = "+-",
+) -> list[dict]:
     """``n`` distinct problems of ``split`` ('train' | 'test') as dicts with ``question``, ``answer`` (gold,
     str), ``solution`` (worked, ending with ``The answer is N.``) and ``num_steps``.
 
@@ -143,15 +192,20 @@ def make_prompt(question: str, instruction: str | None = INSTRUCTION, conversati
     return [{"role": "user", "content": content}] if conversational else content
 
 
-def dataset(split: str, n: int, seed: int = 0, conversational: bool = True, instruction: str | None = INSTRUCTION,
-            **task):
+def dataset(
+    split: str, n: int, seed: int = 0, conversational: bool = True, instruction: str | None = INSTRUCTION, **task
+):
     """A ``datasets.Dataset`` of ``n`` problems with columns ``prompt`` (one user message, or plain text if not
     ``conversational``) and ``answer`` (gold, str); ``task``: :func:`problems`' keyword arguments."""
     from datasets import Dataset
 
     rows = problems(split, n, seed, **task)
-    return Dataset.from_dict({"prompt": [make_prompt(r["question"], instruction, conversational) for r in rows],
-                              "answer": [r["answer"] for r in rows]})
+    return Dataset.from_dict(
+        {
+            "prompt": [make_prompt(r["question"], instruction, conversational) for r in rows],
+            "answer": [r["answer"] for r in rows],
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------- the SmolLM2 regime
@@ -176,9 +230,20 @@ class WordProblemTask:
 # flat (§3a-3e). Held-out: 256 problems x 2 samples (a problem's samples mostly agree, so problems, not samples,
 # shrink the SE).
 SMOLLM2_REGIME = Regime(
-    task=WordProblemTask(), model="smollm2-135m",
-    sft_steps=50, sft_batch_size=8, sft_lr=1e-4,
-    rl_steps=20, rl_lr=1e-5, num_generations=4, prompts_per_step=16, micro_batch_size=8,
-    max_completion_length=192, temperature=1.0, beta=0.0, n_rl_prompts=1024,
-    eval_problems=256, eval_samples=2,
+    task=WordProblemTask(),
+    model="smollm2-135m",
+    sft_steps=50,
+    sft_batch_size=8,
+    sft_lr=1e-4,
+    rl_steps=20,
+    rl_lr=1e-5,
+    num_generations=4,
+    prompts_per_step=16,
+    micro_batch_size=8,
+    max_completion_length=192,
+    temperature=1.0,
+    beta=0.0,
+    n_rl_prompts=1024,
+    eval_problems=256,
+    eval_samples=2,
 )

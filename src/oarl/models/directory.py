@@ -38,8 +38,15 @@ def finish_loading(model, tokenizer, device):
     return model, tokenizer
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
-                   "spiece.model", "sentencepiece.bpe.model")  # any of them: the folder has a tokenizer
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)  # any of them: the folder has a tokenizer
 WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
@@ -49,23 +56,33 @@ def check_model_dir(path: str | os.PathLike) -> None:
     save that was cut short). Reads only the safetensors headers."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise ValueError(f"{path} is a directory but not a Hugging Face model directory (no config.json): give a "
-                         "folder written by save_pretrained (config.json, weights, tokenizer files), an `oarl train` "
-                         "run directory, or a hub name")
+        raise ValueError(
+            f"{path} is a directory but not a Hugging Face model directory (no config.json): give a "
+            "folder written by save_pretrained (config.json, weights, tokenizer files), an `oarl train` "
+            "run directory, or a hub name"
+        )
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        raise ValueError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): save the tokenizer "
-                         "with the model (tokenizer.save_pretrained(path)), or copy its files there")
+        raise ValueError(
+            f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, ...): save the tokenizer "
+            "with the model (tokenizer.save_pretrained(path)), or copy its files there"
+        )
     weights = sorted({w for pattern in WEIGHT_FILES for w in path.glob(pattern)})
     if not weights:
-        raise ValueError(f"{path} has no weights (model.safetensors or pytorch_model.bin): save the model there "
-                         "(model.save_pretrained(path)), or copy its weight files")
+        raise ValueError(
+            f"{path} has no weights (model.safetensors or pytorch_model.bin): save the model there "
+            "(model.save_pretrained(path)), or copy its weight files"
+        )
     for file in weights:
         size = file.stat().st_size
         if size == 0:
-            raise ValueError(f"{file} is empty (0 bytes): the model was not saved or copied whole; save or copy it again")
+            raise ValueError(
+                f"{file} is empty (0 bytes): the model was not saved or copied whole; save or copy it again"
+            )
         if file.suffix == ".safetensors" and size < (needed := _safetensors_size(file)):
-            raise ValueError(f"{file} is cut short ({size} bytes of the {needed} its header describes): the model was "
-                             "not saved or copied whole; save or copy it again")
+            raise ValueError(
+                f"{file} is cut short ({size} bytes of the {needed} its header describes): the model was "
+                "not saved or copied whole; save or copy it again"
+            )
 
 
 def _safetensors_size(file: Path) -> int:
@@ -81,8 +98,9 @@ def _safetensors_size(file: Path) -> int:
             header = json.loads(f.read(n))
             ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-            raise ValueError(f"{file} is not a safetensors file (its header cannot be read): save or copy the model "
-                             "again") from None
+            raise ValueError(
+                f"{file} is not a safetensors file (its header cannot be read): save or copy the model again"
+            ) from None
     return 8 + n + max(ends, default=0)
 
 

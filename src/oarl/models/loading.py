@@ -48,10 +48,29 @@ from oarl.models.tiny import load_tiny
 from oarl.models.tokenizers import PROBE_TEXTS, auto_tokenizer_problem, load_local_tokenizer, prepare_tokenizer
 
 # This module's public names, with those that moved to the modules above (importable from here as before).
-__all__ = ["MODEL_CHOICES", "LOCAL_FOLDERS", "load_model", "load_tokenizer", "model_directory", "check_model_name",
-           "looks_like_path", "check_model_dir", "TOKENIZER_FILES", "WEIGHT_FILES", "PROBE_TEXTS", "prepare_tokenizer",
-           "load_local_tokenizer", "auto_tokenizer_problem", "cache_dir", "smollm2_dir", "smollm2_gguf_path",
-           "SMOLLM2_PACKAGE", "SMOLLM2_GGUF", "SMOLLM2_HUB_NAME", "SMOLLM2_INSTALL_HINT"]
+__all__ = [
+    "MODEL_CHOICES",
+    "LOCAL_FOLDERS",
+    "load_model",
+    "load_tokenizer",
+    "model_directory",
+    "check_model_name",
+    "looks_like_path",
+    "check_model_dir",
+    "TOKENIZER_FILES",
+    "WEIGHT_FILES",
+    "PROBE_TEXTS",
+    "prepare_tokenizer",
+    "load_local_tokenizer",
+    "auto_tokenizer_problem",
+    "cache_dir",
+    "smollm2_dir",
+    "smollm2_gguf_path",
+    "SMOLLM2_PACKAGE",
+    "SMOLLM2_GGUF",
+    "SMOLLM2_HUB_NAME",
+    "SMOLLM2_INSTALL_HINT",
+]
 
 MODEL_CHOICES = ("tiny", "smollm2-135m")
 
@@ -143,8 +162,13 @@ def check_model_name(name_or_path: str) -> None:
     parent = path.parent
     near = [p.name for p in parent.iterdir() if p.is_dir()] if parent.is_dir() else []
     close = difflib.get_close_matches(path.name, near, n=3, cutoff=0.5)
-    hint = (f" Did you mean {', '.join(str(parent / c) for c in close)}?" if close
-            else "" if parent.is_dir() else f" ({parent} does not exist either.)")
+    hint = (
+        f" Did you mean {', '.join(str(parent / c) for c in close)}?"
+        if close
+        else ""
+        if parent.is_dir()
+        else f" ({parent} does not exist either.)"
+    )
     raise ValueError(f"model {name!r}: no such directory.{hint}")
 
 

@@ -65,8 +65,16 @@ def build_tokenizer():
     vocab = {PAD: 0, EOS: 1, UNK: 2}
     for ch in ALPHABET:
         vocab[byte_symbol[ord(ch)]] = len(vocab)
-    return Qwen2Tokenizer(vocab=vocab, merges=[], pad_token=PAD, eos_token=EOS, unk_token=UNK, bos_token=None,
-                          padding_side="left", model_max_length=1024)
+    return Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=UNK,
+        bos_token=None,
+        padding_side="left",
+        model_max_length=1024,
+    )
 
 
 # The chat format of :func:`with_tool_calls`. An assistant turn ends with EOS, also after a tool call (generation

@@ -51,11 +51,15 @@ def _auto_tokenizer_checked(path: Path, vocab_size: int | None = None):
     raw = Tokenizer.from_file(str(tokenizer_file))
     for text in PROBE_TEXTS:
         if raw.encode(text, add_special_tokens=False).ids != tokenizer(text, add_special_tokens=False)["input_ids"]:
-            return tokenizer, (f"AutoTokenizer loads the tokenizer of {path} as {type(tokenizer).__name__}, whose ids "
-                               f"differ from those of its tokenizer.json (e.g. on {text!r})")
+            return tokenizer, (
+                f"AutoTokenizer loads the tokenizer of {path} as {type(tokenizer).__name__}, whose ids "
+                f"differ from those of its tokenizer.json (e.g. on {text!r})"
+            )
     if vocab_size is not None and len(tokenizer) > vocab_size:
-        return tokenizer, (f"AutoTokenizer loads the tokenizer of {path} with {len(tokenizer)} ids, more than the "
-                           f"model's {vocab_size} embeddings")
+        return tokenizer, (
+            f"AutoTokenizer loads the tokenizer of {path} with {len(tokenizer)} ids, more than the "
+            f"model's {vocab_size} embeddings"
+        )
     return tokenizer, None
 
 
@@ -84,7 +88,11 @@ def load_local_tokenizer(path: Path, vocab_size: int | None = None):
 
     config_file = path / "tokenizer_config.json"
     tokenizer_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
-    if (path / "tokenizer.json").is_file() and tokenizer_class in (None, "PreTrainedTokenizerFast", "TokenizersBackend"):
+    if (path / "tokenizer.json").is_file() and tokenizer_class in (
+        None,
+        "PreTrainedTokenizerFast",
+        "TokenizersBackend",
+    ):
         return PreTrainedTokenizerFast.from_pretrained(path)
     tokenizer, problem = _auto_tokenizer_checked(path, vocab_size)
     if problem:

@@ -71,8 +71,9 @@ def default_config() -> dict:
     return DEFAULT_REGIME.warmstart_config()
 
 
-def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int = 50, progress: bool = True,
-               use_cpu: bool = False) -> str:
+def warm_start(
+    cfg: dict | None = None, *, force: bool = False, log_every: int = 50, progress: bool = True, use_cpu: bool = False
+) -> str:
     """Path of the warm-started model directory for ``cfg`` (see ``Regime.warmstart_config``): trained
     on first use, loaded from the cache afterwards. ``cfg`` keys: ``task`` (ArithmeticTask fields),
     ``model`` (TinyConfig fields), ``steps``, ``batch_size``, ``learning_rate``, ``seed``; optional
@@ -86,8 +87,13 @@ def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int =
     out = cache_path(cfg)
     if is_cached(cfg) and not force:
         return str(out)
-    logger.info("warm start of %s: %d supervised steps on %s; this runs once, later runs load it from %s",
-                cfg.get("base", "the tiny model"), int(cfg["steps"]), default_device(use_cpu).type, out)
+    logger.info(
+        "warm start of %s: %d supervised steps on %s; this runs once, later runs load it from %s",
+        cfg.get("base", "the tiny model"),
+        int(cfg["steps"]),
+        default_device(use_cpu).type,
+        out,
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
@@ -105,19 +111,23 @@ def warm_start(cfg: dict | None = None, *, force: bool = False, log_every: int =
     return str(out)
 
 
-def _sft_config(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int, use_cpu: bool,
-                **extra):
+def _sft_config(
+    cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int, use_cpu: bool, **extra
+):
     """The SFTConfig of a warm start (see ``sft_kwargs``); ``extra``: more SFTConfig arguments."""
     # lazy: TRL (3-5 s) loads when a warm start trains, not when oarl.models.loading (which imports this module) loads
     # a model or finds its warm start cached
     from trl import SFTConfig
 
-    return SFTConfig(**sft_kwargs(cfg, out_dir, log_every, warmup_steps=warmup_steps, max_length=max_length,
-                                  use_cpu=use_cpu), **extra)
+    return SFTConfig(
+        **sft_kwargs(cfg, out_dir, log_every, warmup_steps=warmup_steps, max_length=max_length, use_cpu=use_cpu),
+        **extra,
+    )
 
 
-def sft_kwargs(cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int,
-               use_cpu: bool = False) -> dict:
+def sft_kwargs(
+    cfg: dict, out_dir: Path, log_every: int, *, warmup_steps: int, max_length: int, use_cpu: bool = False
+) -> dict:
     """SFTConfig's arguments for a warm start: cosine lr with warm-up, no checkpoints, no activation
     checkpointing, on the GPU (bf16 where it has bf16) or the CPU (float32) as ``oarl.devices.mixed_precision``
     decides."""
@@ -154,8 +164,9 @@ def _sft_trainer(model, args, train, tokenizer, progress: bool):
 
     class Bar(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = tqdm(total=state.max_steps, desc="warm start (once, then cached)", dynamic_ncols=True,
-                            disable=not progress)
+            self.bar = tqdm(
+                total=state.max_steps, desc="warm start (once, then cached)", dynamic_ncols=True, disable=not progress
+            )
 
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(state.global_step - self.bar.n)
@@ -201,8 +212,9 @@ def _train(cfg: dict, out_dir: Path, log_every: int, progress: bool, use_cpu: bo
         rows = demos(steps * batch, seed=seed, task=task)
         train, extra = as_dataset([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]), {}
 
-    args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 20), max_length=256, use_cpu=use_cpu,
-                       **extra)
+    args = _sft_config(
+        cfg, out_dir, log_every, warmup_steps=max(1, steps // 20), max_length=256, use_cpu=use_cpu, **extra
+    )
     trainer = _sft_trainer(model, args, train, tokenizer, progress)
     t0 = time.perf_counter()
     result = trainer.train()
@@ -233,8 +245,12 @@ def _train_smollm2(cfg: dict, out_dir: Path, log_every: int, progress: bool, use
     model.train()
     tokenizer.padding_side = "right"  # training pads on the right; load_model's left padding is for generation
     rows = problems("train", steps * batch, seed=seed + 1_000_003, **task)  # not the RL stream (seed + 0)
-    train = Dataset.from_list([{"prompt": make_prompt(r["question"]),
-                                "completion": [{"role": "assistant", "content": r["solution"]}]} for r in rows])
+    train = Dataset.from_list(
+        [
+            {"prompt": make_prompt(r["question"]), "completion": [{"role": "assistant", "content": r["solution"]}]}
+            for r in rows
+        ]
+    )
     args = _sft_config(cfg, out_dir, log_every, warmup_steps=max(1, steps // 10), max_length=512, use_cpu=use_cpu)
     trainer = _sft_trainer(model, args, train, tokenizer, progress)
     t0 = time.perf_counter()
@@ -245,5 +261,9 @@ def _train_smollm2(cfg: dict, out_dir: Path, log_every: int, progress: bool, use
     tokenizer.save_pretrained(out_dir)
     shutil.rmtree(out_dir / "_trainer", ignore_errors=True)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"train_seconds": seconds, "final_loss": losses[-1] if losses else result.training_loss,
-            "loss_history": losses, "num_demos": len(rows)}
+    return {
+        "train_seconds": seconds,
+        "final_loss": losses[-1] if losses else result.training_loss,
+        "loss_history": losses,
+        "num_demos": len(rows),
+    }

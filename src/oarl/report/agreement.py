@@ -42,7 +42,9 @@ def rankdata(x) -> torch.Tensor:
     new_group[1:] = ordered[1:] != ordered[:-1]
     group = torch.cumsum(new_group.long(), 0) - 1  # [n] tie group of each sorted position
     positions = torch.arange(1, n + 1, dtype=torch.float64)
-    counts = torch.zeros(int(group[-1]) + 1, dtype=torch.float64).index_add_(0, group, torch.ones(n, dtype=torch.float64))
+    counts = torch.zeros(int(group[-1]) + 1, dtype=torch.float64).index_add_(
+        0, group, torch.ones(n, dtype=torch.float64)
+    )
     sums = torch.zeros_like(counts).index_add_(0, group, positions)
     ranks = torch.empty(n, dtype=torch.float64)
     ranks[order] = (sums / counts)[group]
@@ -146,8 +148,9 @@ def summarize(explained: dict, estimators: Sequence[str], reference: str | None 
             continue
         scores = {name: step_scores(row["importance"][name], row["steps"]) for name in estimators}
         if reference is not None:
-            per_source = agreement.setdefault(row.get("source", "file"), {name: {"spearman": [], "kendall": []}
-                                                                           for name in estimators})
+            per_source = agreement.setdefault(
+                row.get("source", "file"), {name: {"spearman": [], "kendall": []} for name in estimators}
+            )
             for name in estimators:
                 per_source[name]["spearman"].append(spearman(scores[name], scores[reference]))
                 per_source[name]["kendall"].append(kendall(scores[name], scores[reference]))
@@ -163,13 +166,18 @@ def summarize(explained: dict, estimators: Sequence[str], reference: str | None 
         "with_answer": sum(bool(r["has_answer"]) for r in rows),
         "estimators": estimators,
         "reference": reference,
-        "agreement": {source: {name: {k: describe(v) for k, v in metrics.items()} for name, metrics in per.items()}
-                      for source, per in agreement.items()},
+        "agreement": {
+            source: {name: {k: describe(v) for k, v in metrics.items()} for name, metrics in per.items()}
+            for source, per in agreement.items()
+        },
         "time_s": explained.get("time_s", {}),
     }
     if chance:
-        report["wrong_step"] = {"n": len(chance), "chance": statistics.fmean(chance),
-                                "estimators": {name: describe(v) for name, v in hits.items()}}
+        report["wrong_step"] = {
+            "n": len(chance),
+            "chance": statistics.fmean(chance),
+            "estimators": {name: describe(v) for name, v in hits.items()},
+        }
     return report
 
 
@@ -203,8 +211,10 @@ def format_table(report: dict) -> str:
     head += f" | {'s/completion':>12}"
     lines = []
     if report["reference"]:
-        lines.append(f"Agreement with rollout credit at step level (mean ± SE over completions), "
-                     f"{report['with_answer']}/{report['completions']} completions with an answer")
+        lines.append(
+            f"Agreement with rollout credit at step level (mean ± SE over completions), "
+            f"{report['with_answer']}/{report['completions']} completions with an answer"
+        )
     else:
         lines.append("No agreement: rollout credit, the reference, is not among the estimators")
     if wrong:

@@ -20,12 +20,22 @@ import tempfile
 from pathlib import Path
 
 # Headless, no sandbox (containers, root), no GPU, and no network traffic of Chromium's own.
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars")
-INSTALL_HINT = ("install Chromium and ChromeDriver (Debian/Ubuntu: `apt install chromium chromium-driver`; elsewhere "
-                "set OARL_CHROMIUM and OARL_CHROMEDRIVER to the two executables) and Selenium "
-                "(`pip install 'oarl[browser]'`); the HTML heat map needs none of them")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+)
+INSTALL_HINT = (
+    "install Chromium and ChromeDriver (Debian/Ubuntu: `apt install chromium chromium-driver`; elsewhere "
+    "set OARL_CHROMIUM and OARL_CHROMEDRIVER to the two executables) and Selenium "
+    "(`pip install 'oarl[browser]'`); the HTML heat map needs none of them"
+)
 
 
 class BrowserUnavailable(RuntimeError):
@@ -41,7 +51,8 @@ def find_browser() -> tuple[str, str]:
     except ImportError:
         missing.append("selenium")
     chromium = os.environ.get("OARL_CHROMIUM") or next(
-        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+        (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+    )
     driver = os.environ.get("OARL_CHROMEDRIVER") or shutil.which("chromedriver")
     if not chromium or not Path(chromium).exists():
         missing.append("chromium")
@@ -78,7 +89,8 @@ def screenshot(html_path: str | Path, png_path: str | Path, width: int = 1100) -
     with open_page(html_path, width=width) as driver:
         size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
         clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
-        shot = driver.execute_cdp_cmd("Page.captureScreenshot",
-                                      {"format": "png", "captureBeyondViewport": True, "clip": clip})
+        shot = driver.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+        )
     Path(png_path).write_bytes(base64.b64decode(shot["data"]))
     return Path(png_path)

@@ -110,8 +110,10 @@ def explain_batch(
     has_tools = tool_spans is not None and any(tool_spans)
     estimators = list(estimators)
     if has_tools and "rollout" in estimators:
-        raise ValueError("rollout credit cannot explain completions with tool spans (its continuations are sampled "
-                         "without the tool loop): leave it out of the estimators")
+        raise ValueError(
+            "rollout credit cannot explain completions with tool spans (its continuations are sampled "
+            "without the tool loop): leave it out of the estimators"
+        )
     if "rollout" in estimators and (sampler is None or scorer is None):
         raise ValueError("rollout credit needs a sampler and a scorer")
     config_overrides = {"apply_to": "all", **config_overrides}
@@ -125,10 +127,22 @@ def explain_batch(
         ids, tokens, spans = encode_completion(tokenizer, completion)
         foreign = (tool_spans[i] or []) if tool_spans is not None else []
         own = [int(not any(s < b and e > a for a, b in foreign)) for s, e in spans]
-        rows.append({"prompt": prompt, "completion": completion, "tokens": tokens, "spans": [list(s) for s in spans],
-                     "_ids": ids, "_prompt_ids": list(tokenizer(prompt, add_special_tokens=False)["input_ids"]),
-                     "_own": own, "segments": None, "has_answer": False, "note": None, "importance": {},
-                     "weights": {}})
+        rows.append(
+            {
+                "prompt": prompt,
+                "completion": completion,
+                "tokens": tokens,
+                "spans": [list(s) for s in spans],
+                "_ids": ids,
+                "_prompt_ids": list(tokenizer(prompt, add_special_tokens=False)["input_ids"]),
+                "_own": own,
+                "segments": None,
+                "has_answer": False,
+                "note": None,
+                "importance": {},
+                "weights": {},
+            }
+        )
     times = {name: 0.0 for name in estimators}
     stats: dict[str, dict[str, float]] = {name: {} for name in estimators}
 
@@ -139,18 +153,29 @@ def explain_batch(
         tensors = [t.to(device) for t in (prompt_ids, prompt_mask, completion_ids, completion_mask)]
         adv = torch.full((len(chunk),), float(advantage), device=device)
         model_mask = _pad([r["_own"] for r in chunk], 1, "right")[0].to(device) if has_tools else None
-        segments = segment_completions(tokenizer, tensors[2], tensors[3], span=steps_config.resolved_span(),
-                                       model_mask=model_mask)
+        segments = segment_completions(
+            tokenizer, tensors[2], tensors[3], span=steps_config.resolved_span(), model_mask=model_mask
+        )
         steps = segments.steps if segments.steps is not None else segments.reasoning.long().cumsum(1) - 1
         steps = step_groups(torch.where(segments.reasoning, steps, -1), steps_config.max_steps)
-        chunk_scorer = None if scorer is None else (
-            lambda indices, ids, offset=start: scorer([offset + i for i in indices], ids))
+        chunk_scorer = (
+            None if scorer is None else (lambda indices, ids, offset=start: scorer([offset + i for i in indices], ids))
+        )
         for name in estimators:
             generator = torch.Generator(device=device).manual_seed(seed + start)
             began = time.perf_counter()
-            out = token_advantages(model, tokenizer, *tensors, adv, configs[name], generator=generator, sampler=sampler,
-                                   scorer=chunk_scorer, max_completion_length=max_completion_length,
-                                   model_mask=model_mask)
+            out = token_advantages(
+                model,
+                tokenizer,
+                *tensors,
+                adv,
+                configs[name],
+                generator=generator,
+                sampler=sampler,
+                scorer=chunk_scorer,
+                max_completion_length=max_completion_length,
+                model_mask=model_mask,
+            )
             times[name] += time.perf_counter() - began
             for key, value in out.stats.items():
                 stats[name][key] = stats[name].get(key, 0.0) + value * len(chunk) / len(rows)
@@ -178,13 +203,37 @@ def explain_batch(
             pivot = [e > s0 and s < s1 for s, e in row["spans"]]
             row["pivot"] = pivot
         heading = headings[i] if headings is not None else f"completion {i}"
-        own = [Section(row["tokens"], row["importance"][name], row["weights"][name], row["segments"], estimator=name,
-                       heading=heading if j == 0 else None, prompt=row["prompt"] if j == 0 else None,
-                       advantage=float(advantage) if j == 0 else None, note=row["note"] if j == 0 else None,
-                       pivot=pivot, signed=row.get("signed") if name == "rollout" else None)
-               for j, name in enumerate(estimators)]
-        sections.append(own or [Section(row["tokens"], None, None, row["segments"], heading=heading,
-                                        prompt=row["prompt"], note=row["note"], pivot=pivot)])
+        own = [
+            Section(
+                row["tokens"],
+                row["importance"][name],
+                row["weights"][name],
+                row["segments"],
+                estimator=name,
+                heading=heading if j == 0 else None,
+                prompt=row["prompt"] if j == 0 else None,
+                advantage=float(advantage) if j == 0 else None,
+                note=row["note"] if j == 0 else None,
+                pivot=pivot,
+                signed=row.get("signed") if name == "rollout" else None,
+            )
+            for j, name in enumerate(estimators)
+        ]
+        sections.append(
+            own
+            or [
+                Section(
+                    row["tokens"],
+                    None,
+                    None,
+                    row["segments"],
+                    heading=heading,
+                    prompt=row["prompt"],
+                    note=row["note"],
+                    pivot=pivot,
+                )
+            ]
+        )
     for row in rows:
         del row["_ids"], row["_prompt_ids"], row["_own"]
     page = render_page([s for own in sections for s in own], title=title)
@@ -219,17 +268,26 @@ def read_completions_jsonl(path) -> list[dict]:
                     raise ValueError(f"{where}: field {key!r} missing or not a string")
             span = row.get("error_span")
             if span is not None and not (
-                isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) for x in span)
+                isinstance(span, list)
+                and len(span) == 2
+                and all(isinstance(x, int) for x in span)
                 and 0 <= span[0] < span[1] <= len(row["completion"])
             ):
                 raise ValueError(f"{where}: error_span must be [start, end] character offsets inside the completion")
             tools = row.get("tool_spans")
-            if tools is not None and not (isinstance(tools, list) and all(
-                isinstance(t, list) and len(t) == 2 and all(isinstance(x, int) for x in t)
-                and 0 <= t[0] < t[1] <= len(row["completion"]) for t in tools
-            )):
-                raise ValueError(f"{where}: tool_spans must be a list of [start, end] character offsets inside the "
-                                 "completion")
+            if tools is not None and not (
+                isinstance(tools, list)
+                and all(
+                    isinstance(t, list)
+                    and len(t) == 2
+                    and all(isinstance(x, int) for x in t)
+                    and 0 <= t[0] < t[1] <= len(row["completion"])
+                    for t in tools
+                )
+            ):
+                raise ValueError(
+                    f"{where}: tool_spans must be a list of [start, end] character offsets inside the completion"
+                )
             rows.append(row)
     if not rows:
         raise ValueError(f"completions file {str(path)!r} has no rows")
@@ -239,8 +297,19 @@ def read_completions_jsonl(path) -> list[dict]:
 # ---------------------------------------------------------------------------------------------- oarl explain
 
 
-def explain_rows(model, tokenizer, n: int, *, task, split: str = "test", demos_only: bool = False,
-                 temperature: float = 1.0, max_new_tokens: int = 96, seed: int = 0, batch_size: int = 8) -> list[dict]:
+def explain_rows(
+    model,
+    tokenizer,
+    n: int,
+    *,
+    task,
+    split: str = "test",
+    demos_only: bool = False,
+    temperature: float = 1.0,
+    max_new_tokens: int = 96,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> list[dict]:
     """The completions to explain: ``n`` sampled from the model on ``split`` problems of the arithmetic ``task``
     and ``n`` flawed demos (only the demos with ``demos_only``), each with prompt, completion, answer (gold), source,
     and error_span for a flawed demo. A chat model is asked through its chat template, as ``oarl train`` asks it."""
@@ -255,17 +324,28 @@ def explain_rows(model, tokenizer, n: int, *, task, split: str = "test", demos_o
         prompts = [prompt_of(r) for r in sampled]
         sampling = Sampling(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed)
         generations = HFBackend(model, tokenizer, batch_size=batch_size, add_special_tokens=not chat).generate(
-            prompts, 1, sampling)
-        rows += [{"prompt": p, "completion": gen["text"], "answer": r["answer"], "source": "sampled"}
-                 for r, p, (gen,) in zip(sampled, prompts, generations)]
+            prompts, 1, sampling
+        )
+        rows += [
+            {"prompt": p, "completion": gen["text"], "answer": r["answer"], "source": "sampled"}
+            for r, p, (gen,) in zip(sampled, prompts, generations)
+        ]
     pool = 4 * n + 16
     while True:  # about a third of the demos are flawed
         flawed = [d for d in demos(pool, seed=seed, task=task) if d["flawed"]][:n]
         if len(flawed) == n:
             break
         pool *= 2
-    rows += [{"prompt": prompt_of(d), "completion": d["completion"], "answer": d["answer"], "source": "demo",
-              "error_span": d["error_span"]} for d in flawed]
+    rows += [
+        {
+            "prompt": prompt_of(d),
+            "completion": d["completion"],
+            "answer": d["answer"],
+            "source": "demo",
+            "error_span": d["error_span"],
+        }
+        for d in flawed
+    ]
     return rows
 
 
@@ -277,8 +357,13 @@ def headings(rows: list[dict]) -> list[str]:
         heading = f"{row['source']} {i}"
         if row.get("answer") is not None:
             stated = extract_answer(own_text(row["completion"], row.get("tool_spans") or []))
-            verdict = "no answer" if stated is None else "correct" if stated.strip().rstrip(".") == str(row["answer"]) \
+            verdict = (
+                "no answer"
+                if stated is None
+                else "correct"
+                if stated.strip().rstrip(".") == str(row["answer"])
                 else "wrong"
+            )
             heading += f" - gold {row['answer']}, {verdict}"
         if row.get("error_span") is not None:
             heading += " - known wrong result outlined"

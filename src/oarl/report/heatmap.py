@@ -26,8 +26,14 @@ from dataclasses import dataclass, field
 import torch
 
 SEGMENT_KINDS = ("reasoning", "conclusion", "answer", "rest", "tool")
-ESTIMATOR_LABELS = {"perturbation": "OAR-P", "gradient": "OAR-G", "entropy": "entropy", "none": "GRPO", "grail": "GRAIL",
-                    "rollout": "rollout credit"}
+ESTIMATOR_LABELS = {
+    "perturbation": "OAR-P",
+    "gradient": "OAR-G",
+    "entropy": "entropy",
+    "none": "GRPO",
+    "grail": "GRAIL",
+    "rollout": "rollout credit",
+}
 DEFAULT_SCALE = 4.0  # weights at or beyond 4x (or 1/4x) get the full colour
 MAX_FADE = 200  # how far (0-255) a channel fades at full colour
 NO_ANSWER_NOTE = "no parsable final answer: uniform weights (w = 1), importance not computed"
@@ -103,12 +109,22 @@ def _labels(segments, n: int) -> list[str]:
 def segment_labels(segments, row: int, length: int | None = None) -> list[str]:
     """Per-token labels ("reasoning" / "conclusion" / "answer" / "rest" / "tool") of row ``row`` of a
     ``oarl.credit.Segments``, over its first ``length`` tokens (all if None)."""
-    reasoning, conclusion, answer = (m[row].bool().cpu() for m in (segments.reasoning, segments.conclusion, segments.answer))
+    reasoning, conclusion, answer = (
+        m[row].bool().cpu() for m in (segments.reasoning, segments.conclusion, segments.answer)
+    )
     tool = segments.tool[row].bool().cpu() if segments.tool is not None else torch.zeros_like(reasoning)
     n = reasoning.shape[0] if length is None else length
     return [
-        "tool" if tool[t] else "reasoning" if reasoning[t] else "conclusion" if conclusion[t] else "answer" if answer[t]
-        else "rest" for t in range(n)
+        "tool"
+        if tool[t]
+        else "reasoning"
+        if reasoning[t]
+        else "conclusion"
+        if conclusion[t]
+        else "answer"
+        if answer[t]
+        else "rest"
+        for t in range(n)
     ]
 
 
@@ -188,12 +204,16 @@ def _summary_numbers(weights: list[float], importance: list[float], labels: list
         out["tool tokens"] = labels.count("tool")
     if w:
         mean = sum(w) / len(w)
-        out.update({
-            "weight min": min(w), "weight max": max(w),
-            "weight std": math.sqrt(sum((x - mean) ** 2 for x in w) / len(w)),
-            "boosted": sum(x > 1 for x in w) / len(w), "suppressed": sum(x < 1 for x in w) / len(w),
-            "importance max": max(imp) if imp else 0.0,
-        })
+        out.update(
+            {
+                "weight min": min(w),
+                "weight max": max(w),
+                "weight std": math.sqrt(sum((x - mean) ** 2 for x in w) / len(w)),
+                "boosted": sum(x > 1 for x in w) / len(w),
+                "suppressed": sum(x < 1 for x in w) / len(w),
+                "importance max": max(imp) if imp else 0.0,
+            }
+        )
     return out
 
 
@@ -221,7 +241,9 @@ def render_section(section: Section, scale: float = DEFAULT_SCALE) -> str:
         numbers["advantage"] = section.advantage
     numbers.update(_summary_numbers(weights, importance, labels))
     numbers.update(section.summary)
-    text = "; ".join(f"{html.escape(str(k))} {html.escape(_fmt(v) if isinstance(v, float) else str(v))}" for k, v in numbers.items())
+    text = "; ".join(
+        f"{html.escape(str(k))} {html.escape(_fmt(v) if isinstance(v, float) else str(v))}" for k, v in numbers.items()
+    )
     out.append(f'<div class="summary">{text}</div>')
     if section.note:
         out.append(f'<div class="note">{html.escape(section.note)}</div>')
@@ -255,16 +277,20 @@ def _legend(scale: float) -> str:
         'Outside the reasoning (weight 1): <span class="tok seg-conclusion">conclusion</span> '
         '<span class="tok seg-answer">answer</span> <span class="tok seg-rest">rest</span>; '
         '<span class="tok seg-tool">tool</span> = written by a tool or an environment, not the model (no credit, '
-        'weight 0, not trained on); '
+        "weight 0, not trained on); "
         '<span class="tok pivot">pivot</span> = the known pivotal span (first wrong result of a flawed demo).<br>'
         "Hover a token: raw importance, normalised importance (log1p, min-max over the reasoning tokens), weight. "
-        "Whitespace: <span class=\"ws\">·</span> space, <span class=\"ws\">↵</span> newline, "
-        "<span class=\"ws\">→</span> tab.</div>"
+        'Whitespace: <span class="ws">·</span> space, <span class="ws">↵</span> newline, '
+        '<span class="ws">→</span> tab.</div>'
     )
 
 
-def render_page(sections: Sequence[Section], title: str = "oarl credit heat map", intro: str | None = None,
-                scale: float = DEFAULT_SCALE) -> str:
+def render_page(
+    sections: Sequence[Section],
+    title: str = "oarl credit heat map",
+    intro: str | None = None,
+    scale: float = DEFAULT_SCALE,
+) -> str:
     """One HTML page: title, legend, then the sections (a new completion starts where a section has a heading)."""
     body, open_section = [], False
     for section in sections:
@@ -278,18 +304,38 @@ def render_page(sections: Sequence[Section], title: str = "oarl credit heat map"
         body.append("</section>")
     intro_html = f"<p>{html.escape(intro)}</p>" if intro else ""
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n{intro_html}\n{_legend(scale)}\n" + "\n".join(body) + "\n</body>\n</html>\n"
     )
 
 
-def render_html(tokens: list[str], importance, weights, segments, title: str = "oarl credit heat map",
-                advantage: float | None = None, estimator: str | None = None, prompt: str | None = None,
-                note: str | None = None, pivot=None, scale: float = DEFAULT_SCALE) -> str:
+def render_html(
+    tokens: list[str],
+    importance,
+    weights,
+    segments,
+    title: str = "oarl credit heat map",
+    advantage: float | None = None,
+    estimator: str | None = None,
+    prompt: str | None = None,
+    note: str | None = None,
+    pivot=None,
+    scale: float = DEFAULT_SCALE,
+) -> str:
     """A page for one completion: ``tokens`` (text of each completion token), ``importance`` and ``weights``
     (one number per token: lists, arrays or tensors), ``segments`` (one label per token among
     SEGMENT_KINDS, or None for all "rest")."""
-    section = Section(list(tokens), importance, weights, segments, estimator=estimator, heading="completion",
-                      prompt=prompt, advantage=advantage, note=note, pivot=pivot)
+    section = Section(
+        list(tokens),
+        importance,
+        weights,
+        segments,
+        estimator=estimator,
+        heading="completion",
+        prompt=prompt,
+        advantage=advantage,
+        note=note,
+        pivot=pivot,
+    )
     return render_page([section], title=title, scale=scale)

@@ -19,8 +19,12 @@ PLOTS = {
     "credit_weights.png": (
         "Credit weights",
         "value",
-        [("credit/weight_std", "weight std"), ("credit/weight_max", "weight max"),
-         ("credit/suppressed_frac", "suppressed frac"), ("credit/boosted_frac", "boosted frac")],
+        [
+            ("credit/weight_std", "weight std"),
+            ("credit/weight_max", "weight max"),
+            ("credit/suppressed_frac", "suppressed frac"),
+            ("credit/boosted_frac", "boosted frac"),
+        ],
     ),
 }
 
@@ -91,14 +95,26 @@ def agreement_plot(report: dict, path: str | Path) -> Path:
             width = 0.8 / len(bars)
             for i, (source, metric) in enumerate(bars):
                 values = [report["agreement"][source][e][metric] for e in estimators]
-                ax.bar(x + (i - (len(bars) - 1) / 2) * width, [v["mean"] or 0.0 for v in values], width,
-                       yerr=[v["se"] or 0.0 for v in values], capsize=2, label=f"{metric} ({source})")
+                ax.bar(
+                    x + (i - (len(bars) - 1) / 2) * width,
+                    [v["mean"] or 0.0 for v in values],
+                    width,
+                    yerr=[v["se"] or 0.0 for v in values],
+                    capsize=2,
+                    label=f"{metric} ({source})",
+                )
             ax.axhline(0.0, color="black", linewidth=0.8)
             ax.set(title="Agreement with rollout credit (step level)", ylabel="rank correlation", ylim=(-1.05, 1.05))
         else:
             values = [wrong["estimators"][e] for e in estimators]
-            ax.bar(x, [v["mean"] or 0.0 for v in values], 0.6, yerr=[v["se"] or 0.0 for v in values], capsize=2,
-                   label="hit@1")
+            ax.bar(
+                x,
+                [v["mean"] or 0.0 for v in values],
+                0.6,
+                yerr=[v["se"] or 0.0 for v in values],
+                capsize=2,
+                label="hit@1",
+            )
             ax.axhline(wrong["chance"], color="red", linestyle="--", label=f"chance {wrong['chance']:.2f}")
             ax.set(title=f"Wrong step found (n={wrong['n']} flawed demos)", ylabel="hit@1", ylim=(0, 1.05))
         ax.set_xticks(x, estimators, rotation=20)

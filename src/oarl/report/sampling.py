@@ -11,14 +11,22 @@ import torch
 from oarl.rewards import accuracy
 
 
-def generate_sampler(model, tokenizer, max_new_tokens: int, temperature: float = 1.0, top_p: float = 1.0,
-                     seed: int = 0, batch_size: int = 256):
+def generate_sampler(
+    model,
+    tokenizer,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 256,
+):
     """sampler(prefixes, K): K continuations of each token-id prefix by ``model.generate`` (left padded,
     batch_size sequences per call), sampled at `temperature` (0: greedy), cut after the first end-of-sequence
     token. Seeded per call and batch, without touching the caller's random state."""
     eos = model.generation_config.eos_token_id if model.generation_config is not None else None
     eos = set([eos] if isinstance(eos, int) else list(eos or [])) | (
-        {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+        {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos, default=0)
     device = next(model.parameters()).device
     calls = [0]
@@ -34,8 +42,12 @@ def generate_sampler(model, tokenizer, max_new_tokens: int, temperature: float =
                 width = max(len(s) for s in chunk)
                 ids = torch.tensor([[pad] * (width - len(s)) + s for s in chunk], device=device)
                 mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in chunk], device=device)
-                kwargs = dict(do_sample=temperature > 0, max_new_tokens=max_new_tokens, pad_token_id=pad,
-                              eos_token_id=sorted(eos) or None)
+                kwargs = dict(
+                    do_sample=temperature > 0,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=pad,
+                    eos_token_id=sorted(eos) or None,
+                )
                 if temperature > 0:
                     kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
                 with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
@@ -55,6 +67,7 @@ def generate_sampler(model, tokenizer, max_new_tokens: int, temperature: float =
 def gold_scorer(tokenizer, golds: Sequence[str | None]):
     """scorer(rows, completions): 1.0 when the completion's final answer verifies against golds[row]
     (``oarl.rewards.accuracy``, math-verify), 0.0 otherwise, None (unscorable) without a gold answer."""
+
     def scorer(rows: list[int], completions: list[list[int]]) -> list[float | None]:
         texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
         return accuracy(texts, [golds[r] for r in rows])

@@ -33,12 +33,18 @@ def metric_rows(bench: dict) -> list[tuple[str, str]]:
 def results_markdown(results: dict) -> str:
     """One table: a row per benchmark, a column per metric (percentages)."""
     s = results["settings"]
-    header = (f"# Evaluation of `{results['model']}`\n\n"
-              f"n={s['n']}, temperature={s['temperature']}, top_p={s['top_p']}, max_new_tokens={s['max_new_tokens']}, "
-              f"seed={s['seed']}, backend={results['backend']}, prompt: {s['prompt_format']}"
-              f" (`{s['prompt_template_used']!r}`"
-              + (f"; {', '.join(s['own_prompt_benchmarks'])}: the task's own prompt" if s.get("own_prompt_benchmarks") else "")
-              + ")\n\n")
+    header = (
+        f"# Evaluation of `{results['model']}`\n\n"
+        f"n={s['n']}, temperature={s['temperature']}, top_p={s['top_p']}, max_new_tokens={s['max_new_tokens']}, "
+        f"seed={s['seed']}, backend={results['backend']}, prompt: {s['prompt_format']}"
+        f" (`{s['prompt_template_used']!r}`"
+        + (
+            f"; {', '.join(s['own_prompt_benchmarks'])}: the task's own prompt"
+            if s.get("own_prompt_benchmarks")
+            else ""
+        )
+        + ")\n\n"
+    )
     benches = results["benchmarks"]
     labels: list[str] = []
     for b in benches.values():
@@ -74,10 +80,15 @@ def compare_markdown(paths: Sequence[str | Path]) -> str:
         for bench, b in res["benchmarks"].items():
             for lab, val in metric_rows(b):
                 table.setdefault((bench, lab), {})[j] = val
-    lines = ["| benchmark | metric | " + " | ".join(f"`{lab}`" for lab in labels) + " |", "|---|---|" + "---|" * len(labels)]
+    lines = [
+        "| benchmark | metric | " + " | ".join(f"`{lab}`" for lab in labels) + " |",
+        "|---|---|" + "---|" * len(labels),
+    ]
     for (bench, lab), vals in table.items():
         lines.append(f"| {bench} | {lab} | " + " | ".join(vals.get(j, "–") for j in range(len(runs))) + " |")
-    settings = "\n".join(f"- `{lab}`: n={r['settings']['n']}, temperature={r['settings']['temperature']}, "
-                         f"max_new_tokens={r['settings']['max_new_tokens']}, prompt: {r['settings']['prompt_format']}"
-                         for lab, (_, r) in zip(labels, runs))
+    settings = "\n".join(
+        f"- `{lab}`: n={r['settings']['n']}, temperature={r['settings']['temperature']}, "
+        f"max_new_tokens={r['settings']['max_new_tokens']}, prompt: {r['settings']['prompt_format']}"
+        for lab, (_, r) in zip(labels, runs)
+    )
     return "\n".join(lines) + "\n\n" + settings + "\n"
