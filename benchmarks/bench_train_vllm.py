@@ -45,8 +45,8 @@ def main(argv=None) -> None:
     from oarl import OARConfig, OARTrainer
     from oarl.data import arithmetic
     from oarl.data.arithmetic import DEFAULT_REGIME
+    from oarl.devices import ACTIVATION_CHECKPOINTING
     from oarl.models.loading import load_model, model_directory
-    from oarl.trainer import ACTIVATION_CHECKPOINTING
 
     torch.set_num_threads(args.threads)
     tiny = args.model == "tiny"

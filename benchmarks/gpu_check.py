@@ -300,9 +300,9 @@ def hf_eval(check: Check) -> dict:
 def estimators_through_the_trainer(check: Check) -> dict:
     from oarl import OARConfig, OARTrainer, rewards
     from oarl.data import arithmetic
+    from oarl.devices import ACTIVATION_CHECKPOINTING
     from oarl.models.tiny import load_tiny
     from oarl.models.warmstart import warm_start
-    from oarl.trainer import ACTIVATION_CHECKPOINTING
 
     os.environ["OARL_CACHE"] = check.env["OARL_CACHE"]  # (a)'s warm start, cached
     cfg = arithmetic.DEFAULT_REGIME.warmstart_config()

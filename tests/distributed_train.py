@@ -25,8 +25,8 @@ from transformers.integrations import unset_hf_deepspeed_config
 
 import oarl.trainer
 from oarl import OARConfig, OARTrainer
+from oarl.devices import ACTIVATION_CHECKPOINTING
 from oarl.models.tiny import load_tiny
-from oarl.trainer import ACTIVATION_CHECKPOINTING
 
 from conftest import addition_prompts, addition_reward
 

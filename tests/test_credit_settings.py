@@ -23,7 +23,7 @@ from oarl.credit.config import (
     help_text,
     trainer_name,
 )
-from oarl.trainer import ACTIVATION_CHECKPOINTING
+from oarl.devices import ACTIVATION_CHECKPOINTING
 
 OWN = [f for f in dataclasses.fields(CreditConfig) if not f.metadata["grpo"]]  # the settings OARConfig declares
 FLAGGED = [f for f in dataclasses.fields(CreditConfig) if f.metadata["flag"]]

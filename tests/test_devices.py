@@ -17,11 +17,10 @@ from safetensors import safe_open
 
 from oarl import OARConfig, OARTrainer
 from oarl.data import arithmetic
-from oarl.devices import cpu_has_bf16, default_device, gpu_available, mixed_precision
+from oarl.devices import ACTIVATION_CHECKPOINTING, cpu_has_bf16, default_device, gpu_available, mixed_precision
 from oarl.jobs import device_defaults
 from oarl.models import warmstart
 from oarl.models.tiny import load_tiny
-from oarl.trainer import ACTIVATION_CHECKPOINTING
 
 SMALL_WARM_START = {
     "task": {},

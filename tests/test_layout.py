@@ -1,6 +1,7 @@
-"""The house rules of src/oarl (docs/architecture.md): imports run one way (no cycle between oarl's modules, lazy
-imports included), no module over 500 lines, and the `oarl` command starts without torch, transformers or TRL (`oarl
---help` and `oarl eval --help` stay quick; OMP_WAIT_POLICY is set before torch loads)."""
+"""The house rules of src/oarl (docs/architecture.md): imports run down the floors (no cycle between oarl's
+modules, lazy imports included), an import inside a function says why it is there (`# lazy: <reason>`), no module
+over 500 lines, and the `oarl` command starts without torch, transformers or TRL (`oarl --help`, `oarl eval --help`
+and `oarl compare --help` stay quick; OMP_WAIT_POLICY is set before torch loads)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,37 @@ def module_name(path: Path) -> str:
 
 
 MODULES = {module_name(p): p for p in sorted((SRC / "oarl").rglob("*.py"))}
+# docs/architecture.md's floors, top to bottom: a module imports modules of its floor or below
+FLOORS = [
+    ("oarl", "oarl.cli", "oarl.commands"),
+    ("oarl.jobs", "oarl.runs"),
+    ("oarl.trainer", "oarl.trl_fixes"),
+    ("oarl.evaluate", "oarl.report"),
+    ("oarl.generation",),
+    ("oarl.models", "oarl.data", "oarl.rewards"),
+    (
+        "oarl.credit",
+        "oarl.answer",
+        "oarl.expression",
+        "oarl.notation",
+        "oarl.devices",
+        "oarl.checks",
+        "oarl.errors",
+        "oarl.mathverify_worker",
+    ),
+]
+
+
+def floor(name: str) -> int:
+    """0 for the top floor; the most specific prefix wins (``oarl`` itself is the package face, on top)."""
+    matches = [
+        (len(prefix), -i)
+        for i, prefixes in enumerate(FLOORS)
+        for prefix in prefixes
+        if name == prefix or name.startswith(prefix + ".")
+    ]
+    assert matches, f"{name} is on no floor of tests/test_layout.py (and docs/architecture.md): place it"
+    return -max(matches)[1]
 
 
 def is_package(name: str) -> bool:
@@ -81,6 +113,48 @@ def test_no_import_cycle():
             visit(name, [name])
 
 
+def test_imports_run_down_the_floors():
+    upward = [
+        f"{name} (floor {floor(name)}) -> {other} (floor {floor(other)})"
+        for name in MODULES
+        for other in sorted(imports_of(name))
+        if floor(other) < floor(name)
+    ]
+    assert not upward, "imports up the floors: " + "; ".join(upward)
+
+
+def test_an_import_inside_a_function_says_why():
+    """Imports sit at the top of the module, except the lazy ones docs/architecture.md allows, each with a
+    `# lazy: <reason>` comment on its line or on the comment lines right above it."""
+    unexplained = []
+    for path in MODULES.values():
+        lines = path.read_text().splitlines()
+        tree = ast.parse("\n".join(lines))
+        guarded = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
+        for func in ast.walk(tree):
+            if not isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(func):
+                if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in guarded:
+                    above, i = [], node.lineno - 2
+                    while i >= 0 and (
+                        not lines[i].strip()
+                        or lines[i].strip().startswith(("#", "from ", "import ", ")"))
+                        or lines[i].rstrip().endswith((",", "("))
+                    ):  # the function's imports above
+                        above.append(lines[i])
+                        i -= 1
+                    own = lines[node.lineno - 1 : node.end_lineno]
+                    if not any("lazy:" in line for line in [*own, *above]):
+                        unexplained.append(f"{path.relative_to(SRC)}:{node.lineno}: {lines[node.lineno - 1].strip()}")
+    assert not unexplained, "imports inside functions without a `# lazy:` reason:\n" + "\n".join(unexplained)
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_module_size(name):
     lines = len(MODULES[name].read_text().splitlines())
@@ -93,6 +167,16 @@ def test_the_command_starts_without_torch(command):
     transformers or TRL: start-up stays quick, and oarl.cli.main sets OMP_WAIT_POLICY before torch loads."""
     code = (
         f"import sys; from oarl.cli import build_parser; build_parser({command!r}); "
+        "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_compare_help_starts_without_torch():
+    code = (
+        "import contextlib, io, sys; from oarl.commands.compare import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()): main(['--help'])\n"
         "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

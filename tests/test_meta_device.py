@@ -41,10 +41,10 @@ from oarl.credit import (
 )
 from oarl.credit.bilevel import reaches_threshold
 from oarl.credit.rollout import step_groups
+from oarl.devices import ACTIVATION_CHECKPOINTING
 from oarl.models.tiny import load_tiny
 from oarl.report.explain import explain_batch
 from oarl.report.sampling import generate_sampler
-from oarl.trainer import ACTIVATION_CHECKPOINTING
 
 from conftest import addition_prompts, addition_reward
 

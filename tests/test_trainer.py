@@ -14,8 +14,8 @@ from trl import GRPOConfig, GRPOTrainer
 
 from oarl import OARConfig, OARTrainer
 from oarl.credit import CreditConfig
+from oarl.devices import ACTIVATION_CHECKPOINTING
 from oarl.models.tiny import load_tiny
-from oarl.trainer import ACTIVATION_CHECKPOINTING
 
 from conftest import addition_prompts, addition_reward
 

@@ -12,8 +12,8 @@ from test_trainer import RecordingOARTrainer, reshaped_completions
 
 from oarl import OARConfig
 from oarl.data import arithmetic
+from oarl.devices import ACTIVATION_CHECKPOINTING
 from oarl.models.loading import load_model
-from oarl.trainer import ACTIVATION_CHECKPOINTING
 
 
 def policy_logprobs(model, ids: list[int], n_prompt: int) -> torch.Tensor:

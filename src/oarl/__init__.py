@@ -7,9 +7,9 @@ __version__ = "0.1.0"
 __all__ = ["OARConfig", "OARTrainer", "__version__"]
 
 
-def __getattr__(name):  # import TRL only when the trainer is asked for
+def __getattr__(name):
     if name in ("OARConfig", "OARTrainer"):
-        from . import trainer
+        from . import trainer  # lazy: `import oarl` (and the command) load TRL only when the trainer is asked for
 
         return getattr(trainer, name)
     raise AttributeError(f"module 'oarl' has no attribute {name!r}")

@@ -5,6 +5,7 @@
     cpu_has_bf16()                         -> whether this CPU runs bf16 natively
     keep_process_state()                   a context: a Trainer inside it leaves accelerate's process state as it was
     vllm_installed(), vllm_on_cpu()        whether vLLM is installed, and whether it runs on its CPU backend here
+    ACTIVATION_CHECKPOINTING               the name of TrainingArguments' activation checkpointing field
 
 Who asks: `oarl train` (both warm starts and the RL trainer, through ``oarl.commands.train`` and
 ``oarl.models.warmstart``), `oarl eval` (the HF backend), `oarl explain` (its model, hence its rollout sampler), `oarl compare` (through `oarl
@@ -23,6 +24,15 @@ import importlib.util
 
 import torch
 from accelerate.state import AcceleratorState, PartialState
+from transformers import TrainingArguments
+
+# transformers 5.20 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing (the old name is a
+# deprecated alias); vLLM's CPU build needs transformers < 5.20, which knows only the old name.
+ACTIVATION_CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 
 
 def gpu_available(use_cpu: bool = False) -> bool:

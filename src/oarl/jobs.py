@@ -26,12 +26,11 @@ from oarl.checks import check_train
 from oarl.data import DATASET_CHOICES, arithmetic, load_train_dataset
 from oarl.data.regime import Regime
 from oarl.data.word_problems import SMOLLM2_REGIME
-from oarl.devices import cpu_has_bf16, mixed_precision
+from oarl.devices import ACTIVATION_CHECKPOINTING, cpu_has_bf16, mixed_precision
 from oarl.errors import UsageError
 from oarl.models.loading import check_model_name, load_model
 from oarl.models.tiny import load_tiny
 from oarl.models.warmstart import warm_start
-from oarl.trl_fixes import ACTIVATION_CHECKPOINTING
 
 DEFAULT_EVAL_SIZE = 64  # held-out problems of the test split of gsm-symbolic and hub datasets
 DEFAULT_EVAL_SAMPLES = 4  # samples per held-out problem (avg@n) unless a job's dataset says otherwise

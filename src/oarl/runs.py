@@ -25,8 +25,8 @@ import yaml
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
+from oarl.devices import ACTIVATION_CHECKPOINTING
 from oarl.errors import UsageError
-from oarl.trl_fixes import ACTIVATION_CHECKPOINTING
 
 if TYPE_CHECKING:
     from oarl.jobs import TrainArgs
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 HELDOUT_BEFORE = "heldout_before.json"  # the held-out numbers before training (a resumed run reuses them)
 # Per-run values, and fields that GRPOConfig derives from others (writing them too would conflict on reload;
 # gradient_checkpointing is derived from activation_checkpointing since transformers 5.20, see
-# oarl.trl_fixes.ACTIVATION_CHECKPOINTING).
+# oarl.devices.ACTIVATION_CHECKPOINTING).
 SKIPPED_IN_CONFIG = (
     "resume",
     "output_dir",

@@ -34,9 +34,9 @@ from .checks import check_grpo
 from .credit import CreditConfig, CreditOutput, token_advantages
 from .credit.config import SettingError, trainer_field, trainer_name
 from .credit.core import STAT_KEYS as CREDIT_STATS
-from .devices import mixed_precision
+from .devices import ACTIVATION_CHECKPOINTING, mixed_precision
 from .generation import VLLMBackend
-from .trl_fixes import ACTIVATION_CHECKPOINTING, TRLFixes, check_supported, credit_policy
+from .trl_fixes import TRLFixes, check_supported, credit_policy
 
 logger = logging.getLogger(__name__)
 

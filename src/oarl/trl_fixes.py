@@ -3,8 +3,6 @@
 1. ``TRLFixes``, a mixin of ``OARTrainer``: a resumed run reproduces the uninterrupted one, and generation with
    vLLM's CPU build in colocate mode gets the policy's weights (below, "Resume" and "vLLM on a CPU").
 2. ``credit_policy``: the policy for the credit pass, whole on every process and free of collectives (next).
-3. ``ACTIVATION_CHECKPOINTING``: the name of TrainingArguments' activation checkpointing field in the installed
-   transformers.
 
 The credit pass under several processes
 
@@ -86,20 +84,11 @@ import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from transformers import TrainerCallback
-from trl import GRPOConfig
 from trl.distributed import DistributedBackend
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import RepeatSampler
 
 from oarl.devices import vllm_on_cpu
-
-# transformers 5.20 renamed TrainingArguments.gradient_checkpointing to activation_checkpointing (the old name is a
-# deprecated alias); vLLM's CPU build needs transformers < 5.20, which knows only the old name.
-ACTIVATION_CHECKPOINTING = (
-    "activation_checkpointing"
-    if "activation_checkpointing" in GRPOConfig.__dataclass_fields__
-    else "gradient_checkpointing"
-)
 
 
 def check_supported(accelerator) -> None:
@@ -145,7 +134,7 @@ def zero3_start_of_forward_hook_off(engine) -> Iterator[None]:
     """DeepSpeed ZeRO-3's start-of-forward hook on the root module is a no-op inside the block (its broadcast of the
     parameter trace is collective). Only valid while the parameters are gathered and the per-module hooks off (TRL's
     ``unwrap_model_for_generation``): it is what fetches nothing then."""
-    import deepspeed  # an optional dependency, present whenever ZeRO-3 runs
+    import deepspeed  # lazy: an optional dependency, present whenever ZeRO-3 runs
 
     optimizer = getattr(engine, "optimizer", None)
     offload = getattr(optimizer, "parameter_offload", optimizer)

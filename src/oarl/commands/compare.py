@@ -211,8 +211,6 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from oarl.credit import ESTIMATORS  # lazy: torch loads when runs are compared, not for --help
-
     pre = _Parser(prog="oarl compare", add_help=False)
     pre.add_argument(
         "--credits",
@@ -227,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
         pre.print_help()
         print("\nEvery other flag is an `oarl train` flag (see `oarl train --help`), applied to every run.")
         return {}
+    from oarl.credit import ESTIMATORS  # lazy: torch loads when runs are compared, not for --help
+
     credits = [c.strip() for c in known.credits.split(",") if c.strip()]
     unknown = [c for c in credits if c not in ESTIMATORS]
     if not credits or unknown:

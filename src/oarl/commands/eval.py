@@ -37,9 +37,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from oarl.checks import check_eval
-from oarl.data import arithmetic
-from oarl.data.benchmarks import BenchmarkRows, load_benchmark
-from oarl.data.template import PromptTemplate
 from oarl.errors import DiskFull, Interrupted, disk_full, removed_on_failure, stopped
 from oarl.report.tables import RESULTS_JSON, compare_markdown, results_markdown
 from oarl.rewards import DEFAULT_TIMEOUT_S
@@ -245,6 +242,10 @@ def read_samples(path: Path) -> list[dict]:
 
 def load_benchmark_rows(name: str, cfg: EvalConfig):
     """``(short name, rows)``: also the embedded arithmetic task as ``arithmetic`` / ``arithmetic-hard``."""
+    # lazy: the datasets library loads when an evaluation runs, not for `oarl eval --help`
+    from oarl.data import arithmetic
+    from oarl.data.benchmarks import BenchmarkRows, load_benchmark
+
     if name in ("arithmetic", "arithmetic-test", "arithmetic-hard"):
         split = "hard" if name.endswith("hard") else "test"
         size = cfg.limit or (
@@ -277,7 +278,8 @@ def run_eval(cfg: EvalConfig, backend=None, tokenizer=None) -> dict:
     ``cfg.output_dir`` and returns the results dict. ``backend``/``tokenizer`` may be given (tests, reuse).
     Raises ValueError / FileNotFoundError for a bad argument (every setting: ``oarl.checks.check_eval``) before
     loading a model or writing anything; a run that fails before its first sample leaves no report folder behind."""
-    # lazy: torch, transformers and the engines load when an evaluation runs, not for `oarl eval --help`
+    # lazy: torch, transformers, datasets and the engines load when an evaluation runs, not for `oarl eval --help`
+    from oarl.data.template import PromptTemplate
     from oarl.generation import CHAT_TEMPLATE, PLAIN_TEMPLATE, template_fields
     from oarl.models.loading import check_model_name
     from oarl.runs import resolve_model_path

@@ -24,7 +24,7 @@ DEFAULT_EXPLAIN_ESTIMATORS = "gradient,perturbation,entropy,grail,rollout"
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    from oarl.credit.config import add_credit_flags  # lazy like run's imports (the oarl.credit package loads torch)
+    from oarl.credit.config import add_credit_flags  # lazy: the oarl.credit package loads torch (`oarl --help`)
 
     p.add_argument(
         "--model",

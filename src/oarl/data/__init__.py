@@ -22,6 +22,8 @@ import random
 import re
 from pathlib import Path
 
+from datasets import Dataset, load_dataset
+
 from oarl.data import arithmetic, word_problems
 from oarl.data.benchmarks import Schema, gold_answer, load_jsonl
 from oarl.data.gsm import INSTRUCTION as PHRASE_INSTRUCTION  # "... end with 'The answer is N.' ..."
@@ -78,8 +80,6 @@ def _fields(row: dict) -> dict:
 def _as_dataset(prompts: list, answers: list):
     """``answer`` holds strings, or lists of acceptable answers in every row when some row has several (a
     column has one type); ``oarl.rewards.accuracy`` takes both."""
-    from datasets import Dataset
-
     if any(isinstance(a, list) for a in answers):
         answers = [a if isinstance(a, list) else [str(a)] for a in answers]
     else:
@@ -131,8 +131,6 @@ def _word_problems(
 def _hub(
     name: str, split: str, size: int | None, seed: int, instruction: str, conversational: bool, template: str | None
 ):
-    from datasets import load_dataset
-
     path, config, schema = HUB_DATASETS[name]
     try:
         dataset = load_dataset(path, config, split=split)

@@ -45,6 +45,8 @@ import hashlib
 import random
 from dataclasses import dataclass, field, replace
 
+from datasets import Dataset
+
 from oarl.answer import extract_answer
 from oarl.data.regime import Regime
 
@@ -291,8 +293,6 @@ def demos(n: int, seed: int = 0, task: ArithmeticTask | None = None) -> list[dic
 
 def as_dataset(rows: list[dict]):
     """A ``datasets.Dataset`` of the rows (the format TRL trainers take)."""
-    from datasets import Dataset
-
     return Dataset.from_list(rows)
 
 

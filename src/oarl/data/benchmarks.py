@@ -49,6 +49,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+from tqdm.auto import tqdm
+
 from oarl.answer import find_final_answer
 from oarl.notation import MAX_ANSWER_CHARS, too_long
 from oarl.rewards import gold_answers
@@ -295,8 +298,6 @@ def load_jsonl(
     name = name or path.stem
 
     def records():
-        from tqdm.auto import tqdm
-
         size = path.stat().st_size
         with (
             path.open("rb") as f,
@@ -355,8 +356,6 @@ def load_hf(
     strict: bool = False,
 ) -> BenchmarkRows:
     """Rows of a Hugging Face dataset (hub name, or a local folder ``datasets.load_dataset`` reads)."""
-    import datasets
-
     ds = datasets.load_dataset(name, config, split=split)
     short = name.rstrip("/").split("/")[-1]
     records = ((i, f"hf:{name}:{split}:{i}", raw) for i, raw in enumerate(ds))

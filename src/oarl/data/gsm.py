@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import hashlib
 
+from datasets import Dataset
+
 INSTRUCTION = "Solve the problem step by step, then end with 'The answer is N.', where N is the final number."
 TEST_FRACTION = 0.2
 SPLITS = ("train", "test")
@@ -44,7 +46,7 @@ def gsm_symbolic_rows(n: int, seed: int = 0, split: str = "train") -> list[dict]
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     try:
-        import reasoning_gym
+        import reasoning_gym  # lazy: an optional dependency (oarl[gsm])
     except ImportError as exc:
         raise ImportError(
             "the gsm-symbolic dataset needs reasoning-gym: install it with `pip install 'oarl[gsm]'` "
@@ -91,8 +93,6 @@ def gsm_symbolic(
 ):
     """A ``datasets.Dataset`` of ``n`` gsm-symbolic problems with columns ``prompt`` (one user message:
     question + ``instruction``; plain text if not ``conversational``) and ``answer`` (gold, str)."""
-    from datasets import Dataset
-
     rows = gsm_symbolic_rows(n, seed, split)
     return Dataset.from_dict(
         {

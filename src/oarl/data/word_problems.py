@@ -26,6 +26,8 @@ import hashlib
 import random
 from dataclasses import dataclass
 
+from datasets import Dataset
+
 from oarl.data.gsm import INSTRUCTION  # "Solve the problem step by step, then end with 'The answer is N.' ..."
 from oarl.data.regime import Regime
 
@@ -197,8 +199,6 @@ def dataset(
 ):
     """A ``datasets.Dataset`` of ``n`` problems with columns ``prompt`` (one user message, or plain text if not
     ``conversational``) and ``answer`` (gold, str); ``task``: :func:`problems`' keyword arguments."""
-    from datasets import Dataset
-
     rows = problems(split, n, seed, **task)
     return Dataset.from_dict(
         {

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from oarl.models.tokenizers import load_local_tokenizer, prepare_tokenizer
 
@@ -105,8 +106,6 @@ def _safetensors_size(file: Path) -> int:
 
 
 def load_directory(path: Path, dtype, device):
-    from transformers import AutoModelForCausalLM
-
     check_model_dir(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype))
     tokenizer = load_local_tokenizer(path, getattr(model.config, "vocab_size", None))

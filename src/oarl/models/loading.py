@@ -25,6 +25,9 @@ import difflib
 import json
 from pathlib import Path
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from oarl.models import warmstart  # the module: warmstart.warm_start is looked up at each call
 from oarl.models.directory import (
     TOKENIZER_FILES,
@@ -83,9 +86,6 @@ def _valid_choices_text() -> str:
 
 
 def _load_hub(name: str, dtype, device):
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     close = difflib.get_close_matches(name.lower(), MODEL_CHOICES, n=1, cutoff=0.75)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     try:
@@ -131,7 +131,6 @@ def load_tokenizer(name_or_path: str):
         config = path / "config.json"
         vocab_size = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
         return prepare_tokenizer(load_local_tokenizer(path, vocab_size))
-    from transformers import AutoTokenizer
 
     return prepare_tokenizer(AutoTokenizer.from_pretrained(str(name_or_path)))
 

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from oarl.models.directory import load_directory
 
@@ -80,8 +82,6 @@ def _convert_smollm2(gguf_path: Path, target: Path, stamp: dict) -> None:
     """
     if importlib.util.find_spec("gguf") is None:
         raise ImportError(f"reading {gguf_path.name} needs the gguf package: install it with `{SMOLLM2_INSTALL_HINT}`")
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     logger.warning("Converting %s to a float32 model directory at %s (once).", gguf_path.name, target)
     directory, filename = gguf_path.parent, gguf_path.name

@@ -37,6 +37,10 @@ import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
 from oarl.models.tokenizers import load_local_tokenizer
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
@@ -58,9 +62,6 @@ class TinyConfig:
 
 def build_tokenizer():
     """The character-level ``Qwen2Tokenizer`` over :data:`ALPHABET` (ids: pad 0, eos 1, unk 2, then ALPHABET in order)."""
-    from transformers import Qwen2Tokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
     byte_symbol = bytes_to_unicode()  # the printable stand-in of each byte in a byte-level vocabulary
     vocab = {PAD: 0, EOS: 1, UNK: 2}
     for ch in ALPHABET:
@@ -117,9 +118,6 @@ def with_tool_calls(tokenizer):
 
 def build_tiny(config: TinyConfig | dict | None = None):
     """``(model, tokenizer)``: a freshly initialised ``Qwen2ForCausalLM`` sized by ``config`` and the char tokenizer."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     if config is None:
         config = TinyConfig()
     elif isinstance(config, dict):
@@ -165,8 +163,6 @@ def save_tiny(model, tokenizer, path: str | os.PathLike) -> str:
 
 def load_tiny(path: str | os.PathLike, **model_kwargs):
     """``(model, tokenizer)`` from a directory written by :func:`save_tiny`."""
-    from transformers import AutoModelForCausalLM
-
     model = AutoModelForCausalLM.from_pretrained(os.fspath(path), **model_kwargs)
     tokenizer = load_local_tokenizer(Path(path), model.config.vocab_size)
     tokenizer.padding_side = "left"

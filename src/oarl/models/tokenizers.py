@@ -8,6 +8,9 @@ import logging
 import os
 from pathlib import Path
 
+from tokenizers import Tokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
 logger = logging.getLogger(__name__)
 
 # Texts whose token ids tell a tokenizer apart from another one built on the same vocabulary.
@@ -41,9 +44,6 @@ def _auto_tokenizer_checked(path: Path, vocab_size: int | None = None):
     """``(AutoTokenizer.from_pretrained(path), problem)``: problem is None when its ids equal those of the
     ``tokenizer.json`` saved in ``path`` on :data:`PROBE_TEXTS` (and it has no more ids than the model's
     ``vocab_size`` embeddings), else a sentence saying how they differ."""
-    from tokenizers import Tokenizer
-    from transformers import AutoTokenizer
-
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer_file = path / "tokenizer.json"
     if not tokenizer_file.is_file():  # nothing else to read it with
@@ -84,8 +84,6 @@ def load_local_tokenizer(path: Path, vocab_size: int | None = None):
     :data:`PROBE_TEXTS`, or by having more ids than the model's embedding), load ``tokenizer.json`` itself
     with ``PreTrainedTokenizerFast``.
     """
-    from transformers import PreTrainedTokenizerFast
-
     config_file = path / "tokenizer_config.json"
     tokenizer_class = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.is_file() else None
     if (path / "tokenizer.json").is_file() and tokenizer_class in (

@@ -34,10 +34,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from datasets import Dataset
+from tqdm.auto import tqdm
+from transformers import PrinterCallback, TrainerCallback
+
 from oarl.data.arithmetic import DEFAULT_REGIME, ArithmeticTask, as_dataset, demos
 from oarl.data.calculator import tool_conversations
 from oarl.data.word_problems import make_prompt, problems
-from oarl.devices import default_device, keep_process_state, mixed_precision
+from oarl.devices import ACTIVATION_CHECKPOINTING, default_device, keep_process_state, mixed_precision
 from oarl.models.smollm2 import load_smollm2
 from oarl.models.tiny import build_tiny, save_tiny, with_tool_calls
 
@@ -131,8 +136,6 @@ def sft_kwargs(
     """SFTConfig's arguments for a warm start: cosine lr with warm-up, no checkpoints, no activation
     checkpointing, on the GPU (bf16 where it has bf16) or the CPU (float32) as ``oarl.devices.mixed_precision``
     decides."""
-    from oarl.trl_fixes import ACTIVATION_CHECKPOINTING  # lazy: TRL loads when a warm start trains (see _sft_config)
-
     seed = int(cfg.get("seed", 0))
     return dict(
         output_dir=str(out_dir / "_trainer"),
@@ -158,8 +161,6 @@ def sft_kwargs(
 
 def _sft_trainer(model, args, train, tokenizer, progress: bool):
     """TRL's SFTTrainer with one progress bar over the steps, the loss on it (instead of printed log lines)."""
-    from tqdm.auto import tqdm
-    from transformers import PrinterCallback, TrainerCallback
     from trl import SFTTrainer  # lazy: as in _sft_config
 
     class Bar(TrainerCallback):
@@ -185,14 +186,10 @@ def _sft_trainer(model, args, train, tokenizer, progress: bool):
 
 def _portable(model):
     """The model as the cache keeps it wherever it trained: float32 weights on the CPU."""
-    import torch
-
     return model.to(device="cpu", dtype=torch.float32)
 
 
 def _train(cfg: dict, out_dir: Path, log_every: int, progress: bool, use_cpu: bool = False) -> dict:
-    import torch
-
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg["num_threads"]))
     task_kw = dict(cfg.get("task", {}))
@@ -234,9 +231,6 @@ def _train(cfg: dict, out_dir: Path, log_every: int, progress: bool, use_cpu: bo
 def _train_smollm2(cfg: dict, out_dir: Path, log_every: int, progress: bool, use_cpu: bool = False) -> dict:
     """SmolLM2-135M-Instruct fine-tuned on ``steps x batch_size`` worked solutions of word problems (``task``:
     :func:`oarl.data.word_problems.problems` keyword arguments), with a progress bar from the first step."""
-    import torch
-    from datasets import Dataset
-
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg["num_threads"]))
     task = {k: tuple(v) if k == "steps" else v for k, v in cfg.get("task", {}).items()}
