@@ -6,7 +6,7 @@
 Needs vLLM (the CPU build: `make install-vllm`, then run it with .venv-vllm/bin/python). The workload is
 ``oarl eval``'s: the first ``--prompts`` GSM8K problems asked through the model's chat template, ``--n`` samples
 each at temperature 0.6 / top-p 0.95 (EvalConfig's defaults), up to ``--max-new-tokens`` tokens, with the two
-backends of ``oarl.evaluate`` (``HFBackend``: batched ``generate`` with left padding, ``--hf-batch-size``
+backends of ``oarl.generation`` (``HFBackend``: batched ``generate`` with left padding, ``--hf-batch-size``
 prompts x n per call; ``VLLMBackend``: every prompt in one ``LLM.generate`` call), same model weights (float32),
 same prompts and token ids. The HF backend runs first, then vLLM; the engine's start-up (loading, profiling,
 compilation) is timed apart from its generation. Printed: completions/s and generated tokens/s of each, and

@@ -155,6 +155,20 @@ def test_an_import_inside_a_function_says_why():
     assert not unexplained, "imports inside functions without a `# lazy:` reason:\n" + "\n".join(unexplained)
 
 
+def test_the_credit_core_imports_no_trainer_library():
+    """oarl.credit is framework-free: torch, not TRL or transformers (it takes any model with their forward API)."""
+    found = []
+    for name in (n for n in MODULES if n.startswith("oarl.credit")):
+        for node in ast.walk(ast.parse(MODULES[name].read_text())):
+            modules = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            )
+            found += [f"{name}: {m}" for m in modules if m.split(".")[0] in ("trl", "transformers", "accelerate")]
+    assert not found, found
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_module_size(name):
     lines = len(MODULES[name].read_text().splitlines())

@@ -1,6 +1,6 @@
 """Every numeric setting of every command, checked before any model loads: one function per command.
 
-    check_eval(cfg)                 ``oarl eval`` (an ``oarl.evaluate.EvalConfig``)
+    check_eval(cfg)                 ``oarl eval`` (an ``oarl.commands.eval.EvalConfig``)
     check_explain(args)             ``oarl explain`` (its parsed flags; the credit settings are CreditConfig's)
     check_train(train_args)         ``oarl train`` / ``oarl compare``: oarl's own settings (``oarl.jobs.TrainArgs``)
     check_grpo(config)              every GRPOConfig field a run uses, as given (before GRPOConfig's own checks,
