@@ -207,6 +207,7 @@ def _share_heldout_before(run_dir: Path, seed: int) -> None:
 def run(argv: list[str]) -> int:
     """``oarl compare --credits none,gradient --seeds 0,1 [train flags]``: one run per (credit, seed), one table."""
     main(argv)
+    train.leave_together()
     return 0
 
 

@@ -52,7 +52,19 @@ def run(argv: list[str]) -> int:
     ``parse_args`` (TRL's parser owns them: no ``add_args``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     run_train(*parse_args(argv))
+    leave_together()
     return 0
+
+
+def leave_together() -> None:
+    """With several processes (``accelerate launch``): wait for each other, then close the process group. A process
+    that returned first (the others still write the summary and plots) and tore down its process group under a live
+    peer aborted at exit ("terminate called without an active exception"); with one process, nothing to do."""
+    import torch.distributed as dist  # lazy: torch is loaded by then (a run); the command's start does not need it
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def parse_args(argv: list[str] | None = None):
