@@ -189,8 +189,8 @@ def test_the_command_starts_without_torch(command):
 
 def test_compare_help_starts_without_torch():
     code = (
-        "import contextlib, io, sys; from oarl.commands.compare import main\n"
-        "with contextlib.redirect_stdout(io.StringIO()): main(['--help'])\n"
+        "import contextlib, io, sys; from oarl.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()): main(['compare', '--help'])\n"
         "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,10 +60,10 @@ def run(argv: list[str]) -> int:
 def leave_together() -> None:
     """With several processes (``accelerate launch``): wait for each other, then close the process group. A process
     that returned first (the others still write the summary and plots) and tore down its process group under a live
-    peer aborted at exit ("terminate called without an active exception"); with one process, nothing to do."""
-    import torch.distributed as dist  # lazy: torch is loaded by then (a run); the command's start does not need it
-
-    if dist.is_available() and dist.is_initialized():
+    peer aborted at exit ("terminate called without an active exception"); with one process, or when nothing was
+    run (``--help``: torch not even loaded), nothing to do."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
 
