@@ -43,7 +43,7 @@ from oarl.data.arithmetic import DEFAULT_REGIME, ArithmeticTask, as_dataset, dem
 from oarl.data.calculator import tool_conversations
 from oarl.data.word_problems import make_prompt, problems
 from oarl.devices import ACTIVATION_CHECKPOINTING, default_device, keep_process_state, mixed_precision
-from oarl.models.smollm2 import load_smollm2
+from oarl.models.smollm2 import cache_dir, load_smollm2
 from oarl.models.tiny import build_tiny, save_tiny, with_tool_calls
 
 # Bump when the training code changes what a config produces. 2: the tokenizer is saved as a Qwen2Tokenizer
@@ -54,8 +54,8 @@ logger = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
-    """``$OARL_CACHE`` or ``~/.cache/oarl``."""
-    return Path(os.environ.get("OARL_CACHE") or Path.home() / ".cache" / "oarl")
+    """``$OARL_CACHE`` or ``~/.cache/oarl``: the one cache root of oarl (``oarl.models.smollm2.cache_dir``)."""
+    return cache_dir()
 
 
 def config_hash(cfg: dict) -> str:
